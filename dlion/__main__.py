@@ -1,0 +1,3 @@
+from dlion.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""`dlion run | peer | validate`: every command that takes a config validates it first and exits 2 on a mistake."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from dlion import config as configmod
+from dlion.data import DataError
+from dlion.schema import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlion", description="Decentralized P2P training for micro-clouds")
+    sub = parser.add_subparsers(dest="command", required=True)
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                           help="override a config key, e.g. --set training.max_seconds=30 (repeatable)")
+
+    run = sub.add_parser("run", parents=[overrides], help="run every peer of a config as local processes")
+    run.add_argument("config", help="YAML config file")
+    run.add_argument("--out", help="output directory (default: output.dir of the config)")
+
+    peer = sub.add_parser("peer", parents=[overrides], help="run one peer of a config in this process")
+    peer.add_argument("--config", required=True, help="YAML config file")
+    peer.add_argument("--id", type=int, required=True, help="this peer's id in the config")
+    peer.add_argument("--out", help="output directory (default: output.dir of the config)")
+
+    validate = sub.add_parser("validate", parents=[overrides], help="check a config and print it resolved")
+    validate.add_argument("config", help="YAML config file")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = configmod.load(args.config, args.set)
+        if args.command == "peer":
+            cfg.peer(args.id)
+    except ConfigError as exc:
+        print(f"dlion: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyError as exc:
+        print(f"dlion: config error: --id: {exc.args[0]}", file=sys.stderr)
+        return EXIT_CONFIG
+    out_dir = getattr(args, "out", None) or cfg.output.dir
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(name)s: %(message)s")
+    try:
+        if args.command == "validate":
+            print(json.dumps(configmod.to_dict(cfg), indent=2))
+            print(f"{args.config}: valid ({len(cfg.peers)} peers)", file=sys.stderr)
+            return 0
+        if args.command == "run":
+            from dlion import launch
+            summary = launch.run(cfg, out_dir)
+            print(json.dumps({k: v for k, v in summary.items() if k != "peers"}))
+            return 0 if summary["peers_finished"] == len(cfg.peers) else 1
+        from dlion.peer import run_peer
+        run_peer(cfg, args.id, out_dir)
+        return 0
+    except DataError as exc:
+        print(f"dlion: data error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

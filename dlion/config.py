@@ -1,0 +1,290 @@
+"""One YAML file describes a run: peers, links, topology, training, the strategy of each stage, evaluation, output.
+
+`load(path, overrides)` returns a validated, frozen `Config` or raises one `ConfigError` that names the key path and
+the expected form; nothing starts on an invalid config. `overrides` are `a.b.c=value` strings (`--set` on the command
+line); list items are addressed by index (`peers.1.cores=0.5`) and values are parsed as YAML scalars.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from dlion import batching, exchange
+from dlion.schema import (BANDWIDTH, DURATION, ConfigError, at_least, between, build, join, non_negative, option,
+                          parse_bandwidth, parse_duration, positive)
+
+DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
+STAGE_REGISTRIES = {"batching": batching.STRATEGIES, "exchange": exchange.STRATEGIES}
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    id: int = option(check=non_negative, expect="a non-negative integer")
+    port: int = option(check=between(1, 65535), expect="an integer in 1..65535")
+    address: str = "127.0.0.1"
+    cores: float = option(1.0, check=positive, expect="a positive number of CPU cores, e.g. 0.5")
+    threads: Optional[int] = option(None, check=at_least(1), expect="a positive integer or null (from cores)")
+
+    @property
+    def tf_threads(self) -> int:
+        """TensorFlow intra-op threads: explicit, or the cores rounded up (TF does not see CPU quotas)."""
+        return self.threads or max(1, math.ceil(self.cores - 1e-9))
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    bandwidth: float = option(1e9, parse=parse_bandwidth, expect=BANDWIDTH)
+    latency: float = option(0.0, parse=parse_duration, expect=DURATION)
+
+
+@dataclass(frozen=True)
+class LinkOverride:
+    src: int = option(check=non_negative, expect="a peer id")
+    dst: int = option(check=non_negative, expect="a peer id")
+    bandwidth: Optional[float] = option(None, parse=parse_bandwidth, expect=BANDWIDTH)
+    latency: Optional[float] = option(None, parse=parse_duration, expect=DURATION)
+
+
+@dataclass(frozen=True)
+class Links:
+    default: LinkSpec = LinkSpec()
+    overrides: tuple[LinkOverride, ...] = ()
+
+    def link(self, src: int, dst: int) -> LinkSpec:
+        """The configured bandwidth and one-way latency of the directed link src -> dst."""
+        spec = self.default
+        for o in self.overrides:
+            if (o.src, o.dst) == (src, dst):
+                spec = LinkSpec(o.bandwidth if o.bandwidth is not None else spec.bandwidth,
+                                o.latency if o.latency is not None else spec.latency)
+        return spec
+
+
+@dataclass(frozen=True)
+class Topology:
+    kind: Literal["full", "ring", "edges"] = "full"
+    edges: tuple[tuple[int, ...], ...] = option(
+        (), expect="a list of [src, dst] peer-id pairs (for kind: edges; directed)")
+
+
+@dataclass(frozen=True)
+class Partition:
+    kind: Literal["iid", "dirichlet", "label-sorted"] = "iid"
+    alpha: float = option(0.5, check=positive, expect="a positive Dirichlet concentration")
+    fraction: float = option(0.8, check=between(0.0, 1.0), expect="a fraction in [0, 1] of each class label-sorted")
+
+
+@dataclass(frozen=True)
+class Training:
+    dataset: Literal["fashion-mnist", "synthetic"] = "fashion-mnist"
+    data_dir: str = DEFAULT_DATA_DIR
+    partition: Partition = Partition()
+    model: str = option("cnn", expect="a model name (mlp, cnn, cnn-bn) or an import path package.module:callable")
+    global_batch: int = option(96, check=positive, expect="a positive integer")
+    optimizer: Literal["sgd", "adam", "rmsprop"] = "adam"
+    learning_rate: float = option(1e-3, check=positive, expect="a positive number")
+    momentum: float = option(0.9, check=between(0.0, 0.999), expect="a number in [0, 0.999]")
+    max_iterations: Optional[int] = option(None, check=positive, expect="a positive integer or null")
+    max_seconds: Optional[float] = option(None, check=positive, expect="a positive number of seconds or null")
+    target_accuracy: Optional[float] = option(None, check=between(0.0, 1.0), expect="an accuracy in [0, 1] or null")
+    stop_at_target: bool = True
+
+    def validate(self, path: str) -> None:
+        stops_at_target = self.target_accuracy is not None and self.stop_at_target
+        if self.max_iterations is None and self.max_seconds is None and not stops_at_target:
+            raise ConfigError(path or "training",
+                              "no stop condition; set max_iterations, max_seconds or target_accuracy")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage's strategy: its kind and that strategy's own validated parameters."""
+    kind: str
+    params: Any
+
+
+def _stage_field(stage: str, default_kind: str):
+    registry = STAGE_REGISTRIES[stage]
+
+    def build_stage(raw: Any, path: str) -> Stage:
+        raw = {"kind": default_kind} if raw is None else raw
+        if isinstance(raw, str):
+            raw = {"kind": raw}
+        if not isinstance(raw, dict) or raw.get("kind", default_kind) not in registry:
+            kind = raw.get("kind") if isinstance(raw, dict) else raw
+            raise ConfigError(join(path, "kind") if isinstance(raw, dict) else path,
+                              f"expected a strategy kind, one of: {', '.join(registry)}", kind)
+        kind = raw.get("kind", default_kind)
+        params = build(registry[kind].Params, {k: v for k, v in raw.items() if k != "kind"}, path)
+        return Stage(kind, params)
+
+    default = Stage(default_kind, registry[default_kind].Params())
+    return dataclasses.field(default=default, metadata={"build_with": build_stage, "expect": "", "check": None,
+                                                        "parse": None})
+
+
+@dataclass(frozen=True)
+class Strategies:
+    batching: Stage = _stage_field("batching", "fixed")
+    exchange: Stage = _stage_field("exchange", "dense")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    every_iterations: int = option(50, check=positive, expect="a positive integer")
+    subset: int = option(2000, check=between(1, 10000), expect="an integer in 1..10000 (test images)")
+    deadline_s: float = option(2.0, check=positive, expect="a positive number of seconds")
+
+
+@dataclass(frozen=True)
+class Output:
+    dir: str = "runs/latest"
+    log_every: int = option(10, check=positive, expect="a positive integer (iterations between progress events)")
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    startup_timeout_s: float = option(60.0, check=positive, expect="a positive number of seconds")
+    sndhwm: int = option(16, check=positive, expect="a positive integer (messages queued per link)")
+    suspect_after: int = option(2, check=positive, expect="a positive integer (missed rounds before a peer is "
+                                                                 "no longer waited for)")
+
+
+@dataclass(frozen=True)
+class Config:
+    peers: tuple[PeerSpec, ...]
+    name: str = "dlion"
+    seed: int = 0
+    links: Links = Links()
+    topology: Topology = Topology()
+    training: Training = Training()
+    strategies: Strategies = Strategies()
+    evaluation: Evaluation = Evaluation()
+    output: Output = Output()
+    transport: TransportSettings = TransportSettings()
+
+    @property
+    def peer_ids(self) -> tuple[int, ...]:
+        return tuple(p.id for p in self.peers)
+
+    def peer(self, peer_id: int) -> PeerSpec:
+        for p in self.peers:
+            if p.id == peer_id:
+                return p
+        raise KeyError(f"no peer with id {peer_id}; peers are {list(self.peer_ids)}")
+
+    def neighbours(self, peer_id: int) -> tuple[int, ...]:
+        """The peers this one exchanges with (its out-neighbours; symmetric for full and ring)."""
+        ids = sorted(self.peer_ids)
+        if self.topology.kind == "full":
+            return tuple(i for i in ids if i != peer_id)
+        if self.topology.kind == "ring":
+            k = ids.index(peer_id)
+            return tuple(sorted({ids[(k - 1) % len(ids)], ids[(k + 1) % len(ids)]} - {peer_id}))
+        return tuple(sorted({dst for src, dst in self.topology.edges if src == peer_id}))
+
+    def validate(self, path: str) -> None:
+        if not self.peers:
+            raise ConfigError("peers", "expected at least one peer")
+        seen_ids: dict[int, int] = {}
+        seen_endpoints: dict[tuple[str, int], int] = {}
+        for i, p in enumerate(self.peers):
+            if p.id in seen_ids:
+                raise ConfigError(f"peers[{i}].id", f"expected a unique id; {p.id} is already used by "
+                                                    f"peers[{seen_ids[p.id]}]")
+            seen_ids[p.id] = i
+            endpoint = (p.address, p.port)
+            if endpoint in seen_endpoints:
+                raise ConfigError(f"peers[{i}].port", f"expected a unique address and port; {p.address}:{p.port} "
+                                                      f"is already used by peers[{seen_endpoints[endpoint]}]")
+            seen_endpoints[endpoint] = i
+        ids = set(seen_ids)
+        for i, o in enumerate(self.links.overrides):
+            for key in ("src", "dst"):
+                if getattr(o, key) not in ids:
+                    raise ConfigError(f"links.overrides[{i}].{key}",
+                                      f"expected the id of a configured peer ({sorted(ids)})", getattr(o, key))
+            if o.src == o.dst:
+                raise ConfigError(f"links.overrides[{i}]", "expected a link between two different peers")
+        for i, edge in enumerate(self.topology.edges):
+            if len(edge) != 2 or any(e not in ids for e in edge) or edge[0] == edge[1]:
+                raise ConfigError(f"topology.edges[{i}]", f"expected [src, dst], two different peer ids from "
+                                                          f"{sorted(ids)}", list(edge))
+        if self.topology.kind == "edges" and not self.topology.edges and len(ids) > 1:
+            raise ConfigError("topology.edges", "expected at least one edge for kind: edges")
+        if self.training.global_batch < len(self.peers):
+            raise ConfigError("training.global_batch", f"expected at least the number of peers ({len(self.peers)})",
+                              self.training.global_batch)
+
+
+def apply_overrides(raw: dict, overrides) -> dict:
+    """Apply `a.b.c=value` overrides to a parsed YAML mapping (value parsed as a YAML scalar)."""
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError("--set", "expected KEY.PATH=VALUE", item)
+        dotted, text = item.split("=", 1)
+        keys = [k for k in dotted.strip().split(".")]
+        if not all(keys):
+            raise ConfigError("--set", "expected KEY.PATH=VALUE with a non-empty dotted key", item)
+        value = yaml.safe_load(text) if text.strip() else None
+        node: Any = raw
+        path = ""
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(path, f"expected a list index below {len(node)}", key)
+                key = int(key)
+            elif not isinstance(node, dict):
+                raise ConfigError(path, "expected a mapping or list to set a key in", node)
+            if last:
+                node[key] = value
+            else:
+                if isinstance(node, dict) and node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
+            path = join(path, key)
+    return raw
+
+
+def parse(raw: Any, overrides=()) -> Config:
+    """Validate a parsed YAML document (plus overrides) into a Config."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("", "expected a YAML mapping at the top level", raw)
+    return build(Config, apply_overrides(raw, overrides))
+
+
+def load(path: str | Path, overrides=()) -> Config:
+    """Read, override and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), f"expected a readable YAML file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(str(path), f"expected valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse(raw, overrides)
+
+
+def to_dict(cfg: Config) -> dict:
+    """A plain mapping of the resolved config (written next to a run's results)."""
+    def plain(obj):
+        if isinstance(obj, Stage):
+            return {"kind": obj.kind, **plain(obj.params)}
+        if dataclasses.is_dataclass(obj):
+            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, tuple):
+            return [plain(v) for v in obj]
+        return obj
+    return plain(cfg)

@@ -1,0 +1,55 @@
+"""Dense synchronous gradient averaging among neighbours: the BSP baseline.
+
+Each round a peer sends its full gradient, with its batch size as weight, to every neighbour, then waits for theirs
+until the round deadline. The result is the batch-weighted mean of what arrived (its own always included), so with a
+full mesh and no losses every peer applies the same gradient as one large-batch step. A dead or slow neighbour costs
+at most the deadline; the mailbox stops waiting for it altogether after a few missed rounds.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from dlion.schema import option, positive
+
+KIND = "grad"
+
+
+@dataclass(frozen=True)
+class ExchangeResult:
+    grads: np.ndarray          # the combined gradient to apply
+    received: int              # neighbour gradients combined this round
+    expected: int              # neighbours asked for
+    wait_s: float              # time spent waiting for neighbours
+
+
+class DenseExchange:
+    @dataclass(frozen=True)
+    class Params:
+        deadline_s: float = option(5.0, check=positive, expect="a positive number of seconds")
+
+    def __init__(self, params: Params, peer_id: int, transport, neighbours):
+        self.params = params
+        self.peer_id = peer_id
+        self.transport = transport
+        self.neighbours = tuple(sorted(neighbours))
+
+    def exchange(self, round_: int, grads: np.ndarray, weight: float) -> ExchangeResult:
+        for dst in self.neighbours:
+            self.transport.send(dst, KIND, round_, {"g": grads}, {"w": float(weight)})
+        start = time.monotonic()
+        got = self.transport.mailbox.take(KIND, round_, self.neighbours, start + self.params.deadline_s)
+        wait_s = time.monotonic() - start
+        total = grads * np.float32(weight)
+        total_weight = float(weight)
+        for msg in got.values():
+            their = msg.tensors.get("g")
+            w = msg.meta.get("w")
+            if their is None or their.shape != grads.shape or not isinstance(w, (int, float)) or w <= 0:
+                continue
+            total += their * np.float32(w)
+            total_weight += w
+        total /= np.float32(total_weight)
+        return ExchangeResult(total, len(got), len(self.neighbours), wait_s)

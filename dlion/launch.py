@@ -1,0 +1,163 @@
+"""Start every peer of a config as its own OS process on this host, show live progress, and clean up.
+
+The launcher never trains: it writes the resolved config next to the results, starts `python -m dlion peer` once per
+peer (the same command a container or another host runs), tails the peers' JSONL files for a progress line, and at the
+end writes `summary.json`. Peers stop themselves at the run's stop condition; the launcher only enforces a hard time
+limit and Ctrl-C. Each child gets SIGTERM if the launcher dies (PR_SET_PDEATHSIG), so no peer outlives it.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from dlion import data as datamod
+from dlion.config import Config, to_dict
+from dlion.metrics import peer_log_path, read_events, summarize
+
+PROGRESS_EVERY_S = 2.0
+TERM_GRACE_S = 20.0
+HARD_LIMIT_SLACK_S = 120.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask the kernel to send SIGTERM when the launcher dies, however it dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def prepare_out_dir(cfg: Config, out_dir: Path) -> Path:
+    """Create the output directory, drop results of an earlier run there, write the resolved config."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in list(out_dir.glob("peer-*.jsonl")) + list(out_dir.glob("peer-*.log")) + [out_dir / "summary.json"]:
+        old.unlink(missing_ok=True)
+    resolved = out_dir / "config.yaml"
+    resolved.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return resolved
+
+
+def start_peers(cfg: Config, config_path: Path, out_dir: Path) -> dict[int, subprocess.Popen]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), PYTHONUNBUFFERED="1")
+    procs = {}
+    for peer in cfg.peers:
+        with open(out_dir / f"peer-{peer.id}.log", "w") as console:
+            procs[peer.id] = subprocess.Popen(
+                [sys.executable, "-m", "dlion", "peer", "--config", str(config_path), "--id", str(peer.id),
+                 "--out", str(out_dir)],
+                stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                preexec_fn=_die_with_parent)
+    return procs
+
+
+def stop_peers(procs: dict[int, subprocess.Popen], grace_s: float = TERM_GRACE_S) -> None:
+    """SIGTERM every live peer, wait up to the grace period, then SIGKILL what is left."""
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs.values():
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+class Progress:
+    """Tails the peers' JSONL files and prints one line per peer set: iteration, batch, accuracy, samples/s."""
+
+    def __init__(self, out_dir: Path, peer_ids, stream=sys.stdout):
+        self.out_dir = out_dir
+        self.peer_ids = sorted(peer_ids)
+        self.offsets = {pid: 0 for pid in self.peer_ids}
+        self.state = {pid: {} for pid in self.peer_ids}
+        self.stream = stream
+
+    def poll(self) -> None:
+        for pid in self.peer_ids:
+            path = peer_log_path(self.out_dir, pid)
+            if not path.exists():
+                continue
+            with open(path) as f:
+                f.seek(self.offsets[pid])
+                for line in f:
+                    if not line.endswith("\n"):
+                        break
+                    self.offsets[pid] += len(line.encode())
+                    event = json.loads(line)
+                    self.state[pid][event["ev"]] = event
+
+    def line(self, elapsed: float) -> str:
+        parts = []
+        for pid in self.peer_ids:
+            s = self.state[pid]
+            if "final" in s:
+                parts.append(f"p{pid} done acc {s['final']['acc']:.3f}")
+            elif "iter" in s:
+                it = s["iter"]
+                acc = f"{s['eval']['acc']:.3f}" if "eval" in s else "  -  "
+                parts.append(f"p{pid} it {it['it']:5d} b {it['batch']:4d} acc {acc} {it['samples_per_s']:7.0f}/s")
+            else:
+                parts.append(f"p{pid} starting")
+        return f"[{elapsed:6.1f}s] " + " | ".join(parts)
+
+    def show(self, elapsed: float) -> None:
+        self.poll()
+        print(self.line(elapsed), file=self.stream, flush=True)
+
+
+def hard_limit_s(cfg: Config) -> float | None:
+    """Wall time after which the launcher stops the peers itself (they should have stopped on their own)."""
+    if cfg.training.max_seconds is None:
+        return None
+    return cfg.training.max_seconds + cfg.transport.startup_timeout_s + HARD_LIMIT_SLACK_S
+
+
+def run(cfg: Config, out_dir: str | Path, stream=sys.stdout) -> dict:
+    """Run all peers of `cfg` as local processes; returns (and writes) the summary."""
+    if cfg.training.dataset == "fashion-mnist":
+        datamod.require_fashion_mnist(cfg.training.data_dir)  # fail before any peer starts
+    out_dir = Path(out_dir)
+    config_path = prepare_out_dir(cfg, out_dir)
+    started = time.monotonic()
+    procs = start_peers(cfg, config_path, out_dir)
+    progress = Progress(out_dir, cfg.peer_ids, stream)
+    limit = hard_limit_s(cfg)
+    interrupted = False
+    try:
+        next_line = started + PROGRESS_EVERY_S
+        while any(p.poll() is None for p in procs.values()):
+            time.sleep(0.2)
+            now = time.monotonic()
+            if now >= next_line:
+                progress.show(now - started)
+                next_line = now + PROGRESS_EVERY_S
+            if limit is not None and now - started > limit:
+                print(f"hard time limit of {limit:.0f} s reached; stopping peers", file=stream, flush=True)
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted; stopping peers", file=stream, flush=True)
+    finally:
+        stop_peers(procs)
+    wall_s = time.monotonic() - started
+    progress.show(wall_s)
+    summary = summarize(out_dir, cfg.peer_ids, cfg.training.target_accuracy, wall_s)
+    summary["interrupted"] = interrupted
+    summary["exit_codes"] = {str(pid): p.returncode for pid, p in procs.items()}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    for pid, p in procs.items():
+        if p.returncode not in (0, -signal.SIGTERM) and not any(e["ev"] == "final"
+                                                               for e in read_events(peer_log_path(out_dir, pid))):
+            print(f"peer {pid} exited with {p.returncode}; see {out_dir / f'peer-{pid}.log'}", file=stream)
+    return summary

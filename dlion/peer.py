@@ -1,0 +1,206 @@
+"""The peer: one training loop per micro-cloud, composing the stages on flat vectors.
+
+One iteration: the batching stage picks this peer's batch size, the trainer computes a flat gradient, the exchange
+stage combines it with the neighbours' gradients for the round, the trainer applies the result. Every
+`evaluation.every_iterations` the peer scores the fixed evaluation subset and shares the figure, so all peers see the
+same mean accuracy and stop together at the target. The loop owns timing, stop conditions, metrics and shutdown; it
+knows neither TensorFlow (the trainer does) nor sockets (the transport does).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dlion import data as datamod
+from dlion.batching import STRATEGIES as BATCHING
+from dlion.config import Config
+from dlion.exchange import STRATEGIES as EXCHANGE
+from dlion.metrics import EventLog, peer_log_path
+from dlion.transport import WireLimits, ZmqTransport
+
+log = logging.getLogger("dlion.peer")
+
+EVAL_KIND = "eval"
+STOP_KIND = "stop"
+HEADER_ALLOWANCE = 1 << 20  # bytes on top of the largest tensor payload
+
+
+def max_message_bytes(num_values: int) -> int:
+    """Largest legitimate message: a sparse vector of every entry (uint32 index + float32 value) plus headers."""
+    return 8 * num_values + HEADER_ALLOWANCE
+
+
+def load_dataset(cfg: Config) -> datamod.Dataset:
+    if cfg.training.dataset == "synthetic":
+        return datamod.synthetic(seed=cfg.seed)
+    return datamod.load_fashion_mnist(cfg.training.data_dir)
+
+
+class Peer:
+    """One peer process's state and loop. `transport` and `dataset` can be injected (tests, benchmarks)."""
+
+    def __init__(self, cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dataset=None,
+                 stop_event: threading.Event | None = None):
+        from dlion import trainer as trainer_mod  # TensorFlow is imported here, not at module load
+
+        self.cfg = cfg
+        self.id = peer_id
+        self.spec = cfg.peer(peer_id)
+        self.stop_event = stop_event or threading.Event()
+        self.log = EventLog(peer_log_path(out_dir, peer_id), peer_id)
+        tr = cfg.training
+        trainer_mod.configure_threads(self.spec.tf_threads)
+        self.trainer = trainer_mod.Trainer(model=tr.model, optimizer=tr.optimizer, learning_rate=tr.learning_rate,
+                                           seed=cfg.seed, momentum=tr.momentum)
+        self.data = dataset if dataset is not None else load_dataset(cfg)
+        ids = sorted(cfg.peer_ids)
+        parts = datamod.partition(self.data.y_train, len(ids), tr.partition.kind, seed=cfg.seed,
+                                  alpha=tr.partition.alpha, fraction=tr.partition.fraction)
+        self.train_idx = parts[ids.index(peer_id)]
+        self.sampler = datamod.BatchSampler(self.train_idx, seed=cfg.seed * 7919 + peer_id + 1)
+        self.eval_idx = datamod.eval_subset(len(self.data.y_test), cfg.evaluation.subset, seed=cfg.seed)
+        self.others = tuple(i for i in ids if i != peer_id)
+        if transport is None:
+            limits = WireLimits(frozenset(ids), max_message_bytes(max(self.trainer.num_params,
+                                                                      self.trainer.num_state)))
+            transport = ZmqTransport(peer_id, {p.id: (p.address, p.port) for p in cfg.peers}, limits,
+                                     sndhwm=cfg.transport.sndhwm, suspect_after=cfg.transport.suspect_after)
+        self.transport = transport
+        stages = cfg.strategies
+        self.batching = BATCHING[stages.batching.kind](stages.batching.params, peer_id, ids, tr.global_batch)
+        self.exchange = EXCHANGE[stages.exchange.kind](stages.exchange.params, peer_id, transport,
+                                                       cfg.neighbours(peer_id))
+
+    # ---- the loop ---------------------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Train until a stop condition, evaluate on the full test set, say goodbye. Returns the final event."""
+        self.transport.start()
+        barrier_start = time.monotonic()
+        reachable = self.transport.wait_for_peers(self.cfg.transport.startup_timeout_s)
+        self.log.emit("start", pid=os.getpid(), cores=self.spec.cores, threads=self.spec.tf_threads,
+                      num_params=self.trainer.num_params, train_samples=len(self.train_idx),
+                      barrier_s=round(time.monotonic() - barrier_start, 3), reachable=sorted(reachable),
+                      neighbours=list(self.exchange.neighbours))
+        try:
+            reason, iteration, samples, train_s = self._train()
+            final = self._finish(reason, iteration, samples, train_s)
+        finally:
+            self.transport.close()
+            self.log.close()
+        return final
+
+    def _train(self):
+        cfg, tr = self.cfg, self.cfg.training
+        start = time.monotonic()
+        iteration = samples = 0
+        window = _Window()
+        while True:
+            reason = self._stop_reason(iteration, time.monotonic() - start)
+            if reason:
+                break
+            batch = self.batching.batch_size(iteration)
+            idx = self.sampler.next(batch)
+            t0 = time.monotonic()
+            loss, grads = self.trainer.gradients(self.data.x_train[idx], self.data.y_train[idx])
+            t1 = time.monotonic()
+            result = self.exchange.exchange(iteration, grads, batch)
+            self.trainer.apply(result.grads)
+            iteration += 1
+            samples += batch
+            window.add(loss, t1 - t0, result.wait_s, result.received, batch)
+            if iteration % cfg.output.log_every == 0:
+                self.log.emit("iter", it=iteration, batch=batch, samples=samples,
+                              samples_per_s=round(samples / (time.monotonic() - start), 2),
+                              **window.flush(), **self._traffic(), **self.log.resources())
+            if iteration % cfg.evaluation.every_iterations == 0 and self._evaluate(iteration) and tr.stop_at_target:
+                self._broadcast(STOP_KIND, iteration)
+                reason = "target"
+                break
+        return reason, iteration, samples, time.monotonic() - start
+
+    def _stop_reason(self, iteration: int, elapsed: float) -> str | None:
+        tr = self.cfg.training
+        if self.stop_event.is_set():
+            return "signal"
+        if tr.max_iterations is not None and iteration >= tr.max_iterations:
+            return "max_iterations"
+        if tr.max_seconds is not None and elapsed >= tr.max_seconds:
+            return "max_seconds"
+        if any(self.transport.mailbox.latest(STOP_KIND, p) is not None for p in self.others):
+            return "target"
+        return None
+
+    def _evaluate(self, iteration: int) -> bool:
+        """Score the evaluation subset, share it, and say whether the peers' mean reached the target."""
+        x, y = self.data.x_test[self.eval_idx], self.data.y_test[self.eval_idx]
+        loss, acc = self.trainer.evaluate(x, y)
+        self._broadcast(EVAL_KIND, iteration, {"acc": float(acc)})
+        waiting_for = [p for p in self.others if p not in self.transport.mailbox.departed]
+        deadline = time.monotonic() + self.cfg.evaluation.deadline_s
+        got = self.transport.mailbox.take(EVAL_KIND, iteration, waiting_for, deadline, staleness=iteration)
+        accs = [float(acc)] + [m.meta["acc"] for m in got.values() if isinstance(m.meta.get("acc"), (int, float))]
+        mean = sum(accs) / len(accs)
+        self.log.emit("eval", it=iteration, acc=round(float(acc), 5), loss=round(float(loss), 5),
+                      mean_acc=round(mean, 5), peers_reported=len(accs))
+        target = self.cfg.training.target_accuracy
+        return target is not None and len(got) == len(waiting_for) and mean >= target
+
+    def _finish(self, reason: str, iteration: int, samples: int, train_s: float) -> dict:
+        loss, acc = self.trainer.evaluate(self.data.x_test, self.data.y_test)
+        return self.log.emit("final", stop_reason=reason, it=iteration, samples=samples,
+                             train_s=round(train_s, 3), samples_per_s=round(samples / max(train_s, 1e-9), 2),
+                             acc=round(float(acc), 5), loss=round(float(loss), 5), **self._traffic(),
+                             links={str(k): v.as_dict() for k, v in self.transport.stats().items()})
+
+    # ---- helpers ----------------------------------------------------------------------------------------------------
+
+    def _broadcast(self, kind: str, round_: int, meta: dict | None = None) -> None:
+        for p in self.others:
+            if p not in self.transport.mailbox.departed:
+                self.transport.send(p, kind, round_, None, meta)
+
+    def _traffic(self) -> dict:
+        stats = self.transport.stats().values()
+        return {"bytes_sent": sum(s.bytes_sent for s in stats),
+                "bytes_received": sum(s.bytes_received for s in stats),
+                "messages_dropped": sum(s.dropped for s in stats),
+                "messages_late": sum(s.late for s in stats)}
+
+
+class _Window:
+    """Averages of per-iteration figures between two progress events."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, loss, compute_s, wait_s, received, batch):
+        self.rows.append((loss, compute_s, wait_s, received, batch))
+
+    def flush(self) -> dict:
+        rows = np.array(self.rows, dtype=np.float64)
+        loss, compute_s, wait_s, received, batch = rows.mean(axis=0)
+        self.rows.clear()
+        return {"loss": round(float(loss), 5), "compute_s": round(float(compute_s), 5),
+                "wait_s": round(float(wait_s), 5), "max_wait_s": round(float(rows[:, 2].max()), 5),
+                "received": round(float(received), 2),
+                "compute_sps": round(float(batch / max(compute_s, 1e-9)), 1)}
+
+
+def run_peer(cfg: Config, peer_id: int, out_dir: str | Path) -> dict:
+    """Run one peer in this process until it stops; SIGTERM and SIGINT end it cleanly after the current step."""
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("peer %d: signal %d, stopping", peer_id, signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return Peer(cfg, peer_id, out_dir, stop_event=stop).run()

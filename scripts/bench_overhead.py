@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Overhead of dlion's pipeline against a plain TensorFlow training loop, on the same model, data and batch.
+
+One peer with no neighbours runs the full pipeline (batching -> flat gradients -> exchange -> apply through the
+optimizer, with its metrics and transport) for N iterations; then a plain fused `tf.function` training step runs N
+iterations on a fresh model; the two alternate R times in one run so machine drift hits both alike. The last line is a
+JSON object with both samples/s (median over the repeats) and their ratio (pipeline / plain).
+
+    python3 scripts/bench_overhead.py [--model cnn] [--batch 64] [--iterations 300] [--repeats 3] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dlion import config as configmod  # noqa: E402
+from dlion import data as datamod  # noqa: E402
+
+
+def one_peer_config(args, port: int, out_dir: str) -> configmod.Config:
+    return configmod.parse({
+        "seed": 1,
+        "peers": [{"id": 0, "port": port, "cores": float(args.threads), "threads": args.threads}],
+        "training": {"dataset": args.dataset, "model": args.model, "global_batch": args.batch,
+                     "optimizer": "adam", "learning_rate": 1e-3, "max_iterations": args.iterations},
+        "evaluation": {"every_iterations": 10 * args.iterations},  # no evaluation inside the timed loop
+        "output": {"dir": out_dir},
+    })
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pipeline_rate(args, dataset, out_root: Path, rep: int) -> float:
+    from dlion.peer import Peer
+    out_dir = out_root / f"pipeline-{rep}"
+    cfg = one_peer_config(args, free_port(), str(out_dir))
+    peer = Peer(cfg, 0, out_dir, dataset=dataset)
+    idx = peer.sampler.next(args.batch)
+    for _ in range(3):  # trace and warm up outside the timed loop, as for the plain loop
+        _, grads = peer.trainer.gradients(dataset.x_train[idx], dataset.y_train[idx])
+        peer.trainer.apply(grads)
+    final = peer.run()
+    return final["samples"] / final["train_s"]
+
+
+def plain_rate(args, dataset, rep: int) -> float:
+    from dlion.trainer import Trainer
+    trainer = Trainer(model=args.model, optimizer="adam", learning_rate=1e-3, seed=1)
+    sampler = datamod.BatchSampler(datamod.partition(dataset.y_train, 1, "iid", seed=1)[0], seed=rep + 1)
+    idx = sampler.next(args.batch)
+    for _ in range(3):
+        trainer.train_step(dataset.x_train[idx], dataset.y_train[idx])
+    start = time.monotonic()
+    for _ in range(args.iterations):
+        idx = sampler.next(args.batch)
+        trainer.train_step(dataset.x_train[idx], dataset.y_train[idx])
+    return args.iterations * args.batch / (time.monotonic() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="cnn")
+    parser.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "synthetic"])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    from dlion import trainer
+    trainer.configure_threads(args.threads)
+    dataset = (datamod.synthetic(seed=1) if args.dataset == "synthetic"
+               else datamod.load_fashion_mnist(configmod.DEFAULT_DATA_DIR))
+    pipeline, plain = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeats):
+            pipeline.append(pipeline_rate(args, dataset, Path(tmp), rep))
+            plain.append(plain_rate(args, dataset, rep))
+            print(f"repeat {rep}: pipeline {pipeline[-1]:.0f} samples/s, plain TF {plain[-1]:.0f} samples/s",
+                  flush=True)
+    result = {"model": args.model, "batch": args.batch, "iterations": args.iterations, "repeats": args.repeats,
+              "threads": args.threads, "pipeline_samples_per_s": round(statistics.median(pipeline), 1),
+              "plain_tf_samples_per_s": round(statistics.median(plain), 1)}
+    result["ratio"] = round(result["pipeline_samples_per_s"] / result["plain_tf_samples_per_s"], 4)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""Shared test helpers: free loopback ports, the repo root, and the real-data guard."""
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def free_ports(n):
+    """n distinct TCP ports that are free on 127.0.0.1 right now."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture
+def ports():
+    return free_ports
+
+
+requires_fashion = pytest.mark.skipif(
+    not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
+    reason="Debian package dataset-fashion-mnist is not installed",
+)
+
+
+def python_env():
+    """Environment for child processes: this checkout importable, TF quiet."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+PYTHON = sys.executable

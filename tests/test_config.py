@@ -1,0 +1,123 @@
+"""Config validation: every mistake gives one message naming the key path and the expected form."""
+import copy
+
+import pytest
+
+from dlion import config
+from dlion.schema import ConfigError, parse_bandwidth, parse_duration
+
+BASE = {
+    "peers": [{"id": 0, "port": 47000}, {"id": 1, "port": 47001}, {"id": 2, "port": 47002, "cores": 0.5}],
+    "training": {"max_iterations": 10},
+}
+
+
+def parse(overrides=(), **sections):
+    raw = copy.deepcopy(BASE)
+    raw.update(sections)
+    return config.parse(raw, overrides)
+
+
+def error(overrides=(), **sections) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse(overrides, **sections)
+    return str(exc.value)
+
+
+def test_defaults_and_derived_values():
+    cfg = parse()
+    assert cfg.peer_ids == (0, 1, 2)
+    assert cfg.peer(2).cores == 0.5 and cfg.peer(2).tf_threads == 1
+    assert parse(["peers.0.cores=1.5"]).peer(0).tf_threads == 2
+    assert cfg.strategies.exchange.kind == "dense" and cfg.strategies.exchange.params.deadline_s > 0
+    assert cfg.neighbours(1) == (0, 2)
+    assert cfg.links.link(0, 1).bandwidth == 1e9
+
+
+def test_quickstart_is_valid():
+    from conftest import ROOT
+    cfg = config.load(ROOT / "configs" / "quickstart.yaml")
+    assert len(cfg.peers) >= 3 and cfg.training.dataset == "fashion-mnist"
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["peers.1.port=abc"], "peers[1].port: expected an integer in 1..65535, got 'abc'"),
+    (["peers.1.colour=red"], "peers[1].colour: unknown key; expected one of: id, port, address, cores, threads"),
+    (["peers.1.cores=-1"], "peers[1].cores: expected a positive number of CPU cores"),
+    (["peers.1.port=47000"], "peers[1].port: expected a unique address and port; 127.0.0.1:47000 is already used"),
+    (["peers.2.id=0"], "peers[2].id: expected a unique id; 0 is already used by peers[0]"),
+    (["training.global_batch=2"], "training.global_batch: expected at least the number of peers (3), got 2"),
+    (["training.optimizer=adamw"], "training.optimizer: expected one of: sgd, adam, rmsprop, got 'adamw'"),
+    (["training.max_iterations=null"], "training: no stop condition"),
+    (["training.target_accuracy=1.5"], "training.target_accuracy: expected an accuracy in [0, 1]"),
+    (["training.partition.kind=shards"], "training.partition.kind: expected one of: iid, dirichlet, label-sorted"),
+    (["links.default.bandwidth=-5mbit"], "links.default.bandwidth: expected a positive bandwidth"),
+    (["links.default.latency=fast"], "links.default.latency: expected a non-negative duration"),
+    (["strategies.exchange.kind=gaia"], "strategies.exchange.kind: expected a strategy kind, one of: dense"),
+    (["strategies.exchange.deadline_s=0"], "strategies.exchange.deadline_s: expected a positive number of seconds"),
+    (["strategies.exchange.topk=3"], "strategies.exchange.topk: unknown key; expected one of: deadline_s"),
+    (["evaluation.subset=20000"], "evaluation.subset: expected an integer in 1..10000"),
+    (["topology.kind=edges"], "topology.edges: expected at least one edge"),
+    (["peers.7.port=1"], "peers: expected a list index below 3, got '7'"),
+    (["nonsense"], "--set: expected KEY.PATH=VALUE"),
+])
+def test_errors_name_the_key_path(overrides, expected):
+    assert expected in error(overrides)
+
+
+def test_links_to_unknown_peers_and_self_links_are_rejected():
+    msg = error(links={"overrides": [{"src": 0, "dst": 9, "bandwidth": "10mbit"}]})
+    assert msg.startswith("links.overrides[0].dst: expected the id of a configured peer ([0, 1, 2]), got 9")
+    assert "two different peers" in error(links={"overrides": [{"src": 1, "dst": 1}]})
+    assert "topology.edges[1]" in error(topology={"kind": "edges", "edges": [[0, 1], [1, 5]]})
+
+
+def test_top_level_shape_errors():
+    with pytest.raises(ConfigError, match="expected a YAML mapping at the top level"):
+        config.parse(["peers"])
+    with pytest.raises(ConfigError, match="^peers: required key is missing"):
+        config.parse({"training": {"max_iterations": 1}})
+    with pytest.raises(ConfigError, match="^peers: expected a list of"):
+        config.parse({"peers": {"id": 0}, "training": {"max_iterations": 1}})
+    with pytest.raises(ConfigError, match="^training: expected a mapping"):
+        parse(training=3)
+
+
+def test_link_overrides_and_units():
+    cfg = parse(links={"default": {"bandwidth": "100mbit", "latency": "5ms"},
+                       "overrides": [{"src": 0, "dst": 1, "bandwidth": "10mbit"}]})
+    assert cfg.links.link(0, 1).bandwidth == 1e7 and cfg.links.link(0, 1).latency == pytest.approx(0.005)
+    assert cfg.links.link(1, 0).bandwidth == 1e8
+    assert parse_bandwidth("1gbit") == 1e9 and parse_bandwidth("250kbit") == 2.5e5 and parse_bandwidth(1000) == 1000
+    assert parse_duration("25ms") == pytest.approx(0.025) and parse_duration("1.5s") == 1.5
+    for bad in ("0mbit", "fast", "10mbps", True):
+        with pytest.raises(ValueError):
+            parse_bandwidth(bad)
+
+
+def test_set_overrides_any_key_and_parses_yaml_scalars():
+    cfg = parse(["training.max_seconds=30", "training.stop_at_target=false", "output.dir=/tmp/x",
+                 "strategies.exchange.deadline_s=0.5", "peers.0.address=127.0.0.2"])
+    assert cfg.training.max_seconds == 30.0 and cfg.training.stop_at_target is False
+    assert cfg.output.dir == "/tmp/x" and cfg.strategies.exchange.params.deadline_s == 0.5
+    assert cfg.peer(0).address == "127.0.0.2"
+
+
+def test_topologies():
+    assert parse(["topology.kind=ring"]).neighbours(0) == (1, 2)
+    cfg = parse(topology={"kind": "edges", "edges": [[0, 1], [1, 2], [2, 0]]})
+    assert cfg.neighbours(0) == (1,) and cfg.neighbours(2) == (0,)
+
+
+def test_resolved_config_round_trips():
+    cfg = parse(["links.default.bandwidth=50mbit", "strategies.exchange.deadline_s=1.5"])
+    assert config.parse(config.to_dict(cfg)) == cfg
+
+
+def test_load_reports_yaml_syntax_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("peers: [\n")
+    with pytest.raises(ConfigError, match="expected valid YAML at line"):
+        config.load(bad)
+    with pytest.raises(ConfigError, match="expected a readable YAML file"):
+        config.load(tmp_path / "missing.yaml")

@@ -1,0 +1,161 @@
+"""Real peer processes on loopback: training on Fashion-MNIST, a peer killed mid-run, garbage sent to a live peer."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import yaml
+import zmq
+
+from conftest import PYTHON, ROOT, free_ports, python_env, requires_fashion
+from dlion.metrics import read_events
+from dlion.transport import Sparse, WireLimits, ZmqTransport, encode
+
+pytestmark = [pytest.mark.integration, requires_fashion]
+
+DEADLINE_S = 2.0
+
+
+def write_config(tmp_path, n_peers, **training):
+    ports = free_ports(n_peers)
+    cfg = {
+        "name": "it",
+        "seed": 3,
+        "peers": [{"id": i, "port": ports[i], "cores": 0.66} for i in range(n_peers)],
+        "training": {"model": "mlp", "global_batch": 96, "optimizer": "adam", "learning_rate": 0.002,
+                     "max_seconds": 60, **training},
+        "strategies": {"exchange": {"kind": "dense", "deadline_s": DEADLINE_S}},
+        "evaluation": {"every_iterations": 40},
+        "output": {"dir": str(tmp_path / "out")},
+        "transport": {"startup_timeout_s": 40},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, cfg
+
+
+def dlion_cmd(*args):
+    return [PYTHON, "-m", "dlion", *args]
+
+
+def wait_for_event(path, predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in read_events(path):
+            if predicate(event):
+                return event
+        time.sleep(0.2)
+    raise AssertionError(f"no matching event in {path} within {timeout} s")
+
+
+def test_three_peers_train_to_useful_accuracy(tmp_path):
+    path, cfg = write_config(tmp_path, 3, max_iterations=300, target_accuracy=0.8)
+    out = tmp_path / "out"
+    result = subprocess.run(dlion_cmd("run", str(path)), cwd=ROOT, env=python_env(), capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["peers_finished"] == 3
+    assert summary["final_accuracy"] >= 0.78, summary
+    assert summary["time_to_target_s"] is not None and summary["time_to_target_s"] > 0
+    assert summary["bytes_sent_total"] > 0
+    for pid, peer in summary["peers"].items():
+        assert peer["iterations"] > 0 and peer["samples_per_s"] > 0 and peer["messages_dropped"] == 0
+        assert peer["bytes_sent"] > 0 and peer["bytes_received"] > 0
+    # BSP keeps the peers in lockstep: they stop together at the target, after the same iterations
+    assert len({p["iterations"] for p in summary["peers"].values()}) == 1
+    assert {p["stop_reason"] for p in summary["peers"].values()} == {"target"}
+    assert "p0 it" in result.stdout  # live progress was shown
+    assert not _live_peer_processes(out)
+
+
+def _live_peer_processes(out):
+    """PIDs of this run's peers that are still alive (the launcher must leave none behind)."""
+    alive = []
+    for log in out.glob("peer-*.jsonl"):
+        start = next((e for e in read_events(log) if e["ev"] == "start"), None)
+        if start:
+            try:
+                os.kill(start["pid"], 0)
+                alive.append(start["pid"])
+            except ProcessLookupError:
+                pass
+    return alive
+
+
+def test_sigkilled_peer_costs_the_others_at_most_a_deadline_per_round(tmp_path):
+    path, cfg = write_config(tmp_path, 3, max_iterations=160)
+    out = tmp_path / "out"
+    run = subprocess.Popen(dlion_cmd("run", str(path)), cwd=ROOT, env=python_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        victim = wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "start", 90)
+        wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 40, 90)
+        os.kill(victim["pid"], signal.SIGKILL)
+        output, _ = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["peers"]["2"]["finished"] is False and summary["peers"]["2"]["stop_reason"] == "died"
+    for pid in ("0", "1"):
+        peer = summary["peers"][pid]
+        assert peer["finished"] and peer["iterations"] == 160 and peer["stop_reason"] == "max_iterations", output
+        waits = [e["max_wait_s"] for e in read_events(out / f"peer-{pid}.jsonl") if e["ev"] == "iter"]
+        assert max(waits) <= DEADLINE_S + 0.5, waits
+    assert summary["final_accuracy"] > 0.7
+    assert not _live_peer_processes(out)
+
+
+def test_live_peer_drops_and_counts_bad_messages_and_keeps_training(tmp_path):
+    """Peers 0 and 1 run as processes; the test plays peer 2: it joins, leaves, then sends garbage as peer 2 and as
+    an unknown sender. Every bad message is dropped and counted, and both peers train to the end."""
+    path, cfg = write_config(tmp_path, 3, max_iterations=400)
+    out = tmp_path / "out"
+    procs = [subprocess.Popen(dlion_cmd("peer", "--config", str(path), "--id", str(i)), cwd=ROOT, env=python_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in (0, 1)]
+    endpoints = {p["id"]: ("127.0.0.1", p["port"]) for p in cfg["peers"]}
+    me = ZmqTransport(2, endpoints, WireLimits(frozenset(endpoints), 1 << 20))
+    try:
+        me.start()
+        assert me.wait_for_peers(90) == {0, 1}
+        me.close()  # says bye: the peers stop waiting for peer 2
+        wait_for_event(out / "peer-0.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 20, 60)
+        ctx = zmq.Context.instance()
+        bad = []
+        for identity in (b"2", b"99"):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, identity)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"tcp://127.0.0.1:{endpoints[0][1]}")
+            bad.append(sock)
+        good_header = encode("grad", 2, 5, {"g": np.zeros(4, "float32")})
+        messages = [
+            [b"\xc1not msgpack"],                                    # malformed header
+            [good_header[0], b"\x00" * 7],                           # frame size does not match the header
+            encode("grad", 2, 5, {"g": _sparse_out_of_range()}),     # index out of range
+            [good_header[0], b"\x00" * 16, b"extra frame"],          # frame count does not match the header
+        ]
+        for frames in messages:
+            bad[0].send_multipart(frames)
+        bad[1].send_multipart(encode("grad", 99, 5, {"g": np.zeros(4, "float32")}))  # unknown
+        for sock in bad:
+            sock.close()
+        for p in procs:
+            p.wait(timeout=180)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0]
+    final = next(e for e in read_events(out / "peer-0.jsonl") if e["ev"] == "final")
+    assert final["messages_dropped"] >= len(messages) + 1, final
+    assert final["links"]["unknown"]["dropped"] >= 1
+    assert final["it"] == 400 and final["acc"] > 0.7
+
+
+def _sparse_out_of_range():
+    return Sparse(np.array([1, 400], dtype=np.uint32), np.ones(2, dtype=np.float32), 4)
