@@ -16,7 +16,7 @@ import yaml
 
 from dlion import batching, exchange
 from dlion.schema import (BANDWIDTH, DURATION, ConfigError, at_least, between, build, join, non_negative, option,
-                          parse_bandwidth, parse_duration, positive)
+                          parse_bandwidth, parse_duration, positive, reference)
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 STAGE_REGISTRIES = {"batching": batching.STRATEGIES, "exchange": exchange.STRATEGIES}
@@ -288,3 +288,24 @@ def to_dict(cfg: Config) -> dict:
             return [plain(v) for v in obj]
         return obj
     return plain(cfg)
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every key with its default and expected form, and each strategy's parameters."""
+    lines = ["# Config reference", "",
+             "Generated from `dlion/config.py` by `python3 scripts/gen_config_doc.py`; a test keeps it in sync.",
+             "Durations take `s`, `ms`, `us`; bandwidths take `bit`, `kbit`, `mbit`, `gbit` (decimal, as `tc`).", "",
+             "| key | default | expected |", "|---|---|---|"]
+    lines += [f"| `{k}` | {d} | {e} |" for k, d, e in reference(Config)]
+    for stage, registry in STAGE_REGISTRIES.items():
+        lines += ["", f"## strategies.{stage}", "", f"`kind`: one of {', '.join(registry)} "
+                  f"(default `{Strategies.__dataclass_fields__[stage].default.kind}`).", ""]
+        for kind, strategy in registry.items():
+            params = reference(strategy.Params, f"strategies.{stage}")
+            doc = (strategy.__doc__ or "").strip().splitlines()[0]
+            lines += [f"### `{kind}`", "", doc, ""]
+            if params:
+                lines += ["| key | default | expected |", "|---|---|---|"]
+                lines += [f"| `{k}` | {d} | {e} |" for k, d, e in params]
+                lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -204,3 +204,25 @@ def at_least(lo) -> Check:
 
 def between(lo, hi) -> Check:
     return lambda x: lo <= x <= hi
+
+
+def reference(cls: type, path: str = "") -> list[tuple[str, str, str]]:
+    """(key path, default, expected form) for every key of `cls`, nested sections expanded, for the docs."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key_path = join(path, f.name)
+        tp = hints[f.name]
+        item = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else None
+        if f.metadata.get("build_with"):
+            continue  # documented by its builder (strategy stages list their own parameters)
+        if dataclasses.is_dataclass(tp):
+            rows += reference(tp, key_path)
+        elif item is not None and dataclasses.is_dataclass(item):
+            rows += reference(item, key_path + "[]")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            rows.append((key_path, "(required)", describe(tp, f.metadata)))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((key_path, f"`{_show(default)}`", describe(tp, f.metadata)))
+    return rows

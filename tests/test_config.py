@@ -121,3 +121,9 @@ def test_load_reports_yaml_syntax_and_missing_file(tmp_path):
         config.load(bad)
     with pytest.raises(ConfigError, match="expected a readable YAML file"):
         config.load(tmp_path / "missing.yaml")
+
+
+def test_config_reference_doc_is_in_sync():
+    from conftest import ROOT
+    assert (ROOT / "docs" / "config.md").read_text() == config.reference_markdown(), \
+        "docs/config.md is stale: run python3 scripts/gen_config_doc.py"

@@ -26,6 +26,8 @@ class ExchangeResult:
 
 
 class DenseExchange:
+    """Synchronous batch-weighted averaging of full gradients with the neighbours (BSP), with a round deadline."""
+
     @dataclass(frozen=True)
     class Params:
         deadline_s: float = option(5.0, check=positive, expect="a positive number of seconds")
