@@ -1,0 +1,150 @@
+"""What every transport shares: sending through `wire`, the validated inbound path, link stats and the hello
+barrier. Subclasses only move frames (`_send_frames`) and call `_deliver` with what arrives."""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Any, Iterable, Mapping, Sequence
+
+from . import wire
+from .mailbox import Mailbox
+from .stats import LinkStats
+
+log = logging.getLogger("dlion.transport")
+
+UNKNOWN = "unknown"
+HELLO_INTERVAL_S = 0.1
+_LOG_FIRST_DROPS = 5
+_LOG_EVERY_DROPS = 100
+
+
+def _heard(msg: wire.Message) -> frozenset[int]:
+    """The peers a hello says its sender has heard from (meta `heard`: comma-separated ids)."""
+    heard = msg.meta.get("heard")
+    try:
+        return frozenset(int(p) for p in heard.split(",") if p)
+    except (AttributeError, ValueError):
+        return frozenset()
+
+
+class Transport(abc.ABC):
+    """A peer's endpoint: `send` to any other peer, receive into `mailbox`."""
+
+    def __init__(self, peer_id: int, peers: Iterable[int], limits: wire.WireLimits, suspect_after: int = 2):
+        self.peer_id = peer_id
+        self.peers = frozenset(peers) - {peer_id}
+        self.limits = limits
+        self.mailbox = Mailbox(suspect_after=suspect_after)
+        self._stats: dict[int | str, LinkStats] = {p: LinkStats() for p in self.peers}
+        self._drops: dict[int | str, int] = defaultdict(int)
+        self._stats_lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        self._closing = False
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Open the links; returns once this peer can receive."""
+
+    @abc.abstractmethod
+    def _send_frames(self, dst: int, frames: list, nbytes: int) -> None:
+        """Hand frames to the link to `dst` without blocking; count sent or send_failed."""
+
+    @abc.abstractmethod
+    def _shutdown(self, bye: list, nbytes: int) -> None:
+        """Send `bye` to every peer (best effort, bounded time) and release the links."""
+
+    def send(self, dst: int, kind: str, round: int, tensors: Mapping[str, Any] | None = None,
+             meta: Mapping[str, Any] | None = None) -> None:
+        """Encode and hand over without blocking. A down link counts `send_failed`; only misuse raises."""
+        if dst not in self.peers:
+            raise ValueError(f"peer {self.peer_id}: {dst} is not another peer of this transport")
+        frames = wire.encode(kind, self.peer_id, round, tensors, meta)
+        nbytes = sum(memoryview(f).nbytes for f in frames)
+        if nbytes > self.limits.max_message_bytes:
+            raise ValueError(f"{kind} message of {nbytes} bytes exceeds max_message_bytes "
+                             f"{self.limits.max_message_bytes}: receivers would drop it")
+        if self._closing:  # read without a lock: a send racing close() may follow the bye or be lost, harmlessly
+            self._count(dst, send_failed=1)
+        else:
+            self._send_frames(dst, frames, nbytes)
+
+    def close(self) -> None:
+        """Say bye to every peer and release the links; idempotent, never blocks on a dead peer."""
+        with self._close_lock:
+            if self._closing:
+                return
+            self._closing = True
+        bye = wire.encode("bye", self.peer_id, 0)
+        self._shutdown(bye, sum(memoryview(f).nbytes for f in bye))
+
+    def stats(self) -> dict[int | str, LinkStats]:
+        """A snapshot per link; `"unknown"` collects traffic from routing ids that are no peer."""
+        with self._stats_lock:
+            return {k: dataclasses.replace(v) for k, v in self._stats.items()}
+
+    def _count(self, link: int | str, **increments: int) -> None:
+        with self._stats_lock:
+            s = self._stats.setdefault(link, LinkStats())
+            for name, n in increments.items():
+                setattr(s, name, getattr(s, name) + n)
+
+    # ---- inbound -------------------------------------------------------------------------------------------
+
+    def _deliver(self, frames: Sequence, routing_sender: int | None) -> None:
+        """Validate one inbound message from the link of `routing_sender` and file it (or drop and count)."""
+        link = routing_sender if routing_sender in self.peers else UNKNOWN
+        self._count(link, msgs_received=1, bytes_received=sum(memoryview(f).nbytes for f in frames))
+        if link == UNKNOWN:
+            self._drop(link, f"routing id {routing_sender!r} is not a peer")
+            return
+        try:
+            msg = wire.decode(frames, self.limits)
+        except wire.WireError as e:
+            self._drop(link, e.reason)
+            return
+        if msg.sender != link:
+            self._drop(link, f"header sender {msg.sender} != routing id {link}")
+            return
+        if msg.kind == "bye":
+            self.mailbox.mark_departed(link)
+            return
+        if not self.mailbox.put(msg):
+            self._count(link, late=1)
+        if msg.kind == "hello" and self.peer_id not in _heard(msg):
+            # Answer at once, also after our own barrier: lets a late or restarted peer finish its barrier.
+            self._hello([link])
+
+    def _drop(self, link: int | str, reason: str) -> None:
+        with self._stats_lock:
+            self._stats.setdefault(link, LinkStats()).dropped += 1
+            self._drops[link] += 1
+            n = self._drops[link]
+        if n <= _LOG_FIRST_DROPS or n % _LOG_EVERY_DROPS == 0:
+            log.warning("peer %s dropped message #%d from %s: %s", self.peer_id, n, link, reason)
+
+    # ---- hello barrier -------------------------------------------------------------------------------------
+
+    def _hello(self, dsts: Iterable[int]) -> None:
+        heard = ",".join(str(p) for p in sorted(self.peers) if self.mailbox.latest("hello", p) is not None)
+        for p in dsts:
+            self.send(p, "hello", 0, meta={"heard": heard})
+
+    def _confirmed(self) -> set[int]:
+        """Peers we heard from whose latest hello says they heard from us: reachable both ways."""
+        return {p for p in self.peers
+                if (m := self.mailbox.latest("hello", p)) is not None and self.peer_id in _heard(m)}
+
+    def wait_for_peers(self, timeout_s: float) -> set[int]:
+        """Hello barrier: returns the peers reachable both ways; the others are marked departed."""
+        deadline = time.monotonic() + timeout_s
+        while (confirmed := self._confirmed()) != self.peers and time.monotonic() < deadline:
+            self._hello(self.peers)
+            time.sleep(max(0.0, min(HELLO_INTERVAL_S, deadline - time.monotonic())))
+        self._hello(self.peers)  # the last one: lets peers that wait for our confirmation finish too
+        for p in self.peers - confirmed:
+            self.mailbox.mark_departed(p)
+        return confirmed

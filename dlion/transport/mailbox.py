@@ -1,0 +1,121 @@
+"""Mailbox: decoded messages keyed by (kind, round, sender), with waiting, staleness, lateness and suspicion.
+
+Stages never poll the network: they `take` what a round needs, and the mailbox wakes them the moment the last
+expected message is filed, or at their deadline.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from typing import Iterable
+
+from .wire import Message
+
+
+class Mailbox:
+    """Thread-safe; `put` is called by the transport, `take`/`latest` by the stages."""
+
+    def __init__(self, suspect_after: int = 2, keep_rounds: int = 64):
+        """`keep_rounds` bounds the rounds held per (kind, sender), for kinds that are only read with `latest`."""
+        self.suspect_after = suspect_after
+        self.keep_rounds = keep_rounds
+        self._cond = threading.Condition()
+        self._store: dict[str, dict[int, dict[int, Message]]] = defaultdict(lambda: defaultdict(dict))
+        self._low: dict[str, int] = {}
+        self._latest: dict[tuple[str, int], Message] = {}
+        self._late: dict[int, int] = defaultdict(int)
+        self._misses: dict[int, int] = defaultdict(int)
+        self._departed: set[int] = set()
+
+    def put(self, msg: Message) -> bool:
+        """File `msg`; False if it was late (below the kind's low-water mark) and discarded.
+
+        Any message proves its sender is alive: it clears suspicion and re-admits a sender that had departed
+        (a restarted peer; `bye` is the last message on a connection, so nothing older can follow it).
+        """
+        with self._cond:
+            self._misses.pop(msg.sender, None)
+            self._departed.discard(msg.sender)
+            if msg.round < self._low.get(msg.kind, 0):
+                self._late[msg.sender] += 1
+                return False
+            rounds = self._store[msg.kind][msg.sender]
+            rounds[msg.round] = msg
+            if len(rounds) > self.keep_rounds:
+                del rounds[min(rounds)]
+            self._latest[(msg.kind, msg.sender)] = msg
+            self._cond.notify_all()
+            return True
+
+    def take(self, kind: str, round: int, senders: Iterable[int], deadline: float,
+             staleness: int = 0) -> dict[int, Message]:
+        """Wait until every expected sender has a message with round in [round - staleness, round] (newest
+        wins) or until `deadline` (time.monotonic()); return what is there.
+
+        Departed and suspected senders are not waited for. Afterwards the low-water mark for `kind` rises to
+        `round - staleness` and older entries are dropped.
+        """
+        senders = set(senders)
+        oldest = round - staleness
+        with self._cond:
+            while True:
+                found = self._collect(kind, senders, oldest, round)
+                waiting = senders - found.keys() - self._departed - self._suspected()
+                remaining = deadline - time.monotonic()
+                if not waiting or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            for s in senders - self._departed:
+                if s in found:
+                    self._misses.pop(s, None)
+                else:
+                    self._misses[s] += 1
+            self._raise_low(kind, oldest)
+            return found
+
+    def _collect(self, kind: str, senders: set[int], oldest: int, newest: int) -> dict[int, Message]:
+        found = {}
+        by_sender = self._store.get(kind, {})
+        for s in senders:
+            rounds = [r for r in by_sender.get(s, ()) if oldest <= r <= newest]
+            if rounds:
+                found[s] = by_sender[s][max(rounds)]
+        return found
+
+    def _raise_low(self, kind: str, low: int) -> None:
+        if low <= self._low.get(kind, 0):
+            return
+        self._low[kind] = low
+        for rounds in self._store.get(kind, {}).values():
+            for r in [r for r in rounds if r < low]:
+                del rounds[r]
+
+    def latest(self, kind: str, sender: int) -> Message | None:
+        """The most recently filed message of `kind` from `sender`, whatever its round."""
+        with self._cond:
+            return self._latest.get((kind, sender))
+
+    def mark_departed(self, sender: int) -> None:
+        """Stop waiting for `sender` (it said bye, or never answered the hello barrier)."""
+        with self._cond:
+            self._departed.add(sender)
+            self._cond.notify_all()
+
+    @property
+    def departed(self) -> frozenset[int]:
+        with self._cond:
+            return frozenset(self._departed)
+
+    @property
+    def suspected(self) -> frozenset[int]:
+        """Senders that missed `suspect_after` consecutive takes and sent nothing since."""
+        with self._cond:
+            return self._suspected()
+
+    def _suspected(self) -> frozenset[int]:
+        return frozenset(s for s, n in self._misses.items() if n >= self.suspect_after)
+
+    def late_counts(self) -> dict[int, int]:
+        with self._cond:
+            return dict(self._late)

@@ -1,0 +1,224 @@
+"""Wire codec: a msgpack header frame followed by raw array frames, validated field by field.
+
+Everything a peer receives is untrusted: `decode` checks sizes before it allocates or unpacks anything, so a
+malformed or hostile message costs a `WireError`, never a crash, a pickle load or a large allocation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import msgpack
+import numpy as np
+
+VERSION = 1
+KINDS = ("hello", "bye", "grad", "eval", "report", "model", "score", "fetch", "stop")
+DTYPES = ("float32", "float16", "float64", "int32", "int64", "uint32", "uint8")
+INDEX_DTYPE = "uint32"
+# Little-endian on the wire whatever the host order, so mixed machines agree.
+_WIRE_DTYPE = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
+_META_TYPES = (bool, int, float, str, type(None))
+
+# A header is small: a few keys, short strings, at most _MAX_ITEMS tensors. These bound the unpacker.
+MAX_HEADER_BYTES = 64 * 1024
+_MAX_STR = 4096
+_MAX_ITEMS = 64
+_HEADER_FIELDS = frozenset({"v", "k", "s", "r", "m", "t"})
+_DENSE_FIELDS = frozenset({"n", "d", "sh", "e"})
+_SPARSE_FIELDS = _DENSE_FIELDS | {"nnz", "id"}
+
+
+class WireError(ValueError):
+    """A message that cannot be encoded or was rejected on decode; `reason` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class WireLimits:
+    """What a receiver accepts: who may send, and how big a message and its meta may be."""
+
+    known_senders: frozenset[int]
+    max_message_bytes: int
+    max_meta_entries: int = 32
+
+
+class Sparse(NamedTuple):
+    """A sparse vector of length `size`: `values[i]` sits at position `indices[i]` (uint32)."""
+
+    indices: np.ndarray
+    values: np.ndarray
+    size: int
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded message; `nbytes` is its size on the wire (all frames)."""
+
+    kind: str
+    sender: int
+    round: int
+    meta: dict[str, Any]
+    tensors: dict[str, np.ndarray | Sparse]
+    nbytes: int
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _nbytes(frame) -> int:
+    return memoryview(frame).nbytes
+
+
+def _raw(a: np.ndarray) -> memoryview:
+    """The array's bytes without a copy (the caller already made it contiguous)."""
+    return memoryview(a.reshape(-1)).cast("B")
+
+
+def _check_meta(meta, max_entries: int | None) -> dict:
+    if not isinstance(meta, dict):
+        raise WireError("meta is not a map")
+    if max_entries is not None and len(meta) > max_entries:
+        raise WireError(f"meta too large ({len(meta)} > {max_entries} entries)")
+    for key, value in meta.items():
+        if not isinstance(key, str):
+            raise WireError("meta key is not a string")
+        if not isinstance(value, _META_TYPES):
+            raise WireError(f"meta {key!r} is not a scalar")
+    return meta
+
+
+def _check_indices(indices: np.ndarray, size: int) -> None:
+    if indices.size and int(indices.max()) >= size:
+        raise WireError(f"sparse index out of range [0, {size})")
+
+
+def encode(kind: str, sender: int, round: int, tensors: Mapping[str, np.ndarray | Sparse] | None = None,
+           meta: Mapping[str, Any] | None = None) -> list[bytes | memoryview]:
+    """Frames for one message. Array frames alias the caller's arrays: do not mutate them after sending."""
+    if kind not in KINDS:
+        raise WireError(f"unknown kind {kind!r}")
+    if not (_is_int(sender) and sender >= 0 and _is_int(round) and round >= 0):
+        raise WireError("sender and round must be ints >= 0")
+    # numpy scalars (a loss from np.mean) are the common slip; msgpack cannot pack them.
+    meta = {k: v.item() if isinstance(v, np.generic) else v for k, v in (meta or {}).items()}
+    _check_meta(meta, None)
+    specs, frames = [], []
+    for name, t in (tensors or {}).items():
+        if isinstance(t, Sparse):
+            indices, values = np.asarray(t.indices), np.asarray(t.values)
+            if indices.dtype != np.dtype(INDEX_DTYPE):
+                raise WireError(f"tensor {name!r}: sparse indices must be {INDEX_DTYPE}, not {indices.dtype}")
+            if indices.ndim != 1 or values.shape != indices.shape:
+                raise WireError(f"tensor {name!r}: sparse indices and values must be 1-D of equal length")
+            size = int(t.size)
+            if size != t.size or size < 0:
+                raise WireError(f"tensor {name!r}: bad sparse size {t.size!r}")
+            _check_indices(indices, size)
+            values = _wire_array(name, values)
+            specs.append({"n": name, "d": values.dtype.name, "sh": [size], "e": "sparse",
+                          "nnz": int(indices.size), "id": INDEX_DTYPE})
+            frames += [_raw(_wire_array(name, indices)), _raw(values)]
+        else:
+            a = _wire_array(name, np.asarray(t))
+            specs.append({"n": name, "d": a.dtype.name, "sh": list(a.shape), "e": "dense"})
+            frames.append(_raw(a))
+    header = msgpack.packb({"v": VERSION, "k": kind, "s": sender, "r": round, "m": meta, "t": specs})
+    return [header, *frames]
+
+
+def _wire_array(name: str, a: np.ndarray) -> np.ndarray:
+    if a.dtype.name not in _WIRE_DTYPE:
+        raise WireError(f"tensor {name!r}: dtype {a.dtype} not allowed")
+    return np.asarray(a, dtype=_WIRE_DTYPE[a.dtype.name], order="C")  # keeps 0-d shapes, unlike ascontiguousarray
+
+
+def _unpack_header(frame, limits: WireLimits) -> dict:
+    if _nbytes(frame) > MAX_HEADER_BYTES:
+        raise WireError("header too large")
+    try:
+        header = msgpack.unpackb(
+            frame, raw=False, strict_map_key=True, max_bin_len=0, max_ext_len=0, max_str_len=_MAX_STR,
+            max_array_len=_MAX_ITEMS, max_map_len=max(limits.max_meta_entries, len(_SPARSE_FIELDS)) + 1)
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as e:
+        raise WireError(f"bad msgpack header ({type(e).__name__})") from None
+    if not isinstance(header, dict):
+        raise WireError("header is not a map")
+    missing, extra = _HEADER_FIELDS - header.keys(), header.keys() - _HEADER_FIELDS
+    if missing or extra:
+        raise WireError(f"header fields: missing {sorted(missing)}, unexpected {sorted(map(repr, extra))}")
+    return header
+
+
+def _parse_spec(spec) -> tuple[str, np.dtype, tuple[int, ...], int | None]:
+    """(name, dtype, shape, nnz); nnz is None for a dense tensor."""
+    if not isinstance(spec, dict):
+        raise WireError("tensor spec is not a map")
+    sparse = spec.get("e") == "sparse"
+    if set(spec) != (_SPARSE_FIELDS if sparse else _DENSE_FIELDS) or spec["e"] not in ("dense", "sparse"):
+        raise WireError("tensor spec fields or encoding invalid")
+    name, dtype, shape = spec["n"], spec["d"], spec["sh"]
+    if not isinstance(name, str):
+        raise WireError("tensor name is not a string")
+    if not isinstance(dtype, str) or dtype not in _WIRE_DTYPE:
+        raise WireError(f"tensor {name!r}: dtype {dtype!r} not allowed")
+    if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)):
+        raise WireError(f"tensor {name!r}: bad shape")
+    if not sparse:
+        return name, _WIRE_DTYPE[dtype], tuple(shape), None
+    nnz = spec["nnz"]
+    if spec["id"] != INDEX_DTYPE:
+        raise WireError(f"tensor {name!r}: sparse index dtype must be {INDEX_DTYPE}")
+    if len(shape) != 1 or not (_is_int(nnz) and nnz >= 0):
+        raise WireError(f"tensor {name!r}: bad sparse shape or nnz")
+    return name, _WIRE_DTYPE[dtype], tuple(shape), nnz
+
+
+def _array(frame, dtype: np.dtype, count: int, what: str) -> np.ndarray:
+    expected = count * dtype.itemsize
+    if _nbytes(frame) != expected:
+        raise WireError(f"{what}: frame has {_nbytes(frame)} bytes, header implies {expected}")
+    return np.frombuffer(frame, dtype=dtype)
+
+
+def decode(frames: Sequence, limits: WireLimits) -> Message:
+    """Validate and decode frames (bytes-like); raises WireError on any problem."""
+    if not frames:
+        raise WireError("no frames")
+    total = sum(_nbytes(f) for f in frames)
+    if total > limits.max_message_bytes:
+        raise WireError(f"message too large ({total} > {limits.max_message_bytes} bytes)")
+    h = _unpack_header(frames[0], limits)
+    if not _is_int(h["v"]) or h["v"] != VERSION:
+        raise WireError(f"unsupported schema version {h['v']!r}")
+    if h["k"] not in KINDS:
+        raise WireError(f"unknown kind {h['k']!r}")
+    if not _is_int(h["s"]) or h["s"] not in limits.known_senders:
+        raise WireError(f"unknown sender {h['s']!r}")
+    if not (_is_int(h["r"]) and h["r"] >= 0):
+        raise WireError(f"bad round {h['r']!r}")
+    meta = _check_meta(h["m"], limits.max_meta_entries)
+    if not isinstance(h["t"], list):
+        raise WireError("tensor list is not a list")
+    specs = [_parse_spec(s) for s in h["t"]]
+    if len({s[0] for s in specs}) != len(specs):
+        raise WireError("duplicate tensor names")
+    expected = 1 + sum(1 if nnz is None else 2 for *_, nnz in specs)
+    if expected != len(frames):
+        raise WireError(f"frame count mismatch (header implies {expected}, got {len(frames)})")
+    tensors, i = {}, 1
+    for name, dtype, shape, nnz in specs:
+        if nnz is None:
+            tensors[name] = _array(frames[i], dtype, math.prod(shape), name).reshape(shape)
+            i += 1
+        else:
+            indices = _array(frames[i], _WIRE_DTYPE[INDEX_DTYPE], nnz, f"{name} indices")
+            values = _array(frames[i + 1], dtype, nnz, f"{name} values")
+            _check_indices(indices, shape[0])
+            tensors[name] = Sparse(indices, values, shape[0])
+            i += 2
+    return Message(h["k"], h["s"], h["r"], meta, tensors, total)

@@ -1,0 +1,210 @@
+"""ZeroMQ transport: one ROUTER in, one DEALER out per peer, all owned by a single communication thread.
+
+ZeroMQ sockets are not thread-safe, so other threads never touch them: `send` queues frames and writes a byte
+to a wake-up pipe that the thread polls together with the ROUTER.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from typing import NamedTuple
+
+import zmq
+
+from .base import Transport
+from .wire import WireLimits
+
+log = logging.getLogger("dlion.transport")
+
+_RECV_BATCH = 64       # inbound messages per loop turn, so queued sends are not starved
+_BYE_GRACE_MS = 100    # at close: how long byes may wait for room behind a full queue, then linger to leave
+
+
+def _routing_id(raw: bytes) -> int | None:
+    """The peer id a DEALER announced, or None if it is not a canonical decimal id."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return int(text) if text.isdigit() and str(int(text)) == text else None
+
+
+class ZmqTransport(Transport):
+    """TCP transport between the peers of `endpoints` (peer id -> (host, port)); binds its own endpoint."""
+
+    def __init__(self, peer_id: int, endpoints: dict[int, tuple[str, int]], limits: WireLimits,
+                 sndhwm: int = 16, poll_ms: int = 50, suspect_after: int = 2):
+        if peer_id not in endpoints:
+            raise ValueError(f"peer {peer_id} has no endpoint")
+        super().__init__(peer_id, endpoints, limits, suspect_after)
+        self.endpoints = dict(endpoints)
+        self.sndhwm = sndhwm
+        self.poll_ms = poll_ms
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._pipe_lock = threading.Lock()
+        self._pipe_open = True
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: Exception | None = None
+
+    def _address(self, peer: int) -> str:
+        host, port = self.endpoints[peer]
+        return f"tcp://{host}:{port}"
+
+    def start(self) -> None:
+        """Start the communication thread; returns once the ROUTER is bound, raises if the sockets cannot open
+        (port in use, bad endpoint)."""
+        if self._thread is not None:
+            raise RuntimeError(f"peer {self.peer_id}: transport already started")
+        self._thread = threading.Thread(target=self._run, name=f"dlion-comm-{self.peer_id}", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            raise RuntimeError(f"peer {self.peer_id}: cannot bind {self._address(self.peer_id)} or connect to "
+                               f"its peers: {self._start_error}") from self._start_error
+
+    def _send_frames(self, dst: int, frames: list, nbytes: int) -> None:
+        with self._pipe_lock:
+            if not self._pipe_open:
+                self._count(dst, send_failed=1)
+                return
+            self._queue.put((dst, frames, nbytes))
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # pipe full: a wake-up is already pending
+
+    def _shutdown(self, bye: list, nbytes: int) -> None:
+        with self._pipe_lock:
+            self._queue.put(_Stop(bye, nbytes))
+            self._wake()
+        if self._thread is not None:
+            self._thread.join()
+        with self._pipe_lock:
+            self._pipe_open = False
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    # ---- communication thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        ctx = zmq.Context()
+        router, dealers = ctx.socket(zmq.ROUTER), {}
+        try:
+            self._open(router, dealers)
+        except Exception as e:  # start() raises it in the caller's thread
+            self._start_error = e
+            _close(ctx, router, dealers)
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._farewell(dealers, self._loop(router, dealers))
+        finally:
+            _close(ctx, router, dealers)
+
+    def _open(self, router: zmq.Socket, dealers: dict[int, zmq.Socket]) -> None:
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer may reuse its id while the old link lingers
+        # Twice the app limit: messages in between reach us and are dropped and counted; beyond, libzmq cuts.
+        router.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_message_bytes)
+        router.bind(self._address(self.peer_id))
+        for p in sorted(self.peers):
+            d = dealers[p] = router.context.socket(zmq.DEALER)
+            d.setsockopt(zmq.IDENTITY, str(self.peer_id).encode())
+            d.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a peer that is not connected: Again instead
+            d.setsockopt(zmq.SNDHWM, self.sndhwm)
+            d.setsockopt(zmq.LINGER, 0)
+            d.connect(self._address(p))
+
+    def _loop(self, router: zmq.Socket, dealers: dict[int, zmq.Socket]) -> _Stop:
+        """Move traffic until close() asks to stop; returns its request."""
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        while True:
+            events = dict(poller.poll(self.poll_ms))
+            if router in events:
+                self._receive(router)
+            if self._wake_r in events:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Stop):
+                    return item
+                dst, frames, nbytes = item
+                self._count_send(dst, nbytes, _try_send(dealers[dst], frames))
+
+    def _receive(self, router: zmq.Socket) -> None:
+        for _ in range(_RECV_BATCH):
+            try:
+                parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self._deliver([p.buffer for p in parts[1:]], _routing_id(parts[0].bytes))
+            except Exception:  # a bug in a handler must not kill the thread that carries all traffic
+                log.exception("peer %s: failed to handle an inbound message", self.peer_id)
+
+    def _count_send(self, dst: int, nbytes: int, ok: bool) -> None:
+        if ok:
+            self._count(dst, msgs_sent=1, bytes_sent=nbytes)
+        else:
+            self._count(dst, send_failed=1)
+
+    def _farewell(self, dealers: dict[int, zmq.Socket], stop: _Stop) -> None:
+        """Send the byes; one behind a full queue waits for room, all together at most _BYE_GRACE_MS."""
+        deadline = time.monotonic() + _BYE_GRACE_MS / 1000
+        pending = dict(dealers)
+        while True:
+            for p, d in list(pending.items()):
+                if _try_send(d, stop.bye):
+                    self._count_send(p, stop.nbytes, True)
+                    del pending[p]
+            remaining = deadline - time.monotonic()
+            if not pending or remaining <= 0:
+                break
+            poller = zmq.Poller()
+            for d in pending.values():
+                poller.register(d, zmq.POLLOUT)
+            poller.poll(remaining * 1000)
+        for p in pending:
+            self._count_send(p, stop.nbytes, False)
+
+
+def _close(ctx: zmq.Context, router: zmq.Socket, dealers: dict[int, zmq.Socket]) -> None:
+    for d in dealers.values():
+        d.close(linger=_BYE_GRACE_MS)  # lets the byes leave; bounded, and IMMEDIATE queues nothing for a dead peer
+    router.close()
+    ctx.term()
+
+
+class _Stop(NamedTuple):
+    """The queue item that ends the communication thread, with the bye it still has to send."""
+
+    bye: list
+    nbytes: int
+
+
+def _try_send(sock: zmq.Socket, frames: list) -> bool:
+    """Queue a message without blocking; False if the link is down or congested (zmq.Again)."""
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        return False
+    return True

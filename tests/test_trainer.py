@@ -1,0 +1,154 @@
+"""dlion.trainer: flat gradients/params, optimizer apply, no retracing, evaluation, thread configuration."""
+import subprocess
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+from conftest import PYTHON, python_env  # noqa: E402
+from dlion import data  # noqa: E402
+from dlion.trainer import Trainer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return data.synthetic(1000, 300, seed=0)
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return Trainer("cnn", "adam", seed=0)
+
+
+@pytest.fixture(scope="module")
+def cnn_bn():
+    return Trainer("cnn-bn", "adam", seed=0)
+
+
+def test_sizes(cnn, cnn_bn):
+    assert cnn.num_params == cnn.num_state == 225034
+    assert cnn_bn.num_state - cnn_bn.num_params == 2 * (32 + 64)
+
+
+def test_gradients_shape_dtype_and_no_weight_change(cnn, ds):
+    before = cnn.get_params()
+    loss, grads = cnn.gradients(ds.x_train[:16], ds.y_train[:16])
+    assert isinstance(loss, float) and loss > 0
+    assert grads.shape == (cnn.num_params,) and grads.dtype == np.float32
+    assert np.isfinite(grads).all() and np.abs(grads).sum() > 0
+    grads *= 2  # callers own the array
+    np.testing.assert_array_equal(cnn.get_params(), before)
+
+
+def test_apply_lowers_loss():
+    rng = np.random.default_rng(0)
+    tr = Trainer("mlp", "sgd", learning_rate=0.05, momentum=0.0)
+    x, y = rng.random((32, 28, 28, 1), np.float32), rng.integers(0, 10, 32)
+    first, grads = tr.gradients(x, y)
+    before = tr.get_params()
+    tr.apply(grads)
+    # Plain SGD: exactly params - lr * grads.
+    np.testing.assert_allclose(tr.get_params(), before - 0.05 * grads, atol=1e-6)
+    for _ in range(10):
+        tr.apply(tr.gradients(x, y)[1])
+    assert tr.gradients(x, y)[0] < first * 0.8
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
+def test_gradients_apply_matches_train_step(optimizer, ds):
+    """The flat split/concat order is right: the pipeline does what the fused step does."""
+    a, b = Trainer("mlp", optimizer, seed=4), Trainer("mlp", optimizer, seed=4)
+    for i in range(3):
+        x, y = ds.x_train[i * 20:(i + 1) * 20], ds.y_train[i * 20:(i + 1) * 20]
+        loss_a, grads = a.gradients(x, y)
+        a.apply(grads)
+        assert loss_a == pytest.approx(b.train_step(x, y), rel=1e-5)
+    np.testing.assert_allclose(a.get_params(), b.get_params(), atol=1e-5)
+
+
+def test_get_set_roundtrip_includes_batchnorm_stats(cnn_bn, ds):
+    tr = cnn_bn
+    moving = tr.model.non_trainable_variables
+    before = [v.numpy().copy() for v in moving]
+    tr.gradients(ds.x_train[:32], ds.y_train[:32])  # a training-mode pass moves the statistics
+    assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, moving))
+
+    new = np.random.default_rng(1).random(tr.num_state, dtype=np.float32) + 0.5
+    tr.set_params(new)
+    np.testing.assert_array_equal(tr.get_params(), new)
+    # Trainable variables first, then the non-trainable ones, in model order.
+    tail = np.concatenate([v.numpy().ravel() for v in moving])
+    np.testing.assert_array_equal(tail, new[tr.num_params:])
+    assert tr.get_params() is not tr.get_params()  # fresh arrays
+
+
+def test_set_params_makes_trainers_agree(cnn_bn, ds):
+    other = Trainer("cnn-bn", "adam", seed=9)
+    other.set_params(cnn_bn.get_params())
+    x, y = ds.x_test[:50], ds.y_test[:50]
+    assert other.evaluate(x, y) == pytest.approx(cnn_bn.evaluate(x, y), rel=1e-5)
+
+
+def test_same_seed_same_start():
+    a, b, c = Trainer("cnn", seed=3), Trainer("cnn", seed=3), Trainer("cnn", seed=4)
+    np.testing.assert_array_equal(a.get_params(), b.get_params())
+    assert not np.array_equal(a.get_params(), c.get_params())
+
+
+def test_no_retrace_across_batch_sizes(cnn, ds):
+    traced = cnn.tracing_count()
+    for n in (7, 32, 64, 100):
+        loss, grads = cnn.gradients(ds.x_train[:n], ds.y_train[:n])
+        cnn.apply(grads)
+        cnn.train_step(ds.x_train[:n], ds.y_train[:n])
+        cnn.evaluate(ds.x_test[:n], ds.y_test[:n], batch=max(1, n // 3))
+        cnn.set_params(cnn.get_params())
+    assert cnn.tracing_count() == traced
+
+
+def test_bad_inputs(cnn, ds):
+    with pytest.raises(ValueError, match="flat_grads"):
+        cnn.apply(np.zeros(10, np.float32))
+    with pytest.raises(ValueError, match="flat_params"):
+        cnn.set_params(np.zeros(cnn.num_state + 1, np.float32))
+    with pytest.raises(ValueError, match="x: expected shape"):
+        cnn.gradients(ds.x_train[:4, :, :, 0], ds.y_train[:4])
+    with pytest.raises(ValueError, match="labels"):
+        cnn.gradients(ds.x_train[:4], ds.y_train[:3])
+
+
+def test_unknown_optimizer():
+    with pytest.raises(ValueError, match="sgd, adam, rmsprop"):
+        Trainer("mlp", "adagrad")
+
+
+def test_training_beats_chance(ds):
+    tr = Trainer("cnn", "adam", learning_rate=2e-3, seed=0)
+    loss0, acc0 = tr.evaluate(ds.x_test, ds.y_test, batch=128)
+    assert 0.0 <= acc0 <= 1.0 and loss0 > 0
+    sampler = data.BatchSampler(np.arange(len(ds.y_train)), seed=0)
+    for _ in range(25):
+        idx = sampler.next(32)
+        tr.apply(tr.gradients(ds.x_train[idx], ds.y_train[idx])[1])
+    loss, acc = tr.evaluate(ds.x_test, ds.y_test, batch=128)
+    assert acc > 0.5 and loss < loss0
+
+
+def test_configure_threads_fresh_process():
+    code = """
+import tensorflow as tf
+from dlion.trainer import configure_threads
+configure_threads(1)
+configure_threads(1)
+tf.constant(1.0) + 1.0  # initialises the runtime
+configure_threads(1)  # same values: accepted
+assert tf.config.threading.get_intra_op_parallelism_threads() == 1
+assert tf.config.threading.get_inter_op_parallelism_threads() == 1
+try:
+    configure_threads(2)
+except RuntimeError:
+    pass
+else:
+    raise AssertionError("changing threads after initialisation must raise")
+"""
+    subprocess.run([PYTHON, "-c", code], env=python_env(), check=True, timeout=120)

@@ -1,0 +1,147 @@
+"""In-process transport: the shared Transport behaviour (validation, stats, barrier, bye) without sockets."""
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dlion.transport import InprocHub, InprocTransport, Sparse, WireLimits, encode
+
+LIMITS = WireLimits(known_senders=frozenset({0, 1, 2}), max_message_bytes=1 << 16)
+
+
+@pytest.fixture
+def hub():
+    return InprocHub()
+
+
+@pytest.fixture
+def make(hub):
+    made = []
+
+    def make(peer_id, start=True):
+        t = InprocTransport(peer_id, hub, LIMITS)
+        made.append(t)
+        if start:
+            t.start()
+        return t
+
+    yield make
+    for t in made:
+        t.close()
+
+
+def barrier_all(transports, timeout_s):
+    """Run wait_for_peers on every transport in its own thread; {peer_id: result}."""
+    results = {}
+    threads = [threading.Thread(target=lambda t=t: results.__setitem__(t.peer_id, t.wait_for_peers(timeout_s)))
+               for t in transports]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return results
+
+
+def test_dense_and_sparse_roundtrip_copies_frames(make):
+    a, b = make(0), make(1)
+    g = np.arange(6, dtype=np.float32)
+    a.send(1, "grad", 2, {"g": g, "s": Sparse(np.array([1], np.uint32), np.array([9.0], np.float32), 6)},
+           {"batch": 32})
+    g[:] = -1  # the receiver holds its own copy, as over TCP
+    got = b.mailbox.take("grad", 2, [0], time.monotonic() + 1)[0]
+    np.testing.assert_array_equal(got.tensors["g"], np.arange(6, dtype=np.float32))
+    assert got.tensors["s"].indices.tolist() == [1] and got.meta == {"batch": 32}
+    sent, received = a.stats()[1], b.stats()[0]
+    assert sent.msgs_sent == received.msgs_received == 1
+    assert sent.bytes_sent == received.bytes_received == got.nbytes
+
+
+def test_barrier_with_a_late_starter(make):
+    ts = [make(0), make(1), make(2, start=False)]
+    threading.Timer(0.3, ts[2].start).start()
+    t0 = time.monotonic()
+    assert barrier_all(ts, 5) == {0: {1, 2}, 1: {0, 2}, 2: {0, 1}}
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_barrier_timeout_marks_absent_peers_departed(make):
+    a, b = make(0), make(1)
+    t0 = time.monotonic()
+    assert barrier_all([a, b], 0.3) == {0: {1}, 1: {0}}
+    assert 0.3 <= time.monotonic() - t0 < 0.6
+    assert a.mailbox.departed == {2}
+    assert a.stats()[2].send_failed > 0
+
+
+def test_a_peer_joining_after_the_barrier_is_answered(make):
+    a, b = make(0), make(1)
+    barrier_all([a, b], 0.2)
+    c = make(2)
+    assert c.wait_for_peers(2) == {0, 1}
+    assert 2 not in a.mailbox.departed, "its hello re-admits it"
+
+
+def test_send_to_an_absent_or_closed_peer_counts_send_failed(make):
+    a, b = make(0), make(1)
+    a.send(2, "grad", 0)
+    b.close()
+    assert a.mailbox.departed == {1}, "close says bye"
+    a.send(1, "grad", 0)
+    b.close()  # idempotent
+    b.send(0, "grad", 0)
+    assert a.stats()[2].send_failed == 1 and a.stats()[1].send_failed == 1
+    assert b.stats()[0].send_failed == 1 and b.stats()[0].msgs_sent == 1  # the bye
+
+
+def test_send_misuse_raises(make):
+    a = make(0)
+    for dst in (0, 7):
+        with pytest.raises(ValueError):
+            a.send(dst, "grad", 0)
+    with pytest.raises(ValueError, match="max_message_bytes"):
+        a.send(1, "model", 0, {"w": np.zeros(1 << 15, np.float32)})
+
+
+def test_invalid_spoofed_and_unknown_messages_are_dropped_and_counted(hub, make, caplog):
+    a = make(0)
+    spoofed = encode("grad", 2, 0)
+    bad_sparse = encode("grad", 1, 0, {"s": Sparse(np.array([1], np.uint32), np.ones(1, np.float32), 4)})
+    bad_sparse[1] = np.array([4], np.uint32).tobytes()
+    with caplog.at_level(logging.WARNING, logger="dlion.transport"):
+        hub.deliver(1, 0, spoofed)
+        hub.deliver(1, 0, bad_sparse)
+        hub.deliver(1, 0, [b"\xc1"])
+        hub.deliver(99, 0, encode("grad", 1, 0))
+    stats = a.stats()
+    assert stats[1].dropped == 3 and stats[1].msgs_received == 3
+    assert stats["unknown"].dropped == 1
+    assert a.mailbox.latest("grad", 1) is None and a.mailbox.latest("grad", 2) is None
+    reasons = " ".join(r.getMessage() for r in caplog.records)
+    assert "header sender 2 != routing id 1" in reasons and "out of range" in reasons
+    assert "routing id 99" in reasons
+
+
+def test_drop_warnings_are_rate_limited(hub, make, caplog):
+    make(0)
+    with caplog.at_level(logging.WARNING, logger="dlion.transport"):
+        for _ in range(250):
+            hub.deliver(1, 0, [b"\xc1"])
+    assert [r.getMessage().split("#")[1].split()[0] for r in caplog.records] == ["1", "2", "3", "4", "5",
+                                                                                  "100", "200"]
+
+
+def test_late_messages_are_counted_per_link(make):
+    a, b = make(0), make(1)
+    b.mailbox.take("grad", 3, [0], time.monotonic())
+    a.send(1, "grad", 1)
+    a.send(1, "grad", 3)
+    assert b.stats()[0].late == 1 and b.mailbox.late_counts() == {0: 1}
+    assert b.stats()[0].msgs_received == 2
+
+
+def test_peer_id_in_use_on_the_hub(make):
+    make(0)
+    with pytest.raises(ValueError, match="already"):
+        make(0)

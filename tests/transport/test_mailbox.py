@@ -1,0 +1,167 @@
+"""Mailbox: waiting, deadlines, staleness, lateness, departures and suspicion."""
+import threading
+import time
+
+import pytest
+
+from dlion.transport import Mailbox, Message
+
+
+def msg(kind, sender, round, **meta):
+    return Message(kind, sender, round, meta, {}, 0)
+
+
+def put_later(mb, delay, *messages):
+    """Put `messages` from another thread after `delay` seconds."""
+    def run():
+        time.sleep(delay)
+        for m in messages:
+            mb.put(m)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def timed_take(mb, *args, **kwargs):
+    t0 = time.monotonic()
+    got = mb.take(*args, **kwargs)
+    return got, time.monotonic() - t0
+
+
+def test_take_returns_as_soon_as_the_last_message_lands():
+    mb = Mailbox()
+    mb.put(msg("grad", 1, 0))
+    put_later(mb, 0.15, msg("grad", 2, 0))
+    got, elapsed = timed_take(mb, "grad", 0, [1, 2], time.monotonic() + 5)
+    assert sorted(got) == [1, 2]
+    assert 0.14 <= elapsed < 0.4
+
+
+def test_take_returns_immediately_when_there_is_nothing_to_wait_for():
+    mb = Mailbox()
+    mb.put(msg("grad", 1, 4))
+    mb.mark_departed(2)
+    for senders in ([], [1], [1, 2]):
+        got, elapsed = timed_take(mb, "grad", 4, senders, time.monotonic() + 5)
+        assert elapsed < 0.05 and sorted(got) == sorted(set(senders) & {1})
+
+
+def test_take_returns_at_the_deadline_with_what_it_has():
+    mb = Mailbox()
+    mb.put(msg("grad", 1, 0))
+    put_later(mb, 0.05, msg("grad", 3, 0), msg("eval", 2, 0), msg("grad", 2, 1))  # not what we wait for
+    got, elapsed = timed_take(mb, "grad", 0, [1, 2, 3], time.monotonic() + 0.3)
+    assert sorted(got) == [1, 3]
+    assert 0.3 <= elapsed <= 0.5
+
+
+def test_staleness_window_newest_wins():
+    mb = Mailbox()
+    for r in (2, 3, 4, 6):
+        mb.put(msg("grad", 1, r))
+    mb.put(msg("grad", 2, 3))
+    got = mb.take("grad", 5, [1, 2], time.monotonic() + 1, staleness=2)
+    assert {s: m.round for s, m in got.items()} == {1: 4, 2: 3}
+    assert mb.take("grad", 2, [1], time.monotonic()) == {}, "rounds below the low-water mark (5 - 2) are dropped"
+
+
+def test_late_messages_below_the_low_water_mark_are_counted_and_discarded():
+    mb = Mailbox()
+    mb.take("grad", 5, [], time.monotonic(), staleness=1)  # low-water mark for grad: 4
+    assert mb.put(msg("grad", 1, 3)) is False
+    assert mb.put(msg("grad", 1, 2)) is False
+    assert mb.put(msg("grad", 2, 4)) is True
+    assert mb.put(msg("eval", 1, 0)) is True, "the mark is per kind"
+    assert mb.late_counts() == {1: 2}
+    assert mb.latest("grad", 1) is None, "late messages are not filed"
+    assert mb.take("grad", 4, [2], time.monotonic())[2].round == 4
+
+
+def test_departed_senders_are_not_waited_for_but_still_returned():
+    mb = Mailbox()
+    mb.put(msg("grad", 2, 0))
+    mb.mark_departed(2)
+    mb.mark_departed(3)
+    assert mb.departed == {2, 3}
+    got, elapsed = timed_take(mb, "grad", 0, [2, 3], time.monotonic() + 5)
+    assert list(got) == [2] and elapsed < 0.05
+
+
+def test_a_departure_wakes_a_waiting_take():
+    mb = Mailbox()
+    threading.Timer(0.1, mb.mark_departed, args=(1,)).start()
+    got, elapsed = timed_take(mb, "grad", 0, [1], time.monotonic() + 5)
+    assert got == {} and elapsed < 0.3
+
+
+def test_a_message_after_departure_readmits_the_sender():
+    mb = Mailbox()
+    mb.mark_departed(1)
+    mb.put(msg("hello", 1, 0))
+    assert mb.departed == frozenset()
+
+
+def test_suspicion_after_consecutive_misses_and_clearing():
+    mb = Mailbox(suspect_after=2)
+    for r in range(2):
+        mb.put(msg("grad", 1, r))
+        assert 2 not in mb.suspected
+        got, elapsed = timed_take(mb, "grad", r, [1, 2], time.monotonic() + 0.1)
+        assert list(got) == [1] and elapsed >= 0.1
+    assert mb.suspected == {2}
+    mb.put(msg("grad", 1, 2))
+    got, elapsed = timed_take(mb, "grad", 2, [1, 2], time.monotonic() + 5)
+    assert list(got) == [1] and elapsed < 0.05, "a suspect is not waited for"
+    mb.put(msg("report", 2, 0))
+    assert mb.suspected == frozenset(), "any message from a suspect clears it"
+    put_later(mb, 0.1, msg("grad", 2, 3))
+    mb.put(msg("grad", 1, 3))
+    got, elapsed = timed_take(mb, "grad", 3, [1, 2], time.monotonic() + 5)
+    assert sorted(got) == [1, 2] and 0.09 <= elapsed < 0.3
+
+
+def test_a_take_that_gets_the_message_resets_the_miss_count():
+    mb = Mailbox(suspect_after=2)
+    mb.take("grad", 0, [1], time.monotonic())
+    mb.put(msg("grad", 1, 1))
+    mb.take("grad", 1, [1], time.monotonic())
+    mb.take("grad", 2, [1], time.monotonic())
+    assert mb.suspected == frozenset()
+    mb.take("grad", 3, [1], time.monotonic())
+    assert mb.suspected == {1}
+
+
+def test_latest_is_the_most_recent_arrival_whatever_the_round():
+    mb = Mailbox()
+    assert mb.latest("report", 1) is None
+    mb.put(msg("report", 1, 5, v=1))
+    mb.put(msg("report", 1, 3, v=2))
+    mb.put(msg("score", 1, 9))
+    assert mb.latest("report", 1).meta == {"v": 2}
+
+
+def test_rounds_kept_per_sender_are_bounded():
+    mb = Mailbox(keep_rounds=4)
+    for r in range(10):
+        mb.put(msg("report", 1, r))
+    assert mb.take("report", 9, [1], time.monotonic(), staleness=9)[1].round == 9
+    assert mb.take("report", 5, [1], time.monotonic(), staleness=0) == {}
+    assert mb.latest("report", 1).round == 9
+
+
+@pytest.mark.parametrize("n_waiters", [1, 3])
+def test_concurrent_takers_of_different_kinds(n_waiters):
+    mb = Mailbox()
+    results = {}
+    kinds = ["grad", "model", "eval"][:n_waiters]
+
+    def waiter(kind):
+        results[kind] = mb.take(kind, 1, [1], time.monotonic() + 5)
+
+    threads = [threading.Thread(target=waiter, args=(k,)) for k in kinds]
+    for t in threads:
+        t.start()
+    put_later(mb, 0.05, *[msg(k, 1, 1) for k in kinds]).join()
+    for t in threads:
+        t.join(1)
+    assert {k: list(v) for k, v in results.items()} == {k: [1] for k in kinds}

@@ -1,0 +1,163 @@
+"""Wire codec: round trips, and every reason a message is rejected."""
+import msgpack
+import numpy as np
+import pytest
+
+from dlion.transport import KINDS, Sparse, WireError, WireLimits, decode, encode
+
+LIMITS = WireLimits(known_senders=frozenset({0, 1, 2}), max_message_bytes=1 << 17)
+
+
+def roundtrip(*args, limits=LIMITS, **kwargs):
+    return decode([bytes(f) for f in encode(*args, **kwargs)], limits)
+
+
+def sample():
+    """A valid grad message from 1: dense `g` (4 float32), sparse `s` (2 of 10, float32)."""
+    return [bytes(f) for f in encode("grad", 1, 3, {
+        "g": np.arange(4, dtype=np.float32),
+        "s": Sparse(np.array([2, 7], np.uint32), np.array([0.5, -1.5], np.float32), 10)})]
+
+
+def rewrite(frames, edit):
+    """`frames` with the header unpacked, changed in place by `edit`, and packed again."""
+    header = msgpack.unpackb(frames[0])
+    edit(header)
+    return [msgpack.packb(header), *frames[1:]]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int32", "int64", "uint32", "uint8"])
+@pytest.mark.parametrize("shape", [(), (0,), (5,), (2, 3, 4)])
+def test_dense_roundtrip(dtype, shape):
+    a = (np.arange(int(np.prod(shape))) % 7).astype(dtype).reshape(shape)
+    frames = encode("model", 2, 9, {"w": a}, {"loss": 0.25, "ok": True, "tag": "x", "none": None, "n": 3})
+    msg = decode([bytes(f) for f in frames], LIMITS)
+    assert (msg.kind, msg.sender, msg.round) == ("model", 2, 9)
+    assert msg.meta == {"loss": 0.25, "ok": True, "tag": "x", "none": None, "n": 3}
+    assert msg.tensors["w"].dtype == a.dtype and msg.tensors["w"].shape == shape
+    np.testing.assert_array_equal(msg.tensors["w"], a)
+    assert msg.nbytes == sum(len(bytes(f)) for f in frames)
+
+
+def test_sparse_roundtrip_and_mixed_tensors():
+    msg = decode(sample(), LIMITS)
+    np.testing.assert_array_equal(msg.tensors["g"], np.arange(4, dtype=np.float32))
+    s = msg.tensors["s"]
+    assert isinstance(s, Sparse) and s.size == 10
+    np.testing.assert_array_equal(s.indices, [2, 7])
+    assert s.indices.dtype == np.uint32
+    np.testing.assert_array_equal(s.values, np.array([0.5, -1.5], np.float32))
+
+
+def test_empty_sparse_and_no_tensors():
+    msg = roundtrip("grad", 0, 0, {"s": Sparse(np.zeros(0, np.uint32), np.zeros(0, np.float16), 5)})
+    assert msg.tensors["s"].size == 5 and msg.tensors["s"].values.dtype == np.float16
+    assert roundtrip("stop", 0, 0).tensors == {}
+
+
+def test_encode_normalises_byte_order_layout_and_numpy_meta():
+    a = np.arange(12, dtype=">f4").reshape(3, 4).T  # big-endian and not contiguous
+    msg = roundtrip("grad", 1, 0, {"a": a}, {"loss": np.float32(1.5), "n": np.int64(4)})
+    np.testing.assert_array_equal(msg.tensors["a"], a)
+    assert msg.meta == {"loss": 1.5, "n": 4} and type(msg.meta["n"]) is int
+
+
+def test_every_kind_encodes():
+    assert [roundtrip(k, 0, 1).kind for k in KINDS] == list(KINDS)
+
+
+@pytest.mark.parametrize("args, match", [
+    (("gossip", 0, 0), "unknown kind"),
+    (("grad", -1, 0), "ints >= 0"),
+    (("grad", 0, True), "ints >= 0"),
+    (("grad", 0, 0, {"c": np.zeros(2, np.complex64)}), "not allowed"),
+    (("grad", 0, 0, {"o": np.array([None])}), "not allowed"),
+    (("grad", 0, 0, {"s": Sparse(np.array([1]), np.array([1.0], np.float32), 4)}), "uint32"),
+    (("grad", 0, 0, {"s": Sparse(np.array([4], np.uint32), np.array([1.0], np.float32), 4)}), "out of range"),
+    (("grad", 0, 0, {"s": Sparse(np.array([1], np.uint32), np.array([1.0, 2.0]), 4)}), "equal length"),
+    (("grad", 0, 0, None, {"x": [1, 2]}), "not a scalar"),
+])
+def test_encode_rejects_what_decode_would(args, match):
+    with pytest.raises(WireError, match=match):
+        encode(*args)
+
+
+def test_decode_arrays_are_views_of_the_frames():
+    frames = sample()
+    assert not decode(frames, LIMITS).tensors["g"].flags.writeable
+
+
+def _deep(depth):
+    return b"\x91" * depth + b"\x01"
+
+
+BAD = {
+    "no frames": (lambda f: [], "no frames"),
+    "malformed msgpack": (lambda f: [b"\xc1", *f[1:]], "bad msgpack"),
+    "truncated msgpack": (lambda f: [f[0][:-3], *f[1:]], "bad msgpack"),
+    "extra data": (lambda f: [f[0] + b"\x00", *f[1:]], "bad msgpack"),
+    "nested too deep": (lambda f: [_deep(5000), *f[1:]], "bad msgpack"),
+    "int map key": (lambda f: [msgpack.packb({1: 2}), *f[1:]], "bad msgpack"),
+    "binary in header": (lambda f: rewrite(f, lambda h: h["m"].update(x=b"ab")), "bad msgpack"),
+    "ext type in header": (lambda f: rewrite(f, lambda h: h["m"].update(x=msgpack.ExtType(1, b"z"))),
+                           "bad msgpack"),
+    "long string": (lambda f: rewrite(f, lambda h: h["m"].update(x="a" * 5000)), "bad msgpack"),
+    "header not a map": (lambda f: [msgpack.packb([1, "grad"]), *f[1:]], "not a map"),
+    "header too large": (lambda f: [b"\x00" * (64 * 1024 + 1), *f[1:]], "header too large"),
+    "missing field": (lambda f: rewrite(f, lambda h: h.pop("r")), "missing \\['r'\\]"),
+    "unexpected field": (lambda f: rewrite(f, lambda h: h.update(x=1)), "unexpected"),
+    "bad version": (lambda f: rewrite(f, lambda h: h.update(v=2)), "version"),
+    "version as string": (lambda f: rewrite(f, lambda h: h.update(v="1")), "version"),
+    "unknown kind": (lambda f: rewrite(f, lambda h: h.update(k="gossip")), "unknown kind"),
+    "kind not a string": (lambda f: rewrite(f, lambda h: h.update(k=["grad"])), "unknown kind"),
+    "unknown sender": (lambda f: rewrite(f, lambda h: h.update(s=7)), "unknown sender"),
+    "sender as bool": (lambda f: rewrite(f, lambda h: h.update(s=True)), "unknown sender"),
+    "negative round": (lambda f: rewrite(f, lambda h: h.update(r=-1)), "bad round"),
+    "round as string": (lambda f: rewrite(f, lambda h: h.update(r="3")), "bad round"),
+    "meta not a map": (lambda f: rewrite(f, lambda h: h.update(m=[1])), "meta is not a map"),
+    "meta too large": (lambda f: rewrite(f, lambda h: h.update(m={f"k{i}": i for i in range(33)})),
+                       "meta too large"),
+    "meta list value": (lambda f: rewrite(f, lambda h: h["m"].update(x=[1, 2])), "not a scalar"),
+    "meta map value": (lambda f: rewrite(f, lambda h: h["m"].update(x={"a": 1})), "not a scalar"),
+    "tensors not a list": (lambda f: rewrite(f, lambda h: h.update(t={})), "not a list"),
+    "tensor spec not a map": (lambda f: rewrite(f, lambda h: h["t"].__setitem__(0, 5)), "not a map"),
+    "unknown encoding": (lambda f: rewrite(f, lambda h: h["t"][0].update(e="rle")), "encoding"),
+    "bad dtype": (lambda f: rewrite(f, lambda h: h["t"][0].update(d="object")), "not allowed"),
+    "dtype not a string": (lambda f: rewrite(f, lambda h: h["t"][0].update(d=["float32"])), "not allowed"),
+    "negative dim": (lambda f: rewrite(f, lambda h: h["t"][0].update(sh=[-4])), "bad shape"),
+    "duplicate names": (lambda f: rewrite(f, lambda h: h["t"][1].update(n="g")), "duplicate"),
+    "frame missing": (lambda f: f[:-1], "frame count mismatch"),
+    "frame extra": (lambda f: [*f, b""], "frame count mismatch"),
+    "dense frame size": (lambda f: [f[0], f[1][:-4], *f[2:]], "frame has 12 bytes, header implies 16"),
+    "dense shape lies": (lambda f: rewrite(f, lambda h: h["t"][0].update(sh=[2, 3])), "header implies 24"),
+    "sparse index frame size": (lambda f: [*f[:2], f[2] + b"\0" * 4, f[3]], "s indices"),
+    "sparse value frame size": (lambda f: [*f[:3], f[3][:4]], "s values"),
+    "sparse nnz lies": (lambda f: rewrite(f, lambda h: h["t"][1].update(nnz=3)), "s indices"),
+    "sparse index dtype": (lambda f: rewrite(f, lambda h: h["t"][1].update(id="int64")), "index dtype"),
+    "sparse 2-d": (lambda f: rewrite(f, lambda h: h["t"][1].update(sh=[2, 5])), "sparse shape"),
+    "sparse index out of range": (lambda f: [*f[:2], np.array([2, 10], np.uint32).tobytes(), f[3]],
+                                  "out of range"),
+    "sparse size shrunk": (lambda f: rewrite(f, lambda h: h["t"][1].update(sh=[7])), "out of range"),
+    "oversized": (lambda f: [f[0], np.zeros(1 << 15, np.float32).tobytes(), *f[2:]], "too large"),
+}
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_decode_rejects(name):
+    make, match = BAD[name]
+    with pytest.raises(WireError, match=match) as info:
+        decode(make(sample()), LIMITS)
+    assert info.value.reason == str(info.value)
+
+
+def test_size_limit_counts_all_frames():
+    frames = sample()
+    total = sum(len(f) for f in frames)
+    assert decode(frames, WireLimits(LIMITS.known_senders, total)).nbytes == total
+    with pytest.raises(WireError, match="too large"):
+        decode(frames, WireLimits(LIMITS.known_senders, total - 1))
+
+
+def test_decode_accepts_memoryviews():
+    msg = decode([memoryview(f) for f in sample()], LIMITS)
+    assert msg.tensors["s"].size == 10

@@ -1,0 +1,245 @@
+"""ZeroMQ transport on 127.0.0.1: exchange, barrier, fault injection, dead peers, restart with handover."""
+import socket
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from dlion.transport import Sparse, WireLimits, ZmqTransport, encode
+
+LIMIT = 1 << 16
+PEERS = frozenset({0, 1, 2})
+
+
+def wait_until(predicate, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def endpoints(ports):
+    return {i: ("127.0.0.1", p) for i, p in zip(sorted(PEERS), ports(len(PEERS)))}
+
+
+@pytest.fixture
+def make(endpoints):
+    made = []
+
+    def make(peer_id, start=True, peers=PEERS, limit=LIMIT, sndhwm=16):
+        t = ZmqTransport(peer_id, {p: endpoints[p] for p in peers}, WireLimits(peers, limit), sndhwm=sndhwm)
+        made.append(t)
+        if start:
+            t.start()
+        return t
+
+    yield make
+    for t in made:
+        t.close()
+
+
+@pytest.fixture
+def raw_dealer(endpoints):
+    """A bare DEALER with a chosen routing id, connected to peer 0: the attacker or the buggy peer."""
+    ctx = zmq.Context()
+    socks = []
+
+    def connect(identity):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IDENTITY, identity)
+        s.connect("tcp://%s:%d" % endpoints[0])
+        socks.append(s)
+        return s
+
+    yield connect
+    for s in socks:
+        s.close()
+    ctx.term()
+
+
+def barrier_all(transports, timeout_s):
+    results = {}
+    threads = [threading.Thread(target=lambda t=t: results.__setitem__(t.peer_id, t.wait_for_peers(timeout_s)))
+               for t in transports]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return results
+
+
+def test_three_peers_exchange_dense_and_sparse(make):
+    ts = [make(i) for i in sorted(PEERS)]
+    assert barrier_all(ts, 5) == {i: PEERS - {i} for i in PEERS}
+    g = np.linspace(0, 1, 1000, dtype=np.float32)
+    for t in ts:
+        for dst in t.peers:
+            t.send(dst, "grad", 1, {"g": g * t.peer_id,
+                                    "s": Sparse(np.array([t.peer_id, 999], np.uint32),
+                                                np.array([1.0, 2.0], np.float16), 1000)},
+                   {"from": t.peer_id})
+    for t in ts:
+        got = t.mailbox.take("grad", 1, t.peers, time.monotonic() + 3)
+        assert sorted(got) == sorted(t.peers)
+        for s, m in got.items():
+            np.testing.assert_array_equal(m.tensors["g"], g * s)
+            assert m.tensors["s"].indices.tolist() == [s, 999] and m.meta == {"from": s}
+    st = ts[0].stats()[1]
+    assert st.msgs_sent >= 2 and st.msgs_received >= 2 and st.dropped == 0
+
+
+def test_barrier_with_a_peer_started_half_a_second_later(make):
+    ts = [make(0), make(1), make(2, start=False)]
+    threading.Timer(0.5, ts[2].start).start()
+    t0 = time.monotonic()
+    assert barrier_all(ts, 5) == {i: PEERS - {i} for i in PEERS}
+    assert time.monotonic() - t0 < 2.0
+
+
+def _grad(sender, **tensors):
+    return encode("grad", sender, 0, tensors)
+
+
+def _bad_index():
+    frames = _grad(1, s=Sparse(np.array([3], np.uint32), np.ones(1, np.float32), 10))
+    return [frames[0], np.array([10], np.uint32).tobytes(), frames[2]]
+
+
+FAULTS = {
+    "malformed header": lambda: [b"\xc1\x00", b"x"],
+    "frame size mismatch": lambda: [_grad(1, g=np.zeros(4, np.float32))[0], b"\0" * 15],
+    "index out of range": _bad_index,
+    "spoofed sender": lambda: _grad(2),
+    "oversized": lambda: _grad(1, g=np.zeros(LIMIT // 4 + 100, np.float32)),
+    "unknown kind": lambda: [msgpack.packb({"v": 1, "k": "pwn", "s": 1, "r": 0, "m": {}, "t": []})],
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_fault_is_dropped_counted_and_the_link_survives(make, raw_dealer, fault):
+    t = make(0)
+    dealer = raw_dealer(b"1")
+    frames = FAULTS[fault]()
+    assert sum(len(bytes(f)) for f in frames) < 2 * LIMIT
+    dealer.send_multipart(frames, copy=True)
+    wait_until(lambda: t.stats()[1].dropped == 1)
+    dealer.send_multipart(_grad(1, g=np.ones(3, np.float32)))
+    got = t.mailbox.take("grad", 0, [1], time.monotonic() + 3)
+    assert got[1].tensors["g"].tolist() == [1.0, 1.0, 1.0]
+    assert t.stats()[1].msgs_received == 2
+
+
+@pytest.mark.parametrize("identity", [b"99", b"01", b"0", b"\x00abc"])
+def test_unknown_routing_id_is_dropped_as_unknown(make, raw_dealer, identity):
+    t = make(0)
+    raw_dealer(identity).send_multipart(_grad(1))
+    wait_until(lambda: "unknown" in t.stats() and t.stats()["unknown"].dropped == 1)
+    assert t.mailbox.latest("grad", 1) is None
+    raw_dealer(b"1").send_multipart(_grad(1))
+    wait_until(lambda: t.mailbox.latest("grad", 1) is not None)
+
+
+def test_send_to_a_peer_that_never_started_does_not_block(make):
+    t = make(0)
+    t0 = time.monotonic()
+    for r in range(100):
+        t.send(1, "grad", r, {"g": np.zeros(1000, np.float32)})
+    assert time.monotonic() - t0 < 0.5
+    wait_until(lambda: t.stats()[1].send_failed == 100)
+    assert t.stats()[1].msgs_sent == 0
+
+
+def test_close_returns_quickly_with_dead_and_stuck_peers(make, endpoints):
+    a, b = make(0), make(1)
+    b.close()  # dead peer
+    ctx = zmq.Context()
+    stuck = ctx.socket(zmq.ROUTER)  # a live peer 2 that never reads
+    stuck.setsockopt(zmq.LINGER, 0)
+    stuck.bind("tcp://%s:%d" % endpoints[2])
+    try:
+        big = np.zeros(LIMIT // 4 - 100, np.float32)
+        for r in range(200):
+            a.send(1, "model", r, {"w": big})
+            a.send(2, "model", r, {"w": big})
+        wait_until(lambda: a.stats()[2].send_failed > 0)
+        t0 = time.monotonic()
+        a.close()
+        assert time.monotonic() - t0 < 2.0
+        a.close()
+    finally:
+        stuck.close()
+        ctx.term()
+
+
+def test_bye_gets_through_behind_a_full_queue(make):
+    pair = frozenset({0, 1})
+    a, b = make(0, peers=pair, limit=1 << 21, sndhwm=1), make(1, peers=pair, limit=1 << 21)
+    assert barrier_all([a, b], 3) == {0: {1}, 1: {0}}
+    w = np.zeros(1 << 18, np.float32)
+    for r in range(20):
+        a.send(1, "model", r, {"w": w})
+    wait_until(lambda: a.stats()[1].send_failed > 0)  # the queue to b is full
+    a.close()
+    wait_until(lambda: 0 in b.mailbox.departed)
+
+
+def test_restarted_peer_takes_over_its_routing_id(make):
+    pair = frozenset({0, 1})
+    a, b = make(0, peers=pair), make(1, peers=pair)
+    assert barrier_all([a, b], 3) == {0: {1}, 1: {0}}
+    b.close()
+    wait_until(lambda: 1 in a.mailbox.departed)
+    b2 = make(1, peers=pair)
+    assert b2.wait_for_peers(3) == {0}, "peer 0 answers hellos after its own barrier"
+    b2.send(0, "grad", 7, {"g": np.ones(2, np.float32)})
+    assert a.mailbox.take("grad", 7, [1], time.monotonic() + 3)[1].tensors["g"].tolist() == [1.0, 1.0]
+    a.send(1, "grad", 8)
+    assert 0 in b2.mailbox.take("grad", 8, [0], time.monotonic() + 3)
+    assert 1 not in a.mailbox.departed
+
+
+def test_restart_while_the_old_connection_still_looks_alive(make, raw_dealer):
+    """A crashed peer's TCP connection may linger; without ROUTER_HANDOVER its successor would be refused."""
+    pair = frozenset({0, 1})
+    a = make(0, peers=pair)
+    old = raw_dealer(b"1")
+    old.send_multipart(_grad(1))
+    wait_until(lambda: a.mailbox.latest("grad", 1) is not None)
+    b = make(1, peers=pair)
+    assert b.wait_for_peers(3) == {0}
+    b.send(0, "grad", 5)
+    assert 1 in a.mailbox.take("grad", 5, [1], time.monotonic() + 3)
+
+
+def test_bind_failure_is_reported(make, endpoints):
+    blocker = socket.socket()
+    blocker.bind(endpoints[0])
+    blocker.listen()
+    try:
+        t = make(0, start=False)
+        with pytest.raises(RuntimeError, match="cannot bind tcp://127.0.0.1"):
+            t.start()
+        t0 = time.monotonic()
+        t.close()
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        blocker.close()
+
+
+def test_bad_peer_endpoint_is_reported(endpoints):
+    t = ZmqTransport(0, {0: endpoints[0], 1: ("127.0.0.1", -1)}, WireLimits(frozenset({0, 1}), LIMIT))
+    with pytest.raises(RuntimeError, match="127.0.0.1:-1"):
+        t.start()
+    t.close()
+
+
+def test_send_to_self_or_stranger_raises(make):
+    t = make(0)
+    for dst in (0, 5):
+        with pytest.raises(ValueError):
+            t.send(dst, "grad", 0)
