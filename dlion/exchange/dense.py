@@ -46,12 +46,19 @@ class DenseExchange:
         wait_s = time.monotonic() - start
         total = grads * np.float32(weight)
         total_weight = float(weight)
+        received = 0
         for msg in got.values():
             their = msg.tensors.get("g")
             w = msg.meta.get("w")
-            if their is None or their.shape != grads.shape or not isinstance(w, (int, float)) or w <= 0:
-                continue
-            total += their * np.float32(w)
-            total_weight += w
+            if not isinstance(their, np.ndarray) or their.shape != grads.shape or their.dtype != grads.dtype:
+                self.transport.reject(msg, f"expected a dense float32 gradient 'g' of shape {grads.shape}")
+            elif not np.isfinite(their).all():
+                self.transport.reject(msg, "gradient has non-finite entries")
+            elif not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 < w < float("inf"):
+                self.transport.reject(msg, f"expected a positive weight 'w', got {w!r}")
+            else:
+                total += their * np.float32(w)
+                total_weight += w
+                received += 1
         total /= np.float32(total_weight)
-        return ExchangeResult(total, len(got), len(self.neighbours), wait_s)
+        return ExchangeResult(total, received, len(self.neighbours), wait_s)

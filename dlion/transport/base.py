@@ -118,6 +118,10 @@ class Transport(abc.ABC):
             # Answer at once, also after our own barrier: lets a late or restarted peer finish its barrier.
             self._hello([link])
 
+    def reject(self, msg: wire.Message, reason: str) -> None:
+        """A stage found a well-formed message unusable (e.g. a gradient of the wrong length): drop and count it."""
+        self._drop(msg.sender, f"{msg.kind} round {msg.round}: {reason}")
+
     def _drop(self, link: int | str, reason: str) -> None:
         with self._stats_lock:
             self._stats.setdefault(link, LinkStats()).dropped += 1

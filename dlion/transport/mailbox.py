@@ -53,8 +53,9 @@ class Mailbox:
         """Wait until every expected sender has a message with round in [round - staleness, round] (newest
         wins) or until `deadline` (time.monotonic()); return what is there.
 
-        Departed and suspected senders are not waited for. Afterwards the low-water mark for `kind` rises to
-        `round - staleness` and older entries are dropped.
+        Departed and suspected senders are not waited for. Rounds are taken in increasing order, so afterwards
+        nothing below `round - staleness + 1` can be used any more: the low-water mark for `kind` rises there, older
+        entries are dropped, and a message arriving below it counts as late (a straggler for a finished round).
         """
         senders = set(senders)
         oldest = round - staleness
@@ -71,7 +72,7 @@ class Mailbox:
                     self._misses.pop(s, None)
                 else:
                     self._misses[s] += 1
-            self._raise_low(kind, oldest)
+            self._raise_low(kind, oldest + 1)
             return found
 
     def _collect(self, kind: str, senders: set[int], oldest: int, newest: int) -> dict[int, Message]:

@@ -135,8 +135,8 @@ def test_drop_warnings_are_rate_limited(hub, make, caplog):
 def test_late_messages_are_counted_per_link(make):
     a, b = make(0), make(1)
     b.mailbox.take("grad", 3, [0], time.monotonic())
-    a.send(1, "grad", 1)
-    a.send(1, "grad", 3)
+    a.send(1, "grad", 3)  # a straggler for the round just taken: late
+    a.send(1, "grad", 4)
     assert b.stats()[0].late == 1 and b.mailbox.late_counts() == {0: 1}
     assert b.stats()[0].msgs_received == 2
 

@@ -38,10 +38,10 @@ def test_take_returns_as_soon_as_the_last_message_lands():
 
 
 def test_take_returns_immediately_when_there_is_nothing_to_wait_for():
-    mb = Mailbox()
-    mb.put(msg("grad", 1, 4))
-    mb.mark_departed(2)
     for senders in ([], [1], [1, 2]):
+        mb = Mailbox()
+        mb.put(msg("grad", 1, 4))
+        mb.mark_departed(2)
         got, elapsed = timed_take(mb, "grad", 4, senders, time.monotonic() + 5)
         assert elapsed < 0.05 and sorted(got) == sorted(set(senders) & {1})
 
@@ -62,19 +62,19 @@ def test_staleness_window_newest_wins():
     mb.put(msg("grad", 2, 3))
     got = mb.take("grad", 5, [1, 2], time.monotonic() + 1, staleness=2)
     assert {s: m.round for s, m in got.items()} == {1: 4, 2: 3}
-    assert mb.take("grad", 2, [1], time.monotonic()) == {}, "rounds below the low-water mark (5 - 2) are dropped"
+    assert mb.take("grad", 2, [1], time.monotonic()) == {}, "rounds below the low-water mark (5 - 2 + 1) are dropped"
 
 
 def test_late_messages_below_the_low_water_mark_are_counted_and_discarded():
     mb = Mailbox()
-    mb.take("grad", 5, [], time.monotonic(), staleness=1)  # low-water mark for grad: 4
-    assert mb.put(msg("grad", 1, 3)) is False
+    mb.take("grad", 5, [], time.monotonic(), staleness=1)  # the next take (6, staleness 1) can use rounds >= 5
+    assert mb.put(msg("grad", 1, 4)) is False
     assert mb.put(msg("grad", 1, 2)) is False
-    assert mb.put(msg("grad", 2, 4)) is True
+    assert mb.put(msg("grad", 2, 5)) is True
     assert mb.put(msg("eval", 1, 0)) is True, "the mark is per kind"
     assert mb.late_counts() == {1: 2}
     assert mb.latest("grad", 1) is None, "late messages are not filed"
-    assert mb.take("grad", 4, [2], time.monotonic())[2].round == 4
+    assert mb.take("grad", 6, [2], time.monotonic(), staleness=1)[2].round == 5
 
 
 def test_departed_senders_are_not_waited_for_but_still_returned():

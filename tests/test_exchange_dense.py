@@ -1,0 +1,86 @@
+"""Dense BSP exchange over the in-process transport: weighted mean, bad gradients rejected, dead peers cost a deadline."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dlion.exchange import DenseExchange
+from dlion.transport import InprocHub, InprocTransport, WireLimits
+
+PEERS = (0, 1, 2)
+
+
+@pytest.fixture
+def transports():
+    hub = InprocHub()
+    limits = WireLimits(frozenset(PEERS), 1 << 20)
+    ts = {p: InprocTransport(p, hub, limits) for p in PEERS}
+    for t in ts.values():
+        t.start()
+    yield ts
+    for t in ts.values():
+        t.close()
+
+
+def exchanges(transports, deadline_s=2.0):
+    params = DenseExchange.Params(deadline_s=deadline_s)
+    return {p: DenseExchange(params, p, transports[p], [q for q in PEERS if q != p]) for p in PEERS}
+
+
+def run_round(ex, round_, grads, weights, peers=PEERS):
+    results = {}
+
+    def one(p):
+        results[p] = ex[p].exchange(round_, grads[p], weights[p])
+
+    threads = [threading.Thread(target=one, args=(p,)) for p in peers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_every_peer_gets_the_batch_weighted_mean(transports):
+    ex = exchanges(transports)
+    rng = np.random.default_rng(0)
+    grads = {p: rng.normal(size=1000).astype(np.float32) for p in PEERS}
+    weights = {0: 10, 1: 30, 2: 60}
+    expected = sum(grads[p] * weights[p] for p in PEERS) / 100
+    for round_ in range(3):
+        results = run_round(ex, round_, grads, weights)
+        for p in PEERS:
+            assert results[p].received == 2 and results[p].expected == 2
+            np.testing.assert_allclose(results[p].grads, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_dead_neighbour_costs_one_deadline_then_is_no_longer_waited_for(transports):
+    ex = exchanges(transports, deadline_s=0.3)
+    grads = {p: np.full(10, p, np.float32) for p in PEERS}
+    weights = {p: 1 for p in PEERS}
+    waits = []
+    for round_ in range(5):  # peer 2 never takes part
+        results = run_round(ex, round_, grads, weights, peers=(0, 1))
+        waits.append(results[0].wait_s)
+        np.testing.assert_allclose(results[0].grads, 0.5)
+    assert 0.3 <= waits[0] < 0.6 and 0.3 <= waits[1] < 0.6, waits  # suspect_after = 2 missed rounds
+    assert max(waits[2:]) < 0.1, waits
+
+
+def test_malformed_gradients_are_rejected_and_counted(transports):
+    ex = exchanges(transports, deadline_s=0.5)
+    good = np.ones(8, np.float32)
+    transports[1].send(0, "grad", 0, {"g": np.ones(5, np.float32)}, {"w": 1.0})       # wrong length
+    transports[2].send(0, "grad", 0, {"g": np.full(8, np.nan, np.float32)}, {"w": 1.0})  # not finite
+    result = ex[0].exchange(0, good, 2)
+    assert result.received == 0
+    np.testing.assert_array_equal(result.grads, good)
+    transports[1].send(0, "grad", 1, {"g": good * 3}, {"w": -1})                      # bad weight
+    transports[2].send(0, "grad", 1, {"g": good * 3}, {"w": 2.0})
+    start = time.monotonic()
+    result = ex[0].exchange(1, good, 2)
+    assert result.received == 1 and time.monotonic() - start < 0.45
+    np.testing.assert_allclose(result.grads, 2.0)
+    stats = transports[0].stats()
+    assert stats[1].dropped == 2 and stats[2].dropped == 1
