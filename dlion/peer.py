@@ -144,7 +144,8 @@ class Peer:
         self._broadcast(EVAL_KIND, iteration, {"acc": float(acc)})
         waiting_for = [p for p in self.others if p not in self.transport.mailbox.departed]
         deadline = time.monotonic() + self.cfg.evaluation.deadline_s
-        got = self.transport.mailbox.take(EVAL_KIND, iteration, waiting_for, deadline, staleness=iteration)
+        # every peer evaluates at the same iteration counts, so only this round's figures are comparable
+        got = self.transport.mailbox.take(EVAL_KIND, iteration, waiting_for, deadline)
         accs = [float(acc)] + [m.meta["acc"] for m in got.values() if isinstance(m.meta.get("acc"), (int, float))]
         mean = sum(accs) / len(accs)
         self.log.emit("eval", it=iteration, acc=round(float(acc), 5), loss=round(float(loss), 5),

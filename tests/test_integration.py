@@ -52,14 +52,14 @@ def wait_for_event(path, predicate, timeout):
 
 
 def test_three_peers_train_to_useful_accuracy(tmp_path):
-    path, cfg = write_config(tmp_path, 3, max_iterations=300, target_accuracy=0.8)
+    path, cfg = write_config(tmp_path, 3, max_iterations=1500, target_accuracy=0.84)
     out = tmp_path / "out"
     result = subprocess.run(dlion_cmd("run", str(path)), cwd=ROOT, env=python_env(), capture_output=True, text=True,
                             timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["peers_finished"] == 3
-    assert summary["final_accuracy"] >= 0.78, summary
+    assert summary["final_accuracy"] >= 0.82, summary
     assert summary["time_to_target_s"] is not None and summary["time_to_target_s"] > 0
     assert summary["bytes_sent_total"] > 0
     for pid, peer in summary["peers"].items():
@@ -68,7 +68,7 @@ def test_three_peers_train_to_useful_accuracy(tmp_path):
     # BSP keeps the peers in lockstep: they stop together at the target, after the same iterations
     assert len({p["iterations"] for p in summary["peers"].values()}) == 1
     assert {p["stop_reason"] for p in summary["peers"].values()} == {"target"}
-    assert "p0 it" in result.stdout  # live progress was shown
+    assert "p0 done acc" in result.stdout  # live progress was shown to the end
     assert not _live_peer_processes(out)
 
 
@@ -129,14 +129,14 @@ def test_live_peer_drops_and_counts_bad_messages_and_keeps_training(tmp_path):
         for identity in (b"2", b"99"):
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.IDENTITY, identity)
-            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.LINGER, 5000)  # deliver before close, then give up
             sock.connect(f"tcp://127.0.0.1:{endpoints[0][1]}")
             bad.append(sock)
         good_header = encode("grad", 2, 5, {"g": np.zeros(4, "float32")})
         messages = [
             [b"\xc1not msgpack"],                                    # malformed header
             [good_header[0], b"\x00" * 7],                           # frame size does not match the header
-            encode("grad", 2, 5, {"g": _sparse_out_of_range()}),     # index out of range
+            _sparse_index_out_of_range(),                            # index out of range
             [good_header[0], b"\x00" * 16, b"extra frame"],          # frame count does not match the header
         ]
         for frames in messages:
@@ -157,5 +157,7 @@ def test_live_peer_drops_and_counts_bad_messages_and_keeps_training(tmp_path):
     assert final["it"] == 400 and final["acc"] > 0.7
 
 
-def _sparse_out_of_range():
-    return Sparse(np.array([1, 400], dtype=np.uint32), np.ones(2, dtype=np.float32), 4)
+def _sparse_index_out_of_range():
+    """A well-formed sparse message whose index frame is swapped for one pointing past the vector's end."""
+    header, _, values = encode("grad", 2, 5, {"g": Sparse(np.array([1, 2], np.uint32), np.ones(2, np.float32), 4)})
+    return [header, np.array([1, 400], np.uint32).tobytes(), values]
