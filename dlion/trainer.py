@@ -109,14 +109,16 @@ class Trainer:
             self._functions.append(f)
             return f.get_concrete_function()
 
-        batch = [self._x, self._y]
-        self._gradients = compile_(self._gradients_fn, batch)
-        self._train_step = compile_(self._train_step_fn, batch)
-        self._eval = compile_(self._eval_fn, batch)
         # XLA fuses the split and the per-variable optimizer ops into a few loops, ~2x faster than the plain graph;
         # this matters because, unlike in a fused step, the update cannot overlap with backprop. The rest stays
         # out of XLA: its CPU convolutions are ~2x slower than oneDNN's here.
-        self._apply = compile_(self._apply_fn, [self._grads_in], jit_compile=True)
+        self._update = tf.function(lambda grads: self.optimizer.apply(grads, self._trainable), jit_compile=True)
+        batch = [self._x, self._y]
+        self._gradients = compile_(self._gradients_fn, batch)
+        self._train_step = compile_(lambda x, y: self._train_step_fn(x, y, self.optimizer.apply), batch)
+        self._train_step_xla = compile_(lambda x, y: self._train_step_fn(x, y, self._xla_apply), batch)
+        self._eval = compile_(self._eval_fn, batch)
+        self._apply = compile_(self._apply_fn, [self._grads_in], jit_compile=True)  # the split fuses in too
         self._set = compile_(self._set_fn, [self._params_in])
         self._get = compile_(lambda: _flat(self._state), [])
 
@@ -134,18 +136,21 @@ class Trainer:
         grads = tape.gradient(loss, self._trainable)
         return loss, _flat([tf.zeros_like(v) if g is None else g for g, v in zip(grads, self._trainable)])
 
-    def _train_step_fn(self, x, y):
+    def _train_step_fn(self, x, y, apply):
         with tf.GradientTape() as tape:
             loss = self._loss(x, y)
-        self.optimizer.apply(tape.gradient(loss, self._trainable), self._trainable)
+        apply(tape.gradient(loss, self._trainable), self._trainable)
         return loss
+
+    def _xla_apply(self, grads, variables):
+        self._update(grads)
 
     def _split(self, flat, variables):
         parts = tf.split(flat, self._sizes[:len(variables)])
         return [tf.reshape(p, v.shape) for p, v in zip(parts, variables)]
 
     def _apply_fn(self, flat_grads):
-        self.optimizer.apply(self._split(flat_grads, self._trainable), self._trainable)
+        self._update(self._split(flat_grads, self._trainable))
 
     def _set_fn(self, flat):
         for v, value in zip(self._state, self._split(flat, self._state)):
@@ -174,10 +179,12 @@ class Trainer:
         """One optimizer step with an (exchanged, averaged) flat gradient."""
         self._apply(self._grads_in(flat_grads))
 
-    def train_step(self, x, y) -> float:
-        """Plain fused step (forward, backward, optimizer.apply in one graph, as an idiomatic TF loop writes it):
-        the baseline of the overhead benchmark."""
-        return float(self._train_step(*self._batch(x, y)))
+    def train_step(self, x, y, xla_update: bool = False) -> float:
+        """Plain fused step: forward, backward and `optimizer.apply` in one graph, as an idiomatic TF loop writes it
+        (the overhead benchmark's baseline). `xla_update` uses the pipeline's XLA-compiled update instead, for the
+        benchmark's stricter baseline."""
+        step = self._train_step_xla if xla_update else self._train_step
+        return float(step(*self._batch(x, y)))
 
     def get_params(self) -> np.ndarray:
         """All model variables as one fresh float32 vector [num_state]."""

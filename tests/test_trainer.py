@@ -55,14 +55,15 @@ def test_apply_lowers_loss():
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
-def test_gradients_apply_matches_train_step(optimizer, ds):
-    """The flat split/concat order is right: the pipeline does what the fused step does."""
+@pytest.mark.parametrize("xla_update", [False, True])
+def test_gradients_apply_matches_train_step(optimizer, xla_update, ds):
+    """The flat split/concat order is right: the pipeline does what either fused step does."""
     a, b = Trainer("mlp", optimizer, seed=4), Trainer("mlp", optimizer, seed=4)
     for i in range(3):
         x, y = ds.x_train[i * 20:(i + 1) * 20], ds.y_train[i * 20:(i + 1) * 20]
         loss_a, grads = a.gradients(x, y)
         a.apply(grads)
-        assert loss_a == pytest.approx(b.train_step(x, y), rel=1e-5)
+        assert loss_a == pytest.approx(b.train_step(x, y, xla_update), rel=1e-5)
     np.testing.assert_allclose(a.get_params(), b.get_params(), atol=1e-5)
 
 

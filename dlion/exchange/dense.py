@@ -44,21 +44,24 @@ class DenseExchange:
         start = time.monotonic()
         got = self.transport.mailbox.take(KIND, round_, self.neighbours, start + self.params.deadline_s)
         wait_s = time.monotonic() - start
+        usable = [(msg.tensors["g"], msg.meta["w"]) for msg in got.values() if self._usable(msg, grads)]
+        if not usable:
+            return ExchangeResult(grads, 0, len(self.neighbours), wait_s)
         total = grads * np.float32(weight)
-        total_weight = float(weight)
-        received = 0
-        for msg in got.values():
-            their = msg.tensors.get("g")
-            w = msg.meta.get("w")
-            if not isinstance(their, np.ndarray) or their.shape != grads.shape or their.dtype != grads.dtype:
-                self.transport.reject(msg, f"expected a dense float32 gradient 'g' of shape {grads.shape}")
-            elif not np.isfinite(their).all():
-                self.transport.reject(msg, "gradient has non-finite entries")
-            elif not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 < w < float("inf"):
-                self.transport.reject(msg, f"expected a positive weight 'w', got {w!r}")
-            else:
-                total += their * np.float32(w)
-                total_weight += w
-                received += 1
-        total /= np.float32(total_weight)
-        return ExchangeResult(total, received, len(self.neighbours), wait_s)
+        for their, w in usable:
+            total += their * np.float32(w)
+        total /= np.float32(weight + sum(w for _, w in usable))
+        return ExchangeResult(total, len(usable), len(self.neighbours), wait_s)
+
+    def _usable(self, msg, grads: np.ndarray) -> bool:
+        """A neighbour's gradient can be combined with ours; if not, the transport drops and counts it."""
+        their, w = msg.tensors.get("g"), msg.meta.get("w")
+        if not isinstance(their, np.ndarray) or their.shape != grads.shape or their.dtype != grads.dtype:
+            self.transport.reject(msg, f"expected a dense float32 gradient 'g' of shape {grads.shape}")
+        elif not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 < w < float("inf"):
+            self.transport.reject(msg, f"expected a positive weight 'w', got {w!r}")
+        elif not np.isfinite(their).all():
+            self.transport.reject(msg, "gradient has non-finite entries")
+        else:
+            return True
+        return False
