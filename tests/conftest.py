@@ -44,3 +44,15 @@ def python_env():
 
 
 PYTHON = sys.executable
+
+
+def in_threads(fn, keys):
+    """Run fn(key) for every key, each in its own thread, and return {key: result} (for peers that must act at once)."""
+    import threading
+    results = {}
+    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, fn(k))) for k in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

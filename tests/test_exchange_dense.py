@@ -1,10 +1,10 @@
 """Dense BSP exchange over the in-process transport: weighted mean, bad gradients rejected, dead peers cost a deadline."""
-import threading
 import time
 
 import numpy as np
 import pytest
 
+from conftest import in_threads
 from dlion.exchange import DenseExchange
 from dlion.transport import InprocHub, InprocTransport, WireLimits
 
@@ -29,17 +29,7 @@ def exchanges(transports, deadline_s=2.0):
 
 
 def run_round(ex, round_, grads, weights, peers=PEERS):
-    results = {}
-
-    def one(p):
-        results[p] = ex[p].exchange(round_, grads[p], weights[p])
-
-    threads = [threading.Thread(target=one, args=(p,)) for p in peers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
+    return in_threads(lambda p: ex[p].exchange(round_, grads[p], weights[p]), peers)
 
 
 def test_every_peer_gets_the_batch_weighted_mean(transports):

@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import in_threads
 from dlion.transport import InprocHub, InprocTransport, Sparse, WireLimits, encode
 
 LIMITS = WireLimits(known_senders=frozenset({0, 1, 2}), max_message_bytes=1 << 16)
@@ -33,15 +34,9 @@ def make(hub):
 
 
 def barrier_all(transports, timeout_s):
-    """Run wait_for_peers on every transport in its own thread; {peer_id: result}."""
-    results = {}
-    threads = [threading.Thread(target=lambda t=t: results.__setitem__(t.peer_id, t.wait_for_peers(timeout_s)))
-               for t in transports]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return results
+    """Run wait_for_peers on every transport at once; {peer_id: result}."""
+    by_id = {t.peer_id: t for t in transports}
+    return in_threads(lambda p: by_id[p].wait_for_peers(timeout_s), by_id)
 
 
 def test_dense_and_sparse_roundtrip_copies_frames(make):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import zmq
 
+from conftest import in_threads
 from dlion.transport import Sparse, WireLimits, ZmqTransport, encode
 
 LIMIT = 1 << 16
@@ -63,14 +64,9 @@ def raw_dealer(endpoints):
 
 
 def barrier_all(transports, timeout_s):
-    results = {}
-    threads = [threading.Thread(target=lambda t=t: results.__setitem__(t.peer_id, t.wait_for_peers(timeout_s)))
-               for t in transports]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return results
+    """Run wait_for_peers on every transport at once; {peer_id: result}."""
+    by_id = {t.peer_id: t for t in transports}
+    return in_threads(lambda p: by_id[p].wait_for_peers(timeout_s), by_id)
 
 
 def test_three_peers_exchange_dense_and_sparse(make):
