@@ -29,6 +29,10 @@ class PeerSpec:
     address: str = "127.0.0.1"
     cores: float = option(1.0, check=positive, expect="a positive number of CPU cores, e.g. 0.5")
     threads: Optional[int] = option(None, check=at_least(1), expect="a positive integer or null (from cores)")
+    uplink: Optional[float] = option(None, parse=parse_bandwidth, expect=BANDWIDTH + ", or null")
+    downlink: Optional[float] = option(None, parse=parse_bandwidth, expect=BANDWIDTH + ", or null")
+    latency: Optional[float] = option(None, parse=parse_duration, expect=DURATION + " (one-way, access link), "
+                                                                                    "or null")
 
     @property
     def tf_threads(self) -> int:
@@ -55,14 +59,43 @@ class Links:
     default: LinkSpec = LinkSpec()
     overrides: tuple[LinkOverride, ...] = ()
 
-    def link(self, src: int, dst: int) -> LinkSpec:
-        """The configured bandwidth and one-way latency of the directed link src -> dst."""
-        spec = self.default
-        for o in self.overrides:
-            if (o.src, o.dst) == (src, dst):
-                spec = LinkSpec(o.bandwidth if o.bandwidth is not None else spec.bandwidth,
-                                o.latency if o.latency is not None else spec.latency)
-        return spec
+
+def _overridden(spec: LinkSpec, change) -> LinkSpec:
+    """`spec` with the bandwidth and latency that `change` (an override or a scheduled change) sets."""
+    return LinkSpec(change.bandwidth if change.bandwidth is not None else spec.bandwidth,
+                    change.latency if change.latency is not None else spec.latency)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One scheduled change: at `at` seconds into training, a peer's cores, or a directed link's bandwidth/latency."""
+    at: float = option(parse=parse_duration, expect="a time from the start of training such as 30s")
+    peer: Optional[int] = option(None, check=non_negative, expect="a peer id (with cores)")
+    cores: Optional[float] = option(None, check=positive, expect="a positive number of CPU cores")
+    src: Optional[int] = option(None, check=non_negative, expect="a peer id (with dst)")
+    dst: Optional[int] = option(None, check=non_negative, expect="a peer id (with src)")
+    bandwidth: Optional[float] = option(None, parse=parse_bandwidth, expect=BANDWIDTH)
+    latency: Optional[float] = option(None, parse=parse_duration, expect=DURATION)
+
+    @property
+    def is_link(self) -> bool:
+        return self.src is not None
+
+    def validate(self, path: str) -> None:
+        peer_change = self.peer is not None and self.cores is not None
+        link_change = (self.src is not None and self.dst is not None
+                       and (self.bandwidth is not None or self.latency is not None))
+        mixed = (self.peer is not None or self.cores is not None) and (
+            self.src is not None or self.dst is not None or self.bandwidth is not None or self.latency is not None)
+        if mixed or peer_change == link_change:
+            raise ConfigError(path, "expected either {at, peer, cores} or {at, src, dst, bandwidth and/or latency}")
+
+
+@dataclass(frozen=True)
+class Emulation:
+    method: Literal["none", "fallback"] = option(
+        "none", expect="one of: none (run as the host allows), fallback (in-process link shaping and compute "
+                       "throttling)")
 
 
 @dataclass(frozen=True)
@@ -167,6 +200,8 @@ class Config:
     evaluation: Evaluation = Evaluation()
     output: Output = Output()
     transport: TransportSettings = TransportSettings()
+    emulation: Emulation = Emulation()
+    schedule: tuple[Change, ...] = ()
 
     @property
     def peer_ids(self) -> tuple[int, ...]:
@@ -177,6 +212,40 @@ class Config:
             if p.id == peer_id:
                 return p
         raise KeyError(f"no peer with id {peer_id}; peers are {list(self.peer_ids)}")
+
+    def link(self, src: int, dst: int, at: float | None = None) -> LinkSpec:
+        """Bandwidth and one-way latency of the directed link src -> dst (at `at` s into training, if given).
+
+        Access links first: the rate is the smaller of the sender's uplink and the receiver's downlink, the latency
+        the sum of both ends' access latencies; then `links.default` for what they leave unset; then a per-link
+        override; then the scheduled changes due by `at`.
+        """
+        s, d = self.peer(src), self.peer(dst)
+        ends = [b for b in (s.uplink, d.downlink) if b is not None]
+        delays = [x for x in (s.latency, d.latency) if x is not None]
+        spec = LinkSpec(min(ends) if ends else self.links.default.bandwidth,
+                        sum(delays) if delays else self.links.default.latency)
+        for o in self.links.overrides:
+            if (o.src, o.dst) == (src, dst):
+                spec = _overridden(spec, o)
+        for change in self.changes_until(at):
+            if change.is_link and (change.src, change.dst) == (src, dst):
+                spec = _overridden(spec, change)
+        return spec
+
+    def cores(self, peer_id: int, at: float | None = None) -> float:
+        """A peer's compute capacity in cores (at `at` s into training, if given)."""
+        cores = self.peer(peer_id).cores
+        for change in self.changes_until(at):
+            if change.peer == peer_id:
+                cores = change.cores
+        return cores
+
+    def changes_until(self, at: float | None) -> list[Change]:
+        """Scheduled changes due by `at` seconds, in time order (none if `at` is None)."""
+        if at is None:
+            return []
+        return sorted((c for c in self.schedule if c.at <= at), key=lambda c: c.at)
 
     def neighbours(self, peer_id: int) -> tuple[int, ...]:
         """The peers this one exchanges with (its out-neighbours; symmetric for full and ring)."""
@@ -211,6 +280,13 @@ class Config:
                                       f"expected the id of a configured peer ({sorted(ids)})", getattr(o, key))
             if o.src == o.dst:
                 raise ConfigError(f"links.overrides[{i}]", "expected a link between two different peers")
+        for i, change in enumerate(self.schedule):
+            for key in ("peer", "src", "dst"):
+                if getattr(change, key) is not None and getattr(change, key) not in ids:
+                    raise ConfigError(f"schedule[{i}].{key}",
+                                      f"expected the id of a configured peer ({sorted(ids)})", getattr(change, key))
+            if change.is_link and change.src == change.dst:
+                raise ConfigError(f"schedule[{i}]", "expected a link between two different peers")
         for i, edge in enumerate(self.topology.edges):
             if len(edge) != 2 or any(e not in ids for e in edge) or edge[0] == edge[1]:
                 raise ConfigError(f"topology.edges[{i}]", f"expected [src, dst], two different peer ids from "

@@ -76,7 +76,7 @@ def time_to_target(evals: list[dict], peer_ids, target: float | None, t0: float)
 def summarize(out_dir: str | Path, peer_ids, target: float | None, wall_s: float | None = None) -> dict:
     """The run summary from the peers' JSONL files (peers that died without a final event count as unfinished)."""
     peer_ids = sorted(peer_ids)
-    per_peer, evals, starts, finals = {}, [], [], []
+    per_peer, evals, starts, finals, methods = {}, [], [], [], set()
     for pid in peer_ids:
         events = read_events(peer_log_path(out_dir, pid))
         start = next((e for e in events if e["ev"] == "start"), None)
@@ -85,6 +85,7 @@ def summarize(out_dir: str | Path, peer_ids, target: float | None, wall_s: float
         evals += [e for e in events if e["ev"] == "eval"]
         if start:
             starts.append(start["t"])
+            methods.add(start.get("emulation"))
         source = final or last_iter or {}
         per_peer[str(pid)] = {
             "finished": final is not None,
@@ -101,6 +102,7 @@ def summarize(out_dir: str | Path, peer_ids, target: float | None, wall_s: float
             finals.append(final["acc"])
     t0 = min(starts) if starts else 0.0
     return {
+        "emulation": next(iter(methods), None),
         "wall_s": None if wall_s is None else round(wall_s, 3),
         "target_accuracy": target,
         "time_to_target_s": time_to_target(evals, peer_ids, target, t0),

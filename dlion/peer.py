@@ -20,6 +20,7 @@ import numpy as np
 from dlion import data as datamod
 from dlion.batching import STRATEGIES as BATCHING
 from dlion.config import Config
+from dlion.emulate.fallback import FallbackEmulation
 from dlion.exchange import STRATEGIES as EXCHANGE
 from dlion.metrics import EventLog, peer_log_path
 from dlion.transport import WireLimits, ZmqTransport
@@ -76,6 +77,7 @@ class Peer:
         self.batching = BATCHING[stages.batching.kind](stages.batching.params, peer_id, ids, tr.global_batch)
         self.exchange = EXCHANGE[stages.exchange.kind](stages.exchange.params, peer_id, transport,
                                                        cfg.neighbours(peer_id))
+        self.emulation = FallbackEmulation(cfg, peer_id, transport) if cfg.emulation.method == "fallback" else None
 
     # ---- the loop ---------------------------------------------------------------------------------------------------
 
@@ -87,7 +89,9 @@ class Peer:
         self.log.emit("start", pid=os.getpid(), cores=self.spec.cores, threads=self.spec.tf_threads,
                       num_params=self.trainer.num_params, train_samples=len(self.train_idx),
                       barrier_s=round(time.monotonic() - barrier_start, 3), reachable=sorted(reachable),
-                      neighbours=list(self.exchange.neighbours))
+                      neighbours=list(self.exchange.neighbours), emulation=self.cfg.emulation.method)
+        if self.emulation:
+            self.emulation.start()
         try:
             reason, iteration, samples, train_s = self._train()
             final = self._finish(reason, iteration, samples, train_s)
@@ -102,13 +106,19 @@ class Peer:
         iteration = samples = 0
         window = _Window()
         while True:
-            reason = self._stop_reason(iteration, time.monotonic() - start)
+            elapsed = time.monotonic() - start
+            reason = self._stop_reason(iteration, elapsed)
             if reason:
                 break
+            if self.emulation:
+                for change in self.emulation.update(elapsed):
+                    self.log.emit("change", it=iteration, **{k: v for k, v in vars(change).items() if v is not None})
             batch = self.batching.batch_size(iteration)
             idx = self.sampler.next(batch)
             t0 = time.monotonic()
             loss, grads = self.trainer.gradients(self.data.x_train[idx], self.data.y_train[idx])
+            if self.emulation:
+                self.emulation.throttle(time.monotonic() - t0)
             t1 = time.monotonic()
             result = self.exchange.exchange(iteration, grads, batch)
             self.trainer.apply(result.grads)
@@ -117,6 +127,7 @@ class Peer:
             window.add(loss, t1 - t0, result.wait_s, result.received, batch)
             if iteration % cfg.output.log_every == 0:
                 self.log.emit("iter", it=iteration, batch=batch, samples=samples,
+                              cores=self.emulation.cores if self.emulation else self.spec.cores,
                               samples_per_s=round(samples / (time.monotonic() - start), 2),
                               **window.flush(), **self._traffic(), **self.log.resources())
             if iteration % cfg.evaluation.every_iterations == 0 and self._evaluate(iteration) and tr.stop_at_target:

@@ -31,13 +31,19 @@ def test_defaults_and_derived_values():
     assert parse(["peers.0.cores=1.5"]).peer(0).tf_threads == 2
     assert cfg.strategies.exchange.kind == "dense" and cfg.strategies.exchange.params.deadline_s > 0
     assert cfg.neighbours(1) == (0, 2)
-    assert cfg.links.link(0, 1).bandwidth == 1e9
+    assert cfg.link(0, 1).bandwidth == 1e9 and cfg.emulation.method == "none" and cfg.schedule == ()
 
 
-def test_quickstart_is_valid():
+def test_shipped_configs_are_valid():
     from conftest import ROOT
     cfg = config.load(ROOT / "configs" / "quickstart.yaml")
     assert len(cfg.peers) >= 3 and cfg.training.dataset == "fashion-mnist"
+    hetero = config.load(ROOT / "configs" / "scenarios" / "hetero-4.yaml")
+    assert [p.cores for p in hetero.peers] == [1.0, 0.5, 0.3, 0.2]
+    assert hetero.link(0, 3).bandwidth == 1e7 and hetero.link(2, 1).bandwidth == 5e7
+    dynamic = config.load(ROOT / "configs" / "scenarios" / "dynamic-4.yaml")
+    assert dynamic.cores(0, at=30) == 0.2 and dynamic.cores(3, at=30) == 1.0
+    assert dynamic.link(0, 1, at=30).bandwidth == 1e7 and dynamic.link(0, 1, at=29).bandwidth == 1e8
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -86,13 +92,49 @@ def test_top_level_shape_errors():
 def test_link_overrides_and_units():
     cfg = parse(links={"default": {"bandwidth": "100mbit", "latency": "5ms"},
                        "overrides": [{"src": 0, "dst": 1, "bandwidth": "10mbit"}]})
-    assert cfg.links.link(0, 1).bandwidth == 1e7 and cfg.links.link(0, 1).latency == pytest.approx(0.005)
-    assert cfg.links.link(1, 0).bandwidth == 1e8
+    assert cfg.link(0, 1).bandwidth == 1e7 and cfg.link(0, 1).latency == pytest.approx(0.005)
+    assert cfg.link(1, 0).bandwidth == 1e8
     assert parse_bandwidth("1gbit") == 1e9 and parse_bandwidth("250kbit") == 2.5e5 and parse_bandwidth(1000) == 1000
     assert parse_duration("25ms") == pytest.approx(0.025) and parse_duration("1.5s") == 1.5
     for bad in ("0mbit", "fast", "10mbps", True):
         with pytest.raises(ValueError):
             parse_bandwidth(bad)
+
+
+def test_access_links_take_the_smaller_end_and_add_latencies_then_overrides_win():
+    cfg = parse(["peers.0.uplink=1gbit", "peers.0.downlink=1gbit", "peers.0.latency=1ms",
+                 "peers.1.uplink=100mbit", "peers.1.downlink=50mbit", "peers.1.latency=5ms"],
+                links={"overrides": [{"src": 1, "dst": 0, "latency": "40ms"}]})
+    assert cfg.link(0, 1).bandwidth == 5e7 and cfg.link(0, 1).latency == pytest.approx(0.006)
+    assert cfg.link(1, 0).bandwidth == 1e8 and cfg.link(1, 0).latency == pytest.approx(0.040)
+    assert cfg.link(0, 2).bandwidth == 1e9 and cfg.link(0, 2).latency == pytest.approx(0.001)  # 2 has no access link
+
+
+def test_schedule_changes_cores_and_links_from_their_time_on():
+    cfg = parse(schedule=[{"at": "30s", "peer": 0, "cores": 0.2}, {"at": 30, "src": 0, "dst": 1, "bandwidth": "10mbit"},
+                          {"at": "40s", "peer": 0, "cores": 0.5}], emulation={"method": "fallback"})
+    assert cfg.cores(0) == 1.0 and cfg.cores(0, at=29.9) == 1.0 and cfg.cores(0, at=30) == 0.2
+    assert cfg.cores(0, at=45) == 0.5 and cfg.cores(1, at=45) == 1.0
+    assert cfg.link(0, 1, at=10).bandwidth == 1e9 and cfg.link(0, 1, at=31).bandwidth == 1e7
+    assert cfg.link(1, 0, at=31).bandwidth == 1e9
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"at": 5, "peer": 0}, "schedule[0]: expected either {at, peer, cores} or {at, src, dst"),
+    ({"at": 5, "peer": 0, "cores": 0.5, "src": 1}, "schedule[0]: expected either"),
+    ({"at": 5, "src": 0, "dst": 1}, "schedule[0]: expected either"),
+    ({"at": 5, "peer": 8, "cores": 0.5}, "schedule[0].peer: expected the id of a configured peer"),
+    ({"at": 5, "src": 1, "dst": 1, "latency": "3ms"}, "schedule[0]: expected a link between two different peers"),
+    ({"at": "soon", "peer": 0, "cores": 0.5}, "schedule[0].at: expected a time from the start of training"),
+    ({"peer": 0, "cores": 0.5}, "schedule[0].at: required key is missing"),
+])
+def test_schedule_errors(change, expected):
+    assert expected in error(schedule=[change])
+
+
+def test_emulation_method_is_checked():
+    assert "emulation.method: expected one of: none (run as the host allows), fallback" in \
+        error(emulation={"method": "magic"})
 
 
 def test_set_overrides_any_key_and_parses_yaml_scalars():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
@@ -12,6 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from . import wire
 from .mailbox import Mailbox
+from .shaping import LinkShaper
 from .stats import LinkStats
 
 log = logging.getLogger("dlion.transport")
@@ -44,6 +46,8 @@ class Transport(abc.ABC):
         self._stats_lock = threading.Lock()
         self._close_lock = threading.Lock()
         self._closing = False
+        self._shapers: dict[int, LinkShaper] = {}
+        self._shaping_lock = threading.Lock()  # set_link (training thread) vs _release_at (sending thread)
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -85,6 +89,30 @@ class Transport(abc.ABC):
         """A snapshot per link; `"unknown"` collects traffic from routing ids that are no peer."""
         with self._stats_lock:
             return {k: dataclasses.replace(v) for k, v in self._stats.items()}
+
+    # ---- link shaping --------------------------------------------------------------------------------------
+
+    def set_link(self, dst: int, bandwidth_bps: float | None = None, latency_s: float | None = None) -> None:
+        """Emulate a slower link to `dst` from now on (the fallback when netem needs root we lack). The first call
+        shapes the link (a None here means unlimited rate / no latency); later ones change it, None keeping the
+        current value. Messages already handed over keep their times."""
+        if dst not in self.peers:
+            raise ValueError(f"peer {self.peer_id}: {dst} is not another peer of this transport")
+        with self._shaping_lock:
+            shaper = self._shapers.get(dst) or LinkShaper(math.inf, 0.0)
+            shaper.set(bandwidth_bps, latency_s)  # raises on a bad value before a new shaper is kept
+            self._shapers[dst] = shaper
+
+    def shaped_links(self) -> dict[int, tuple[float, float]]:
+        """(bandwidth_bps, latency_s) per shaped link, for metrics."""
+        with self._shaping_lock:
+            return {p: (s.bandwidth_bps, s.latency_s) for p, s in self._shapers.items()}
+
+    def _release_at(self, dst: int, nbytes: int, handed_over: float) -> float | None:
+        """When a message handed over at `handed_over` may go on the wire to `dst`; None if the link is unshaped."""
+        with self._shaping_lock:
+            shaper = self._shapers.get(dst)
+            return None if shaper is None else shaper.release_at(nbytes, handed_over)
 
     def _count(self, link: int | str, **increments: int) -> None:
         with self._stats_lock:

@@ -1,13 +1,16 @@
 """In-process transport: same interface, same wire encoding and validation, no sockets.
 
 Delivery is synchronous (in the sender's thread) and copies every frame, as TCP would, so tests are
-deterministic and a receiver never aliases a sender's arrays.
+deterministic and a receiver never aliases a sender's arrays. Messages to a shaped link (`set_link`) are held and
+delivered at their release time by a releaser thread, started on the first shaped send.
 """
 from __future__ import annotations
 
 import threading
+import time
 
 from .base import Transport
+from .shaping import Holdback
 from .wire import WireLimits
 
 
@@ -45,17 +48,57 @@ class InprocTransport(Transport):
     def __init__(self, peer_id: int, hub: InprocHub, limits: WireLimits):
         super().__init__(peer_id, limits.known_senders, limits)
         self.hub = hub
+        self._held = Holdback()
+        self._held_cond = threading.Condition(threading.Lock())
+        self._held_closed = False
+        self._releaser: threading.Thread | None = None
 
     def start(self) -> None:
         self.hub.join(self)
 
     def _send_frames(self, dst: int, frames: list, nbytes: int) -> None:
+        release = self._release_at(dst, nbytes, time.monotonic())
+        if release is None:
+            self._hand_over(dst, frames, nbytes)
+            return
+        with self._held_cond:
+            if self._held_closed:  # a send racing close()
+                self._count(dst, send_failed=1)
+                return
+            self._held.push(release, (dst, frames, nbytes))
+            if self._releaser is None:
+                self._releaser = threading.Thread(target=self._release_loop, name=f"dlion-shaper-{self.peer_id}",
+                                                  daemon=True)
+                self._releaser.start()
+            self._held_cond.notify()
+
+    def _hand_over(self, dst: int, frames: list, nbytes: int) -> None:
         if self.hub.deliver(self.peer_id, dst, frames):
             self._count(dst, msgs_sent=1, bytes_sent=nbytes)
         else:
             self._count(dst, send_failed=1)
 
+    def _release_loop(self) -> None:
+        """Deliver held messages when due, without holding the lock: a receiver may answer at once."""
+        while True:
+            with self._held_cond:
+                while not (due := self._held.pop_due(time.monotonic())):
+                    if self._held_closed:
+                        return
+                    release = self._held.next_release()
+                    self._held_cond.wait(None if release is None else release - time.monotonic())
+            for dst, frames, nbytes in due:
+                self._hand_over(dst, frames, nbytes)
+
     def _shutdown(self, bye: list, nbytes: int) -> None:
-        for p in sorted(self.peers):
-            self._send_frames(p, bye, nbytes)
+        with self._held_cond:
+            self._held_closed = True
+            lost = self._held.drain()
+            self._held_cond.notify()
+        for dst, _, _ in lost:
+            self._count(dst, send_failed=1)
+        if self._releaser is not None:
+            self._releaser.join()
+        for p in sorted(self.peers):  # bye bypasses shaping
+            self._hand_over(p, bye, nbytes)
         self.hub.leave(self)

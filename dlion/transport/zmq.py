@@ -1,11 +1,13 @@
 """ZeroMQ transport: one ROUTER in, one DEALER out per peer, all owned by a single communication thread.
 
 ZeroMQ sockets are not thread-safe, so other threads never touch them: `send` queues frames and writes a byte
-to a wake-up pipe that the thread polls together with the ROUTER.
+to a wake-up pipe that the thread polls together with the ROUTER. Messages to a shaped link (`set_link`) wait in
+a holdback heap until their release time; the poll timeout shrinks to the next release.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -15,6 +17,7 @@ from typing import NamedTuple
 import zmq
 
 from .base import Transport
+from .shaping import Holdback
 from .wire import WireLimits
 
 log = logging.getLogger("dlion.transport")
@@ -74,7 +77,7 @@ class ZmqTransport(Transport):
             if not self._pipe_open:
                 self._count(dst, send_failed=1)
                 return
-            self._queue.put((dst, frames, nbytes))
+            self._queue.put((dst, frames, nbytes, time.monotonic()))  # under the lock: queue order is time order
             self._wake()
 
     def _wake(self) -> None:
@@ -127,12 +130,16 @@ class ZmqTransport(Transport):
             d.connect(self._address(p))
 
     def _loop(self, router: zmq.Socket, dealers: dict[int, zmq.Socket]) -> _Stop:
-        """Move traffic until close() asks to stop; returns its request."""
+        """Move traffic until close() asks to stop; returns its request. Held messages are then lost."""
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        held = Holdback()
         while True:
-            events = dict(poller.poll(self.poll_ms))
+            timeout_ms = self.poll_ms
+            if (release := held.next_release()) is not None:  # rounded up: waking early would spin
+                timeout_ms = min(timeout_ms, max(0, math.ceil((release - time.monotonic()) * 1000)))
+            events = dict(poller.poll(timeout_ms))
             if router in events:
                 self._receive(router)
             if self._wake_r in events:
@@ -146,8 +153,15 @@ class ZmqTransport(Transport):
                 except queue.Empty:
                     break
                 if isinstance(item, _Stop):
+                    for dst, _, _ in held.drain():
+                        self._count(dst, send_failed=1)
                     return item
-                dst, frames, nbytes = item
+                dst, frames, nbytes, handed_over = item
+                if (release := self._release_at(dst, nbytes, handed_over)) is None:
+                    self._count_send(dst, nbytes, _try_send(dealers[dst], frames))
+                else:
+                    held.push(release, (dst, frames, nbytes))
+            for dst, frames, nbytes in held.pop_due(time.monotonic()):
                 self._count_send(dst, nbytes, _try_send(dealers[dst], frames))
 
     def _receive(self, router: zmq.Socket) -> None:

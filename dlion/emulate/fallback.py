@@ -1,0 +1,52 @@
+"""The emulation method that needs no privileges: it runs inside each peer process.
+
+Links: every outgoing link is shaped in the transport (a serialization queue at the link's rate plus its one-way
+latency, see `dlion.transport.shaping`). Compute: after each gradient computation that took `w` seconds on the peer's
+`threads` TensorFlow threads, the peer sleeps `w * (threads / cores - 1)`, so it advances at `cores / threads` of its
+unthrottled speed (no sleep once the configured cores reach its threads). The config's schedule is applied as training
+time passes: `update(elapsed)` is called every iteration.
+"""
+from __future__ import annotations
+
+import time
+
+from dlion.config import Config
+
+METHOD = "fallback"
+
+
+class FallbackEmulation:
+    def __init__(self, cfg: Config, peer_id: int, transport, sleep=time.sleep):
+        self.cfg = cfg
+        self.peer_id = peer_id
+        self.transport = transport
+        self.threads = cfg.peer(peer_id).tf_threads
+        self.cores = cfg.cores(peer_id)
+        self._sleep = sleep
+        self._pending = sorted((c for c in cfg.schedule if c.peer == peer_id or c.src == peer_id),
+                               key=lambda c: c.at)
+
+    def start(self) -> None:
+        """Shape every outgoing link as configured for the start of training."""
+        for dst in self.cfg.peer_ids:
+            if dst != self.peer_id:
+                link = self.cfg.link(self.peer_id, dst)
+                self.transport.set_link(dst, link.bandwidth, link.latency)
+
+    def update(self, elapsed: float) -> list:
+        """Apply this peer's scheduled changes due by `elapsed` seconds of training; returns those applied."""
+        applied = []
+        while self._pending and self._pending[0].at <= elapsed:
+            change = self._pending.pop(0)
+            if change.is_link:
+                link = self.cfg.link(change.src, change.dst, at=change.at)
+                self.transport.set_link(change.dst, link.bandwidth, link.latency)
+            else:
+                self.cores = change.cores
+            applied.append(change)
+        return applied
+
+    def throttle(self, compute_s: float) -> None:
+        """Idle long enough after a compute step of `compute_s` seconds to hold the configured share of cores."""
+        if self.cores < self.threads:
+            self._sleep(compute_s * (self.threads / self.cores - 1.0))
