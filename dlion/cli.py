@@ -1,4 +1,4 @@
-"""`dlion run | peer | validate`: every command that takes a config validates it first and exits 2 on a mistake."""
+"""`dlion run | peer | validate | emulate`: every command that takes a config validates it first and exits 2 on a mistake."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import sys
 
 from dlion import config as configmod
 from dlion.data import DataError
+from dlion.emulate import EmulationError
 from dlion.schema import ConfigError
 
 EXIT_CONFIG = 2
@@ -31,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", parents=[overrides], help="check a config and print it resolved")
     validate.add_argument("config", help="YAML config file")
+
+    emulate = sub.add_parser("emulate", parents=[overrides],
+                             help="set up, inspect or remove the real emulation of a config by hand (root)")
+    emulate.add_argument("action", choices=["up", "down", "status"])
+    emulate.add_argument("config", help="YAML config file")
     return parser
 
 
@@ -58,12 +64,35 @@ def main(argv=None) -> int:
             summary = launch.run(cfg, out_dir)
             print(json.dumps({k: v for k, v in summary.items() if k != "peers"}))
             return 0 if summary["peers_finished"] == len(cfg.peers) else 1
+        if args.command == "emulate":
+            return _emulate(args.action, cfg)
         from dlion.peer import run_peer
         run_peer(cfg, args.id, out_dir)
         return 0
     except DataError as exc:
         print(f"dlion: data error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except EmulationError as exc:
+        print(f"dlion: emulation error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _emulate(action: str, cfg) -> int:
+    """`dlion emulate up|down|status`: the real method's namespaces, shaping and CPU cgroups, managed by hand."""
+    from dlion.emulate import real
+    emulation = real.RealEmulation(cfg)
+    if action == "down":  # works without root checks too: removes whatever of ours exists
+        emulation.down()
+        return 0
+    if action == "status":
+        print(json.dumps(emulation.status(), indent=2))
+        return 0
+    ok, why = real.available()
+    if not ok:
+        raise EmulationError(f"real emulation is not available on this machine: {why}")
+    # peers started by hand run as `ip netns exec <namespace> dlion peer ... --set peers.N.address=<address>`
+    print(json.dumps({str(k): v for k, v in emulation.up().items()}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

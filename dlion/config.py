@@ -93,9 +93,13 @@ class Change:
 
 @dataclass(frozen=True)
 class Emulation:
-    method: Literal["none", "fallback"] = option(
+    method: Literal["none", "fallback", "real", "auto"] = option(
         "none", expect="one of: none (run as the host allows), fallback (in-process link shaping and compute "
-                       "throttling)")
+                       "throttling), real (network namespaces, tc and cgroups; needs root), auto (real where "
+                       "available, else fallback)")
+    transport_latency: bool = option(
+        False, expect="true or false: under the real method, add link latency in the transport (the launcher sets "
+                      "it where the kernel has no netem)")
 
 
 @dataclass(frozen=True)

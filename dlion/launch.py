@@ -8,6 +8,7 @@ limit and Ctrl-C. Each child gets SIGTERM if the launcher dies (PR_SET_PDEATHSIG
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import signal
@@ -19,7 +20,8 @@ from pathlib import Path
 import yaml
 
 from dlion import data as datamod
-from dlion.config import Config, to_dict
+from dlion.config import Config, Emulation, to_dict
+from dlion.emulate import EmulationError
 from dlion.metrics import peer_log_path, read_events, summarize
 
 PROGRESS_EVERY_S = 2.0
@@ -46,16 +48,39 @@ def prepare_out_dir(cfg: Config, out_dir: Path) -> Path:
     return resolved
 
 
-def start_peers(cfg: Config, config_path: Path, out_dir: Path) -> dict[int, subprocess.Popen]:
+def resolve_emulation(cfg: Config):
+    """The config with `auto` resolved, and the real emulation to set up around the peers (None if in-process)."""
+    method = cfg.emulation.method
+    if method in ("real", "auto"):
+        from dlion.emulate import real
+        ok, why = real.available()
+        if ok:
+            return dataclasses.replace(cfg, emulation=Emulation("real")), real.RealEmulation(cfg)
+        if method == "real":
+            raise EmulationError(f"emulation.method real is not available on this machine: {why}; "
+                                 f"use fallback or auto")
+        method = "fallback"
+    return dataclasses.replace(cfg, emulation=Emulation(method)), None
+
+
+def with_addresses(cfg: Config, addresses: dict[int, str]) -> Config:
+    """The config with each peer at its address inside its emulated network."""
+    return dataclasses.replace(cfg, peers=tuple(dataclasses.replace(p, address=addresses[p.id]) for p in cfg.peers))
+
+
+def start_peers(cfg: Config, config_path: Path, out_dir: Path, emulation=None) -> dict[int, subprocess.Popen]:
+    """One `dlion peer` process per peer; under real emulation, inside the peer's namespace and CPU cgroup."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), PYTHONUNBUFFERED="1")
     procs = {}
     for peer in cfg.peers:
+        argv = [sys.executable, "-m", "dlion", "peer", "--config", str(config_path), "--id", str(peer.id),
+                "--out", str(out_dir)]
         with open(out_dir / f"peer-{peer.id}.log", "w") as console:
             procs[peer.id] = subprocess.Popen(
-                [sys.executable, "-m", "dlion", "peer", "--config", str(config_path), "--id", str(peer.id),
-                 "--out", str(out_dir)],
-                stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                preexec_fn=_die_with_parent)
+                emulation.wrap(peer.id, argv) if emulation else argv, stdout=console, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
+        if emulation:
+            emulation.attach(peer.id, procs[peer.id].pid)  # `ip netns exec` execs the peer: same pid
     return procs
 
 
@@ -82,6 +107,7 @@ class Progress:
         self.offsets = {pid: 0 for pid in self.peer_ids}
         self.state = {pid: {} for pid in self.peer_ids}
         self.stream = stream
+        self.train_start: float | None = None  # Unix time the first peer started training
 
     def poll(self) -> None:
         for pid in self.peer_ids:
@@ -96,6 +122,8 @@ class Progress:
                     self.offsets[pid] += len(line.encode())
                     event = json.loads(line)
                     self.state[pid][event["ev"]] = event
+                    if event["ev"] == "start":
+                        self.train_start = min(self.train_start or event["t"], event["t"])
 
     def line(self, elapsed: float) -> str:
         parts = []
@@ -112,7 +140,6 @@ class Progress:
         return f"[{elapsed:6.1f}s] " + " | ".join(parts)
 
     def show(self, elapsed: float) -> None:
-        self.poll()
         print(self.line(elapsed), file=self.stream, flush=True)
 
 
@@ -127,30 +154,27 @@ def run(cfg: Config, out_dir: str | Path, stream=sys.stdout) -> dict:
     """Run all peers of `cfg` as local processes; returns (and writes) the summary."""
     if cfg.training.dataset == "fashion-mnist":
         datamod.require_fashion_mnist(cfg.training.data_dir)  # fail before any peer starts
+    cfg, emulation = resolve_emulation(cfg)
     out_dir = Path(out_dir)
-    config_path = prepare_out_dir(cfg, out_dir)
-    started = time.monotonic()
-    procs = start_peers(cfg, config_path, out_dir)
-    progress = Progress(out_dir, cfg.peer_ids, stream)
-    limit = hard_limit_s(cfg)
+    procs: dict[int, subprocess.Popen] = {}
     interrupted = False
+    started = time.monotonic()
     try:
-        next_line = started + PROGRESS_EVERY_S
-        while any(p.poll() is None for p in procs.values()):
-            time.sleep(0.2)
-            now = time.monotonic()
-            if now >= next_line:
-                progress.show(now - started)
-                next_line = now + PROGRESS_EVERY_S
-            if limit is not None and now - started > limit:
-                print(f"hard time limit of {limit:.0f} s reached; stopping peers", file=stream, flush=True)
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-        print("interrupted; stopping peers", file=stream, flush=True)
+        if emulation:
+            cfg = with_addresses(cfg, emulation.up())
+            if not emulation.kernel_latency:
+                cfg = dataclasses.replace(cfg, emulation=Emulation("real", transport_latency=True))
+        config_path = prepare_out_dir(cfg, out_dir)
+        started = time.monotonic()
+        procs = start_peers(cfg, config_path, out_dir, emulation)
+        progress = Progress(out_dir, cfg.peer_ids, stream)
+        interrupted = _supervise(cfg, procs, progress, emulation, started, stream)
     finally:
         stop_peers(procs)
+        if emulation:
+            emulation.down()
     wall_s = time.monotonic() - started
+    progress.poll()
     progress.show(wall_s)
     summary = summarize(out_dir, cfg.peer_ids, cfg.training.target_accuracy, wall_s)
     summary["interrupted"] = interrupted
@@ -161,3 +185,26 @@ def run(cfg: Config, out_dir: str | Path, stream=sys.stdout) -> dict:
                                                                for e in read_events(peer_log_path(out_dir, pid))):
             print(f"peer {pid} exited with {p.returncode}; see {out_dir / f'peer-{pid}.log'}", file=stream)
     return summary
+
+
+def _supervise(cfg: Config, procs, progress: Progress, emulation, started: float, stream) -> bool:
+    """Wait for the peers, showing progress and applying the emulation schedule; True if interrupted."""
+    limit = hard_limit_s(cfg)
+    next_line = started + PROGRESS_EVERY_S
+    try:
+        while any(p.poll() is None for p in procs.values()):
+            time.sleep(0.2)
+            progress.poll()
+            now = time.monotonic()
+            if emulation and progress.train_start is not None:
+                emulation.apply(time.time() - progress.train_start)
+            if now >= next_line:
+                progress.show(now - started)
+                next_line = now + PROGRESS_EVERY_S
+            if limit is not None and now - started > limit:
+                print(f"hard time limit of {limit:.0f} s reached; stopping peers", file=stream, flush=True)
+                return False
+    except KeyboardInterrupt:
+        print("interrupted; stopping peers", file=stream, flush=True)
+        return True
+    return False

@@ -77,7 +77,14 @@ class Peer:
         self.batching = BATCHING[stages.batching.kind](stages.batching.params, peer_id, ids, tr.global_batch)
         self.exchange = EXCHANGE[stages.exchange.kind](stages.exchange.params, peer_id, transport,
                                                        cfg.neighbours(peer_id))
-        self.emulation = FallbackEmulation(cfg, peer_id, transport) if cfg.emulation.method == "fallback" else None
+        # "real" is set up around the peer by the launcher or `dlion emulate up` (the peer adds only the latency where
+        # the kernel cannot); "auto" reaching a lone peer can only mean the in-process method (the launcher resolves
+        # it before starting peers)
+        method = cfg.emulation.method
+        if method in ("fallback", "auto") or (method == "real" and cfg.emulation.transport_latency):
+            self.emulation = FallbackEmulation(cfg, peer_id, transport, latency_only=method == "real")
+        else:
+            self.emulation = None
 
     # ---- the loop ---------------------------------------------------------------------------------------------------
 
@@ -89,7 +96,8 @@ class Peer:
         self.log.emit("start", pid=os.getpid(), cores=self.spec.cores, threads=self.spec.tf_threads,
                       num_params=self.trainer.num_params, train_samples=len(self.train_idx),
                       barrier_s=round(time.monotonic() - barrier_start, 3), reachable=sorted(reachable),
-                      neighbours=list(self.exchange.neighbours), emulation=self.cfg.emulation.method)
+                      neighbours=list(self.exchange.neighbours),
+                      emulation=self.cfg.emulation.method if self.cfg.emulation.method != "auto" else "fallback")
         if self.emulation:
             self.emulation.start()
         try:

@@ -133,7 +133,7 @@ def test_schedule_errors(change, expected):
 
 
 def test_emulation_method_is_checked():
-    assert "emulation.method: expected one of: none (run as the host allows), fallback" in \
+    assert "emulation.method: expected one of: none (run as the host allows), fallback (in-process" in \
         error(emulation={"method": "magic"})
 
 

@@ -49,3 +49,15 @@ def test_schedule_is_applied_when_due_and_only_once():
     assert emulation.update(100.0) == []
     emulation.throttle(0.1)
     assert sleeps == []  # 1 core on 1 thread: unthrottled after the change
+
+
+def test_latency_only_leaves_bandwidth_and_cpu_to_the_kernel():
+    transport = RecordingTransport()
+    sleeps = []
+    emulation = FallbackEmulation(CFG, 0, transport, sleep=sleeps.append, latency_only=True)
+    emulation.start()
+    assert transport.links[1] == (None, transport.links[1][1]) and abs(transport.links[1][1] - 0.011) < 1e-9
+    emulation.throttle(0.1)
+    assert sleeps == []
+    assert [c.is_link for c in emulation.update(31)] == [True]  # the cores change is the cgroup's business
+    assert transport.links[1][0] is None

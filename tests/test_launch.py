@@ -18,7 +18,9 @@ def test_progress_line_shows_iteration_batch_accuracy_and_rate(tmp_path):
     done.emit("final", acc=0.87)
     done.close()
     stream = io.StringIO()
-    Progress(tmp_path, [0, 1], stream).show(12.3)
+    progress = Progress(tmp_path, [0, 1], stream)
+    progress.poll()
+    progress.show(12.3)
     assert stream.getvalue() == "[  12.3s] p0 it   120 b   32 acc 0.812    1500/s | p1 done acc 0.870\n"
 
 

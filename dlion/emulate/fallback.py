@@ -5,6 +5,9 @@ latency, see `dlion.transport.shaping`). Compute: after each gradient computatio
 `threads` TensorFlow threads, the peer sleeps `w * (threads / cores - 1)`, so it advances at `cores / threads` of its
 unthrottled speed (no sleep once the configured cores reach its threads). The config's schedule is applied as training
 time passes: `update(elapsed)` is called every iteration.
+
+With `latency_only`, only the links' one-way latency is emulated here: the real method shapes bandwidth and CPU in
+the kernel, and on kernels without netem the peers add the latency themselves.
 """
 from __future__ import annotations
 
@@ -16,22 +19,22 @@ METHOD = "fallback"
 
 
 class FallbackEmulation:
-    def __init__(self, cfg: Config, peer_id: int, transport, sleep=time.sleep):
+    def __init__(self, cfg: Config, peer_id: int, transport, sleep=time.sleep, latency_only: bool = False):
         self.cfg = cfg
+        self.latency_only = latency_only
         self.peer_id = peer_id
         self.transport = transport
         self.threads = cfg.peer(peer_id).tf_threads
         self.cores = cfg.cores(peer_id)
         self._sleep = sleep
-        self._pending = sorted((c for c in cfg.schedule if c.peer == peer_id or c.src == peer_id),
-                               key=lambda c: c.at)
+        mine = [c for c in cfg.schedule if c.src == peer_id or (c.peer == peer_id and not latency_only)]
+        self._pending = sorted(mine, key=lambda c: c.at)
 
     def start(self) -> None:
         """Shape every outgoing link as configured for the start of training."""
         for dst in self.cfg.peer_ids:
             if dst != self.peer_id:
-                link = self.cfg.link(self.peer_id, dst)
-                self.transport.set_link(dst, link.bandwidth, link.latency)
+                self._shape(dst, self.cfg.link(self.peer_id, dst))
 
     def update(self, elapsed: float) -> list:
         """Apply this peer's scheduled changes due by `elapsed` seconds of training; returns those applied."""
@@ -39,14 +42,16 @@ class FallbackEmulation:
         while self._pending and self._pending[0].at <= elapsed:
             change = self._pending.pop(0)
             if change.is_link:
-                link = self.cfg.link(change.src, change.dst, at=change.at)
-                self.transport.set_link(change.dst, link.bandwidth, link.latency)
+                self._shape(change.dst, self.cfg.link(change.src, change.dst, at=change.at))
             else:
                 self.cores = change.cores
             applied.append(change)
         return applied
 
+    def _shape(self, dst: int, link) -> None:
+        self.transport.set_link(dst, None if self.latency_only else link.bandwidth, link.latency)
+
     def throttle(self, compute_s: float) -> None:
         """Idle long enough after a compute step of `compute_s` seconds to hold the configured share of cores."""
-        if self.cores < self.threads:
+        if self.cores < self.threads and not self.latency_only:
             self._sleep(compute_s * (self.threads / self.cores - 1.0))

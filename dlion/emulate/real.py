@@ -1,0 +1,460 @@
+"""The emulation method with real kernel mechanisms: network namespaces, `tc` shaping and CPU cgroups (needs root).
+
+Topology: the namespace `<tag>-hub` holds a bridge `<tag>-br`; each peer runs in its own namespace `<tag>-p<id>`
+whose `eth0` (10.77.0.<id+1>/24) is one end of a veth pair, the other end (`<tag>-h<id>`) a port of the bridge.
+Nothing is created in, or changed on, the host's own namespace: every interface, address and qdisc lives in a
+namespace created here.
+
+Links, shaped on egress of each peer's eth0: a root HTB qdisc with one class per destination peer (rate = ceil = the
+link's bandwidth from `cfg.link`), a netem child qdisc adding the link's one-way latency (its queue limit covers
+rate x delay generously), and a u32 filter sending packets for the destination's address to its class; other
+traffic (ARP, anything else) goes to an unshaped default class. Kernels built without netem (this project's machines)
+get a plain FIFO child instead: bandwidth and CPU stay real, and the launcher has each peer's transport add the
+one-way latency (`kernel_latency` is False, the peers get `emulation.transport_latency: true`).
+
+Compute: a CPU cgroup per peer, `<tag>/p<id>` under the cgroup v1 `cpu` hierarchy (cpu.cfs_quota_us = cores x
+cpu.cfs_period_us) or, where only cgroup v2 exists, `cpu.max`. The launcher starts a peer with `wrap()` and moves it
+into its cgroup with `attach()`; the peer caps its TensorFlow threads at `PeerSpec.tf_threads` itself.
+
+The schedule is applied from outside the peers: `apply(elapsed)` changes the tc classes, netem delays and quotas
+(latency changes without netem are applied by the peers themselves).
+`down()` removes everything carrying the tag, also what an earlier, killed launcher left behind.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+
+from dlion.config import Change, Config
+from dlion.emulate import EmulationError
+
+METHOD = "real"
+
+SUBNET = "10.77.0"
+PREFIX_LEN = 24
+MAX_PEER_ID = 253  # addresses 10.77.0.1 .. 10.77.0.254
+IFNAMSIZ = 15
+DEFAULT_RATE = "10gbit"  # the unshaped default class
+DEFAULT_BURST = "256k"  # room for 64 KB GSO packets at that rate
+QUANTUM = 60000  # bytes; explicit so that high rates do not make tc warn about r2q
+CFS_PERIOD_US = 100000
+MIN_QUOTA_US = 1000  # the kernel's floor for cfs_quota_us
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+COMMAND_TIMEOUT_S = 30
+
+
+# ---- running commands -------------------------------------------------------------------------------------------
+
+def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command, capturing its output; with `check`, a failure raises EmulationError naming the command."""
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    except FileNotFoundError:
+        raise EmulationError(f"command not found: {argv[0]} (needed for: {' '.join(argv)})") from None
+    except subprocess.TimeoutExpired:
+        raise EmulationError(f"command timed out after {COMMAND_TIMEOUT_S}s: {' '.join(argv)}") from None
+    if check and result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip()
+        raise EmulationError(f"command failed (exit {result.returncode}): {' '.join(argv)}: {detail}")
+    return result
+
+
+def _ip(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`ip` inside namespace `ns` (never the host's)."""
+    return _run(["ip", "-n", ns, *args], check=check)
+
+
+def _tc(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`tc` inside namespace `ns` (never the host's)."""
+    return _run(["ip", "netns", "exec", ns, "tc", *args], check=check)
+
+
+def _namespaces() -> list[str]:
+    """Names of the named network namespaces (`ip netns list`)."""
+    out = _run(["ip", "netns", "list"]).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+# ---- availability -----------------------------------------------------------------------------------------------
+
+def _cgroup_version() -> int | None:
+    """1 for a cgroup v1 `cpu` hierarchy, 2 for a cgroup v2 tree offering `cpu`, None for neither."""
+    if (CGROUP_V1_CPU / "cpu.cfs_quota_us").exists():
+        return 1
+    controllers = CGROUP_V2 / "cgroup.controllers"
+    if controllers.exists() and "cpu" in controllers.read_text().split():
+        return 2
+    return None
+
+
+def _cgroup_problem() -> str | None:
+    version = _cgroup_version()
+    if version is None:
+        return f"no CPU cgroup controller (neither {CGROUP_V1_CPU}/cpu.cfs_quota_us nor 'cpu' in " \
+               f"{CGROUP_V2}/cgroup.controllers)"
+    base = CGROUP_V1_CPU if version == 1 else CGROUP_V2
+    if not os.access(base, os.W_OK) or not os.access(base / "cgroup.procs", os.W_OK):
+        return f"the CPU cgroup hierarchy at {base} is not writable"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_support() -> tuple[str | None, bool]:
+    """Try a namespace with HTB, u32 and netem in a throwaway namespace: (why the basics fail or None, netem works)."""
+    probe = f"dlprobe-{uuid.uuid4().hex[:8]}"
+    try:
+        _run(["ip", "netns", "add", probe])
+        _ip(probe, "link", "set", "lo", "up")
+        _tc(probe, "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "1")
+        _tc(probe, "class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate", "1mbit")
+        _tc(probe, "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+            "match", "ip", "dst", f"{SUBNET}.1/32", "flowid", "1:1")
+    except EmulationError as exc:
+        return f"network namespaces with tc htb and u32 do not work here: {exc}", False
+    else:
+        netem = _tc(probe, "qdisc", "add", "dev", "lo", "parent", "1:1", "netem", "delay", "1ms",
+                    check=False).returncode == 0
+        return None, netem
+    finally:
+        _run(["ip", "netns", "delete", probe], check=False)
+
+
+def netem_available() -> bool:
+    """Whether the kernel has sch_netem (link latency); some kernels are built without it."""
+    return _kernel_support()[1]
+
+
+def available() -> tuple[bool, str]:
+    """Whether this machine can run the real method; if not, why."""
+    if os.geteuid() != 0:
+        return False, "needs root (network namespaces, tc and cgroups)"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return False, f"the `{tool}` command (iproute2) is not installed"
+    problem = _cgroup_problem()
+    if problem:
+        return False, problem
+    problem, _ = _kernel_support()
+    if problem:
+        return False, problem
+    return True, ""
+
+
+# ---- tc arguments -----------------------------------------------------------------------------------------------
+
+def _rate(bits_per_s: float) -> str:
+    return f"{max(1, round(bits_per_s))}bit"
+
+
+def _delay(seconds: float) -> str:
+    return f"{round(seconds * 1e6)}us"
+
+
+def netem_limit(bits_per_s: float, delay_s: float) -> int:
+    """netem's queue limit in packets: four times the link's rate x delay in 1500-byte packets, at least 1000."""
+    return max(1000, math.ceil(bits_per_s / 8 * delay_s / 1500 * 4))
+
+
+def _class_minor(dst: int) -> int:
+    return dst + 2  # 1:1 is the default class
+
+
+def _classid(dst: int) -> str:
+    return f"1:{_class_minor(dst):x}"
+
+
+def _leaf_handle(dst: int) -> str:
+    return f"{_class_minor(dst) + 0x100:x}:"
+
+
+_CLASS_RE = re.compile(r"class htb (?P<classid>\S+) .*?rate (?P<rate>\S+) ceil (?P<ceil>\S+).*?\n"
+                       r"\s*Sent (?P<bytes>\d+) bytes (?P<packets>\d+) pkt \(dropped (?P<dropped>\d+)")
+
+
+def _rate_from_tc(text: str) -> float | None:
+    """A rate as `tc` prints it ("20Mbit", "1500bit") in bits/s."""
+    m = re.fullmatch(r"([\d.]+)([KMGT]?)bit", text)
+    return float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}[m.group(2)] if m else None
+
+
+# ---- the emulation ----------------------------------------------------------------------------------------------
+
+class RealEmulation:
+    """Namespaces, shaped veths and CPU cgroups for every peer of `cfg`; every name starts with `tag`."""
+
+    def __init__(self, cfg: Config, tag: str = "dl"):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", tag):
+            raise EmulationError(f"emulation tag {tag!r}: expected letters and digits, starting with a letter")
+        for pid in cfg.peer_ids:
+            if pid > MAX_PEER_ID:
+                raise EmulationError(f"peer id {pid}: the real method addresses peers as {SUBNET}.<id+1>, so ids "
+                                     f"must be at most {MAX_PEER_ID}")
+        longest = f"{tag}-h{max(cfg.peer_ids)}"
+        if len(longest) > IFNAMSIZ:
+            raise EmulationError(f"emulation tag {tag!r} is too long: interface name {longest!r} exceeds "
+                                 f"{IFNAMSIZ} characters")
+        self.cfg = cfg
+        self.tag = tag
+        self.hub = f"{tag}-hub"
+        self.bridge = f"{tag}-br"
+        self._applied: set[int] = set()  # indices into cfg.schedule
+        self._netem = True  # whether links get a netem child qdisc (else a plain FIFO); decided in up()
+
+    # names and addresses
+    def namespace(self, peer_id: int) -> str:
+        return f"{self.tag}-p{peer_id}"
+
+    @staticmethod
+    def address(peer_id: int) -> str:
+        return f"{SUBNET}.{peer_id + 1}"
+
+    def _hub_port(self, peer_id: int) -> str:
+        return f"{self.tag}-h{peer_id}"
+
+    def _our_namespaces(self) -> list[str]:
+        pattern = re.compile(rf"{re.escape(self.tag)}-(hub|p\d+)")
+        return [ns for ns in _namespaces() if pattern.fullmatch(ns)]
+
+    @property
+    def kernel_latency(self) -> bool:
+        """Whether link latency is emulated by the kernel (netem); if not, each peer's transport must add it."""
+        return self._netem
+
+    # lifecycle
+    def up(self) -> dict[int, str]:
+        """Create the namespaces, links, shaping and cgroups (removing leftovers first); peer id -> its address."""
+        self.down()
+        self._applied = set()
+        problem, self._netem = _kernel_support()
+        if problem:
+            raise EmulationError(problem)
+        try:
+            self._create_hub()
+            for pid in self.cfg.peer_ids:
+                self._create_peer(pid)
+            for pid in self.cfg.peer_ids:
+                self._shape(pid)
+            self._create_cgroups()
+        except BaseException:
+            self.down()
+            raise
+        return {pid: self.address(pid) for pid in self.cfg.peer_ids}
+
+    def wrap(self, peer_id: int, argv: list[str]) -> list[str]:
+        """The command line running `argv` inside the peer's namespace."""
+        return ["ip", "netns", "exec", self.namespace(peer_id), *argv]
+
+    def attach(self, peer_id: int, pid: int) -> None:
+        """Move process `pid` (all its threads) into the peer's CPU cgroup."""
+        path = self._cgroup_dir(peer_id) / "cgroup.procs"
+        try:
+            path.write_text(f"{pid}\n")
+        except OSError as exc:
+            raise EmulationError(f"cannot move process {pid} into {path}: {exc.strerror}") from None
+
+    def apply(self, at: float) -> list[Change]:
+        """Apply the scheduled changes due by `at` seconds that are not applied yet; returns them in time order."""
+        due = sorted((i for i, c in enumerate(self.cfg.schedule) if c.at <= at and i not in self._applied),
+                     key=lambda i: self.cfg.schedule[i].at)
+        applied = []
+        for i in due:
+            change = self.cfg.schedule[i]
+            if change.is_link:
+                self._set_link(change.src, change.dst, at=change.at, verb="change")
+            else:
+                self._set_quota(change.peer, change.cores)
+            self._applied.add(i)
+            applied.append(change)
+        return applied
+
+    def status(self) -> dict:
+        """What exists now: our namespaces, per peer its tc classes (rate, sent bytes) and qdiscs, its CPU quota."""
+        namespaces = self._our_namespaces()
+        peers = {}
+        for pid in self.cfg.peer_ids:
+            ns = self.namespace(pid)
+            peers[pid] = {"namespace": ns if ns in namespaces else None, "address": self.address(pid),
+                          "classes": self._classes(ns) if ns in namespaces else {},
+                          "qdiscs": self._qdiscs(ns) if ns in namespaces else [],
+                          "cgroup": self._cgroup_status(pid)}
+        return {"tag": self.tag, "namespaces": namespaces, "peers": peers}
+
+    def down(self) -> None:
+        """Remove everything with our tag: processes left in our namespaces (killed), the namespaces (hence the
+        veths, bridge and qdiscs), and the cgroups (their processes moved to the hierarchy's root first).
+        Safe when nothing exists."""
+        for ns in self._our_namespaces():
+            self._kill_processes_in(ns)
+            _run(["ip", "netns", "delete", ns])
+        self._remove_cgroups()
+
+    # network
+    def _create_hub(self) -> None:
+        _run(["ip", "netns", "add", self.hub])
+        _ip(self.hub, "link", "set", "lo", "up")
+        _ip(self.hub, "link", "add", self.bridge, "type", "bridge")
+        _ip(self.hub, "link", "set", self.bridge, "up")
+
+    def _create_peer(self, pid: int) -> None:
+        ns, port = self.namespace(pid), self._hub_port(pid)
+        _run(["ip", "netns", "add", ns])
+        _ip(ns, "link", "set", "lo", "up")
+        _ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", self.hub)
+        _ip(ns, "addr", "add", f"{self.address(pid)}/{PREFIX_LEN}", "dev", "eth0")
+        _ip(ns, "link", "set", "eth0", "up")
+        _ip(self.hub, "link", "set", port, "master", self.bridge)
+        _ip(self.hub, "link", "set", port, "up")
+
+    def _shape(self, src: int) -> None:
+        """Egress shaping of peer `src`: HTB root, an unshaped default class, one class + netem + filter per peer."""
+        ns = self.namespace(src)
+        _tc(ns, "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb", "default", "1")
+        _tc(ns, "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:1", "htb",
+            "rate", DEFAULT_RATE, "ceil", DEFAULT_RATE, "burst", DEFAULT_BURST, "cburst", DEFAULT_BURST,
+            "quantum", str(QUANTUM))
+        for dst in self.cfg.peer_ids:
+            if dst != src:
+                self._set_link(src, dst, at=None, verb="add")
+                _tc(ns, "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                    "match", "ip", "dst", f"{self.address(dst)}/32", "flowid", _classid(dst))
+
+    def _set_link(self, src: int, dst: int, at: float | None, verb: str) -> None:
+        """Add (`verb` add) or change (`verb` change) the class and netem qdisc of the link src -> dst."""
+        link = self.cfg.link(src, dst, at=at)
+        ns, classid = self.namespace(src), _classid(dst)
+        _tc(ns, "class", verb, "dev", "eth0", "parent", "1:", "classid", classid, "htb",
+            "rate", _rate(link.bandwidth), "ceil", _rate(link.bandwidth), "quantum", str(QUANTUM))
+        limit = str(netem_limit(link.bandwidth, link.latency))
+        child = ["netem", "delay", _delay(link.latency), "limit", limit] if self._netem else ["pfifo", "limit", limit]
+        _tc(ns, "qdisc", verb, "dev", "eth0", "parent", classid, "handle", _leaf_handle(dst), *child)
+
+    def _classes(self, ns: str) -> dict:
+        """The HTB classes on a peer's eth0: classid -> {dst (peer id or None), rate_bps, sent_bytes}."""
+        text = _tc(ns, "-s", "class", "show", "dev", "eth0").stdout  # tc has no JSON for HTB classes
+        by_class = {_classid(dst): dst for dst in self.cfg.peer_ids}
+        classes = {}
+        for m in _CLASS_RE.finditer(text):
+            classes[m["classid"]] = {"dst": by_class.get(m["classid"]), "rate_bps": _rate_from_tc(m["rate"]),
+                                     "ceil_bps": _rate_from_tc(m["ceil"]), "sent_bytes": int(m["bytes"]),
+                                     "sent_packets": int(m["packets"]), "dropped": int(m["dropped"])}
+        return classes
+
+    def _qdiscs(self, ns: str) -> list[dict]:
+        raw = json.loads(_tc(ns, "-s", "-j", "qdisc", "show", "dev", "eth0").stdout or "[]")
+        return [{"kind": q.get("kind"), "handle": q.get("handle"), "parent": q.get("parent"),
+                 "delay_s": (q.get("options") or {}).get("delay", {}).get("delay"),
+                 "limit": (q.get("options") or {}).get("limit"), "sent_bytes": q.get("bytes")} for q in raw]
+
+    @staticmethod
+    def _kill_processes_in(ns: str) -> None:
+        """SIGKILL what still runs in one of our namespaces (peers of a launcher that died), so it goes away."""
+        out = _run(["ip", "netns", "pids", ns], check=False).stdout
+        for pid in (int(p) for p in out.split() if p.isdigit()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # CPU
+    @staticmethod
+    def _cgroup_base() -> tuple[int, Path]:
+        version = _cgroup_version()
+        if version is None:
+            raise EmulationError(_cgroup_problem())
+        return version, (CGROUP_V1_CPU if version == 1 else CGROUP_V2)
+
+    def _cgroup_root(self) -> Path:
+        return self._cgroup_base()[1] / self.tag
+
+    def _cgroup_dir(self, peer_id: int) -> Path:
+        return self._cgroup_root() / f"p{peer_id}"
+
+    def _create_cgroups(self) -> None:
+        version, base = self._cgroup_base()
+        root = base / self.tag
+        if version == 2:
+            _enable_cpu_controller(base)
+        root.mkdir(exist_ok=True)
+        if version == 2:
+            _enable_cpu_controller(root)
+        for pid in self.cfg.peer_ids:
+            self._cgroup_dir(pid).mkdir(exist_ok=True)
+            self._set_quota(pid, self.cfg.cores(pid))
+
+    def _set_quota(self, peer_id: int, cores: float) -> None:
+        version, _ = self._cgroup_base()
+        quota = max(MIN_QUOTA_US, round(cores * CFS_PERIOD_US))
+        directory = self._cgroup_dir(peer_id)
+        if version == 1:
+            _write(directory / "cpu.cfs_period_us", str(CFS_PERIOD_US))
+            _write(directory / "cpu.cfs_quota_us", str(quota))
+        else:
+            _write(directory / "cpu.max", f"{quota} {CFS_PERIOD_US}")
+
+    def _cgroup_status(self, peer_id: int) -> dict | None:
+        """{"quota_us", "period_us", "procs"} of the peer's cgroup, or None if it does not exist."""
+        try:
+            version, _ = self._cgroup_base()
+        except EmulationError:
+            return None
+        directory = self._cgroup_dir(peer_id)
+        if not directory.is_dir():
+            return None
+        if version == 1:
+            quota = int((directory / "cpu.cfs_quota_us").read_text())
+            period = int((directory / "cpu.cfs_period_us").read_text())
+        else:
+            q, p = (directory / "cpu.max").read_text().split()
+            quota, period = (-1 if q == "max" else int(q)), int(p)
+        procs = [int(x) for x in (directory / "cgroup.procs").read_text().split()]
+        return {"path": str(directory), "quota_us": quota, "period_us": period, "procs": procs}
+
+    def _remove_cgroups(self) -> None:
+        """Move every process of our cgroup tree to the hierarchy's root, then remove the tree bottom-up."""
+        try:
+            _, base = self._cgroup_base()
+        except EmulationError:
+            return
+        root = base / self.tag
+        if not root.is_dir():
+            return
+        for directory in sorted((d for d in root.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)) + [root]:
+            for _ in range(3):  # processes may fork while being moved
+                procs = (directory / "cgroup.procs").read_text().split()
+                if not procs:
+                    break
+                for pid in procs:
+                    try:
+                        (base / "cgroup.procs").write_text(f"{pid}\n")
+                    except ProcessLookupError:
+                        pass
+                    except OSError as exc:
+                        raise EmulationError(f"cannot move process {pid} out of {directory} into "
+                                             f"{base}: {exc.strerror}") from None
+            try:
+                directory.rmdir()
+            except OSError as exc:
+                raise EmulationError(f"cannot remove cgroup {directory}: {exc.strerror}") from None
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value + "\n")
+    except OSError as exc:
+        raise EmulationError(f"cannot write {value!r} to {path}: {exc.strerror}") from None
+
+
+def _enable_cpu_controller(directory: Path) -> None:
+    """cgroup v2: let the children of `directory` use the cpu controller."""
+    control = directory / "cgroup.subtree_control"
+    if "cpu" not in control.read_text().split():
+        _write(control, "+cpu")

@@ -1,0 +1,43 @@
+"""`dlion run` under real emulation (namespaces, tc, cgroups): trains, applies the schedule, leaves nothing behind."""
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import PYTHON, ROOT, free_ports, python_env, requires_fashion
+from dlion import config
+from dlion.metrics import read_events
+
+real = pytest.importorskip("dlion.emulate.real")
+ok, why = real.available()
+pytestmark = [pytest.mark.integration, requires_fashion,
+              pytest.mark.skipif(not ok, reason=f"real emulation unavailable: {why}")]
+
+
+def test_run_under_real_emulation_applies_schedule_and_cleans_up(tmp_path):
+    ports = free_ports(2)
+    cfg = {
+        "peers": [{"id": 0, "port": ports[0], "cores": 1.0, "uplink": "100mbit", "latency": "2ms"},
+                  {"id": 1, "port": ports[1], "cores": 0.5, "uplink": "50mbit", "latency": "5ms"}],
+        "training": {"model": "mlp", "global_batch": 64, "max_seconds": 14, "learning_rate": 0.002},
+        "emulation": {"method": "real"},
+        "schedule": [{"at": "3s", "peer": 1, "cores": 0.25}, {"at": "3s", "src": 0, "dst": 1, "bandwidth": "20mbit"}],
+        "evaluation": {"every_iterations": 50},
+        "output": {"dir": str(tmp_path / "out")},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = subprocess.run([PYTHON, "-m", "dlion", "run", str(path)], cwd=ROOT, env=python_env(),
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["emulation"] == "real" and summary["peers_finished"] == 2
+    assert summary["final_accuracy"] > 0.7
+    resolved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert [p["address"] for p in resolved["peers"]] == ["10.77.0.1", "10.77.0.2"]
+    starts = [e for e in read_events(tmp_path / "out" / "peer-1.jsonl") if e["ev"] == "start"]
+    assert starts and starts[0]["emulation"] == "real"
+    # the emulation is gone: no namespace or cgroup of ours
+    assert "dl-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not real.RealEmulation(config.load(path)).status().get("namespaces")
