@@ -68,10 +68,11 @@ def with_addresses(cfg: Config, addresses: dict[int, str]) -> Config:
     return dataclasses.replace(cfg, peers=tuple(dataclasses.replace(p, address=addresses[p.id]) for p in cfg.peers))
 
 
-def start_peers(cfg: Config, config_path: Path, out_dir: Path, emulation=None) -> dict[int, subprocess.Popen]:
-    """One `dlion peer` process per peer; under real emulation, inside the peer's namespace and CPU cgroup."""
+def start_peers(cfg: Config, config_path: Path, out_dir: Path, procs: dict[int, subprocess.Popen],
+                emulation=None) -> None:
+    """Start one `dlion peer` process per peer into `procs` (filled as they start, so that a failure midway still
+    leaves the caller every started process to stop); under real emulation, inside the peer's namespace and cgroup."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), PYTHONUNBUFFERED="1")
-    procs = {}
     for peer in cfg.peers:
         argv = [sys.executable, "-m", "dlion", "peer", "--config", str(config_path), "--id", str(peer.id),
                 "--out", str(out_dir)]
@@ -81,7 +82,6 @@ def start_peers(cfg: Config, config_path: Path, out_dir: Path, emulation=None) -
                 stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
         if emulation:
             emulation.attach(peer.id, procs[peer.id].pid)  # `ip netns exec` execs the peer: same pid
-    return procs
 
 
 def stop_peers(procs: dict[int, subprocess.Popen], grace_s: float = TERM_GRACE_S) -> None:
@@ -166,7 +166,7 @@ def run(cfg: Config, out_dir: str | Path, stream=sys.stdout) -> dict:
                 cfg = dataclasses.replace(cfg, emulation=Emulation("real", transport_latency=True))
         config_path = prepare_out_dir(cfg, out_dir)
         started = time.monotonic()
-        procs = start_peers(cfg, config_path, out_dir, emulation)
+        start_peers(cfg, config_path, out_dir, procs, emulation)
         progress = Progress(out_dir, cfg.peer_ids, stream)
         interrupted = _supervise(cfg, procs, progress, emulation, started, stream)
     finally:

@@ -32,8 +32,9 @@ def test_run_under_real_emulation_applies_schedule_and_cleans_up(tmp_path):
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["emulation"] == "real" and summary["peers_finished"] == 2
-    assert summary["final_accuracy"] > 0.7
+    logs = "\n".join((tmp_path / "out" / f"peer-{i}.log").read_text()[-1500:] for i in (0, 1))
+    assert summary["emulation"] == "real" and summary["peers_finished"] == 2, (summary, result.stdout[-1500:], logs)
+    assert summary["final_accuracy"] > 0.7, summary
     resolved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
     assert [p["address"] for p in resolved["peers"]] == ["10.77.0.1", "10.77.0.2"]
     starts = [e for e in read_events(tmp_path / "out" / "peer-1.jsonl") if e["ev"] == "start"]
