@@ -123,10 +123,10 @@ class Peer:
                     self.log.emit("change", it=iteration, **{k: v for k, v in vars(change).items() if v is not None})
             batch = self.batching.batch_size(iteration)
             idx = self.sampler.next(batch)
-            t0 = time.monotonic()
+            t0, cpu0 = time.monotonic(), time.process_time()
             loss, grads = self.trainer.gradients(self.data.x_train[idx], self.data.y_train[idx])
             if self.emulation:
-                self.emulation.throttle(time.monotonic() - t0)
+                self.emulation.throttle(time.process_time() - cpu0, time.monotonic() - t0)
             t1 = time.monotonic()
             result = self.exchange.exchange(iteration, grads, batch)
             self.trainer.apply(result.grads)

@@ -31,11 +31,13 @@ def test_start_shapes_every_outgoing_link_from_the_config():
 def test_throttle_holds_the_configured_share_of_the_peer_threads():
     sleeps = []
     emulation = FallbackEmulation(CFG, 0, RecordingTransport(), sleep=sleeps.append)
-    emulation.throttle(0.1)  # 0.25 cores on 1 thread: busy 0.1 s, idle 0.3 s
+    emulation.throttle(0.1, 0.1)  # 0.25 cores: 0.1 CPU-s owes 0.4 s, 0.1 s of it spent computing
     assert abs(sleeps[0] - 0.3) < 1e-9
+    emulation.throttle(0.05, 0.1)  # a contended step used less CPU, so it owes less idling
+    assert abs(sleeps[1] - 0.1) < 1e-9
     full = FallbackEmulation(CFG, 1, RecordingTransport(), sleep=sleeps.append)
-    full.throttle(0.1)  # 2 cores on 2 threads: no idling
-    assert len(sleeps) == 1
+    full.throttle(0.2, 0.1)  # 2 cores, two busy threads: within quota, no idling
+    assert len(sleeps) == 2
 
 
 def test_schedule_is_applied_when_due_and_only_once():
@@ -47,7 +49,7 @@ def test_schedule_is_applied_when_due_and_only_once():
     applied = emulation.update(30.0)
     assert len(applied) == 2 and emulation.cores == 1.0 and transport.links[1][0] == 1e7
     assert emulation.update(100.0) == []
-    emulation.throttle(0.1)
+    emulation.throttle(0.1, 0.1)
     assert sleeps == []  # 1 core on 1 thread: unthrottled after the change
 
 
@@ -57,7 +59,7 @@ def test_latency_only_leaves_bandwidth_and_cpu_to_the_kernel():
     emulation = FallbackEmulation(CFG, 0, transport, sleep=sleeps.append, latency_only=True)
     emulation.start()
     assert transport.links[1] == (None, transport.links[1][1]) and abs(transport.links[1][1] - 0.011) < 1e-9
-    emulation.throttle(0.1)
+    emulation.throttle(0.1, 0.1)
     assert sleeps == []
     assert [c.is_link for c in emulation.update(31)] == [True]  # the cores change is the cgroup's business
     assert transport.links[1][0] is None

@@ -1,10 +1,11 @@
 """The emulation method that needs no privileges: it runs inside each peer process.
 
 Links: every outgoing link is shaped in the transport (a serialization queue at the link's rate plus its one-way
-latency, see `dlion.transport.shaping`). Compute: after each gradient computation that took `w` seconds on the peer's
-`threads` TensorFlow threads, the peer sleeps `w * (threads / cores - 1)`, so it advances at `cores / threads` of its
-unthrottled speed (no sleep once the configured cores reach its threads). The config's schedule is applied as training
-time passes: `update(elapsed)` is called every iteration.
+latency, see `dlion.transport.shaping`). Compute: like a CFS quota, the peer may use `cores` CPU-seconds per second
+while it computes: after a gradient computation that used `c` CPU-seconds (all threads) in `w` seconds of wall time,
+it sleeps `c / cores - w`. Capping CPU time rather than stretching wall time keeps the share right when the machine
+is contended (a step slowed down by other peers used less CPU, so it owes less idling). The config's schedule is
+applied as training time passes: `update(elapsed)` is called every iteration.
 
 With `latency_only`, only the links' one-way latency is emulated here: the real method shapes bandwidth and CPU in
 the kernel, and on kernels without netem the peers add the latency themselves.
@@ -51,7 +52,11 @@ class FallbackEmulation:
     def _shape(self, dst: int, link) -> None:
         self.transport.set_link(dst, None if self.latency_only else link.bandwidth, link.latency)
 
-    def throttle(self, compute_s: float) -> None:
-        """Idle long enough after a compute step of `compute_s` seconds to hold the configured share of cores."""
-        if self.cores < self.threads and not self.latency_only:
-            self._sleep(compute_s * (self.threads / self.cores - 1.0))
+    def throttle(self, cpu_s: float, wall_s: float) -> None:
+        """Idle after a compute step that used `cpu_s` CPU-seconds in `wall_s` seconds, to hold the configured
+        cores."""
+        if self.latency_only:
+            return
+        idle = cpu_s / self.cores - wall_s
+        if idle > 0:
+            self._sleep(idle)

@@ -130,7 +130,7 @@ class Transport(abc.ABC):
             self._drop(link, f"routing id {routing_sender!r} is not a peer")
             return
         try:
-            msg = wire.decode(frames, self.limits)
+            msg = wire.decode(frames, self.limits, time.monotonic())
         except wire.WireError as e:
             self._drop(link, e.reason)
             return

@@ -56,7 +56,8 @@ class Sparse(NamedTuple):
 
 @dataclass(frozen=True)
 class Message:
-    """A decoded message; `nbytes` is its size on the wire (all frames)."""
+    """A decoded message; `nbytes` is its size on the wire (all frames), `received_at` the `time.monotonic()` at
+    which the transport took it off the wire (for measuring links; 0.0 where it was not received)."""
 
     kind: str
     sender: int
@@ -64,6 +65,7 @@ class Message:
     meta: dict[str, Any]
     tensors: dict[str, np.ndarray | Sparse]
     nbytes: int
+    received_at: float = 0.0
 
 
 def _is_int(x) -> bool:
@@ -185,7 +187,7 @@ def _array(frame, dtype: np.dtype, count: int, what: str) -> np.ndarray:
     return np.frombuffer(frame, dtype=dtype)
 
 
-def decode(frames: Sequence, limits: WireLimits) -> Message:
+def decode(frames: Sequence, limits: WireLimits, received_at: float = 0.0) -> Message:
     """Validate and decode frames (bytes-like); raises WireError on any problem."""
     if not frames:
         raise WireError("no frames")
@@ -221,4 +223,4 @@ def decode(frames: Sequence, limits: WireLimits) -> Message:
             _check_indices(indices, shape[0])
             tensors[name] = Sparse(indices, values, shape[0])
             i += 2
-    return Message(h["k"], h["s"], h["r"], meta, tensors, total)
+    return Message(h["k"], h["s"], h["r"], meta, tensors, total, received_at)

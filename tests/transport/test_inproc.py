@@ -140,3 +140,11 @@ def test_peer_id_in_use_on_the_hub(make):
     make(0)
     with pytest.raises(ValueError, match="already"):
         make(0)
+
+
+def test_messages_carry_their_arrival_time(make):
+    a, b = make(0), make(1)
+    before = time.monotonic()
+    a.send(1, "grad", 0)
+    msg = b.mailbox.take("grad", 0, [0], time.monotonic() + 1)[0]
+    assert before <= msg.received_at <= time.monotonic()
