@@ -63,9 +63,14 @@ def resolve_emulation(cfg: Config):
     return dataclasses.replace(cfg, emulation=Emulation(method)), None
 
 
-def with_addresses(cfg: Config, addresses: dict[int, str]) -> Config:
-    """The config with each peer at its address inside its emulated network."""
-    return dataclasses.replace(cfg, peers=tuple(dataclasses.replace(p, address=addresses[p.id]) for p in cfg.peers))
+def bring_up(cfg: Config, emulation) -> Config:
+    """Set up the real emulation; returns the config the peers run with: each peer at its address inside its
+    namespace, and told to add link latency in its transport where the kernel has no netem."""
+    addresses = emulation.up()
+    cfg = dataclasses.replace(cfg, peers=tuple(dataclasses.replace(p, address=addresses[p.id]) for p in cfg.peers))
+    if not emulation.kernel_latency:
+        cfg = dataclasses.replace(cfg, emulation=Emulation("real", transport_latency=True))
+    return cfg
 
 
 def start_peers(cfg: Config, config_path: Path, out_dir: Path, procs: dict[int, subprocess.Popen],
@@ -161,9 +166,7 @@ def run(cfg: Config, out_dir: str | Path, stream=sys.stdout) -> dict:
     started = time.monotonic()
     try:
         if emulation:
-            cfg = with_addresses(cfg, emulation.up())
-            if not emulation.kernel_latency:
-                cfg = dataclasses.replace(cfg, emulation=Emulation("real", transport_latency=True))
+            cfg = bring_up(cfg, emulation)
         config_path = prepare_out_dir(cfg, out_dir)
         started = time.monotonic()
         start_peers(cfg, config_path, out_dir, procs, emulation)

@@ -20,7 +20,7 @@ import numpy as np
 from dlion import data as datamod
 from dlion.batching import STRATEGIES as BATCHING
 from dlion.config import Config
-from dlion.emulate.fallback import FallbackEmulation
+from dlion.emulate import fallback
 from dlion.exchange import STRATEGIES as EXCHANGE
 from dlion.metrics import EventLog, peer_log_path
 from dlion.transport import WireLimits, ZmqTransport
@@ -77,14 +77,7 @@ class Peer:
         self.batching = BATCHING[stages.batching.kind](stages.batching.params, peer_id, ids, tr.global_batch)
         self.exchange = EXCHANGE[stages.exchange.kind](stages.exchange.params, peer_id, transport,
                                                        cfg.neighbours(peer_id))
-        # "real" is set up around the peer by the launcher or `dlion emulate up` (the peer adds only the latency where
-        # the kernel cannot); "auto" reaching a lone peer can only mean the in-process method (the launcher resolves
-        # it before starting peers)
-        method = cfg.emulation.method
-        if method in ("fallback", "auto") or (method == "real" and cfg.emulation.transport_latency):
-            self.emulation = FallbackEmulation(cfg, peer_id, transport, latency_only=method == "real")
-        else:
-            self.emulation = None
+        self.emulation = fallback.in_process(cfg, peer_id, transport)
 
     # ---- the loop ---------------------------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ with the worst relative errors of CPU shares, bandwidths and latencies, and the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -54,7 +55,7 @@ def probe(args) -> None:
     import numpy as np
 
     from dlion import data, trainer
-    from dlion.emulate.fallback import FallbackEmulation
+    from dlion.emulate import fallback
     from dlion.peer import max_message_bytes
     from dlion.transport import WireLimits, ZmqTransport
 
@@ -76,10 +77,8 @@ def probe(args) -> None:
     # each slot waits for its one partner: never stop waiting for a peer after missed takes (suspicion)
     transport = ZmqTransport(args.id, {p.id: (p.address, p.port) for p in cfg.peers}, limits, suspect_after=10**9)
     transport.start()
-    method = cfg.emulation.method
-    emulation = None
-    if method == "fallback" or (method == "real" and cfg.emulation.transport_latency):
-        emulation = FallbackEmulation(cfg, args.id, transport, latency_only=method == "real")
+    emulation = fallback.in_process(cfg, args.id, transport)
+    if emulation:
         emulation.start()
     try:
         transport.wait_for_peers(STARTUP_S * 2)
@@ -188,7 +187,7 @@ def main() -> int:
     from dlion import launch
     cfg = configmod.load(args.config, args.set)
     if args.method:
-        cfg = configmod.parse(dict(configmod.to_dict(cfg), emulation={"method": args.method}))
+        cfg = dataclasses.replace(cfg, emulation=Emulation(args.method))
     cfg, real = launch.resolve_emulation(cfg)
     procs: dict[int, subprocess.Popen] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -198,10 +197,7 @@ def main() -> int:
         references = reference_rates(cfg, plain_path, tmp, args.seconds)
         try:
             if real:
-                cfg = launch.with_addresses(cfg, real.up())
-                if not real.kernel_latency:
-                    cfg = configmod.parse(dict(configmod.to_dict(cfg),
-                                               emulation={"method": "real", "transport_latency": True}))
+                cfg = launch.bring_up(cfg, real)
             config_path = tmp / "config.yaml"
             config_path.write_text(yaml.safe_dump(configmod.to_dict(cfg)))
             t0 = time.time() + STARTUP_S

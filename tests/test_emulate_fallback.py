@@ -63,3 +63,17 @@ def test_latency_only_leaves_bandwidth_and_cpu_to_the_kernel():
     assert sleeps == []
     assert [c.is_link for c in emulation.update(31)] == [True]  # the cores change is the cgroup's business
     assert transport.links[1][0] is None
+
+
+def test_in_process_says_what_a_peer_emulates_itself():
+    import dataclasses
+    from dlion.config import Emulation
+    from dlion.emulate.fallback import in_process
+
+    def method(**kw):
+        return in_process(dataclasses.replace(CFG, emulation=Emulation(**kw)), 0, RecordingTransport())
+
+    assert method(method="fallback").latency_only is False
+    assert method(method="auto").latency_only is False  # a lone peer with auto: in-process
+    assert method(method="real", transport_latency=True).latency_only is True
+    assert method(method="real") is None and method(method="none") is None

@@ -16,7 +16,14 @@ import time
 
 from dlion.config import Config
 
-METHOD = "fallback"
+def in_process(cfg: Config, peer_id: int, transport) -> "FallbackEmulation | None":
+    """What a peer itself must emulate: everything under `fallback` (and `auto`, which the launcher resolves before
+    starting peers, so a lone peer can only mean the in-process method); only the latency under `real` where the
+    kernel has no netem (`transport_latency`); nothing otherwise."""
+    method = cfg.emulation.method
+    if method in ("fallback", "auto") or (method == "real" and cfg.emulation.transport_latency):
+        return FallbackEmulation(cfg, peer_id, transport, latency_only=method == "real")
+    return None
 
 
 class FallbackEmulation:

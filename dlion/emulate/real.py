@@ -36,7 +36,6 @@ from pathlib import Path
 from dlion.config import Change, Config
 from dlion.emulate import EmulationError
 
-METHOD = "real"
 
 SUBNET = "10.77.0"
 PREFIX_LEN = 24
