@@ -160,9 +160,7 @@ def _stage_field(stage: str, default_kind: str):
         params = build(registry[kind].Params, {k: v for k, v in raw.items() if k != "kind"}, path)
         return Stage(kind, params)
 
-    default = Stage(default_kind, registry[default_kind].Params())
-    return dataclasses.field(default=default, metadata={"build_with": build_stage, "expect": "", "check": None,
-                                                        "parse": None})
+    return option(Stage(default_kind, registry[default_kind].Params()), build_with=build_stage)
 
 
 @dataclass(frozen=True)
@@ -379,7 +377,7 @@ def reference_markdown() -> str:
     lines += [f"| `{k}` | {d} | {e} |" for k, d, e in reference(Config)]
     for stage, registry in STAGE_REGISTRIES.items():
         lines += ["", f"## strategies.{stage}", "", f"`kind`: one of {', '.join(registry)} "
-                  f"(default `{Strategies.__dataclass_fields__[stage].default.kind}`).", ""]
+                  f"(default `{getattr(Strategies(), stage).kind}`).", ""]
         for kind, strategy in registry.items():
             params = reference(strategy.Params, f"strategies.{stage}")
             doc = (strategy.__doc__ or "").strip().splitlines()[0]
