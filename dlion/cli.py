@@ -1,10 +1,11 @@
-"""`dlion run | peer | validate | emulate`: every command that takes a config validates it first and exits 2 on a mistake."""
+"""`dlion run | peer | validate | emulate | compose`: every command that takes a config validates it first and exits 2 on a mistake."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from dlion import config as configmod
 from dlion.data import DataError
@@ -34,9 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("config", help="YAML config file")
 
     emulate = sub.add_parser("emulate", parents=[overrides],
-                             help="set up, inspect or remove the real emulation of a config by hand (root)")
-    emulate.add_argument("action", choices=["up", "down", "status"])
+                             help="set up, inspect or remove the real emulation of a config by hand (root); "
+                                  "shape: shape this network namespace's egress as one peer's (in its container)")
+    emulate.add_argument("action", choices=["up", "down", "status", "shape"])
     emulate.add_argument("config", help="YAML config file")
+    emulate.add_argument("--id", type=int, help="shape: the peer whose egress this is")
+    emulate.add_argument("--dev", default="eth0", help="shape: the device to shape (default: eth0)")
+
+    compose = sub.add_parser("compose", parents=[overrides],
+                             help="write a docker-compose file running every peer of a config in its own container")
+    compose.add_argument("config", help="YAML config file")
+    compose.add_argument("-o", "--output", help="compose file to write (default: standard output, paths relative "
+                                                "to the current directory)")
     return parser
 
 
@@ -44,8 +54,12 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = configmod.load(args.config, args.set)
-        if args.command == "peer":
+        if args.command == "peer" or getattr(args, "action", None) == "shape":
+            if args.id is None:
+                raise KeyError("required for emulate shape")
             cfg.peer(args.id)
+        if args.command == "compose":
+            return _compose(args, cfg)  # its own checks of the config are config errors too
     except ConfigError as exc:
         print(f"dlion: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -65,7 +79,7 @@ def main(argv=None) -> int:
             print(json.dumps({k: v for k, v in summary.items() if k != "peers"}))
             return 0 if summary["peers_finished"] == len(cfg.peers) else 1
         if args.command == "emulate":
-            return _emulate(args.action, cfg)
+            return _emulate(args, cfg)
         from dlion.peer import run_peer
         run_peer(cfg, args.id, out_dir)
         return 0
@@ -77,9 +91,28 @@ def main(argv=None) -> int:
         return EXIT_CONFIG
 
 
-def _emulate(action: str, cfg) -> int:
-    """`dlion emulate up|down|status`: the real method's namespaces, shaping and CPU cgroups, managed by hand."""
+def _compose(args, cfg) -> int:
+    """`dlion compose FILE [-o OUT]`: paths in the file are relative to where it is written."""
+    from dlion import compose
+    out_dir = Path(args.output).parent if args.output else Path.cwd()
+    text = compose.render(cfg, args.config, out_dir, args.set)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"{args.output}: {len(cfg.peers)} peer services; build the image, then docker-compose up",
+              file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _emulate(args, cfg) -> int:
+    """`dlion emulate up|down|status`: the real method's namespaces, shaping and CPU cgroups, managed by hand;
+    `shape`: the same egress shaping for one peer, in the current namespace (its container's entry point runs it)."""
     from dlion.emulate import real
+    action = args.action
+    if action == "shape":
+        print(json.dumps(real.shape_here(cfg, args.id, args.dev), indent=2))
+        return 0
     emulation = real.RealEmulation(cfg)
     if action == "down":  # works without root checks too: removes whatever of ours exists
         emulation.down()

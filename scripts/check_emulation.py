@@ -11,8 +11,17 @@ and throttling under the fallback). All probes then, together:
 2. one directed link at a time, in fixed time slots: the sender pushes a burst of messages through dlion's transport
    (its throughput, as the receiver sees it) and then pings the receiver (round-trip time, against the sum of the two
    directions' configured latencies).
-Throughput counts message payload (TCP and ZeroMQ headers come on top, a few percent). The last line is a JSON object
-with the worst relative errors of CPU shares, bandwidths and latencies, and the method in force.
+Throughput counts message payload (TCP and ZeroMQ headers come on top, a few percent). The CPU time each probe used
+per second is shown too: it is what the emulation enforces (a quota of CPU time), while the compute rate also pays for
+the machine's slower steps after each throttling pause. The last line is a JSON object with the worst relative errors
+of CPU shares (compute rate), CPU time, bandwidths and latencies, and the method in force.
+
+A scenario with a `schedule` gets a timeline instead, over the first change + `--after` seconds: every probe computes
+throughout (changes to its cores applied as a peer would see them), and the sender of every scheduled link change
+streams messages to its receiver (a window of unacknowledged messages below the send high-water mark). Per peer and
+per link it prints configured versus measured before and after each change and the lag: the time from the change to
+the end of the first 1-second window from which every later window is within `--tolerance` of the new configured
+value (CPU time per second for peers, payload throughput for links). The last line is a JSON object with every lag.
 """
 from __future__ import annotations
 
@@ -35,6 +44,9 @@ from dlion import config as configmod  # noqa: E402
 from dlion.config import Emulation  # noqa: E402
 
 BURST_MESSAGES = 12  # below the transport's send high-water mark (16): a longer burst fails with EAGAIN
+STREAM_WINDOW = 12  # unacknowledged stream messages, for the same reason
+STREAM_MESSAGE_BYTES = 64 << 10  # 5 ms at 100 Mbit/s, 52 ms at 10 Mbit/s: fine-grained for 1 s windows
+WINDOW_S = 1.0
 PINGS = 7
 SLOT_S = 4.0
 STARTUP_S = 25.0  # probes import TensorFlow (slowly under small CPU quotas) before the common start time
@@ -69,7 +81,7 @@ def probe(args) -> None:
     tr.gradients(x, y)  # warm up outside the measurement
     result: dict = {"id": args.id}
     if args.reference:
-        result["rate"] = _compute(tr, x, y, None, time.time() + 0.5, args.seconds)
+        result["rate"], _ = _compute(tr, x, y, None, time.time() + 0.5, args.seconds)
         Path(args.out).write_text(json.dumps(result))
         return
     ids = cfg.peer_ids
@@ -82,25 +94,36 @@ def probe(args) -> None:
         emulation.start()
     try:
         transport.wait_for_peers(STARTUP_S * 2)
-        result["rate"] = _compute(tr, x, y, emulation, args.t0, args.seconds)
-        result["links"] = _links(cfg, transport, args.t0 + args.seconds + 1.0, np)
+        if args.timeline:
+            result.update(_timeline(cfg, tr, x, y, emulation, transport, args.t0, args.seconds, np))
+        else:
+            result["rate"], result["cpu"] = _compute(tr, x, y, emulation, args.t0, args.seconds)
+            result["links"] = _links(cfg, transport, args.t0 + args.seconds + 1.0, np)
     finally:
         transport.close()
     Path(args.out).write_text(json.dumps(result))
 
 
-def _compute(tr, x, y, emulation, t0: float, seconds: float) -> float:
-    """Gradient samples per second between t0 and t0 + seconds (throttled like a peer under the fallback)."""
+def _compute(tr, x, y, emulation, t0: float, seconds: float, steps: list | None = None) -> tuple[float, float]:
+    """Gradient samples and CPU seconds per second between t0 and t0 + seconds, throttled like a peer under the
+    fallback, with the schedule's changes applied as they fall due. `steps` collects (end, samples, cpu) per step."""
     while time.time() < t0:
         time.sleep(0.01)
     samples, end = 0, t0 + seconds
-    while time.time() < end:
+    cpu_start = cpu_last = time.process_time()
+    while (now := time.time()) < end:
+        if emulation:
+            emulation.update(now - t0)
         start, cpu = time.monotonic(), time.process_time()
         tr.gradients(x, y)
         if emulation:
             emulation.throttle(time.process_time() - cpu, time.monotonic() - start)
         samples += len(x)
-    return samples / (time.time() - t0)
+        if steps is not None:  # the whole process's CPU time since the previous step, as a cgroup counts it
+            steps.append((time.time() - t0, len(x), time.process_time() - cpu_last))
+            cpu_last = time.process_time()
+    wall = time.time() - t0
+    return samples / wall, (time.process_time() - cpu_start) / wall
 
 
 def _links(cfg, transport, t_links: float, np) -> dict:
@@ -144,13 +167,69 @@ def _links(cfg, transport, t_links: float, np) -> dict:
     return out
 
 
+def scheduled_links(cfg) -> list[tuple[int, int]]:
+    return sorted({(c.src, c.dst) for c in cfg.schedule if c.is_link})
+
+
+def _timeline(cfg, tr, x, y, emulation, transport, t0: float, seconds: float, np) -> dict:
+    """Compute throughout while streaming over every scheduled link this probe is an end of."""
+    import threading
+
+    streams, received = [], {}
+    for src, dst in scheduled_links(cfg):
+        if transport.peer_id == src:
+            streams.append(threading.Thread(target=_stream_send, args=(transport, dst, t0, t0 + seconds, np)))
+        elif transport.peer_id == dst:
+            received[f"{src}->{dst}"] = arrivals = []
+            streams.append(threading.Thread(target=_stream_receive, args=(transport, src, t0, t0 + seconds,
+                                                                           arrivals)))
+    for thread in streams:
+        thread.start()
+    steps: list = []
+    _compute(tr, x, y, emulation, t0, seconds, steps)
+    for thread in streams:
+        thread.join()
+    return {"steps": steps, "arrivals": received}
+
+
+def _stream_send(transport, dst: int, t0: float, end: float, np) -> None:
+    """Keep the link busy from t0 to `end`: at most STREAM_WINDOW messages sent and not yet acknowledged."""
+    payload = np.zeros(STREAM_MESSAGE_BYTES // 4, np.float32)
+    sent = acked = 0
+    while time.time() < t0:
+        time.sleep(0.005)
+    while time.time() < end:
+        if sent - acked < STREAM_WINDOW:
+            transport.send(dst, "grad", sent, {"g": payload})
+            sent += 1
+            continue
+        # the newest acknowledgement of any unacknowledged message (a take that finds none ends the stream)
+        got = transport.mailbox.take("eval", sent - 1, [dst], time.monotonic() + end - time.time() + 1.0,
+                                     staleness=sent - 1 - acked).get(dst)
+        if got is None:
+            return
+        acked = got.round + 1
+
+
+def _stream_receive(transport, src: int, t0: float, end: float, arrivals: list) -> None:
+    """Acknowledge every stream message, noting (arrival time since t0, bytes), until the stream stops."""
+    offset = time.time() - time.monotonic()  # received_at is monotonic
+    while time.time() < t0:
+        time.sleep(0.005)
+    i = 0
+    while (msg := transport.mailbox.take("grad", i, [src], time.monotonic() + end - time.time() + 1.0).get(src)):
+        arrivals.append((msg.received_at + offset - t0, msg.nbytes))
+        transport.send(src, "eval", i)
+        i += 1
+
+
 # ---- driver ------------------------------------------------------------------------------------------------------------
 
 def _probe_cmd(config_path: Path, peer_id: int, out: Path, seconds: float, t0: float = 0.0,
-               reference: bool = False) -> list[str]:
+               reference: bool = False, timeline: bool = False) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), str(config_path), "--probe", "--id",
            str(peer_id), "--out", str(out), "--seconds", str(seconds), "--t0", str(t0)]
-    return cmd + (["--reference"] if reference else [])
+    return cmd + (["--reference"] if reference else []) + (["--timeline"] if timeline else [])
 
 
 def reference_rates(cfg, config_path: Path, tmp: Path, seconds: float) -> dict[int, float]:
@@ -173,9 +252,15 @@ def main() -> int:
     parser.add_argument("config", nargs="?")
     parser.add_argument("--method", choices=["real", "fallback"], help="force an emulation method")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of the compute measurement")
+    parser.add_argument("--after", type=float, default=8.0,
+                        help="timeline: seconds measured after the last scheduled change")
+    parser.add_argument("--tolerance", type=float,
+                        help="timeline: relative band around the new value that counts as followed (default: 0.15 "
+                             "under real, 0.20 under fallback, the issue's bars)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--timeline", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--id", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -200,15 +285,20 @@ def main() -> int:
                 cfg = launch.bring_up(cfg, real)
             config_path = tmp / "config.yaml"
             config_path.write_text(yaml.safe_dump(configmod.to_dict(cfg)))
+            timeline = bool(cfg.schedule)
+            seconds = max(c.at for c in cfg.schedule) + args.after if timeline else args.seconds
             t0 = time.time() + STARTUP_S
             for peer in cfg.peers:
-                cmd = _probe_cmd(config_path, peer.id, tmp / f"probe-{peer.id}.json", args.seconds, t0)
+                cmd = _probe_cmd(config_path, peer.id, tmp / f"probe-{peer.id}.json", seconds, t0,
+                                 timeline=timeline)
                 procs[peer.id] = subprocess.Popen(real.wrap(peer.id, cmd) if real else cmd)
                 if real:
                     real.attach(peer.id, procs[peer.id].pid)
-            deadline = t0 + args.seconds + 1.0 + len(links_of(cfg)) * SLOT_S + 60
-            for p in procs.values():
-                p.wait(timeout=max(1.0, deadline - time.time()))
+            deadline = t0 + seconds + (0 if timeline else 1.0 + len(links_of(cfg)) * SLOT_S) + 60
+            while any(p.poll() is None for p in procs.values()) and time.time() < deadline:
+                if real:  # the schedule, applied from outside as the launcher does
+                    real.apply(time.time() - t0)
+                time.sleep(0.05)
         finally:
             for p in procs.values():
                 if p.poll() is None:
@@ -216,17 +306,22 @@ def main() -> int:
             if real:
                 real.down()
         results = {pid: json.loads((tmp / f"probe-{pid}.json").read_text()) for pid in cfg.peer_ids}
+    if timeline:
+        tolerance = args.tolerance or (0.15 if cfg.emulation.method == "real" else 0.20)
+        return report_timeline(cfg, references, results, seconds, tolerance)
     return report(cfg, references, results)
 
 
 def report(cfg, references: dict[int, float], results: dict[int, dict]) -> int:
-    cpu_errs, bw_errs, lat_errs = [], [], []
-    print(f"{'peer':>4} {'cores':>6} {'measured':>9} {'error':>7}")
+    cpu_errs, time_errs, bw_errs, lat_errs = [], [], [], []
+    print(f"{'peer':>4} {'cores':>6} {'compute':>8} {'error':>7} {'CPU time':>9} {'error':>7}")
     for peer in cfg.peers:
         share = results[peer.id]["rate"] / references[peer.tf_threads] * peer.tf_threads
         expected = min(peer.cores, peer.tf_threads)
         cpu_errs.append(rel_err(share, expected))
-        print(f"{peer.id:>4} {expected:>6.2f} {share:>9.3f} {cpu_errs[-1]:>7.1%}")
+        time_errs.append(rel_err(results[peer.id]["cpu"], expected))
+        print(f"{peer.id:>4} {expected:>6.2f} {share:>8.3f} {cpu_errs[-1]:>7.1%} {results[peer.id]['cpu']:>9.3f} "
+              f"{time_errs[-1]:>7.1%}")
     print(f"{'link':>6} {'Mbit/s':>8} {'measured':>9} {'error':>7} {'RTT ms':>7} {'measured':>9} {'error':>7}")
     for src, dst in links_of(cfg):
         key = f"{src}->{dst}"
@@ -248,8 +343,71 @@ def report(cfg, references: dict[int, float], results: dict[int, dict]) -> int:
         return None if not errs or any(e is None for e in errs) else round(max(errs), 4)
 
     print(json.dumps({"method": cfg.emulation.method, "cpu_share_max_rel_err": worst(cpu_errs),
-                      "bandwidth_max_rel_err": worst(bw_errs),
+                      "cpu_time_max_rel_err": worst(time_errs), "bandwidth_max_rel_err": worst(bw_errs),
                       "latency_max_rel_err": worst([e for e in lat_errs if e is not None] or [None])}))
+    return 0
+
+
+def windows(events: list[tuple[float, float]], end: float, width: float = WINDOW_S, step: float = 0.1):
+    """(window end, sum of values per second) for sliding windows over (time, value) events."""
+    times = sorted(events)
+    out, e = [], width
+    while e <= end + 1e-9:
+        out.append((e, sum(v for t, v in times if e - width < t <= e) / width))
+        e += step
+    return out
+
+
+def lag(series, change_at: float, before: float, after: float, tolerance: float) -> float | None:
+    """Seconds from `change_at` to the end of the first window after it from which every later window is within
+    `tolerance` of `after` (None if never)."""
+    settled = None
+    for e, v in series:
+        if e <= change_at:
+            continue
+        if abs(v - after) <= tolerance * after:
+            settled = e if settled is None else settled
+        else:
+            settled = None
+    return None if settled is None else round(settled - change_at, 2)
+
+
+def _median_between(series, start: float, end: float) -> float | None:
+    values = [v for e, v in series if start < e <= end]
+    return statistics.median(values) if values else None
+
+
+def report_timeline(cfg, references, results, seconds: float, tolerance: float) -> int:
+    """Per peer and per scheduled link: configured and measured before and after each change, and the lag."""
+    lags = {}
+    print(f"{'':>8} {'change at':>9} {'before':>13} {'after':>13} {'lag s':>6}   (configured / measured; peers: "
+          f"CPU time per s and compute share; links: Mbit/s)")
+    for change in sorted(cfg.schedule, key=lambda c: c.at):
+        at = change.at
+        if change.is_link:
+            key = f"{change.src}->{change.dst}"
+            series = windows([(t, n * 8 / 1e6) for t, n in results[change.dst]["arrivals"][key]], seconds)
+            before = cfg.link(change.src, change.dst, at - 1e-6).bandwidth / 1e6
+            after = cfg.link(change.src, change.dst, at).bandwidth / 1e6
+            extra = ""
+        else:
+            key = f"peer {change.peer}"
+            steps = results[change.peer]["steps"]
+            series = windows([(t, cpu) for t, _, cpu in steps], seconds)
+            rate = windows([(t, n) for t, n, _ in steps], seconds)
+            threads = cfg.peer(change.peer).tf_threads
+            ref = references[threads] / threads
+            before, after = cfg.cores(change.peer, at - 1e-6), cfg.cores(change.peer, at)
+            extra = (f"   compute share {_median_between(rate, 1.0, at) / ref:.3f} -> "
+                     f"{_median_between(rate, at + 2.0, seconds) / ref:.3f}")
+        lags[key] = lag(series, at, before, after, tolerance)
+        measured_before = _median_between(series, 1.0, at)
+        measured_after = _median_between(series, at + 2.0, seconds)
+        shown = f"{lags[key]:6.2f}" if lags[key] is not None else f"{'never':>6}"
+        print(f"{key:>8} {at:>8.1f}s {before:>6.2f}/{measured_before:<6.2f} {after:>6.2f}/{measured_after:<6.2f} "
+              f"{shown}{extra}")
+    print(json.dumps({"method": cfg.emulation.method, "tolerance": tolerance, "lag_s": lags,
+                      "max_lag_s": None if any(v is None for v in lags.values()) else max(lags.values())}))
     return 0
 
 

@@ -205,6 +205,10 @@ def test_apply_changes_links_and_cores_when_due_and_only_once(emulate):
     assert emulation.apply(10.0) == []
     assert emulation.apply(25.0) == [cfg.schedule[1]]
     assert quota_us(emulation, 1) == 75000
+    weights = {p: emulation.status()["peers"][p]["cgroup"]["weight"] for p in cfg.peer_ids}
+    # contention is shared in proportion to capacity, scheduled changes included
+    assert weights[1] / weights[0] == pytest.approx(0.75 / 0.5, rel=0.01)
+    assert weights[2] / weights[0] == pytest.approx(1.0 / 0.5, rel=0.01)
     assert emulation.apply(1000.0) == []
 
 

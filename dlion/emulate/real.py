@@ -10,10 +10,14 @@ link's bandwidth from `cfg.link`), a netem child qdisc adding the link's one-way
 rate x delay generously), and a u32 filter sending packets for the destination's address to its class; other
 traffic (ARP, anything else) goes to an unshaped default class. Kernels built without netem (this project's machines)
 get a plain FIFO child instead: bandwidth and CPU stay real, and the launcher has each peer's transport add the
-one-way latency (`kernel_latency` is False, the peers get `emulation.transport_latency: true`).
+one-way latency (`kernel_latency` is False, the peers get `emulation.transport_latency: true`). The same shaping
+(`Egress`) runs inside a peer's container too: `shape_here` shapes the container's own device (`dlion emulate shape`).
 
 Compute: a CPU cgroup per peer, `<tag>/p<id>` under the cgroup v1 `cpu` hierarchy (cpu.cfs_quota_us = cores x
-cpu.cfs_period_us) or, where only cgroup v2 exists, `cpu.max`. The launcher starts a peer with `wrap()` and moves it
+cpu.cfs_period_us) or, where only cgroup v2 exists, `cpu.max`. A quota is only a ceiling: when the peers book the
+whole machine, they also contend with each other and with the host. So each peer's weight (cpu.shares / cpu.weight)
+is proportional to its cores, and the `<tag>` group weighs as much as all the host's CPUs: contention is then shared
+in proportion to capacity, and host daemons take little from the emulated micro-clouds. The launcher starts a peer with `wrap()` and moves it
 into its cgroup with `attach()`; the peer caps its TensorFlow threads at `PeerSpec.tf_threads` itself.
 
 The schedule is applied from outside the peers: `apply(elapsed)` changes the tc classes, netem delays and quotas
@@ -29,6 +33,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -45,6 +50,8 @@ DEFAULT_RATE = "10gbit"  # the unshaped default class
 DEFAULT_BURST = "256k"  # room for 64 KB GSO packets at that rate
 QUANTUM = 60000  # bytes; explicit so that high rates do not make tc warn about r2q
 CFS_PERIOD_US = 100000
+WEIGHT_PER_CORE = {1: 1024, 2: 100}  # a default-weight task is one core: cpu.shares 1024 (v1), cpu.weight 100 (v2)
+WEIGHT_RANGE = {1: (2, 262144), 2: (1, 10000)}
 MIN_QUOTA_US = 1000  # the kernel's floor for cfs_quota_us
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 CGROUP_V2 = Path("/sys/fs/cgroup")
@@ -75,6 +82,11 @@ def _ip(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
 def _tc(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """`tc` inside namespace `ns` (never the host's)."""
     return _run(["ip", "netns", "exec", ns, "tc", *args], check=check)
+
+
+def _tc_here(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`tc` in this process's own namespace (a peer's container)."""
+    return _run(["tc", *args], check=check)
 
 
 def _namespaces() -> list[str]:
@@ -185,6 +197,73 @@ def _rate_from_tc(text: str) -> float | None:
     return float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}[m.group(2)] if m else None
 
 
+# ---- shaping one peer's egress -----------------------------------------------------------------------------------
+
+class Egress:
+    """The shaping of peer `src`'s egress device: an HTB root with an unshaped default class and, per other peer, a
+    class at the link's rate, a netem child for its latency (a FIFO child without `netem`) and a u32 filter on that
+    peer's address (`addresses`: peer id -> IPv4). `tc(*args, check=True)` runs tc where the device lives: in the
+    peer's namespace (`RealEmulation`) or in the current one (the peer's container, `shape_here`)."""
+
+    def __init__(self, cfg: Config, src: int, addresses: dict[int, str], tc, netem: bool, dev: str = "eth0"):
+        self.cfg = cfg
+        self.src = src
+        self.addresses = addresses
+        self.tc = tc
+        self.netem = netem
+        self.dev = dev
+
+    def add(self) -> None:
+        """Shape every outgoing link as configured for the start of training."""
+        self.tc("qdisc", "add", "dev", self.dev, "root", "handle", "1:", "htb", "default", "1")
+        self.tc("class", "add", "dev", self.dev, "parent", "1:", "classid", "1:1", "htb",
+                "rate", DEFAULT_RATE, "ceil", DEFAULT_RATE, "burst", DEFAULT_BURST, "cburst", DEFAULT_BURST,
+                "quantum", str(QUANTUM))
+        for dst in self.cfg.peer_ids:
+            if dst != self.src:
+                self.set_link(dst, at=None, verb="add")
+                self.tc("filter", "add", "dev", self.dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                        "match", "ip", "dst", f"{self.addresses[dst]}/32", "flowid", _classid(dst))
+
+    def set_link(self, dst: int, at: float | None, verb: str) -> None:
+        """Add (`verb` add) or change (`verb` change) the class and child qdisc of the link to `dst`."""
+        link = self.cfg.link(self.src, dst, at=at)
+        classid = _classid(dst)
+        self.tc("class", verb, "dev", self.dev, "parent", "1:", "classid", classid, "htb",
+                "rate", _rate(link.bandwidth), "ceil", _rate(link.bandwidth), "quantum", str(QUANTUM))
+        limit = str(netem_limit(link.bandwidth, link.latency))
+        child = ["netem", "delay", _delay(link.latency), "limit", limit] if self.netem else ["pfifo", "limit", limit]
+        self.tc("qdisc", verb, "dev", self.dev, "parent", classid, "handle", _leaf_handle(dst), *child)
+
+    def classes(self) -> dict:
+        """The HTB classes on the device: classid -> {dst (peer id or None), rate_bps, ceil_bps, sent_bytes, ...}."""
+        text = self.tc("-s", "class", "show", "dev", self.dev).stdout  # tc has no JSON for HTB classes
+        by_class = {_classid(dst): dst for dst in self.cfg.peer_ids}
+        classes = {}
+        for m in _CLASS_RE.finditer(text):
+            classes[m["classid"]] = {"dst": by_class.get(m["classid"]), "rate_bps": _rate_from_tc(m["rate"]),
+                                     "ceil_bps": _rate_from_tc(m["ceil"]), "sent_bytes": int(m["bytes"]),
+                                     "sent_packets": int(m["packets"]), "dropped": int(m["dropped"])}
+        return classes
+
+
+def shape_here(cfg: Config, peer_id: int, dev: str = "eth0") -> dict:
+    """Shape `dev` of this network namespace as peer `peer_id`'s egress, replacing earlier shaping: what a peer's
+    container does before the peer starts (needs NET_ADMIN, no netns of our own). Destinations are the configured
+    peer addresses; the latency goes to netem unless the peers' transports add it (`emulation.transport_latency`).
+    Returns the classes."""
+    addresses = {}
+    for p in cfg.peers:
+        try:
+            addresses[p.id] = socket.gethostbyname(p.address)
+        except OSError as exc:
+            raise EmulationError(f"peer {p.id}: cannot resolve address {p.address!r}: {exc}") from None
+    egress = Egress(cfg, peer_id, addresses, _tc_here, netem=not cfg.emulation.transport_latency, dev=dev)
+    _tc_here("qdisc", "del", "dev", dev, "root", check=False)  # none yet is fine
+    egress.add()
+    return egress.classes()
+
+
 # ---- the emulation ----------------------------------------------------------------------------------------------
 
 class RealEmulation:
@@ -241,7 +320,7 @@ class RealEmulation:
             for pid in self.cfg.peer_ids:
                 self._create_peer(pid)
             for pid in self.cfg.peer_ids:
-                self._shape(pid)
+                self._egress(pid).add()
             self._create_cgroups()
         except BaseException:
             self.down()
@@ -268,7 +347,7 @@ class RealEmulation:
         for i in due:
             change = self.cfg.schedule[i]
             if change.is_link:
-                self._set_link(change.src, change.dst, at=change.at, verb="change")
+                self._egress(change.src).set_link(change.dst, at=change.at, verb="change")
             else:
                 self._set_quota(change.peer, change.cores)
             self._applied.add(i)
@@ -282,7 +361,7 @@ class RealEmulation:
         for pid in self.cfg.peer_ids:
             ns = self.namespace(pid)
             peers[pid] = {"namespace": ns if ns in namespaces else None, "address": self.address(pid),
-                          "classes": self._classes(ns) if ns in namespaces else {},
+                          "classes": self._egress(pid).classes() if ns in namespaces else {},
                           "qdiscs": self._qdiscs(ns) if ns in namespaces else [],
                           "cgroup": self._cgroup_status(pid)}
         return {"tag": self.tag, "namespaces": namespaces, "peers": peers}
@@ -313,39 +392,9 @@ class RealEmulation:
         _ip(self.hub, "link", "set", port, "master", self.bridge)
         _ip(self.hub, "link", "set", port, "up")
 
-    def _shape(self, src: int) -> None:
-        """Egress shaping of peer `src`: HTB root, an unshaped default class, one class + netem + filter per peer."""
-        ns = self.namespace(src)
-        _tc(ns, "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb", "default", "1")
-        _tc(ns, "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:1", "htb",
-            "rate", DEFAULT_RATE, "ceil", DEFAULT_RATE, "burst", DEFAULT_BURST, "cburst", DEFAULT_BURST,
-            "quantum", str(QUANTUM))
-        for dst in self.cfg.peer_ids:
-            if dst != src:
-                self._set_link(src, dst, at=None, verb="add")
-                _tc(ns, "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-                    "match", "ip", "dst", f"{self.address(dst)}/32", "flowid", _classid(dst))
-
-    def _set_link(self, src: int, dst: int, at: float | None, verb: str) -> None:
-        """Add (`verb` add) or change (`verb` change) the class and netem qdisc of the link src -> dst."""
-        link = self.cfg.link(src, dst, at=at)
-        ns, classid = self.namespace(src), _classid(dst)
-        _tc(ns, "class", verb, "dev", "eth0", "parent", "1:", "classid", classid, "htb",
-            "rate", _rate(link.bandwidth), "ceil", _rate(link.bandwidth), "quantum", str(QUANTUM))
-        limit = str(netem_limit(link.bandwidth, link.latency))
-        child = ["netem", "delay", _delay(link.latency), "limit", limit] if self._netem else ["pfifo", "limit", limit]
-        _tc(ns, "qdisc", verb, "dev", "eth0", "parent", classid, "handle", _leaf_handle(dst), *child)
-
-    def _classes(self, ns: str) -> dict:
-        """The HTB classes on a peer's eth0: classid -> {dst (peer id or None), rate_bps, sent_bytes}."""
-        text = _tc(ns, "-s", "class", "show", "dev", "eth0").stdout  # tc has no JSON for HTB classes
-        by_class = {_classid(dst): dst for dst in self.cfg.peer_ids}
-        classes = {}
-        for m in _CLASS_RE.finditer(text):
-            classes[m["classid"]] = {"dst": by_class.get(m["classid"]), "rate_bps": _rate_from_tc(m["rate"]),
-                                     "ceil_bps": _rate_from_tc(m["ceil"]), "sent_bytes": int(m["bytes"]),
-                                     "sent_packets": int(m["packets"]), "dropped": int(m["dropped"])}
-        return classes
+    def _egress(self, src: int) -> Egress:
+        return Egress(self.cfg, src, {pid: self.address(pid) for pid in self.cfg.peer_ids},
+                      functools.partial(_tc, self.namespace(src)), self._netem)
 
     def _qdiscs(self, ns: str) -> list[dict]:
         raw = json.loads(_tc(ns, "-s", "-j", "qdisc", "show", "dev", "eth0").stdout or "[]")
@@ -383,6 +432,7 @@ class RealEmulation:
         if version == 2:
             _enable_cpu_controller(base)
         root.mkdir(exist_ok=True)
+        _set_weight(version, root, os.cpu_count() or 1)
         if version == 2:
             _enable_cpu_controller(root)
         for pid in self.cfg.peer_ids:
@@ -398,9 +448,10 @@ class RealEmulation:
             _write(directory / "cpu.cfs_quota_us", str(quota))
         else:
             _write(directory / "cpu.max", f"{quota} {CFS_PERIOD_US}")
+        _set_weight(version, directory, cores)
 
     def _cgroup_status(self, peer_id: int) -> dict | None:
-        """{"quota_us", "period_us", "procs"} of the peer's cgroup, or None if it does not exist."""
+        """{"path", "quota_us", "period_us", "weight", "procs"} of the peer's cgroup, or None if it does not exist."""
         try:
             version, _ = self._cgroup_base()
         except EmulationError:
@@ -411,11 +462,13 @@ class RealEmulation:
         if version == 1:
             quota = int((directory / "cpu.cfs_quota_us").read_text())
             period = int((directory / "cpu.cfs_period_us").read_text())
+            weight = int((directory / "cpu.shares").read_text())
         else:
             q, p = (directory / "cpu.max").read_text().split()
             quota, period = (-1 if q == "max" else int(q)), int(p)
+            weight = int((directory / "cpu.weight").read_text())
         procs = [int(x) for x in (directory / "cgroup.procs").read_text().split()]
-        return {"path": str(directory), "quota_us": quota, "period_us": period, "procs": procs}
+        return {"path": str(directory), "quota_us": quota, "period_us": period, "weight": weight, "procs": procs}
 
     def _remove_cgroups(self) -> None:
         """Move every process of our cgroup tree to the hierarchy's root, then remove the tree bottom-up."""
@@ -450,6 +503,13 @@ def _write(path: Path, value: str) -> None:
         path.write_text(value + "\n")
     except OSError as exc:
         raise EmulationError(f"cannot write {value!r} to {path}: {exc.strerror}") from None
+
+
+def _set_weight(version: int, directory: Path, cores: float) -> None:
+    """The group's CPU weight under contention: that of `cores` default tasks."""
+    low, high = WEIGHT_RANGE[version]
+    weight = min(high, max(low, round(cores * WEIGHT_PER_CORE[version])))
+    _write(directory / ("cpu.shares" if version == 1 else "cpu.weight"), str(weight))
 
 
 def _enable_cpu_controller(directory: Path) -> None:

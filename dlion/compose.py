@@ -1,0 +1,99 @@
+"""`dlion compose FILE`: a docker-compose file that runs every peer of a config in its own container.
+
+One service per peer, all from the image `dlion-peer` (peers/Dockerfile), each running the same `dlion peer` that
+`dlion run` starts (peers/entrypoint.sh). The compose file holds only what belongs to the deployment; the config itself
+is mounted read-only and read by the peers at run time:
+- a user-defined bridge network with each peer at a fixed address, SUBNET.<id + 2> (.1 is the bridge's gateway),
+  which replaces the config's `peers[].address` through `--set` in the service's command;
+- `cpus` = the peer's `cores`: a CFS quota on the container (the peer sizes its TensorFlow threads from `cores`);
+- the links: before the peer starts, the container shapes its own egress per destination as the real method does
+  (`dlion emulate shape`, HTB classes; NET_ADMIN), and the peers add the one-way latency in their transports
+  (`emulation.transport_latency`), so the same file works on kernels without netem, such as this project's machines;
+- the data directory (read-only) and the results directory (`output.dir`, the peers' JSONL files), bind-mounted;
+- a healthcheck (the peer's ROUTER port accepts connections), `init: true` and the launcher's stop grace period.
+Nothing applies scheduled changes of cores or bandwidth inside containers, so configs with such changes are refused.
+Compose file format 2.4: docker-compose 1.x honours `cpus` and `init` there (3.x puts limits under swarm's `deploy`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from dlion.config import Config
+from dlion.launch import TERM_GRACE_S
+from dlion.schema import ConfigError
+
+FORMAT_VERSION = "2.4"
+IMAGE = "dlion-peer"
+NETWORK = "dlion"
+SUBNET = "10.78.0"
+MAX_PEER_ID = 252  # addresses SUBNET.2 .. SUBNET.254
+DEVICE = "eth0"  # the container's interface on the network, shaped on egress
+CONFIG_MOUNT = "/etc/dlion/config.yaml"
+DATA_MOUNT = "/data"
+RESULTS_MOUNT = "/results"
+HEALTHCHECK = {"interval": "10s", "timeout": "5s", "retries": 3,
+               "start_period": "60s"}  # TensorFlow loads before the peer binds its port
+
+
+def address(peer_id: int) -> str:
+    return f"{SUBNET}.{peer_id + 2}"
+
+
+def _check(cfg: Config) -> None:
+    for i, p in enumerate(cfg.peers):
+        if p.id > MAX_PEER_ID:
+            raise ConfigError(f"peers[{i}].id", f"expected at most {MAX_PEER_ID} for dlion compose (peers are "
+                                                f"addressed as {SUBNET}.<id + 2>)", p.id)
+    for i, change in enumerate(cfg.schedule):
+        if change.cores is not None or change.bandwidth is not None:
+            raise ConfigError(f"schedule[{i}]", "expected only latency changes for dlion compose: a container's "
+                                                "CPU limit and link shaping are fixed when it starts")
+
+
+def _host_path(path: str, out_dir: Path) -> str:
+    """A host path as the compose file names it: absolute stays absolute; relative (to the current directory, as
+    `dlion run` reads it) becomes relative to the compose file's directory, which docker-compose resolves from."""
+    if os.path.isabs(path):
+        return path
+    return "./" + os.path.relpath(Path(path).resolve(), out_dir.resolve())
+
+
+def _service(cfg: Config, peer_id: int, command: list[str], volumes: list[str]) -> dict:
+    ip, port = address(peer_id), cfg.peer(peer_id).port
+    probe = f"import socket; socket.create_connection(('{ip}', {port}), 3).close()"
+    return {
+        "image": IMAGE,
+        "init": True,
+        "cpus": cfg.peer(peer_id).cores,
+        "cap_add": ["NET_ADMIN"],
+        "environment": {"PEER_ID": str(peer_id), "DLION_SHAPE": DEVICE},
+        "command": list(command),  # copies: shared lists would be dumped as YAML aliases
+        "volumes": list(volumes),
+        "networks": {NETWORK: {"ipv4_address": ip}},
+        "healthcheck": {"test": ["CMD", "python3", "-c", probe], **HEALTHCHECK},
+        "stop_grace_period": f"{TERM_GRACE_S:g}s",
+    }
+
+
+def render(cfg: Config, config_path: str, out_dir: Path, overrides=()) -> str:
+    """The compose file for `cfg` (read from `config_path`, with `overrides` applied) written into `out_dir`."""
+    _check(cfg)
+    container_sets = [*overrides, *(f"peers.{i}.address={address(p.id)}" for i, p in enumerate(cfg.peers)),
+                      "emulation.method=real", "emulation.transport_latency=true"]
+    volumes = [f"{_host_path(config_path, out_dir)}:{CONFIG_MOUNT}:ro",
+               f"{_host_path(cfg.output.dir, out_dir)}:{RESULTS_MOUNT}"]
+    if cfg.training.dataset == "fashion-mnist":
+        volumes.insert(1, f"{_host_path(cfg.training.data_dir, out_dir)}:{DATA_MOUNT}:ro")
+        container_sets.append(f"training.data_dir={DATA_MOUNT}")
+    command = [arg for s in container_sets for arg in ("--set", s)]
+    document = {
+        "version": FORMAT_VERSION,
+        "services": {f"peer-{p.id}": _service(cfg, p.id, command, volumes) for p in cfg.peers},
+        "networks": {NETWORK: {"driver": "bridge", "ipam": {"config": [{"subnet": f"{SUBNET}.0/24"}]}}},
+    }
+    header = (f"# Generated from {_host_path(config_path, out_dir)} by `dlion compose`: regenerate rather than edit "
+              f"(README: Docker).\n")
+    return header + yaml.safe_dump(document, sort_keys=False, width=120)
