@@ -1,11 +1,18 @@
 """Batching stage: how many samples of the fixed global batch each peer computes per iteration.
 
-Every peer computes the same allocation from the config (and, for adaptive strategies, from the reports it received),
-so no coordinator is needed. A peer's gradient is weighted by its share of the global batch when combined.
+Every peer computes the same allocation from the config and, for weighted dynamic batching, from the capacity reports
+it received, so no coordinator is needed. A peer's gradient is weighted by its share of the global batch when combined
+(the exchange weighs by batch size).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Optional
+
+from dlion.schema import option, positive
+
+REPORT_KIND = "report"
 
 
 def split_evenly(total: int, peer_ids) -> dict[int, int]:
@@ -15,6 +22,47 @@ def split_evenly(total: int, peer_ids) -> dict[int, int]:
     return {pid: base + (1 if i < extra else 0) for i, pid in enumerate(ids)}
 
 
+def allocate(total: int, rates: dict[int, float], low: int, high: int) -> dict[int, int]:
+    """Integers in [low, high] summing to `total`, proportional to `rates` as far as the bounds allow.
+
+    Water-filling: shares proportional to the rates, peers pushed past a bound are pinned there and the rest is
+    shared again among the others; then the largest fractional remainders get the leftover units (ties: lower id).
+    Raises ValueError if the bounds cannot hold `total`.
+    """
+    ids = sorted(rates)
+    if not low * len(ids) <= total <= high * len(ids):
+        raise ValueError(f"cannot split {total} over {len(ids)} peers within [{low}, {high}] each")
+    weights = {p: max(float(rates[p]), 0.0) for p in ids}
+    if sum(weights.values()) <= 0:
+        weights = dict.fromkeys(ids, 1.0)
+    pinned: dict[int, float] = {}
+    while True:
+        free = [p for p in ids if p not in pinned]
+        left = total - sum(pinned.values())
+        norm = sum(weights[p] for p in free)
+        shares = {p: (left * weights[p] / norm if norm > 0 else left / len(free)) for p in free}
+        over = {p: high for p, s in shares.items() if s > high}
+        under = {p: low for p, s in shares.items() if s < low}
+        # pin the side that is violated most first: pinning both at once could overshoot
+        if not over and not under:
+            break
+        if sum(s - high for p, s in shares.items() if p in over) >= sum(low - s for p, s in shares.items()
+                                                                         if p in under):
+            pinned.update(over)
+        else:
+            pinned.update(under)
+    exact = {**pinned, **shares}
+    sizes = {p: min(high, max(low, math.floor(exact[p]))) for p in ids}
+    short = total - sum(sizes.values())
+    for p in sorted(ids, key=lambda p: (-(exact[p] - math.floor(exact[p])), p)):
+        if short == 0:
+            break
+        if sizes[p] < high:
+            sizes[p] += 1
+            short -= 1
+    return sizes
+
+
 class FixedBatching:
     """Equal shares of the global batch, fixed for the whole run (the BSP baseline)."""
 
@@ -22,12 +70,116 @@ class FixedBatching:
     class Params:
         pass
 
-    def __init__(self, params: Params, peer_id: int, peer_ids, global_batch: int):
+    def __init__(self, params: Params, peer_id: int, peer_ids, global_batch: int, transport, cores=None):
         self.peer_id = peer_id
         self.sizes = split_evenly(global_batch, peer_ids)
 
     def batch_size(self, iteration: int) -> int:
         return self.sizes[self.peer_id]
 
+    def observe(self, iteration: int, batch: int, compute_s: float) -> None:
+        """Fixed shares ignore measurements."""
 
-STRATEGIES = {"fixed": FixedBatching}
+
+class WeightedBatching:
+    """Weighted dynamic batching: the global batch split in proportion to the peers' measured compute rates.
+
+    Each peer measures its own rate (samples per second of the gradient computation alone, including any emulated
+    throttling; an exponential moving average that skips the first, tracing, step) and reports it to every other peer
+    every `retune_every` iterations, and at once when its rate moved by more than `threshold` since its last report.
+    A report is sent in iteration i before that iteration's gradients, so once a peer has the gradients of round i
+    from a neighbour it also has the neighbour's reports up to round i; every peer then uses, for iteration i + 1,
+    the latest report of each peer with a round <= i. In lockstep training all peers therefore compute the same
+    allocation without a coordinator. Until every live peer has reported, the split follows the configured cores.
+    A peer that left is dropped from the allocation, so the others take over its share of the global batch.
+    """
+
+    @dataclass(frozen=True)
+    class Params:
+        retune_every: int = option(20, check=positive, expect="a positive integer (iterations between reports)")
+        threshold: float = option(0.25, check=positive,
+                                  expect="a positive fraction (rate change that triggers an early report)")
+        smoothing: float = option(0.2, check=lambda x: 0 < x <= 1,
+                                  expect="a number in (0, 1]: weight of the newest rate sample in the average")
+        min_batch: int = option(1, check=positive, expect="a positive integer (smallest per-peer batch)")
+        max_batch: Optional[int] = option(None, check=positive,
+                                          expect="a positive integer (largest per-peer batch) or null for no limit")
+
+    def __init__(self, params: Params, peer_id: int, peer_ids, global_batch: int, transport, cores=None):
+        self.params = params
+        self.peer_id = peer_id
+        self.ids = tuple(sorted(peer_ids))
+        self.global_batch = global_batch
+        self.transport = transport
+        self.high = params.max_batch or global_batch
+        self.cores = dict(cores) if cores else dict.fromkeys(self.ids, 1.0)
+        self.rate: float | None = None   # own smoothed samples/s
+        self._reported: float | None = None
+        self._own_reports: list[tuple[int, float]] = []  # (round, rate) of our reports, newest last
+        self._basis: tuple | None = None
+        self._rejected: set[tuple[int, int]] = set()  # (sender, round) of reports already dropped and counted
+        self.sizes = self._allocate(self.cores)
+
+    def batch_size(self, iteration: int) -> int:
+        rates = self._rates_before(iteration)
+        basis = tuple(sorted(rates.items()))
+        if basis != self._basis:
+            self._basis = basis
+            self.sizes = self._allocate(rates)
+        return self.sizes[self.peer_id]
+
+    def observe(self, iteration: int, batch: int, compute_s: float) -> None:
+        """Fold in this iteration's compute time; report the rate when due (before the round's gradients)."""
+        if iteration == 0 or compute_s <= 0:  # the first step traces the graph: not a rate
+            return
+        sample = batch / compute_s
+        a = self.params.smoothing
+        self.rate = sample if self.rate is None else a * sample + (1 - a) * self.rate
+        due = iteration % self.params.retune_every == 0 or self._reported is None
+        moved = self._reported is not None and abs(self.rate - self._reported) > self.params.threshold * self._reported
+        if due or moved:
+            self._report(iteration)
+
+    def _report(self, iteration: int) -> None:
+        self._reported = self.rate
+        self._own_reports.append((iteration, self.rate))
+        del self._own_reports[:-2]
+        departed = self.transport.mailbox.departed
+        for p in self.ids:
+            if p != self.peer_id and p not in departed:
+                self.transport.send(p, REPORT_KIND, iteration, None, {"rate": float(self.rate)})
+
+    def _rates_before(self, iteration: int) -> dict[int, float]:
+        """Each live peer's latest reported rate from a round before `iteration`; the cores until all reported."""
+        departed = self.transport.mailbox.departed
+        live = [p for p in self.ids if p not in departed]
+        rates = {}
+        for p in live:
+            if p == self.peer_id:
+                rate = next((r for rnd, r in reversed(self._own_reports) if rnd < iteration), None)
+            else:
+                msg = self.transport.mailbox.latest_before(REPORT_KIND, p, iteration)
+                rate = self._valid_rate(msg)
+            if rate is None:
+                return {p: self.cores[p] for p in live}
+            rates[p] = rate
+        return rates
+
+    def _valid_rate(self, msg) -> float | None:
+        if msg is None:
+            return None
+        rate = msg.meta.get("rate")
+        if isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < rate < math.inf:
+            return float(rate)
+        if (msg.sender, msg.round) not in self._rejected:
+            self._rejected.add((msg.sender, msg.round))
+            self.transport.reject(msg, f"expected a positive finite 'rate', got {rate!r}")
+        return None
+
+    def _allocate(self, rates: dict[int, float]) -> dict[int, int]:
+        low = min(self.params.min_batch, self.global_batch // len(rates))
+        high = max(self.high, -(-self.global_batch // len(rates)))
+        return allocate(self.global_batch, rates, low, high)
+
+
+STRATEGIES = {"fixed": FixedBatching, "weighted": WeightedBatching}

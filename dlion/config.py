@@ -14,12 +14,14 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from dlion import batching, exchange
+from dlion import batching, exchange, knowledge
+from dlion.presets import PRESETS, with_preset
 from dlion.schema import (BANDWIDTH, DURATION, ConfigError, at_least, between, build, join, non_negative, option,
                           parse_bandwidth, parse_duration, positive, reference)
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
-STAGE_REGISTRIES = {"batching": batching.STRATEGIES, "exchange": exchange.STRATEGIES}
+STAGE_REGISTRIES = {"batching": batching.STRATEGIES, "exchange": exchange.STRATEGIES,
+                    "knowledge": knowledge.STRATEGIES}
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ def _stage_field(stage: str, default_kind: str):
 class Strategies:
     batching: Stage = _stage_field("batching", "fixed")
     exchange: Stage = _stage_field("exchange", "dense")
+    knowledge: Stage = _stage_field("knowledge", "off")
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,8 @@ class Config:
     links: Links = Links()
     topology: Topology = Topology()
     training: Training = Training()
+    preset: Optional[str] = option(None, check=lambda name: name in PRESETS,
+                                   expect=f"a preset name, one of: {', '.join(PRESETS)} (fills in strategies)")
     strategies: Strategies = Strategies()
     evaluation: Evaluation = Evaluation()
     output: Output = Output()
@@ -336,7 +341,11 @@ def parse(raw: Any, overrides=()) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("", "expected a YAML mapping at the top level", raw)
-    return build(Config, apply_overrides(raw, overrides))
+    raw = apply_overrides(raw, overrides)
+    preset = raw.get("preset")
+    if isinstance(preset, str) and preset in PRESETS and isinstance(raw.get("strategies") or {}, dict):
+        raw = {**raw, "strategies": with_preset(raw.get("strategies"), preset)}
+    return build(Config, raw)
 
 
 def load(path: str | Path, overrides=()) -> Config:

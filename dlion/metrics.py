@@ -1,6 +1,7 @@
 """Per-peer JSONL events and the run summary computed from them.
 
-Each peer appends one JSON object per line to `OUT/peer-<id>.jsonl`, each with `ev` (start, iter, eval, final), `peer`
+Each peer appends one JSON object per line to `OUT/peer-<id>.jsonl`, each with `ev` (start, iter, eval, transfer,
+change, final), `peer`
 and `t` (Unix time). The launcher tails these files for live progress and, at the end, `summarize()` turns them into
 `OUT/summary.json`. Keeping the summary a pure function of the event files means a run can be re-summarized later.
 """
@@ -95,6 +96,7 @@ def summarize(out_dir: str | Path, peer_ids, target: float | None, wall_s: float
             "final_accuracy": final.get("acc") if final else None,
             "bytes_sent": source.get("bytes_sent", 0),
             "bytes_received": source.get("bytes_received", 0),
+            "bytes_by_kind": final.get("bytes_by_kind", {}) if final else {},
             "messages_dropped": source.get("messages_dropped", 0),
             "stop_reason": final.get("stop_reason") if final else "died",
         }

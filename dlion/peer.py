@@ -1,7 +1,8 @@
 """The peer: one training loop per micro-cloud, composing the stages on flat vectors.
 
-One iteration: the batching stage picks this peer's batch size, the trainer computes a flat gradient, the exchange
-stage combines it with the neighbours' gradients for the round, the trainer applies the result. Every
+One iteration: the batching stage picks this peer's batch size, the trainer computes a flat gradient (the batching
+stage learns how long that took), the exchange stage combines it with the neighbours' gradients for the round, the
+trainer applies the result, and the knowledge stage may merge a better peer's parameters. Every
 `evaluation.every_iterations` the peer scores the fixed evaluation subset and shares the figure, so all peers see the
 same mean accuracy and stop together at the target. The loop owns timing, stop conditions, metrics and shutdown; it
 knows neither TensorFlow (the trainer does) nor sockets (the transport does).
@@ -22,6 +23,8 @@ from dlion.batching import STRATEGIES as BATCHING
 from dlion.config import Config
 from dlion.emulate import fallback
 from dlion.exchange import STRATEGIES as EXCHANGE
+from dlion.knowledge import STRATEGIES as KNOWLEDGE
+from dlion.knowledge import ModelAccess
 from dlion.metrics import EventLog, peer_log_path
 from dlion.transport import WireLimits, ZmqTransport
 
@@ -63,7 +66,10 @@ class Peer:
         ids = sorted(cfg.peer_ids)
         parts = datamod.partition(self.data.y_train, len(ids), tr.partition.kind, seed=cfg.seed,
                                   alpha=tr.partition.alpha, fraction=tr.partition.fraction)
-        self.train_idx = parts[ids.index(peer_id)]
+        stages = cfg.strategies
+        holdout = getattr(stages.knowledge.params, "holdout", 0.0)
+        self.train_idx, holdout_idx = datamod.holdout_split(parts[ids.index(peer_id)], holdout,
+                                                            seed=cfg.seed * 31 + peer_id)
         self.sampler = datamod.BatchSampler(self.train_idx, seed=cfg.seed * 7919 + peer_id + 1)
         self.eval_idx = datamod.eval_subset(len(self.data.y_test), cfg.evaluation.subset, seed=cfg.seed)
         self.others = tuple(i for i in ids if i != peer_id)
@@ -73,10 +79,15 @@ class Peer:
             transport = ZmqTransport(peer_id, {p.id: (p.address, p.port) for p in cfg.peers}, limits,
                                      sndhwm=cfg.transport.sndhwm, suspect_after=cfg.transport.suspect_after)
         self.transport = transport
-        stages = cfg.strategies
-        self.batching = BATCHING[stages.batching.kind](stages.batching.params, peer_id, ids, tr.global_batch)
-        self.exchange = EXCHANGE[stages.exchange.kind](stages.exchange.params, peer_id, transport,
-                                                       cfg.neighbours(peer_id))
+        self.batching = BATCHING[stages.batching.kind](stages.batching.params, peer_id, ids, tr.global_batch,
+                                                       transport, {p: cfg.cores(p) for p in ids})
+        neighbours = cfg.neighbours(peer_id)
+        self.exchange = EXCHANGE[stages.exchange.kind](stages.exchange.params, peer_id, transport, neighbours,
+                                                       {d: cfg.link(peer_id, d).bandwidth for d in neighbours})
+        x_hold, y_hold = self.data.x_train[holdout_idx], self.data.y_train[holdout_idx]
+        model = ModelAccess(score=lambda: self.trainer.evaluate(x_hold, y_hold)[0], get=self.trainer.get_params,
+                            set=self.trainer.set_params)
+        self.knowledge = KNOWLEDGE[stages.knowledge.kind](stages.knowledge.params, peer_id, ids, transport, model)
         self.emulation = fallback.in_process(cfg, peer_id, transport)
 
     # ---- the loop ---------------------------------------------------------------------------------------------------
@@ -120,16 +131,22 @@ class Peer:
             loss, grads = self.trainer.gradients(self.data.x_train[idx], self.data.y_train[idx])
             if self.emulation:
                 self.emulation.throttle(time.process_time() - cpu0, time.monotonic() - t0)
-            t1 = time.monotonic()
-            result = self.exchange.exchange(iteration, grads, batch)
+            compute_s = time.monotonic() - t0
+            self.batching.observe(iteration, batch, compute_s)  # may report its rate: before this round's gradients
+            result = self.exchange.exchange(iteration, grads, batch, compute_s)
             self.trainer.apply(result.grads)
             iteration += 1
             samples += batch
-            window.add(loss, t1 - t0, result.wait_s, result.received, batch)
+            transfer = self.knowledge.step(iteration)
+            if transfer:
+                self.log.emit("transfer", it=iteration, **transfer)
+            window.add(loss, compute_s, result.wait_s, result.received, batch)
             if iteration % cfg.output.log_every == 0:
                 self.log.emit("iter", it=iteration, batch=batch, samples=samples,
                               cores=self.emulation.cores if self.emulation else self.spec.cores,
                               samples_per_s=round(samples / (time.monotonic() - start), 2),
+                              alloc={str(p): b for p, b in self.batching.sizes.items()},
+                              links={str(d): v for d, v in result.links.items()},
                               **window.flush(), **self._traffic(), **self.log.resources())
             if iteration % cfg.evaluation.every_iterations == 0 and self._evaluate(iteration) and tr.stop_at_target:
                 self._broadcast(STOP_KIND, iteration)
@@ -170,6 +187,7 @@ class Peer:
         return self.log.emit("final", stop_reason=reason, it=iteration, samples=samples,
                              train_s=round(train_s, 3), samples_per_s=round(samples / max(train_s, 1e-9), 2),
                              acc=round(float(acc), 5), loss=round(float(loss), 5), **self._traffic(),
+                             bytes_by_kind=self.transport.bytes_by_kind(),
                              links={str(k): v.as_dict() for k, v in self.transport.stats().items()})
 
     # ---- helpers ----------------------------------------------------------------------------------------------------

@@ -213,12 +213,11 @@ def _stream_send(transport, dst: int, t0: float, end: float, np) -> None:
 
 def _stream_receive(transport, src: int, t0: float, end: float, arrivals: list) -> None:
     """Acknowledge every stream message, noting (arrival time since t0, bytes), until the stream stops."""
-    offset = time.time() - time.monotonic()  # received_at is monotonic
     while time.time() < t0:
         time.sleep(0.005)
     i = 0
     while (msg := transport.mailbox.take("grad", i, [src], time.monotonic() + end - time.time() + 1.0).get(src)):
-        arrivals.append((msg.received_at + offset - t0, msg.nbytes))
+        arrivals.append((msg.received_at - t0, msg.nbytes))
         transport.send(src, "eval", i)
         i += 1
 

@@ -56,3 +56,23 @@ def in_threads(fn, keys):
     for t in threads:
         t.join()
     return results
+
+
+@pytest.fixture
+def inproc():
+    """make(peer_ids) -> {id: started in-process transport} on one hub; all are closed after the test."""
+    from dlion.transport import InprocHub, InprocTransport, WireLimits
+    made = []
+
+    def make(peer_ids, max_message_bytes=1 << 22):
+        hub = InprocHub()
+        limits = WireLimits(frozenset(peer_ids), max_message_bytes)
+        transports = {p: InprocTransport(p, hub, limits) for p in peer_ids}
+        for t in transports.values():
+            t.start()
+        made.extend(transports.values())
+        return transports
+
+    yield make
+    for t in made:
+        t.close()

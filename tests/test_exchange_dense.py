@@ -6,21 +6,13 @@ import pytest
 
 from conftest import in_threads
 from dlion.exchange import DenseExchange
-from dlion.transport import InprocHub, InprocTransport, WireLimits
 
 PEERS = (0, 1, 2)
 
 
 @pytest.fixture
-def transports():
-    hub = InprocHub()
-    limits = WireLimits(frozenset(PEERS), 1 << 20)
-    ts = {p: InprocTransport(p, hub, limits) for p in PEERS}
-    for t in ts.values():
-        t.start()
-    yield ts
-    for t in ts.values():
-        t.close()
+def transports(inproc):
+    return inproc(PEERS)
 
 
 def exchanges(transports, deadline_s=2.0):

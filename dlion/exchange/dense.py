@@ -1,4 +1,4 @@
-"""Dense synchronous gradient averaging among neighbours: the BSP baseline.
+"""Dense synchronous gradient averaging among neighbours: the BSP baseline, and the combination rule all exchanges share.
 
 Each round a peer sends its full gradient, with its batch size as weight, to every neighbour, then waits for theirs
 until the round deadline. The result is the batch-weighted mean of what arrived (its own always included), so with a
@@ -8,11 +8,12 @@ at most the deadline; the mailbox stops waiting for it altogether after a few mi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from dlion.schema import option, positive
+from dlion.transport.wire import Sparse
 
 KIND = "grad"
 
@@ -23,6 +24,47 @@ class ExchangeResult:
     received: int              # neighbour gradients combined this round
     expected: int              # neighbours asked for
     wait_s: float              # time spent waiting for neighbours
+    links: dict = field(default_factory=dict)  # per outgoing link: what was sent (entries "k", estimate "bps")
+
+
+def combine(transport, own: np.ndarray, weight: float, messages) -> tuple[np.ndarray, int]:
+    """Batch-weighted mean of our gradient and the neighbours' (dense or sparse 'g', weight 'w' in meta).
+
+    A message that cannot be combined (wrong size or dtype, bad weight, non-finite values) is dropped and counted by
+    the transport. Returns the mean and how many neighbour gradients went into it.
+    """
+    usable = [msg for msg in messages if _usable(transport, msg, own)]
+    if not usable:
+        return own, 0
+    total = own * np.float32(weight)
+    for msg in usable:
+        g, w = msg.tensors["g"], np.float32(msg.meta["w"])
+        if isinstance(g, Sparse):
+            total[g.indices] += g.values * w  # strictly increasing, so unique: fancy-index += is exact
+        else:
+            total += g * w
+    total /= np.float32(weight + sum(msg.meta["w"] for msg in usable))
+    return total, len(usable)
+
+
+def _usable(transport, msg, own: np.ndarray) -> bool:
+    """A neighbour's gradient can be combined with ours; if not, the transport drops and counts it."""
+    g, w = msg.tensors.get("g"), msg.meta.get("w")
+    values = g.values if isinstance(g, Sparse) else g
+    if isinstance(g, Sparse):
+        shape_ok = g.size == own.size and bool((g.indices[1:] > g.indices[:-1]).all())
+    else:
+        shape_ok = isinstance(g, np.ndarray) and g.shape == own.shape
+    if not shape_ok or values.dtype != own.dtype:
+        transport.reject(msg, f"expected a float32 gradient 'g' of {own.size} entries (dense, or sparse with "
+                              f"strictly increasing indices)")
+    elif not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 < w < float("inf"):
+        transport.reject(msg, f"expected a positive weight 'w', got {w!r}")
+    elif not np.isfinite(values).all():
+        transport.reject(msg, "gradient has non-finite entries")
+    else:
+        return True
+    return False
 
 
 class DenseExchange:
@@ -32,36 +74,17 @@ class DenseExchange:
     class Params:
         deadline_s: float = option(5.0, check=positive, expect="a positive number of seconds")
 
-    def __init__(self, params: Params, peer_id: int, transport, neighbours):
+    def __init__(self, params: Params, peer_id: int, transport, neighbours, link_bandwidths=None):
         self.params = params
         self.peer_id = peer_id
         self.transport = transport
         self.neighbours = tuple(sorted(neighbours))
 
-    def exchange(self, round_: int, grads: np.ndarray, weight: float) -> ExchangeResult:
+    def exchange(self, round_: int, grads: np.ndarray, weight: float, compute_s: float = 0.0) -> ExchangeResult:
         for dst in self.neighbours:
             self.transport.send(dst, KIND, round_, {"g": grads}, {"w": float(weight)})
         start = time.monotonic()
         got = self.transport.mailbox.take(KIND, round_, self.neighbours, start + self.params.deadline_s)
         wait_s = time.monotonic() - start
-        usable = [(msg.tensors["g"], msg.meta["w"]) for msg in got.values() if self._usable(msg, grads)]
-        if not usable:
-            return ExchangeResult(grads, 0, len(self.neighbours), wait_s)
-        total = grads * np.float32(weight)
-        for their, w in usable:
-            total += their * np.float32(w)
-        total /= np.float32(weight + sum(w for _, w in usable))
-        return ExchangeResult(total, len(usable), len(self.neighbours), wait_s)
-
-    def _usable(self, msg, grads: np.ndarray) -> bool:
-        """A neighbour's gradient can be combined with ours; if not, the transport drops and counts it."""
-        their, w = msg.tensors.get("g"), msg.meta.get("w")
-        if not isinstance(their, np.ndarray) or their.shape != grads.shape or their.dtype != grads.dtype:
-            self.transport.reject(msg, f"expected a dense float32 gradient 'g' of shape {grads.shape}")
-        elif not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 < w < float("inf"):
-            self.transport.reject(msg, f"expected a positive weight 'w', got {w!r}")
-        elif not np.isfinite(their).all():
-            self.transport.reject(msg, "gradient has non-finite entries")
-        else:
-            return True
-        return False
+        total, used = combine(self.transport, grads, weight, got.values())
+        return ExchangeResult(total, used, len(self.neighbours), wait_s)

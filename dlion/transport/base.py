@@ -1,5 +1,9 @@
-"""What every transport shares: sending through `wire`, the validated inbound path, link stats and the hello
-barrier. Subclasses only move frames (`_send_frames`) and call `_deliver` with what arrives."""
+"""What every transport shares: sending through `wire`, the validated inbound path, link stats, link bandwidth
+estimates and the hello barrier. Subclasses only move frames (`_send_frames`) and call `_deliver` with what arrives.
+
+Bandwidth: each inbound link is estimated at its receiving end from every message that crosses it (`estimate`), and
+every message a peer sends carries its estimate of the reverse link, so each peer learns the rate of its outgoing
+links as their receivers measure them (`link_bandwidth`)."""
 from __future__ import annotations
 
 import abc
@@ -13,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from . import wire
 from .mailbox import Mailbox
+from .estimate import LinkEstimator
 from .shaping import LinkShaper
 from .stats import LinkStats
 
@@ -46,6 +51,9 @@ class Transport(abc.ABC):
         self._stats_lock = threading.Lock()
         self._close_lock = threading.Lock()
         self._closing = False
+        self._bytes_by_kind: dict[str, int] = defaultdict(int)
+        self._inbound = {p: LinkEstimator() for p in self.peers}
+        self._outbound_bps: dict[int, float] = {}
         self._shapers: dict[int, LinkShaper] = {}
         self._shaping_lock = threading.Lock()  # set_link (training thread) vs _release_at (sending thread)
 
@@ -66,11 +74,15 @@ class Transport(abc.ABC):
         """Encode and hand over without blocking. A down link counts `send_failed`; only misuse raises."""
         if dst not in self.peers:
             raise ValueError(f"peer {self.peer_id}: {dst} is not another peer of this transport")
-        frames = wire.encode(kind, self.peer_id, round, tensors, meta)
+        with self._stats_lock:
+            feedback = self._inbound[dst].bps
+        frames = wire.encode(kind, self.peer_id, round, tensors, meta, time.time(), feedback)
         nbytes = sum(memoryview(f).nbytes for f in frames)
         if nbytes > self.limits.max_message_bytes:
             raise ValueError(f"{kind} message of {nbytes} bytes exceeds max_message_bytes "
                              f"{self.limits.max_message_bytes}: receivers would drop it")
+        with self._stats_lock:
+            self._bytes_by_kind[kind] += nbytes
         if self._closing:  # read without a lock: a send racing close() may follow the bye or be lost, harmlessly
             self._count(dst, send_failed=1)
         else:
@@ -89,6 +101,21 @@ class Transport(abc.ABC):
         """A snapshot per link; `"unknown"` collects traffic from routing ids that are no peer."""
         with self._stats_lock:
             return {k: dataclasses.replace(v) for k, v in self._stats.items()}
+
+    def bytes_by_kind(self) -> dict[str, int]:
+        """Bytes handed over per message kind (gradient plane, model plane, control)."""
+        with self._stats_lock:
+            return dict(self._bytes_by_kind)
+
+    def link_bandwidth(self, dst: int) -> float | None:
+        """The rate (bits/s) of the link to `dst` as `dst` last measured it; None until it has told us."""
+        with self._stats_lock:
+            return self._outbound_bps.get(dst)
+
+    def inbound_bandwidth(self, src: int) -> float | None:
+        """Our own estimate of the link from `src` (bits/s); None until a large enough message arrived."""
+        with self._stats_lock:
+            return self._inbound[src].bps
 
     # ---- link shaping --------------------------------------------------------------------------------------
 
@@ -130,13 +157,17 @@ class Transport(abc.ABC):
             self._drop(link, f"routing id {routing_sender!r} is not a peer")
             return
         try:
-            msg = wire.decode(frames, self.limits, time.monotonic())
+            msg = wire.decode(frames, self.limits, time.time())
         except wire.WireError as e:
             self._drop(link, e.reason)
             return
         if msg.sender != link:
             self._drop(link, f"header sender {msg.sender} != routing id {link}")
             return
+        with self._stats_lock:
+            self._inbound[link].observe(msg.nbytes, msg.sent_at, msg.received_at)
+            if msg.feedback_bps is not None:
+                self._outbound_bps[link] = msg.feedback_bps
         if msg.kind == "bye":
             self.mailbox.mark_departed(link)
             return

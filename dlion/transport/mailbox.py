@@ -97,6 +97,15 @@ class Mailbox:
         with self._cond:
             return self._latest.get((kind, sender))
 
+    def latest_before(self, kind: str, sender: int, round: int) -> Message | None:
+        """The newest message of `kind` from `sender` with a round below `round` (among the last `keep_rounds`):
+        what every peer has seen by then in lockstep training, unlike `latest`, which may already hold a faster
+        peer's next round."""
+        with self._cond:
+            rounds = self._store.get(kind, {}).get(sender, {})
+            earlier = [r for r in rounds if r < round]
+            return rounds[max(earlier)] if earlier else None
+
     def mark_departed(self, sender: int) -> None:
         """Stop waiting for `sender` (it said bye, or never answered the hello barrier)."""
         with self._cond:

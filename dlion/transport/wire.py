@@ -12,7 +12,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import msgpack
 import numpy as np
 
-VERSION = 1
+VERSION = 2  # 2: sent_at and link feedback in the header
 KINDS = ("hello", "bye", "grad", "eval", "report", "model", "score", "fetch", "stop")
 DTYPES = ("float32", "float16", "float64", "int32", "int64", "uint32", "uint8")
 INDEX_DTYPE = "uint32"
@@ -24,7 +24,7 @@ _META_TYPES = (bool, int, float, str, type(None))
 MAX_HEADER_BYTES = 64 * 1024
 _MAX_STR = 4096
 _MAX_ITEMS = 64
-_HEADER_FIELDS = frozenset({"v", "k", "s", "r", "m", "t"})
+_HEADER_FIELDS = frozenset({"v", "k", "s", "r", "m", "t", "ts", "bw"})
 _DENSE_FIELDS = frozenset({"n", "d", "sh", "e"})
 _SPARSE_FIELDS = _DENSE_FIELDS | {"nnz", "id"}
 
@@ -56,8 +56,10 @@ class Sparse(NamedTuple):
 
 @dataclass(frozen=True)
 class Message:
-    """A decoded message; `nbytes` is its size on the wire (all frames), `received_at` the `time.monotonic()` at
-    which the transport took it off the wire (for measuring links; 0.0 where it was not received)."""
+    """A decoded message; `nbytes` is its size on the wire (all frames). For measuring links: `sent_at` is the
+    sender's `time.time()` when it handed the message over, `received_at` the receiver's when it took it off the wire
+    (0.0 where it was not received), and `feedback_bps` the sender's estimate of the link from us to it (None before
+    it has one)."""
 
     kind: str
     sender: int
@@ -66,6 +68,8 @@ class Message:
     tensors: dict[str, np.ndarray | Sparse]
     nbytes: int
     received_at: float = 0.0
+    sent_at: float = 0.0
+    feedback_bps: float | None = None
 
 
 def _is_int(x) -> bool:
@@ -100,7 +104,8 @@ def _check_indices(indices: np.ndarray, size: int) -> None:
 
 
 def encode(kind: str, sender: int, round: int, tensors: Mapping[str, np.ndarray | Sparse] | None = None,
-           meta: Mapping[str, Any] | None = None) -> list[bytes | memoryview]:
+           meta: Mapping[str, Any] | None = None, sent_at: float = 0.0,
+           feedback_bps: float | None = None) -> list[bytes | memoryview]:
     """Frames for one message. Array frames alias the caller's arrays: do not mutate them after sending."""
     if kind not in KINDS:
         raise WireError(f"unknown kind {kind!r}")
@@ -129,7 +134,8 @@ def encode(kind: str, sender: int, round: int, tensors: Mapping[str, np.ndarray 
             a = _wire_array(name, np.asarray(t))
             specs.append({"n": name, "d": a.dtype.name, "sh": list(a.shape), "e": "dense"})
             frames.append(_raw(a))
-    header = msgpack.packb({"v": VERSION, "k": kind, "s": sender, "r": round, "m": meta, "t": specs})
+    header = msgpack.packb({"v": VERSION, "k": kind, "s": sender, "r": round, "m": meta, "t": specs,
+                            "ts": float(sent_at), "bw": None if feedback_bps is None else float(feedback_bps)})
     return [header, *frames]
 
 
@@ -204,6 +210,10 @@ def decode(frames: Sequence, limits: WireLimits, received_at: float = 0.0) -> Me
     if not (_is_int(h["r"]) and h["r"] >= 0):
         raise WireError(f"bad round {h['r']!r}")
     meta = _check_meta(h["m"], limits.max_meta_entries)
+    if not (isinstance(h["ts"], float) and math.isfinite(h["ts"]) and h["ts"] >= 0):
+        raise WireError(f"bad sent time {h['ts']!r}")
+    if h["bw"] is not None and not (isinstance(h["bw"], float) and 0 < h["bw"] < math.inf):
+        raise WireError(f"bad link feedback {h['bw']!r}")
     if not isinstance(h["t"], list):
         raise WireError("tensor list is not a list")
     specs = [_parse_spec(s) for s in h["t"]]
@@ -223,4 +233,4 @@ def decode(frames: Sequence, limits: WireLimits, received_at: float = 0.0) -> Me
             _check_indices(indices, shape[0])
             tensors[name] = Sparse(indices, values, shape[0])
             i += 2
-    return Message(h["k"], h["s"], h["r"], meta, tensors, total, received_at)
+    return Message(h["k"], h["s"], h["r"], meta, tensors, total, received_at, h["ts"], h["bw"])

@@ -142,9 +142,26 @@ def test_peer_id_in_use_on_the_hub(make):
         make(0)
 
 
-def test_messages_carry_their_arrival_time(make):
+def test_messages_carry_their_send_and_arrival_times(make):
     a, b = make(0), make(1)
-    before = time.monotonic()
+    before = time.time()
     a.send(1, "grad", 0)
     msg = b.mailbox.take("grad", 0, [0], time.monotonic() + 1)[0]
-    assert before <= msg.received_at <= time.monotonic()
+    assert before <= msg.sent_at <= msg.received_at <= time.time()
+
+
+def test_each_peer_learns_its_outgoing_link_rate_from_the_receiver(make):
+    """b measures the link a -> b from a's large messages and tells a in its next message (wall-clock stamps)."""
+    a, b = make(0), make(1)
+    a.set_link(1, bandwidth_bps=8e6)  # 1 MB/s: a 48 kB message takes 48 ms on the wire
+    assert a.link_bandwidth(1) is None
+    a.send(1, "eval", 0)  # small: gives b the link's base delay
+    b.mailbox.take("eval", 0, [0], time.monotonic() + 1)
+    for r in range(3):
+        a.send(1, "grad", r, {"g": np.zeros(12_000, np.float32)})
+        b.mailbox.take("grad", r, [0], time.monotonic() + 2)
+    assert b.inbound_bandwidth(0) == pytest.approx(8e6, rel=0.15)
+    b.send(0, "eval", 1)
+    a.mailbox.take("eval", 1, [1], time.monotonic() + 1)
+    assert a.link_bandwidth(1) == b.inbound_bandwidth(0)
+    assert a.bytes_by_kind()["grad"] > 3 * 48_000 and b.bytes_by_kind() == {"eval": b.stats()[0].bytes_sent}

@@ -106,8 +106,14 @@ BAD = {
     "header too large": (lambda f: [b"\x00" * (64 * 1024 + 1), *f[1:]], "header too large"),
     "missing field": (lambda f: rewrite(f, lambda h: h.pop("r")), "missing \\['r'\\]"),
     "unexpected field": (lambda f: rewrite(f, lambda h: h.update(x=1)), "unexpected"),
-    "bad version": (lambda f: rewrite(f, lambda h: h.update(v=2)), "version"),
-    "version as string": (lambda f: rewrite(f, lambda h: h.update(v="1")), "version"),
+    "bad version": (lambda f: rewrite(f, lambda h: h.update(v=1)), "version"),
+    "version as string": (lambda f: rewrite(f, lambda h: h.update(v="2")), "version"),
+    "sent time missing": (lambda f: rewrite(f, lambda h: h.pop("ts")), "missing \\['ts'\\]"),
+    "sent time as int": (lambda f: rewrite(f, lambda h: h.update(ts=5)), "bad sent time"),
+    "sent time nan": (lambda f: rewrite(f, lambda h: h.update(ts=float("nan"))), "bad sent time"),
+    "negative feedback": (lambda f: rewrite(f, lambda h: h.update(bw=-1.0)), "bad link feedback"),
+    "infinite feedback": (lambda f: rewrite(f, lambda h: h.update(bw=float("inf"))), "bad link feedback"),
+    "feedback as string": (lambda f: rewrite(f, lambda h: h.update(bw="fast")), "bad link feedback"),
     "unknown kind": (lambda f: rewrite(f, lambda h: h.update(k="gossip")), "unknown kind"),
     "kind not a string": (lambda f: rewrite(f, lambda h: h.update(k=["grad"])), "unknown kind"),
     "unknown sender": (lambda f: rewrite(f, lambda h: h.update(s=7)), "unknown sender"),
@@ -161,3 +167,10 @@ def test_size_limit_counts_all_frames():
 def test_decode_accepts_memoryviews():
     msg = decode([memoryview(f) for f in sample()], LIMITS)
     assert msg.tensors["s"].size == 10
+
+
+def test_send_time_and_link_feedback_roundtrip():
+    frames = encode("grad", 1, 3, None, None, sent_at=1795000000.25, feedback_bps=5e7)
+    msg = decode(frames, LIMITS, received_at=1795000000.5)
+    assert (msg.sent_at, msg.feedback_bps, msg.received_at) == (1795000000.25, 5e7, 1795000000.5)
+    assert decode(encode("grad", 1, 3), LIMITS).feedback_bps is None

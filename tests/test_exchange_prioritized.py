@@ -1,0 +1,100 @@
+"""Per-link prioritized exchange: exact top-k, residual conservation, budgets that follow the links' measured rates."""
+import numpy as np
+import pytest
+
+from conftest import in_threads
+from dlion.exchange.prioritized import BITS_PER_ENTRY, LinkResidual, PrioritizedExchange, top_k_indices
+from dlion.transport import Sparse
+
+PEERS = (0, 1, 2)
+
+
+@pytest.mark.parametrize("n,k", [(10, 3), (1000, 1), (100_000, 50), (100_000, 2000), (225_034, 30_000),
+                                 (5000, 4999), (5000, 5000)])
+def test_top_k_is_exact(n, k):
+    mags = np.abs(np.random.default_rng(n + k).standard_normal(n).astype(np.float32))
+    expected = np.sort(np.argsort(-mags, kind="stable")[:k])
+    got = top_k_indices(mags, k)
+    assert got.dtype == np.uint32 and np.array_equal(got, expected)
+
+
+def test_top_k_when_the_sample_misses_the_large_entries():
+    mags = np.zeros(10_000, np.float32)
+    where = np.arange(1, 10_000, 64)
+    mags[where] = np.arange(1, where.size + 1)  # the stride sample sees only zeros
+    assert np.array_equal(top_k_indices(mags, 100), where[-100:].astype(np.uint32))
+
+
+@pytest.mark.parametrize("k", [1, 7, 40, 60])
+def test_sent_plus_residual_is_exactly_what_went_in_over_any_number_of_rounds(k):
+    rng = np.random.default_rng(k)
+    link = LinkResidual(100)
+    total_in = np.zeros(100, np.float64)
+    total_sent = np.zeros(100, np.float64)
+    for _ in range(200):
+        g = rng.integers(-1000, 1000, 100).astype(np.float32)  # integers: float32 sums are exact
+        total_in += g
+        sent = link.take(g, k)
+        if isinstance(sent, Sparse):
+            assert len(sent.indices) == k and np.all(np.diff(sent.indices.astype(np.int64)) > 0)
+            np.add.at(total_sent, sent.indices, sent.values)
+        else:  # 2k >= n: the whole vector, densely
+            assert 2 * k >= 100
+            total_sent += sent
+        np.testing.assert_array_equal(total_sent + link.residual, total_in)
+
+
+def exchanges(transports, configured_bps, **params):
+    p = PrioritizedExchange.Params(**params)
+    return {i: PrioritizedExchange(p, i, transports[i], [q for q in PEERS if q != i],
+                                   {q: configured_bps for q in PEERS if q != i}) for i in PEERS}
+
+
+def run_round(ex, round_, grads, weights):
+    return in_threads(lambda p: ex[p].exchange(round_, grads[p], weights[p], 0.05), PEERS)
+
+
+def test_a_link_budget_follows_the_measured_rate_of_the_link(inproc):
+    transports = inproc(PEERS)
+    transports[0].set_link(1, bandwidth_bps=8e6)  # the only slow link: 0 -> 1
+    ex = exchanges(transports, configured_bps=80e6, time_budget_s=0.05, deadline_s=5.0, min_entries=100)
+    rng = np.random.default_rng(0)
+    n = 200_000
+    grads = {p: rng.standard_normal(n).astype(np.float32) for p in PEERS}
+    for p in PEERS:  # a small message on every link first: the receivers learn its base delay
+        for q in PEERS:
+            if q != p:
+                transports[p].send(q, "eval", 0)
+    budgets = [run_round(ex, r, grads, {p: 1 for p in PEERS})[0].links for r in range(8)]
+    configured_k = int(80e6 * 0.05 / BITS_PER_ENTRY)  # 62,500 entries
+    assert budgets[0][1]["k"] == configured_k and budgets[0][2]["k"] == configured_k
+    # the receiver measured the slow link and told the sender: its budget is now the link's real capacity
+    assert budgets[-1][1]["k"] == pytest.approx(int(8e6 * 0.05 / BITS_PER_ENTRY), rel=0.2)
+    assert budgets[-1][1]["bps"] == pytest.approx(8e6, rel=0.2)
+    assert budgets[-1][2]["k"] > 5 * budgets[-1][1]["k"]  # the fast link keeps a large budget
+
+
+def test_receivers_combine_sparse_gradients_with_batch_weights(inproc):
+    transports = inproc(PEERS)
+    ex = exchanges(transports, configured_bps=1e9, time_budget_s=64 * 2 / 1e9, min_entries=2)  # k = 2 of 8
+    grads = {0: np.array([8, 0, 0, 0, 0, 0, 0, 1], np.float32),
+             1: np.array([0, 4, 0, 0, 0, 0, -6, 0], np.float32),
+             2: np.zeros(8, np.float32)}
+    weights = {0: 1, 1: 3, 2: 4}
+    results = run_round(ex, 0, grads, weights)
+    # peer 2 got the top 2 of each: [8, ., ., ., ., ., ., 1] -> 8 and 1; [0, 4, ..., -6, 0] -> 4 and -6
+    np.testing.assert_allclose(results[2].grads, np.array([8, 12, 0, 0, 0, 0, -18, 1], np.float32) / 8)
+    assert results[2].received == 2
+    # what did not fit stays in the link's residual: peer 0 -> 1 sent 8 and 1; nothing left
+    assert not ex[0].residuals[1].residual.any()
+
+
+def test_a_sparse_gradient_with_unsorted_indices_is_dropped_and_counted(inproc):
+    transports = inproc(PEERS)
+    ex = exchanges(transports, configured_bps=1e9)
+    bad = Sparse(np.array([5, 2], np.uint32), np.array([1, 1], np.float32), 8)
+    transports[1].send(0, "grad", 0, {"g": bad}, {"w": 1.0})
+    transports[2].send(0, "grad", 0, {"g": np.ones(8, np.float32)}, {"w": 1.0})
+    result = ex[0].exchange(0, np.zeros(8, np.float32), 1.0, 0.01)
+    assert result.received == 1 and transports[0].stats()[1].dropped == 1
+    np.testing.assert_allclose(result.grads, 0.5)
