@@ -84,12 +84,14 @@ def test_batches_become_proportional_to_measured_rates_and_follow_a_change(inpro
     assert all(final[p] == final[0] for p in PEERS)  # every peer computed the same allocation
     assert final[0] == allocate(128, speeds, 1, 128) == {0: 48, 1: 48, 2: 24, 3: 8}
     speeds = {0: 100.0, 1: 600.0, 2: 300.0, 3: 600.0}  # peer 0 slows down, peer 3 speeds up
-    used = run(stages, speeds, 25, start=5)
+    used = run(stages, speeds, 40, start=5)
     assert all(u[p] == u[0] for u in used for p in PEERS)
     # the moved rates trigger reports at once (threshold 25%), not at the next multiple of retune_every ...
-    assert used[2][0][0] < 30 and used[2][0][3] > 25
-    # ... and the periodic reports bring the allocation to the new rates exactly
-    assert used[-1][0] == allocate(128, speeds, 1, 128) == {0: 8, 1: 48, 2: 24, 3: 48}
+    assert used[3][0][0] < 40 and used[3][0][3] > 20
+    # ... and the smoothed rates bring the allocation to the new rates
+    target = allocate(128, speeds, 1, 128)
+    assert target == {0: 8, 1: 48, 2: 24, 3: 48}
+    assert all(abs(used[-1][0][p] - target[p]) <= 1 for p in PEERS), used[-1][0]
 
 
 def test_a_departed_peer_is_dropped_and_the_others_take_its_share(inproc):
