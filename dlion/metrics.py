@@ -58,20 +58,29 @@ def read_events(path: str | Path) -> list[dict]:
     return events
 
 
-def time_to_target(evals: list[dict], peer_ids, target: float | None, t0: float) -> float | None:
-    """First time, after t0, that the mean of each peer's latest evaluation-subset accuracy reached the target.
+def accuracy_curve(evals: list[dict], peer_ids, t0: float) -> list[tuple[float, float]]:
+    """(training seconds, mean over peers of each one's latest evaluation-subset accuracy) at every evaluation from
+    the one at which every peer has reported.
 
-    Only counted once every peer has reported at least once; the time is that of the evaluation event that completed
-    the mean, so evaluation time is included.
+    Training seconds leave out the evaluation pauses (`train_s` of an eval event: time since training start minus
+    the time the peer spent evaluating before it), so presets that iterate at very different speeds, and therefore
+    evaluate at very different rates, are timed alike; events without it fall back to their time since `t0`.
     """
-    if target is None:
-        return None
     latest: dict[int, float] = {}
+    curve = []
     for e in sorted(evals, key=lambda e: e["t"]):
         latest[e["peer"]] = e["acc"]
-        if len(latest) == len(peer_ids) and sum(latest.values()) / len(latest) >= target:
-            return round(e["t"] - t0, 3)
-    return None
+        if len(latest) == len(peer_ids):
+            curve.append((e.get("train_s", e["t"] - t0), sum(latest.values()) / len(latest)))
+    return curve
+
+
+def time_to_target(evals: list[dict], peer_ids, target: float | None, t0: float) -> float | None:
+    """Training seconds (evaluation pauses left out) until the peers' mean evaluation accuracy first reached the
+    target; None if it never did."""
+    if target is None:
+        return None
+    return next((round(t, 3) for t, acc in accuracy_curve(evals, peer_ids, t0) if acc >= target), None)
 
 
 def summarize(out_dir: str | Path, peer_ids, target: float | None, wall_s: float | None = None) -> dict:

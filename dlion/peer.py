@@ -115,6 +115,7 @@ class Peer:
     def _train(self):
         cfg, tr = self.cfg, self.cfg.training
         start = time.monotonic()
+        self._train_start, self._eval_s = start, 0.0
         iteration = samples = 0
         window = _Window()
         while True:
@@ -168,6 +169,8 @@ class Peer:
 
     def _evaluate(self, iteration: int) -> bool:
         """Score the evaluation subset, share it, and say whether the peers' mean reached the target."""
+        began = time.monotonic()
+        train_s = began - self._train_start - self._eval_s
         x, y = self.data.x_test[self.eval_idx], self.data.y_test[self.eval_idx]
         loss, acc = self.trainer.evaluate(x, y)
         self._broadcast(EVAL_KIND, iteration, {"acc": float(acc)})
@@ -177,8 +180,10 @@ class Peer:
         got = self.transport.mailbox.take(EVAL_KIND, iteration, waiting_for, deadline)
         accs = [float(acc)] + [m.meta["acc"] for m in got.values() if isinstance(m.meta.get("acc"), (int, float))]
         mean = sum(accs) / len(accs)
+        self._eval_s += time.monotonic() - began
         self.log.emit("eval", it=iteration, acc=round(float(acc), 5), loss=round(float(loss), 5),
-                      mean_acc=round(mean, 5), peers_reported=len(accs))
+                      mean_acc=round(mean, 5), peers_reported=len(accs), train_s=round(train_s, 3),
+                      eval_s=round(self._eval_s, 3))
         target = self.cfg.training.target_accuracy
         return target is not None and len(got) == len(waiting_for) and mean >= target
 

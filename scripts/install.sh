@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs everything dlion needs on a fresh Debian 12 machine: Debian's Fashion-MNIST files and network tools, then
-# dlion itself (editable) with TensorFlow and the test tools into the current Python. Safe to run again.
+# Installs everything dlion needs on a fresh Debian 12 machine: Debian's Fashion-MNIST files, network tools and
+# docker-compose (the tests validate the committed compose file with it), then dlion itself (editable) with TensorFlow
+# and the test and benchmark tools into the current Python. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-DEBS="dataset-fashion-mnist iproute2"
+DEBS="dataset-fashion-mnist iproute2 docker-compose"
 missing=""
 for pkg in $DEBS; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
@@ -18,7 +19,7 @@ if [ -n "$missing" ]; then
 fi
 
 PYTHON="${PYTHON:-python3}"
-"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[tf,test]'
+"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[tf,test,bench]'
 # pyenv only sees new console scripts (the `dlion` command) after a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 echo "dlion installed: $("$PYTHON" -c 'import dlion, sys; print(sys.executable)')"

@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""Presets side by side on one scenario: time to target, accuracy, throughput and bytes, as a table and a plot.
+
+    python3 scripts/compare.py SCENARIO --presets bsp,dlion --repeats R --out DIR [--set KEY.PATH=VALUE ...]
+
+The claims of issue 4 are relative (dlion against the dense BSP baseline on the same machine), and this machine is
+noisy, so every preset runs in one invocation, one run after another, R times, the order alternating between repeats
+(bsp, dlion; dlion, bsp; ...) so that machine drift hits every preset alike. Each run is
+`dlion run SCENARIO --out DIR/runs/<preset>-r<k> --set preset=<preset> [--set ...]`: the `--set` overrides apply to
+every run, and a run's console is in its directory as `run.log`. Per preset, over the repeats that finished
+(`repeats`; `failed` counts the others):
+
+- time_to_target_s: median over the repeats that reached the target; null if fewer than half did (reached_target
+  says how many did);
+- final_accuracy: mean of the runs' mean final accuracy; worst_final_accuracy: the worst peer of any repeat;
+- samples_per_s: mean over repeats of the sum over peers; bytes_total: mean of the bytes all peers sent;
+- grad_bytes_per_iter, model_bytes_per_iter: bytes sent in messages of that kind, summed over peers, over the
+  iterations summed over peers (mean over repeats); a run whose summary has no per-kind counts (`bytes_by_kind`)
+  counts 0 and is noted (runs_without_bytes_by_kind);
+- accuracy_at_equal_time: mean over repeats of the peers' mean evaluation accuracy at equal_time_s, the latest
+  training time that every run of every preset reached (the earliest of the runs' last evaluations), so that
+  a preset that stopped early at the target is compared where every run has figures.
+
+The accuracy at a time is the mean over peers of each peer's latest evaluation-subset accuracy, counted once every
+peer has reported one, as for the summary's time to target. DIR/compare.md and DIR/compare.csv hold the table,
+DIR/compare.png the accuracy against training time (evaluation pauses left out, as in the summary) (every repeat faint, their mean bold, the
+target dashed). A failed run (non-zero exit or no summary.json) is reported with the tail of its peer logs and left
+out of the figures; the rest is still written, and the exit status is 1. Ctrl-C stops the current run cleanly and
+starts no other. A config mistake, in a `--set` or a preset name, exits 2 before any run. The plot needs matplotlib
+(the `bench` extra). The last line is a JSON object {"scenario": NAME, "presets": {PRESET: {...}}}.
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import csv
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dlion import config as configmod  # noqa: E402
+from dlion.metrics import accuracy_curve, peer_log_path, read_events  # noqa: E402
+from dlion.schema import ConfigError  # noqa: E402
+
+KINDS = ("grad", "model")  # wire kinds reported per iteration
+TAIL_LINES = 5
+DIGITS = {"time_to_target_s": 3, "final_accuracy": 5, "worst_final_accuracy": 5, "samples_per_s": 1,
+          "grad_bytes_per_iter": 1, "model_bytes_per_iter": 1, "bytes_total": 0, "accuracy_at_equal_time": 5,
+          "equal_time_s": 3}
+COLUMNS = [  # (figure, markdown header; {t} is the equal time)
+    ("repeats", "repeats"),
+    ("failed", "failed"),
+    ("reached_target", "reached target"),
+    ("time_to_target_s", "time to target (s, median)"),
+    ("final_accuracy", "final accuracy (mean)"),
+    ("worst_final_accuracy", "worst peer final accuracy"),
+    ("accuracy_at_equal_time", "accuracy at {t}"),
+    ("samples_per_s", "samples/s (all peers)"),
+    ("grad_bytes_per_iter", "grad bytes/iter"),
+    ("model_bytes_per_iter", "model bytes/iter"),
+    ("bytes_total", "bytes sent"),
+]
+
+
+# ---- aggregation: pure functions of run directories and their figures ------------------------------------------------
+
+def run_order(presets: list[str], repeats: int) -> list[tuple[int, str]]:
+    """(repeat, preset) in the order they run: the preset order reverses every other repeat (ABBA)."""
+    return [(k, p) for k in range(1, repeats + 1) for p in (presets if k % 2 else presets[::-1])]
+
+
+def run_dir(out: Path, preset: str, repeat: int) -> Path:
+    return Path(out) / "runs" / f"{preset}-r{repeat}"
+
+
+def value_at(curve: list[tuple[float, float]], t: float) -> float | None:
+    """The stepwise curve's value at time t (None before its first point)."""
+    i = bisect.bisect_right([p[0] for p in curve], t)
+    return curve[i - 1][1] if i else None
+
+
+def equal_time(curves: list[list[tuple[float, float]]]) -> float | None:
+    """The latest time every curve reached (its last point); None if there are none or one is empty."""
+    if not curves or not all(curves):
+        return None
+    return min(c[-1][0] for c in curves)
+
+
+def mean_curve(curves: list[list[tuple[float, float]]]) -> tuple[list[float], list[float]]:
+    """Mean of stepwise curves, exact (at every point of any of them) where all have values."""
+    if not curves or not all(curves):
+        return [], []
+    start, end = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
+    grid = sorted({t for c in curves for t, _ in c if start <= t <= end})
+    return grid, [sum(value_at(c, t) for c in curves) / len(curves) for t in grid]
+
+
+def load_run(path: Path) -> dict:
+    """A finished run's summary and its accuracy curve."""
+    summary = json.loads((Path(path) / "summary.json").read_text())
+    events = [e for pid in summary["peers"] for e in read_events(peer_log_path(path, int(pid)))]
+    t0 = min((e["t"] for e in events if e["ev"] == "start"), default=0.0)
+    curve = accuracy_curve([e for e in events if e["ev"] == "eval"], summary["peers"], t0)
+    return {"summary": summary, "curve": curve}
+
+
+def bytes_per_iteration(summary: dict) -> dict:
+    """Bytes sent per iteration by message kind over all peers; `missing`: some peer had no per-kind counts."""
+    peers = summary["peers"].values()
+    iterations = sum(p.get("iterations") or 0 for p in peers)
+    by_kind = [p.get("bytes_by_kind") for p in peers]
+    figures = {k: sum((b or {}).get(k, 0) for b in by_kind) / iterations if iterations else None for k in KINDS}
+    return {**figures, "missing": None in by_kind}
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def aggregate(runs: list[dict], t_equal: float | None, failed: int = 0) -> dict:
+    """One preset's figures over its successful runs (see the module docstring)."""
+    summaries = [r["summary"] for r in runs]
+    reached = [s["time_to_target_s"] for s in summaries if s.get("time_to_target_s") is not None]
+    per_iter = [bytes_per_iteration(s) for s in summaries]
+    at_equal = [value_at(r["curve"], t_equal) for r in runs] if t_equal is not None else []
+    figures = {
+        "time_to_target_s": statistics.median(reached) if reached and 2 * len(reached) >= len(runs) else None,
+        "final_accuracy": _mean(s.get("final_accuracy") for s in summaries),
+        "worst_final_accuracy": min((s["worst_final_accuracy"] for s in summaries
+                                     if s.get("worst_final_accuracy") is not None), default=None),
+        "samples_per_s": _mean(sum(p.get("samples_per_s") or 0 for p in s["peers"].values()) for s in summaries),
+        "grad_bytes_per_iter": _mean(b["grad"] for b in per_iter),
+        "model_bytes_per_iter": _mean(b["model"] for b in per_iter),
+        "bytes_total": _mean(s.get("bytes_sent_total") for s in summaries),
+        "repeats": len(runs),
+        "accuracy_at_equal_time": _mean(at_equal) if at_equal and None not in at_equal else None,
+        "equal_time_s": t_equal,
+        "reached_target": len(reached),
+        "failed": failed,
+        "runs_without_bytes_by_kind": sum(b["missing"] for b in per_iter),
+    }
+    return {k: v if k not in DIGITS or v is None else round(v, DIGITS[k]) if DIGITS[k] else round(v)
+            for k, v in figures.items()}
+
+
+# ---- outputs ---------------------------------------------------------------------------------------------------------
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key.endswith("_bytes_per_iter") or key == "bytes_total":
+        return f"{value:,.0f}"
+    if "accuracy" in key:
+        return f"{value:.4f}"
+    if key == "time_to_target_s":
+        return f"{value:.1f}"
+    if key == "samples_per_s":
+        return f"{value:.0f}"
+    return str(value)
+
+
+def markdown(scenario: str, figures: dict[str, dict], command: str) -> str:
+    """The table with the command that produced it and what its columns mean."""
+    t_equal = next(iter(figures.values()), {}).get("equal_time_s")
+    headers = [h.format(t=f"{t_equal:.1f} s" if t_equal is not None else "equal time") for _, h in COLUMNS]
+    lines = [f"# {scenario}: {', '.join(figures)}", "", f"`{command}`", "",
+             "| preset | " + " | ".join(headers) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines += [f"| {p} | " + " | ".join(_cell(k, f[k]) for k, _ in COLUMNS) + " |" for p, f in figures.items()]
+    lines += ["", "Medians and means over the repeats that finished; accuracy at a time is the peers' mean of their "
+                  "latest evaluation-subset accuracy, at the latest training time that every run reached."]
+    missing = sum(f["runs_without_bytes_by_kind"] for f in figures.values())
+    if missing:
+        lines += ["", f"{missing} run(s) had no per-kind byte counts (`bytes_by_kind`): their grad and model bytes "
+                      f"per iteration count as 0."]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, figures: dict[str, dict]) -> None:
+    keys = list(next(iter(figures.values()), {}))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["preset", *keys])
+        for preset, fig in figures.items():
+            writer.writerow([preset, *("" if fig[k] is None else fig[k] for k in keys)])
+
+
+def plot(curves: dict[str, list[list]], target: float | None, t_equal: float | None, path: Path, title: str) -> None:
+    """Mean evaluation accuracy against training time (evaluation pauses left out): each repeat faint, their mean bold, the
+    target dashed, the equal time dotted."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (preset, runs) in enumerate(curves.items()):
+        for curve in filter(None, runs):
+            ax.step(*zip(*curve), where="post", color=f"C{i}", alpha=0.3, linewidth=0.8)
+        grid, mean = mean_curve(runs)
+        if grid:
+            ax.step(grid, mean, where="post", color=f"C{i}", linewidth=2, label=f"{preset} (n={len(runs)})")
+    if target is not None:
+        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:g}")
+    if t_equal is not None:
+        ax.axvline(t_equal, color="gray", linestyle=":", linewidth=1, label=f"equal time {t_equal:.1f} s")
+    ax.set(title=title, xlabel="training time, evaluation pauses left out (s)", ylabel="mean evaluation accuracy")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ---- running ---------------------------------------------------------------------------------------------------------
+
+def run_one(scenario: str, preset: str, path: Path, overrides: list[str]) -> tuple[int, bool]:
+    """`dlion run` of one preset into a fresh directory, its console relayed here and kept in `run.log`.
+
+    Ctrl-C reaches the run too (same process group), which stops its peers and writes its summary; here it is only
+    noted. Returns the run's exit status and whether it was interrupted.
+    """
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    argv = [sys.executable, "-m", "dlion", "run", scenario, "--out", str(path), "--set", f"preset={preset}"]
+    for item in overrides:
+        argv += ["--set", item]
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
+        with open(path / "run.log", "w") as log, subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                env=env) as proc:
+            for line in proc.stdout:
+                log.write(line)
+                print(f"  [{path.name}] {line}", end="", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return proc.returncode, bool(interrupted)
+
+
+def report_failure(preset: str, repeat: int, path: Path, code: int, interrupted: bool) -> None:
+    why = (f"exit status {code}" + (", interrupted" if interrupted else "")
+           + ("" if (path / "summary.json").exists() else ", no summary.json"))
+    print(f"FAILED: {preset} repeat {repeat} ({why}); its logs are in {path}", flush=True)
+    if interrupted:
+        return
+    logs = sorted(path.glob("peer-*.log"))
+    for log in logs:
+        print(f"  {log}:")
+        for line in log.read_text(errors="replace").splitlines()[-TAIL_LINES:]:
+            print(f"    {line}")
+    if not logs:
+        print(f"  no peer logs; the run's console is in {path / 'run.log'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", help="YAML config of the scenario")
+    parser.add_argument("--presets", default="bsp,dlion", help="comma-separated presets (default: bsp,dlion)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each preset (default: 3)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a config key in every run (repeatable)")
+    args = parser.parse_args(argv)
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    if not presets or args.repeats < 1:
+        parser.error("expected at least one preset and one repeat")
+    if any(item.split("=", 1)[0].strip() == "preset" for item in args.set):
+        parser.error("the preset is chosen by --presets, not --set preset=...")
+    try:
+        cfg = configmod.load(args.scenario, args.set)
+        for preset in presets:  # a mistake stops here, before any run
+            configmod.load(args.scenario, [*args.set, f"preset={preset}"])
+    except ConfigError as exc:
+        print(f"compare: config error: {exc}", file=sys.stderr)
+        return 2
+
+    out = Path(args.out)
+    runs: dict[str, list[dict]] = {p: [] for p in presets}
+    failed = dict.fromkeys(presets, 0)
+    order = run_order(presets, args.repeats)
+    for n, (k, preset) in enumerate(order, 1):
+        path = run_dir(out, preset, k)
+        print(f"== run {n}/{len(order)}: {preset}, repeat {k} -> {path}", flush=True)
+        code, interrupted = run_one(args.scenario, preset, path, args.set)
+        if code == 0 and not interrupted and (path / "summary.json").exists():
+            runs[preset].append(load_run(path))
+            s = runs[preset][-1]["summary"]
+            reached = "not reached" if s["time_to_target_s"] is None else f"{s['time_to_target_s']} s"
+            print(f"{preset} r{k}: time to target {reached}, final accuracy {s['final_accuracy']}, "
+                  f"{s['bytes_sent_total']:,} bytes sent", flush=True)
+        else:
+            failed[preset] += 1
+            report_failure(preset, k, path, code, interrupted)
+        if interrupted:
+            print("interrupted: no further runs; writing what the finished runs give", flush=True)
+            break
+
+    curves = {p: [r["curve"] for r in runs[p]] for p in presets}
+    t_equal = equal_time([c for cs in curves.values() for c in cs])
+    figures = {p: aggregate(runs[p], t_equal, failed[p]) for p in presets}
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(cfg.name, figures, shlex.join(["python3", "scripts/compare.py", *argv]))
+    (out / "compare.md").write_text(table)
+    write_csv(out / "compare.csv", figures)
+    plot(curves, cfg.training.target_accuracy, t_equal, out / "compare.png", f"{cfg.name}: {', '.join(presets)}")
+    print(table)
+    print(f"wrote {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'compare.png'}"
+          + (f"; {sum(failed.values())} run(s) failed" if any(failed.values()) else ""), flush=True)
+    print(json.dumps({"scenario": cfg.name, "presets": figures}))
+    return 1 if any(failed.values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
