@@ -48,6 +48,7 @@ MAX_PEER_ID = 253  # addresses 10.77.0.1 .. 10.77.0.254
 IFNAMSIZ = 15
 DEFAULT_RATE = "10gbit"  # the unshaped default class
 DEFAULT_BURST = "256k"  # room for 64 KB GSO packets at that rate
+GSO_MAX_BYTES = 4500  # peers' packets stay a few MTUs long, so HTB paces them finely
 QUANTUM = 60000  # bytes; explicit so that high rates do not make tc warn about r2q
 CFS_PERIOD_US = 100000
 WEIGHT_PER_CORE = {1: 1024, 2: 100}  # a default-weight task is one core: cpu.shares 1024 (v1), cpu.weight 100 (v2)
@@ -388,6 +389,9 @@ class RealEmulation:
         _ip(ns, "link", "set", "lo", "up")
         _ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", self.hub)
         _ip(ns, "addr", "add", f"{self.address(pid)}/{PREFIX_LEN}", "dev", "eth0")
+        # HTB lets a whole packet through on any positive token balance, and TCP on a veth builds 64 KB GSO packets:
+        # a message of a few such packets would pass at line rate and the link would look far faster than it is
+        _ip(ns, "link", "set", "eth0", "gso_max_size", str(GSO_MAX_BYTES))
         _ip(ns, "link", "set", "eth0", "up")
         _ip(self.hub, "link", "set", port, "master", self.bridge)
         _ip(self.hub, "link", "set", port, "up")
