@@ -66,6 +66,8 @@ def allocate(total: int, rates: dict[int, float], low: int, high: int) -> dict[i
 class FixedBatching:
     """Equal shares of the global batch, fixed for the whole run (the BSP baseline)."""
 
+    rate = None  # measures nothing
+
     @dataclass(frozen=True)
     class Params:
         pass

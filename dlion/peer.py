@@ -147,6 +147,7 @@ class Peer:
                               cores=self.emulation.cores if self.emulation else self.spec.cores,
                               samples_per_s=round(samples / (time.monotonic() - start), 2),
                               alloc={str(p): b for p, b in self.batching.sizes.items()},
+                              rate=None if self.batching.rate is None else round(self.batching.rate, 1),
                               links={str(d): v for d, v in result.links.items()},
                               **window.flush(), **self._traffic(), **self.log.resources())
             if iteration % cfg.evaluation.every_iterations == 0 and self._evaluate(iteration) and tr.stop_at_target:
