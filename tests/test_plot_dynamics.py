@@ -15,7 +15,7 @@ def it(t, batch, rate, links=None):
 
 
 def test_shares_follow_every_peers_latest_rate_and_rebalance_is_measured_from_the_change():
-    iters = {0: [it(101, 64, 600), it(131, 64, 120), it(133, 20, 120), it(136, 12, 100)],
+    iters = {0: [it(101, 64, 600), it(131, 64, 120), it(133, 20, 120), it(136, 18, 100)],
              1: [it(101.1, 64, 600), it(131.1, 64, 600), it(133.1, 108, 600), it(136.1, 116, 700)]}
     rows = dyn.shares(iters, 100.0, 128)
     assert [r[0] for r in rows] == [31, 33, 36]  # at peer 0's events, once both peers have reported
