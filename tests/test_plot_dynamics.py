@@ -21,7 +21,7 @@ def test_shares_follow_every_peers_latest_rate_and_rebalance_is_measured_from_th
     assert [r[0] for r in rows] == [31, 33, 36]  # at peer 0's events, once both peers have reported
     assert rows[0][1] == {0: 64, 1: 64}
     assert rows[0][2] == {0: pytest.approx(128 * 120 / 720), 1: pytest.approx(128 * 600 / 720)}
-    assert dyn.rebalance_s(rows, 30.0, 0.15) == pytest.approx(3.0)  # 33 s: 20 vs 21.3, 108 vs 106.7
+    assert dyn.rebalance_s(rows, 30.0, 0.15) == pytest.approx(6.0)  # at 33 s peer 1 still reports 64
     assert dyn.rebalance_s(rows, 30.0, 0.01) is None
 
 
