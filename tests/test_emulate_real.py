@@ -260,3 +260,21 @@ def test_names_are_checked_before_anything_is_created():
 def test_failed_commands_name_the_command():
     with pytest.raises(EmulationError, match="ip -n dt-missing link show"):
         real._ip("dt-missing", "link", "show")
+
+
+def test_each_config_has_its_own_emulation_and_setting_one_up_leaves_the_others_alone():
+    """A launcher's up() first removes its own leftovers; it must not take down another run's peers."""
+    first = config.parse(THREE)
+    second = config.parse({**THREE, "peers": [{**p, "port": p["port"] + 10} for p in THREE["peers"]]})
+    a, b = real.RealEmulation(first), real.RealEmulation(second)
+    assert a.tag == real.default_tag(first) != b.tag and a.tag == real.RealEmulation(config.parse(THREE)).tag
+    try:
+        a.up()
+        b.up()
+        b.up()  # again: removes and recreates only its own
+        assert len(ours(a.tag)) == 4 and len(ours(b.tag)) == 4
+        b.down()
+        assert len(ours(a.tag)) == 4 and ours(b.tag) == []
+    finally:
+        a.down()
+        b.down()

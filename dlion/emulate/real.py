@@ -27,6 +27,7 @@ The schedule is applied from outside the peers: `apply(elapsed)` changes the tc 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -267,10 +268,20 @@ def shape_here(cfg: Config, peer_id: int, dev: str = "eth0") -> dict:
 
 # ---- the emulation ----------------------------------------------------------------------------------------------
 
-class RealEmulation:
-    """Namespaces, shaped veths and CPU cgroups for every peer of `cfg`; every name starts with `tag`."""
+def default_tag(cfg: Config) -> str:
+    """`dl` + a short hash of the peers' ids and ports: each config's emulation is its own, so setting one up (which
+    first removes its own leftovers) never touches another run's, and `dlion emulate down FILE` finds what a killed
+    launcher left. Two runs with the same ports cannot run at once anyway."""
+    identity = ",".join(f"{p.id}:{p.port}" for p in sorted(cfg.peers, key=lambda p: p.id))
+    return "dl" + hashlib.sha1(identity.encode()).hexdigest()[:4]
 
-    def __init__(self, cfg: Config, tag: str = "dl"):
+
+class RealEmulation:
+    """Namespaces, shaped veths and CPU cgroups for every peer of `cfg`; every name starts with `tag` (by default
+    `default_tag(cfg)`)."""
+
+    def __init__(self, cfg: Config, tag: str | None = None):
+        tag = default_tag(cfg) if tag is None else tag
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", tag):
             raise EmulationError(f"emulation tag {tag!r}: expected letters and digits, starting with a letter")
         for pid in cfg.peer_ids:
