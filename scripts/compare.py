@@ -23,11 +23,12 @@ every run, and a run's console is in its directory as `run.log`. Per preset, ove
 
 The accuracy at a time is the mean over peers of each peer's latest evaluation-subset accuracy, counted once every
 peer has reported one, as for the summary's time to target. DIR/compare.md and DIR/compare.csv hold the table,
-DIR/compare.png the accuracy against training time (evaluation pauses left out, as in the summary) (every repeat faint, their mean bold, the
-target dashed). A failed run (non-zero exit or no summary.json) is reported with the tail of its peer logs and left
-out of the figures; the rest is still written, and the exit status is 1. Ctrl-C stops the current run cleanly and
-starts no other. A config mistake, in a `--set` or a preset name, exits 2 before any run. The plot needs matplotlib
-(the `bench` extra). The last line is a JSON object {"scenario": NAME, "presets": {PRESET: {...}}}.
+DIR/compare.png the accuracy against training time (evaluation pauses left out, as in the summary; every repeat
+faint, their mean bold, the target dashed). A failed run (non-zero exit or no summary.json) is reported with the tail
+of its peer logs and left out of the figures; the rest is still written, and the exit status is 1. Ctrl-C, or SIGINT
+or SIGTERM sent to the script alone, stops the current run cleanly and starts no other. A config mistake, in a
+`--set` or a preset name, exits 2 before any run. The plot needs matplotlib (the `bench` extra). The last line is a
+JSON object {"scenario": NAME, "presets": {PRESET: {...}}}.
 """
 from __future__ import annotations
 
@@ -225,8 +226,9 @@ def plot(curves: dict[str, list[list]], target: float | None, t_equal: float | N
 def run_one(scenario: str, preset: str, path: Path, overrides: list[str]) -> tuple[int, bool]:
     """`dlion run` of one preset into a fresh directory, its console relayed here and kept in `run.log`.
 
-    Ctrl-C reaches the run too (same process group), which stops its peers and writes its summary; here it is only
-    noted. Returns the run's exit status and whether it was interrupted.
+    SIGINT or SIGTERM to this script (or Ctrl-C, which reaches the whole process group) is passed on to the run as
+    SIGINT, which stops its peers cleanly and writes its summary. Returns the run's exit status and whether it was
+    interrupted.
     """
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -236,16 +238,23 @@ def run_one(scenario: str, preset: str, path: Path, overrides: list[str]) -> tup
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     interrupted = []
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    try:
-        with open(path / "run.log", "w") as log, subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                env=env) as proc:
+    with open(path / "run.log", "w") as log, subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+            env=env) as proc:
+
+        def interrupt(*_):
+            interrupted.append(True)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
             for line in proc.stdout:
                 log.write(line)
                 print(f"  [{path.name}] {line}", end="", flush=True)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return proc.returncode, bool(interrupted)
 
 
