@@ -104,7 +104,8 @@ class PrioritizedExchange:
             k = max(self.params.min_entries, min(grads.size, int(bps * budget_s / BITS_PER_ENTRY)))
             payload = self.residuals.setdefault(dst, LinkResidual(grads.size)).take(grads, k)
             self.transport.send(dst, KIND, round_, {"g": payload}, {"w": float(weight)})
-            links[dst] = {"k": min(k, grads.size), "bps": None if math.isinf(bps) else round(bps)}
+            sent = payload.indices.size if isinstance(payload, Sparse) else grads.size
+            links[dst] = {"k": sent, "bps": None if math.isinf(bps) else round(bps)}
         start = time.monotonic()
         got = self.transport.mailbox.take(KIND, round_, self.neighbours, start + self.params.deadline_s)
         wait_s = time.monotonic() - start
