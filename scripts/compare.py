@@ -14,7 +14,8 @@ every run, and a run's console is in its directory as `run.log`. Per preset, ove
   says how many did);
 - final_accuracy: mean of the runs' mean final accuracy; worst_final_accuracy: the worst peer of any repeat;
 - samples_per_s: mean over repeats of the sum over peers; bytes_total: mean of the bytes all peers sent;
-- grad_bytes_per_iter, model_bytes_per_iter: bytes sent in messages of that kind, summed over peers, over the
+- grad_bytes_per_iter, model_bytes_per_iter: bytes sent in gradient messages (`grad`) and in parameter messages
+  (`model` of knowledge transfer, `gossip`), summed over peers, over the
   iterations summed over peers (mean over repeats); a run whose summary has no per-kind counts (`bytes_by_kind`)
   counts 0 and is noted (runs_without_bytes_by_kind);
 - accuracy_at_equal_time: mean over repeats of the peers' mean evaluation accuracy at equal_time_s, the latest
@@ -52,7 +53,8 @@ from dlion import config as configmod  # noqa: E402
 from dlion.metrics import accuracy_curve, peer_log_path, read_events  # noqa: E402
 from dlion.schema import ConfigError  # noqa: E402
 
-KINDS = ("grad", "model")  # wire kinds reported per iteration
+PLANES = {"grad": ("grad",), "model": ("model", "gossip")}  # wire kinds per plane: gradients; parameters (knowledge
+# transfer and gossip)
 TAIL_LINES = 5
 DIGITS = {"time_to_target_s": 3, "final_accuracy": 5, "worst_final_accuracy": 5, "samples_per_s": 1,
           "grad_bytes_per_iter": 1, "model_bytes_per_iter": 1, "bytes_total": 0, "accuracy_at_equal_time": 5,
@@ -119,7 +121,8 @@ def bytes_per_iteration(summary: dict) -> dict:
     peers = summary["peers"].values()
     iterations = sum(p.get("iterations") or 0 for p in peers)
     by_kind = [p.get("bytes_by_kind") for p in peers]
-    figures = {k: sum((b or {}).get(k, 0) for b in by_kind) / iterations if iterations else None for k in KINDS}
+    figures = {plane: sum((b or {}).get(k, 0) for b in by_kind for k in kinds) / iterations if iterations else None
+               for plane, kinds in PLANES.items()}
     return {**figures, "missing": None in by_kind}
 
 

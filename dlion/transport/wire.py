@@ -13,7 +13,7 @@ import msgpack
 import numpy as np
 
 VERSION = 2  # 2: sent_at and link feedback in the header
-KINDS = ("hello", "bye", "grad", "eval", "report", "model", "score", "fetch", "stop")
+KINDS = ("hello", "bye", "grad", "eval", "report", "model", "gossip", "score", "fetch", "stop")
 DTYPES = ("float32", "float16", "float64", "int32", "int64", "uint32", "uint8")
 INDEX_DTYPE = "uint32"
 # Little-endian on the wire whatever the host order, so mixed machines agree.

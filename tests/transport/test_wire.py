@@ -67,7 +67,7 @@ def test_every_kind_encodes():
 
 
 @pytest.mark.parametrize("args, match", [
-    (("gossip", 0, 0), "unknown kind"),
+    (("rumour", 0, 0), "unknown kind"),
     (("grad", -1, 0), "ints >= 0"),
     (("grad", 0, True), "ints >= 0"),
     (("grad", 0, 0, {"c": np.zeros(2, np.complex64)}), "not allowed"),
@@ -114,7 +114,7 @@ BAD = {
     "negative feedback": (lambda f: rewrite(f, lambda h: h.update(bw=-1.0)), "bad link feedback"),
     "infinite feedback": (lambda f: rewrite(f, lambda h: h.update(bw=float("inf"))), "bad link feedback"),
     "feedback as string": (lambda f: rewrite(f, lambda h: h.update(bw="fast")), "bad link feedback"),
-    "unknown kind": (lambda f: rewrite(f, lambda h: h.update(k="gossip")), "unknown kind"),
+    "unknown kind": (lambda f: rewrite(f, lambda h: h.update(k="rumour")), "unknown kind"),
     "kind not a string": (lambda f: rewrite(f, lambda h: h.update(k=["grad"])), "unknown kind"),
     "unknown sender": (lambda f: rewrite(f, lambda h: h.update(s=7)), "unknown sender"),
     "sender as bool": (lambda f: rewrite(f, lambda h: h.update(s=True)), "unknown sender"),

@@ -1,0 +1,290 @@
+"""Model-plane gossip: push-sum and Sparse-Push reach the exact average on time-varying directed graphs, keep the
+push-sum invariant through missed rounds and late messages, drop what they cannot use, and skew compensation
+removes the disagreement that persistent local biases cause without moving the average."""
+import time
+
+import numpy as np
+import pytest
+
+from conftest import in_threads
+from dlion.gossip import KIND, STRATEGIES, NoGossip, PushSum, SkewCompensation, SparsePush
+from dlion.topology import Topology, TopologySpec
+from dlion.transport import Sparse
+
+DIM = 64
+SPARSE = dict(gamma=0.25, fraction=0.25, refresh_every=None)  # k = 16 of 64 entries per link and round
+
+
+def network(inproc, ids, spec, cls, **params):
+    transports = inproc(ids)
+    topology = Topology(spec, ids)
+    return transports, {p: cls(cls.Params(**params), p, transports[p], topology) for p in ids}
+
+
+def start_vectors(ids, seed=0):
+    rng = np.random.default_rng(seed)
+    return {p: rng.uniform(-1, 1, DIM).astype(np.float32) for p in ids}
+
+
+def average(vectors):
+    return np.mean([v.astype(np.float64) for v in vectors.values()], axis=0)
+
+
+def gossip_only(gossips, starts, rounds, pause=None, first=0):
+    """Every peer in its own thread, each round only gossiping; `pause(peer, round)` may delay or skip (returns
+    True) a peer's round. Returns {peer: [GossipResult per round stepped]}."""
+    def loop(p):
+        z, results = starts[p], []
+        for r in range(first, first + rounds):
+            if pause is not None and pause(p, r):
+                continue
+            results.append(gossips[p].step(r, z))
+            z = results[-1].params
+        return results
+    return in_threads(loop, list(gossips))
+
+
+def delay(peer, round_, seconds, skip=False):
+    """A `pause` that keeps `peer` busy for `seconds` before `round_` (and then skips that round if `skip`)."""
+    def pause(p, r):
+        if (p, r) != (peer, round_):
+            return False
+        time.sleep(seconds)
+        return skip
+    return pause
+
+
+def finals(results):
+    return {p: rs[-1].params.astype(np.float64) for p, rs in results.items()}
+
+
+KINDS = [TopologySpec("one-peer-exponential"), TopologySpec("random-k-out", k=1, seed=7)]
+
+
+@pytest.mark.parametrize("spec", KINDS, ids=lambda s: s.kind)
+@pytest.mark.parametrize("n", [4, 5, 6, 7, 8])
+def test_push_sum_drives_every_peer_to_the_exact_average(inproc, spec, n):
+    ids = list(range(10, 10 + n))
+    transports, gossips = network(inproc, ids, spec, PushSum)
+    starts = start_vectors(ids, n)
+    results = gossip_only(gossips, starts, 80)
+    for z in finals(results).values():
+        np.testing.assert_allclose(z, average(starts), atol=1e-5)
+    assert sum(g.w for g in gossips.values()) == pytest.approx(n, abs=1e-12)
+
+
+@pytest.mark.parametrize("spec", KINDS, ids=lambda s: s.kind)
+@pytest.mark.parametrize("n", [4, 5, 6, 7, 8])
+def test_sparse_push_drives_every_peer_to_the_exact_average(inproc, spec, n):
+    ids = list(range(10, 10 + n))
+    transports, gossips = network(inproc, ids, spec, SparsePush, **SPARSE)
+    starts = start_vectors(ids, n)
+    results = gossip_only(gossips, starts, 300)
+    for z in finals(results).values():
+        np.testing.assert_allclose(z, average(starts), atol=1e-5)
+    assert sum(g.w for g in gossips.values()) == pytest.approx(n, abs=1e-12)
+    linked = set()
+    for result in results[ids[0]]:  # each link's first message is dense, the others carry at most k entries
+        for dst, entries in result.sent.items():
+            assert entries == DIM if dst not in linked else entries <= 16
+            linked.add(dst)
+
+
+def test_sparse_push_conserves_numerator_mass_with_its_debts(inproc):
+    ids = [0, 1, 2, 3, 4]
+    transports, gossips = network(inproc, ids, TopologySpec("random-k-out", k=2, seed=3), SparsePush,
+                                  gamma=0.5, fraction=0.05, refresh_every=None)
+    starts = start_vectors(ids, 1)
+    gossip_only(gossips, starts, 30)  # far from converged: the copies lag and the links owe a lot
+    debts = sum(link.debt for g in gossips.values() for link in g._out.values())
+    assert np.abs(debts).max() > 1e-3
+    total = sum(v.astype(np.float64) for v in starts.values())
+    np.testing.assert_allclose(sum(g.x for g in gossips.values()) + debts, total, atol=1e-9)
+
+
+def test_the_weight_travels_even_when_the_sparse_part_is_empty(inproc):
+    ids = [0, 1, 2]
+    spec = TopologySpec("edges", edges=((0, 1), (0, 2), (1, 0), (2, 0)))  # irregular: the weights move
+    transports, gossips = network(inproc, ids, spec, SparsePush, gamma=0.5, fraction=0.1, refresh_every=None)
+    same = np.linspace(-1, 1, DIM).astype(np.float32)
+    results = gossip_only(gossips, {p: same for p in ids}, 6)
+    weights, topology = {p: 1.0 for p in ids}, Topology(spec, ids)
+    for r in range(6):
+        pushed = {p: 0.5 * weights[p] / (len(topology.out_neighbours(p, r)) + 1) for p in ids}
+        weights = {p: weights[p] - pushed[p] * len(topology.out_neighbours(p, r))
+                   + sum(pushed[q] for q in topology.in_neighbours(p, r)) for p in ids}
+        for p in ids:
+            assert results[p][r].weight == pytest.approx(weights[p], abs=1e-12)
+            assert results[p][r].received == len(topology.in_neighbours(p, r))
+            if r > 0:  # every link's first message was dense; nothing differs since
+                assert set(results[p][r].sent.values()) == {0}
+            np.testing.assert_array_equal(results[p][r].params, same)
+    assert weights[0] != pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("cls,params", [(PushSum, {}), (SparsePush, SPARSE)], ids=["push-sum", "sparse-push"])
+def test_a_peer_that_skips_a_round_folds_it_in_later_and_nothing_is_lost(inproc, cls, params):
+    ids = [0, 1, 2, 3, 4]
+    spec = TopologySpec("one-peer-exponential")
+    transports, gossips = network(inproc, ids, spec, cls, deadline_s=5.0, **params)
+    topology = Topology(spec, ids)
+    # the peer that expects peer 2's round-3 message waits only briefly for it, so that it is not late for its own
+    # out-neighbours after the wait (which would be the late-message case below)
+    waiting = topology.out_neighbours(2, 3)[0]
+    gossips[waiting] = cls(cls.Params(deadline_s=0.3, **params), waiting, transports[waiting], topology)
+    starts = start_vectors(ids, 2)
+    results = gossip_only(gossips, starts, 220, delay(2, 3, 0.1, skip=True))  # busy for a moment, then round 4
+    assert results[waiting][3].received == 0 and results[waiting][3].wait_s >= 0.25
+    # peer 2's step for round 4 also used what its round-3 in-neighbour had sent it
+    assert results[2][3].received == 2
+    assert all(g.gaps == 0 for g in gossips.values())
+    assert sum(g.w for g in gossips.values()) == pytest.approx(5, abs=1e-12)  # conserved throughout
+    for z in finals(results).values():
+        np.testing.assert_allclose(z, average(starts), atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,params", [(PushSum, {}), (SparsePush, SPARSE)], ids=["push-sum", "sparse-push"])
+def test_late_messages_are_dropped_and_their_weight_comes_with_the_next_message_of_the_link(inproc, cls, params):
+    ids = [0, 1, 2, 3, 4]
+    transports, gossips = network(inproc, ids, TopologySpec("one-peer-exponential"), cls, deadline_s=0.3, **params)
+    starts = start_vectors(ids, 3)
+
+    # peer 2 falls behind its out-neighbours' deadlines early on, while the models still differ
+    results = gossip_only(gossips, starts, 220, delay(2, 3, 0.5))
+    late = sum(sum(t.mailbox.late_counts().values()) for t in transports.values())
+    assert late >= 1 and sum(g.gaps for g in gossips.values()) == late  # each late one was covered by a later one
+    assert sum(g.w for g in gossips.values()) == pytest.approx(5, abs=1e-12)  # weight restored exactly
+    zs = finals(results)
+    for z in zs.values():  # consensus, near the average: the restored weight came valued at the senders' newer models
+        np.testing.assert_allclose(z, zs[0], atol=1e-5)
+    assert np.abs(zs[0] - average(starts)).max() < 0.2
+
+
+def test_a_late_message_costs_nothing_once_the_models_agree(inproc):
+    ids = [0, 1, 2, 3]  # a power of two: one-peer exponential push-sum agrees exactly after two rounds
+    transports, gossips = network(inproc, ids, TopologySpec("one-peer-exponential"), PushSum, deadline_s=0.3)
+    starts = start_vectors(ids, 4)
+    results = gossip_only(gossips, starts, 12, delay(1, 5, 0.5))
+    assert sum(t.mailbox.late_counts().get(1, 0) for t in transports.values()) >= 1
+    for z in finals(results).values():
+        np.testing.assert_allclose(z, average(starts), atol=1e-6)
+
+
+def test_a_dead_in_neighbour_costs_a_deadline_until_suspected_and_a_departed_one_keeps_no_mass(inproc):
+    ids = [0, 1, 2]
+    transports, gossips = network(inproc, ids, TopologySpec("full"), PushSum, deadline_s=0.3)
+    live = {p: gossips[p] for p in (0, 1)}  # peer 2 never steps: dead, without a goodbye
+    results = gossip_only(live, start_vectors(ids, 5), 5)
+    waits = [r.wait_s for r in results[0]]
+    assert all(w >= 0.25 for w in waits[:2]) and all(w < 0.2 for w in waits[2:])  # suspect_after = 2
+    transports[2].close()  # now it says goodbye: its share stays with the senders
+    weights = gossips[0].w + gossips[1].w
+    results = gossip_only(live, {p: results[p][-1].params for p in (0, 1)}, 3, first=5)
+    assert gossips[0].w + gossips[1].w == pytest.approx(weights, abs=1e-12)
+    assert results[0][-1].sent == {1: DIM}
+
+
+def test_unusable_messages_are_dropped_and_counted(inproc):
+    transports, gossips = network(inproc, [0, 1], TopologySpec("directed-ring"), SparsePush, deadline_s=0.2,
+                                  gamma=1.0, fraction=0.1)
+    sender, receiver = transports[1], gossips[0]
+    good = np.ones(DIM, np.float32)
+    messages = [
+        ({"x": good}, {"n": 1, "w": 0.5}),                                    # used: the link's first message
+        ({"x": np.ones(DIM + 1, np.float32)}, {"n": 2, "w": 1.0}),            # wrong size
+        ({"x": np.full(DIM, np.nan, np.float32)}, {"n": 2, "w": 1.0}),        # non-finite
+        ({"x": good}, {"n": 2, "w": 0.4}),                                    # weight sum went down
+        ({"x": good}, {"n": 2, "w": 1.0e9}),                                  # more weight than there is
+        ({"x": Sparse(np.array([5, 2], np.uint32), np.ones(2, np.float32), DIM),
+          "owed": np.zeros(2, np.float32)}, {"n": 2, "w": 1.0}),              # unsorted indices
+        ({"x": Sparse(np.array([2, 5], np.uint32), np.ones(2, np.float32), DIM)}, {"n": 2, "w": 1.0}),  # no "owed"
+        ({"x": good}, {"n": 2}),                                              # no weight
+        ({"x": Sparse(np.array([2, 5], np.uint32), np.full(2, 3, np.float32), DIM),
+          "owed": np.zeros(2, np.float32)}, {"n": 2, "w": 1.0}),              # used: a sparse update of the copy
+    ]
+    received = []
+    for r, (tensors, meta) in enumerate(messages):
+        sender.send(0, KIND, r, tensors, meta)
+        received.append(receiver.step(r, np.zeros(DIM, np.float32)).received)
+    assert received == [1, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert transports[0].stats()[1].dropped == 7
+    # it halves its weight every round (gamma 1, one out-neighbour): 1/2 + 1/2 received in round 0, then 7 halvings,
+    # then a half of that plus the 1/2 of the last message
+    assert receiver.w == pytest.approx(2.0 ** -8 + 0.5, rel=1e-12)
+
+
+def test_a_sparse_update_without_the_dense_first_message_is_dropped(inproc):
+    transports, gossips = network(inproc, [0, 1], TopologySpec("directed-ring"), SparsePush, deadline_s=0.2)
+    update = {"x": Sparse(np.array([1], np.uint32), np.ones(1, np.float32), DIM), "owed": np.zeros(1, np.float32)}
+    transports[1].send(0, KIND, 0, update, {"n": 2, "w": 1.0})
+    assert gossips[0].step(0, np.zeros(DIM, np.float32)).received == 0
+    assert transports[0].stats()[1].dropped == 1
+
+
+def test_rounds_must_increase_and_off_passes_the_parameters_through(inproc):
+    transports, gossips = network(inproc, [0], TopologySpec("full"), PushSum)
+    gossips[0].step(3, np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="rounds must increase"):
+        gossips[0].step(3, np.ones(4, np.float32))
+    params = np.arange(4, dtype=np.float32)
+    assert NoGossip(NoGossip.Params(), 0, transports[0], None).step(0, params).params is params
+    assert set(STRATEGIES) == {"off", "push-sum", "sparse-push"}
+
+
+# ---- skew compensation ----------------------------------------------------------------------------------------------
+
+def ring_mixing(n):
+    """Each peer keeps half and gives half to the next: column-stochastic (and here doubly stochastic)."""
+    a = np.eye(n) * 0.5
+    for i in range(n):
+        a[(i + 1) % n, i] = 0.5
+    return a
+
+
+def test_skew_compensation_cancels_constant_biases_without_moving_the_average():
+    n, d, rounds = 5, 3, 600
+    mixing = ring_mixing(n)
+    biases = np.random.default_rng(0).normal(0, 0.1, (n, d))
+    biases -= biases.mean(axis=0)  # the peers' skews cancel out over the network, as label skew does
+    runs = {}
+    for on in (False, True):
+        x = np.zeros((n, d))
+        comps = [SkewCompensation(d, gain=0.05, leak=0.001) for _ in range(n)]
+        means = []
+        for _ in range(rounds):
+            corrections = np.array([c.correction() for c in comps]) if on else np.zeros((n, d))
+            assert np.abs(corrections.sum(axis=0)).max() < 1e-12  # the corrections sum to zero over the peers
+            x = x + biases + corrections
+            mixed = mixing @ x
+            for c, flow in zip(comps, mixed - x):
+                c.observe(flow)
+            x = mixed
+            means.append(x.mean(axis=0))
+        runs[on] = (np.abs(x - x.mean(axis=0)).max(), np.array(means))
+    assert runs[False][0] > 0.1  # gossip alone: a disagreement of the order of bias / mixing rate
+    assert runs[True][0] < 0.05 * runs[False][0]  # leak / (gain + leak) of it is left
+    np.testing.assert_allclose(runs[True][1], runs[False][1], atol=1e-12)  # the average never moved
+
+
+@pytest.mark.parametrize("cls,params", [(PushSum, {}), (SparsePush, dict(gamma=0.25, fraction=0.1))],
+                         ids=["push-sum", "sparse-push"])
+def test_skew_compensation_through_gossip_brings_heterogeneous_peers_together(inproc, cls, params):
+    """Each peer descends its own quadratic, centred on its own optimum (its skewed data); the network's optimum is
+    their mean. Without compensation every peer settles between its own optimum and the mean."""
+    ids = [0, 1, 2, 3]
+    optima = {p: np.random.default_rng(10 + p).normal(0, 1, DIM) for p in ids}
+    target = np.mean(list(optima.values()), axis=0)
+    spread = {}
+    for on in (False, True):
+        transports, gossips = network(inproc, ids, TopologySpec("one-peer-exponential"), cls, skew_compensation=on,
+                                      skew_gain=0.05, skew_leak=0.001, **params)
+
+        def loop(p):
+            z = np.zeros(DIM, np.float32)
+            for r in range(400):
+                z = (z - 0.1 * (z - optima[p])).astype(np.float32)  # the local step
+                z = gossips[p].step(r, z).params
+            return z
+
+        spread[on] = max(np.abs(z - target).max() for z in in_threads(loop, ids).values())
+    assert spread[True] < 0.2 * spread[False]
