@@ -43,6 +43,7 @@ def address(peer_id: int) -> str:
 
 
 def _check(cfg: Config) -> None:
+    """Refuse what the containers cannot give: an address for every peer id, changes of limits during the run."""
     for i, p in enumerate(cfg.peers):
         if p.id > MAX_PEER_ID:
             raise ConfigError(f"peers[{i}].id", f"expected at most {MAX_PEER_ID} for dlion compose (peers are "
@@ -58,7 +59,8 @@ def _host_path(path: str, out_dir: Path) -> str:
     `dlion run` reads it) becomes relative to the compose file's directory, which docker-compose resolves from."""
     if os.path.isabs(path):
         return path
-    return "./" + os.path.relpath(Path(path).resolve(), out_dir.resolve())
+    relative = os.path.relpath(Path(path).resolve(), out_dir.resolve())
+    return relative if relative.startswith("..") else "./" + relative  # "./": a path, not a named volume
 
 
 def _service(cfg: Config, peer_id: int, command: list[str], volumes: list[str]) -> dict:
@@ -83,7 +85,8 @@ def render(cfg: Config, config_path: str, out_dir: Path, overrides=()) -> str:
     _check(cfg)
     container_sets = [*overrides, *(f"peers.{i}.address={address(p.id)}" for i, p in enumerate(cfg.peers)),
                       "emulation.method=real", "emulation.transport_latency=true"]
-    volumes = [f"{_host_path(config_path, out_dir)}:{CONFIG_MOUNT}:ro",
+    config_on_host = _host_path(config_path, out_dir)
+    volumes = [f"{config_on_host}:{CONFIG_MOUNT}:ro",
                f"{_host_path(cfg.output.dir, out_dir)}:{RESULTS_MOUNT}"]
     if cfg.training.dataset == "fashion-mnist":
         volumes.insert(1, f"{_host_path(cfg.training.data_dir, out_dir)}:{DATA_MOUNT}:ro")
@@ -94,6 +97,5 @@ def render(cfg: Config, config_path: str, out_dir: Path, overrides=()) -> str:
         "services": {f"peer-{p.id}": _service(cfg, p.id, command, volumes) for p in cfg.peers},
         "networks": {NETWORK: {"driver": "bridge", "ipam": {"config": [{"subnet": f"{SUBNET}.0/24"}]}}},
     }
-    header = (f"# Generated from {_host_path(config_path, out_dir)} by `dlion compose`: regenerate rather than edit "
-              f"(README: Docker).\n")
+    header = f"# Generated from {config_on_host} by `dlion compose`: regenerate rather than edit (README: Docker).\n"
     return header + yaml.safe_dump(document, sort_keys=False, width=120)

@@ -8,9 +8,11 @@ entries sent `k` and the bandwidth estimate) from a `dlion run` output directory
 training start: each peer's batch size next to its fair share of the global batch (proportional to the measured
 rates), and each link's budget, the links that a scheduled change touched drawn bold.
 
-The last line is a JSON object: `rebalance_s`, the seconds from the change until the batch sizes stay within
-`--tolerance` of the shares the new rates give (every peer, every later progress event), and per link touched by
-the schedule its median budget and bandwidth estimate before and after the change (the first 5 s after it left out).
+The last line is a JSON object: `rebalance_s`, the seconds from the change until every peer's batch size is within
+`--tolerance` of its share of the newly measured rates; `held_after` (and `held_before`, from 10 s to the change),
+the fraction of progress events at which that holds (the rates are noisy and the allocation follows them a report
+later); and per link touched by the schedule its median budget and bandwidth estimate before and after the change
+(the first 5 s after it left out).
 """
 from __future__ import annotations
 
@@ -54,15 +56,22 @@ def shares(iters: dict, t0: float, global_batch: int) -> list[tuple[float, dict,
     return out
 
 
+def within(batch: dict, fair: dict, tolerance: float) -> bool:
+    return all(abs(batch[p] - fair[p]) <= tolerance * fair[p] for p in batch)
+
+
 def rebalance_s(rows, change_at: float, tolerance: float) -> float | None:
-    """Seconds after the change from which every peer's batch stays within tolerance of its fair share."""
-    settled = None
-    for t, batch, fair in rows:
-        if t < change_at:
-            continue
-        ok = all(abs(batch[p] - fair[p]) <= tolerance * fair[p] for p in batch)
-        settled = (t if settled is None else settled) if ok else None
-    return None if settled is None else round(settled - change_at, 2)
+    """Seconds from the change to the first progress event at which every peer's batch is within tolerance of its
+    share of the rates measured after the change (the first event at least 1 s after it: the new rates must have
+    been measured); None if that never happens."""
+    return next((round(t - change_at, 2) for t, batch, fair in rows
+                 if t >= change_at + 1.0 and within(batch, fair, tolerance)), None)
+
+
+def held(rows, since: float, tolerance: float) -> float | None:
+    """Fraction of the progress events from `since` on at which every batch was within tolerance of its share."""
+    later = [within(batch, fair, tolerance) for t, batch, fair in rows if t >= since]
+    return round(sum(later) / len(later), 3) if later else None
 
 
 def link_series(iters: dict, t0: float, src: int, dst: int) -> list[tuple[float, int, float | None]]:
@@ -123,9 +132,12 @@ def main() -> int:
     out = args.out or args.run_dir / "dynamics.png"
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
+    settled = rebalance_s(rows, change_at, args.tolerance) if change_at is not None else None
     result = {"run": str(args.run_dir), "change_at_s": change_at, "tolerance": args.tolerance,
-              "rebalance_s": rebalance_s(rows, change_at, args.tolerance) if change_at is not None else None,
-              "links": links}
+              "rebalance_s": settled,
+              "held_after": held(rows, change_at + settled, args.tolerance) if settled is not None else None,
+              "held_before": held([r for r in rows if r[0] < change_at], 10.0, args.tolerance)
+              if change_at is not None else None, "links": links}
     print(json.dumps(result))
     return 0
 

@@ -23,6 +23,7 @@ def test_shares_follow_every_peers_latest_rate_and_rebalance_is_measured_from_th
     assert rows[0][2] == {0: pytest.approx(128 * 120 / 720), 1: pytest.approx(128 * 600 / 720)}
     assert dyn.rebalance_s(rows, 30.0, 0.15) == pytest.approx(6.0)  # at 33 s peer 1 still reports 64
     assert dyn.rebalance_s(rows, 30.0, 0.01) is None
+    assert dyn.held(rows, 31.0, 0.15) == pytest.approx(1 / 3, abs=1e-3)
 
 
 def test_link_series():

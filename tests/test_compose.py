@@ -1,0 +1,134 @@
+"""dlion compose: the committed docker-compose.yml is the generator's output for the quickstart and a valid compose
+file; every service is its peer as configured, the config the container reads gives each peer its network address;
+what containers cannot do is refused; `dlion emulate shape` shapes a device of the namespace it runs in.
+The containers themselves run in scripts/compose_e2e.sh (a real Docker engine)."""
+import json
+import shutil
+import subprocess
+import uuid
+
+import pytest
+import yaml
+
+from conftest import PYTHON, ROOT, python_env
+from dlion import compose, config
+from dlion.emulate import real
+
+CONTAINER_OK, CONTAINER_WHY = real.available()
+
+
+def dlion(*args, cwd=ROOT):
+    return subprocess.run([PYTHON, "-m", "dlion", *args], cwd=cwd, env=python_env(), capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_committed_compose_file_is_the_generators_output_for_the_quickstart():
+    result = dlion("compose", "configs/quickstart.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (ROOT / "docker-compose.yml").read_text(), \
+        "docker-compose.yml is stale: run `dlion compose configs/quickstart.yaml -o docker-compose.yml`"
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None,
+                    reason="docker-compose is not installed (scripts/install.sh installs it)")
+def test_committed_compose_file_is_valid_for_docker_compose():
+    result = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "config", "-q"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+FOUR = {
+    "name": "four",
+    "peers": [{"id": 0, "port": 47000, "cores": 1.0}, {"id": 3, "port": 47001, "cores": 0.5},
+              {"id": 7, "port": 47002, "cores": 0.25, "uplink": "10mbit"}, {"id": 9, "port": 47003}],
+    "training": {"dataset": "synthetic", "max_seconds": 20},
+    "output": {"dir": "results/four"},
+    "schedule": [{"at": "5s", "src": 0, "dst": 3, "latency": "20ms"}],
+}
+
+
+def write_config(directory, raw):
+    path = directory / "four.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_services_carry_each_peers_capacity_address_shaping_and_mounts(tmp_path):
+    path = write_config(tmp_path, FOUR)
+    out = tmp_path / "deploy" / "compose.yml"
+    out.parent.mkdir()
+    result = dlion("compose", path.name, "-o", "deploy/compose.yml", "--set", "training.max_seconds=30", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    doc = yaml.safe_load(out.read_text())
+    assert doc["version"] == compose.FORMAT_VERSION and list(doc["services"]) == ["peer-0", "peer-3", "peer-7",
+                                                                                   "peer-9"]
+    assert doc["networks"]["dlion"]["ipam"]["config"] == [{"subnet": "10.78.0.0/24"}]
+    for peer in FOUR["peers"]:
+        service = doc["services"][f"peer-{peer['id']}"]
+        ip = service["networks"]["dlion"]["ipv4_address"]
+        assert ip == f"10.78.0.{peer['id'] + 2}"
+        assert service["cpus"] == peer.get("cores", 1.0)
+        assert service["environment"] == {"PEER_ID": str(peer["id"]), "DLION_SHAPE": "eth0"}
+        assert service["cap_add"] == ["NET_ADMIN"] and service["init"] is True
+        assert service["stop_grace_period"] == "20s" and f"('{ip}', {peer['port']})" in service["healthcheck"]["test"][3]
+        # paths are relative to the compose file; no data mount for the synthetic set
+        assert service["volumes"] == ["../four.yaml:/etc/dlion/config.yaml:ro", "../results/four:/results"]
+        # what the container's peer reads: the config file with the service's overrides
+        sets = service["command"][1::2]
+        assert service["command"][::2] == ["--set"] * len(sets)
+        seen = config.load(path, sets)
+        assert seen.peer(peer["id"]).address == ip and seen.training.max_seconds == 30
+        assert (seen.emulation.method, seen.emulation.transport_latency) == ("real", True)
+        assert {p.id: p.address for p in seen.peers} == {0: "10.78.0.2", 3: "10.78.0.5", 7: "10.78.0.9",
+                                                         9: "10.78.0.11"}
+
+
+def test_fashion_mnist_is_mounted_read_only_where_the_container_reads_it(tmp_path):
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service = doc["services"]["peer-0"]
+    assert "/usr/share/datasets/fashion-mnist:/data:ro" in service["volumes"]
+    assert config.load(ROOT / "configs" / "quickstart.yaml", service["command"][1::2]).training.data_dir == "/data"
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"schedule": [{"at": "5s", "src": 0, "dst": 3, "bandwidth": "1mbit"}]}, "schedule[0]"),
+    ({"schedule": [{"at": "5s", "peer": 3, "cores": 0.1}]}, "schedule[0]"),
+    ({"peers": [{"id": 253, "port": 47000}], "schedule": []}, "peers[0].id"),
+])
+def test_what_containers_cannot_do_is_a_config_error(tmp_path, change, key):
+    path = write_config(tmp_path, {**FOUR, **change})
+    result = dlion("compose", str(path))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"dlion: config error: {key}: ")
+
+
+def test_shape_needs_a_peer_id():
+    result = dlion("emulate", "shape", "configs/quickstart.yaml")
+    assert result.returncode == 2 and "--id" in result.stderr
+
+
+@pytest.mark.skipif(not CONTAINER_OK, reason=f"needs root, tc and network namespaces: {CONTAINER_WHY}")
+def test_shape_in_place_gives_each_destination_its_class_and_replaces_earlier_shaping(tmp_path):
+    """A namespace stands in for a peer's container: `dlion emulate shape` runs inside it, as the entry point does."""
+    path = write_config(tmp_path, {**FOUR, "links": {"overrides": [{"src": 3, "dst": 9, "bandwidth": "50mbit"}]}})
+    ns = f"dlshape-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+        sets = yaml.safe_load(compose.render(config.load(path), str(path), tmp_path))["services"]["peer-3"]["command"]
+        for _ in range(2):  # a restarted container shapes again
+            result = subprocess.run(["ip", "netns", "exec", ns, PYTHON, "-m", "dlion", "emulate", "shape", str(path),
+                                     "--id", "3", *sets], env=python_env(), capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            classes = json.loads(result.stdout)
+            assert {c: (v["dst"], v["rate_bps"]) for c, v in classes.items()} == {
+                "1:1": (None, 10e9), "1:2": (0, 1e9), "1:9": (7, 1e9), "1:b": (9, 50e6)}
+        filters = subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", "eth0"],
+                                 capture_output=True, text=True, check=True).stdout
+        assert filters.count("flowid") == 3 and "match 0a4e000b/ffffffff at 16" in filters  # 10.78.0.11 -> 1:b
+        qdiscs = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", "eth0"],
+                                capture_output=True, text=True, check=True).stdout
+        assert qdiscs.count("pfifo") == 3 and "netem" not in qdiscs  # latency: in the transports
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
