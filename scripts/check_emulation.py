@@ -44,8 +44,9 @@ from dlion import config as configmod  # noqa: E402
 from dlion.config import Emulation  # noqa: E402
 
 BURST_MESSAGES = 12  # below the transport's send high-water mark (16): a longer burst fails with EAGAIN
-STREAM_WINDOW = 12  # unacknowledged stream messages, for the same reason
-STREAM_MESSAGE_BYTES = 64 << 10  # 5 ms at 100 Mbit/s, 52 ms at 10 Mbit/s: fine-grained for 1 s windows
+STREAM_WINDOW = 6  # unacknowledged stream messages: 12 frames, below the high-water mark, which counts frames
+STREAM_MESSAGE_BYTES = 128 << 10  # 10 ms at 100 Mbit/s, 105 ms at 10 Mbit/s: fine-grained for 1 s windows
+STREAM_ACK_TIMEOUT_S = 2.0  # an unacknowledged window is sent again (go-back-N) after this long
 WINDOW_S = 1.0
 PINGS = 7
 SLOT_S = 4.0
@@ -193,7 +194,8 @@ def _timeline(cfg, tr, x, y, emulation, transport, t0: float, seconds: float, np
 
 
 def _stream_send(transport, dst: int, t0: float, end: float, np) -> None:
-    """Keep the link busy from t0 to `end`: at most STREAM_WINDOW messages sent and not yet acknowledged."""
+    """Keep the link busy from t0 to `end`: at most STREAM_WINDOW messages sent and not yet acknowledged; a window
+    left unacknowledged for STREAM_ACK_TIMEOUT_S (a message the transport could not queue) is sent again."""
     payload = np.zeros(STREAM_MESSAGE_BYTES // 4, np.float32)
     sent = acked = 0
     while time.time() < t0:
@@ -203,12 +205,13 @@ def _stream_send(transport, dst: int, t0: float, end: float, np) -> None:
             transport.send(dst, "grad", sent, {"g": payload})
             sent += 1
             continue
-        # the newest acknowledgement of any unacknowledged message (a take that finds none ends the stream)
-        got = transport.mailbox.take("eval", sent - 1, [dst], time.monotonic() + end - time.time() + 1.0,
+        # the newest acknowledgement of any unacknowledged message
+        got = transport.mailbox.take("eval", sent - 1, [dst], time.monotonic() + STREAM_ACK_TIMEOUT_S,
                                      staleness=sent - 1 - acked).get(dst)
         if got is None:
-            return
-        acked = got.round + 1
+            sent = acked
+        else:
+            acked = got.round + 1
 
 
 def _stream_receive(transport, src: int, t0: float, end: float, arrivals: list) -> None:
