@@ -156,8 +156,9 @@ def _stage_field(stage: str, default_kind: str):
             raw = {"kind": raw}
         if not isinstance(raw, dict) or raw.get("kind", default_kind) not in registry:
             kind = raw.get("kind") if isinstance(raw, dict) else raw
+            hint = " (YAML reads unquoted off/on/no/yes as booleans)" if isinstance(kind, bool) else ""
             raise ConfigError(join(path, "kind") if isinstance(raw, dict) else path,
-                              f"expected a strategy kind, one of: {', '.join(registry)}", kind)
+                              f"expected a strategy kind, one of: {', '.join(registry)}{hint}", kind)
         kind = raw.get("kind", default_kind)
         params = build(registry[kind].Params, {k: v for k, v in raw.items() if k != "kind"}, path)
         return Stage(kind, params)
@@ -169,7 +170,7 @@ def _stage_field(stage: str, default_kind: str):
 class Strategies:
     batching: Stage = _stage_field("batching", "fixed")
     exchange: Stage = _stage_field("exchange", "dense")
-    knowledge: Stage = _stage_field("knowledge", "off")
+    knowledge: Stage = _stage_field("knowledge", "none")
 
 
 @dataclass(frozen=True)

@@ -142,4 +142,4 @@ class ModelAccess:
     set: Callable[[np.ndarray], None]
 
 
-STRATEGIES = {"off": NoKnowledge, "dkt": KnowledgeTransfer}
+STRATEGIES = {"none": NoKnowledge, "dkt": KnowledgeTransfer}

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 PRESETS: dict[str, dict[str, dict]] = {
     # the baseline: equal batches, dense synchronous averaging (BSP), no knowledge transfer
-    "bsp": {"batching": {"kind": "fixed"}, "exchange": {"kind": "dense"}, "knowledge": {"kind": "off"}},
+    "bsp": {"batching": {"kind": "fixed"}, "exchange": {"kind": "dense"}, "knowledge": {"kind": "none"}},
     # each DLion technique alone, for ablations
-    "wdb": {"batching": {"kind": "weighted"}, "exchange": {"kind": "dense"}, "knowledge": {"kind": "off"}},
-    "pge": {"batching": {"kind": "fixed"}, "exchange": {"kind": "prioritized"}, "knowledge": {"kind": "off"}},
+    "wdb": {"batching": {"kind": "weighted"}, "exchange": {"kind": "dense"}, "knowledge": {"kind": "none"}},
+    "pge": {"batching": {"kind": "fixed"}, "exchange": {"kind": "prioritized"}, "knowledge": {"kind": "none"}},
     "dkt": {"batching": {"kind": "fixed"}, "exchange": {"kind": "dense"}, "knowledge": {"kind": "dkt"}},
     # DLion: weighted dynamic batching + per-link prioritized gradient exchange + direct knowledge transfer
     "dlion": {"batching": {"kind": "weighted"}, "exchange": {"kind": "prioritized"}, "knowledge": {"kind": "dkt"}},

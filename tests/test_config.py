@@ -169,3 +169,19 @@ def test_config_reference_doc_is_in_sync():
     from conftest import ROOT
     assert (ROOT / "docs" / "config.md").read_text() == config.reference_markdown(), \
         "docs/config.md is stale: run python3 scripts/gen_config_doc.py"
+
+
+def test_a_yaml_boolean_where_a_strategy_kind_belongs_gets_a_hint():
+    with pytest.raises(ConfigError, match=r"strategies.knowledge.kind: .*YAML reads unquoted off/on/no/yes"):
+        config.parse({"peers": [{"id": 0, "port": 47000}], "training": {"max_iterations": 1}},
+                     ["strategies.knowledge.kind=off"])
+
+
+def test_presets_fill_in_strategies_and_the_config_wins_key_by_key():
+    base = {"peers": [{"id": 0, "port": 47000}], "training": {"max_iterations": 1}, "preset": "dlion",
+            "strategies": {"exchange": {"deadline_s": 9.0}, "knowledge": {"kind": "none"}}}
+    cfg = config.parse(base)
+    assert (cfg.strategies.batching.kind, cfg.strategies.exchange.kind, cfg.strategies.knowledge.kind) == \
+        ("weighted", "prioritized", "none")
+    assert cfg.strategies.exchange.params.deadline_s == 9.0
+    assert config.parse(config.to_dict(cfg)) == cfg  # the resolved config reloads to the same

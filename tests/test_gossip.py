@@ -228,7 +228,7 @@ def test_rounds_must_increase_and_off_passes_the_parameters_through(inproc):
         gossips[0].step(3, np.ones(4, np.float32))
     params = np.arange(4, dtype=np.float32)
     assert NoGossip(NoGossip.Params(), 0, transports[0], None).step(0, params).params is params
-    assert set(STRATEGIES) == {"off", "push-sum", "sparse-push"}
+    assert set(STRATEGIES) == {"none", "push-sum", "sparse-push"}
 
 
 # ---- skew compensation ----------------------------------------------------------------------------------------------

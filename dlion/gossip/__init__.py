@@ -5,6 +5,6 @@ from dlion.gossip.pushsum import KIND, GossipResult, NoGossip, PushSum
 from dlion.gossip.skew import SkewCompensation
 from dlion.gossip.sparse_push import SparsePush
 
-STRATEGIES = {"off": NoGossip, "push-sum": PushSum, "sparse-push": SparsePush}
+STRATEGIES = {"none": NoGossip, "push-sum": PushSum, "sparse-push": SparsePush}
 
 __all__ = ["KIND", "GossipResult", "NoGossip", "PushSum", "SkewCompensation", "SparsePush", "STRATEGIES"]
