@@ -379,6 +379,11 @@ def _median_between(series, start: float, end: float) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _show(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    """A measured figure, or '-' where the timeline was too short to have one (see --after)."""
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
 def report_timeline(cfg, references, results, seconds: float, tolerance: float) -> int:
     """Per peer and per scheduled link: configured and measured before and after each change, and the lag."""
     lags = {}
@@ -400,13 +405,13 @@ def report_timeline(cfg, references, results, seconds: float, tolerance: float) 
             threads = cfg.peer(change.peer).tf_threads
             ref = references[threads] / threads
             before, after = cfg.cores(change.peer, at - 1e-6), cfg.cores(change.peer, at)
-            extra = (f"   compute share {_median_between(rate, 1.0, at) / ref:.3f} -> "
-                     f"{_median_between(rate, at + 2.0, seconds) / ref:.3f}")
+            extra = (f"   compute share {_show(_median_between(rate, 1.0, at), 1 / ref, 3)} -> "
+                     f"{_show(_median_between(rate, at + 2.0, seconds), 1 / ref, 3)}")
         lags[key] = lag(series, at, before, after, tolerance)
         measured_before = _median_between(series, 1.0, at)
         measured_after = _median_between(series, at + 2.0, seconds)
         shown = f"{lags[key]:6.2f}" if lags[key] is not None else f"{'never':>6}"
-        print(f"{key:>8} {at:>8.1f}s {before:>6.2f}/{measured_before:<6.2f} {after:>6.2f}/{measured_after:<6.2f} "
+        print(f"{key:>8} {at:>8.1f}s {before:>6.2f}/{_show(measured_before):<6} {after:>6.2f}/{_show(measured_after):<6} "
               f"{shown}{extra}")
     print(json.dumps({"method": cfg.emulation.method, "tolerance": tolerance, "lag_s": lags,
                       "max_lag_s": None if any(v is None for v in lags.values()) else max(lags.values())}))
