@@ -27,6 +27,16 @@ class ExchangeResult:
     links: dict = field(default_factory=dict)  # per outgoing link: what was sent (entries "k", estimate "bps")
 
 
+def gather(transport, round_: int, neighbours, deadline_s: float, own: np.ndarray, weight: float,
+           links: dict | None = None) -> ExchangeResult:
+    """Wait (until the round's deadline) for the neighbours' gradients of `round_` and combine them with ours."""
+    start = time.monotonic()
+    got = transport.mailbox.take(KIND, round_, neighbours, start + deadline_s)
+    wait_s = time.monotonic() - start
+    total, used = combine(transport, own, weight, got.values())
+    return ExchangeResult(total, used, len(neighbours), wait_s, links or {})
+
+
 def combine(transport, own: np.ndarray, weight: float, messages) -> tuple[np.ndarray, int]:
     """Batch-weighted mean of our gradient and the neighbours' (dense or sparse 'g', weight 'w' in meta).
 
@@ -83,8 +93,4 @@ class DenseExchange:
     def exchange(self, round_: int, grads: np.ndarray, weight: float, compute_s: float = 0.0) -> ExchangeResult:
         for dst in self.neighbours:
             self.transport.send(dst, KIND, round_, {"g": grads}, {"w": float(weight)})
-        start = time.monotonic()
-        got = self.transport.mailbox.take(KIND, round_, self.neighbours, start + self.params.deadline_s)
-        wait_s = time.monotonic() - start
-        total, used = combine(self.transport, grads, weight, got.values())
-        return ExchangeResult(total, used, len(self.neighbours), wait_s)
+        return gather(self.transport, round_, self.neighbours, self.params.deadline_s, grads, weight)

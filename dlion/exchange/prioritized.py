@@ -19,13 +19,12 @@ neighbour's residual).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from dlion.exchange.dense import KIND, ExchangeResult, combine
+from dlion.exchange.dense import KIND, ExchangeResult, gather
 from dlion.schema import option, positive
 from dlion.transport.estimate import MIN_SAMPLE_BYTES
 from dlion.transport.wire import Sparse
@@ -106,11 +105,7 @@ class PrioritizedExchange:
             self.transport.send(dst, KIND, round_, {"g": payload}, {"w": float(weight)})
             sent = payload.indices.size if isinstance(payload, Sparse) else grads.size
             links[dst] = {"k": sent, "bps": None if math.isinf(bps) else round(bps)}
-        start = time.monotonic()
-        got = self.transport.mailbox.take(KIND, round_, self.neighbours, start + self.params.deadline_s)
-        wait_s = time.monotonic() - start
-        total, used = combine(self.transport, grads, weight, got.values())
-        return ExchangeResult(total, used, len(self.neighbours), wait_s, links)
+        return gather(self.transport, round_, self.neighbours, self.params.deadline_s, grads, weight, links)
 
     def _time_budget(self, compute_s: float) -> float:
         if self.params.time_budget_s is not None:

@@ -74,9 +74,7 @@ class Transport(abc.ABC):
         """Encode and hand over without blocking. A down link counts `send_failed`; only misuse raises."""
         if dst not in self.peers:
             raise ValueError(f"peer {self.peer_id}: {dst} is not another peer of this transport")
-        with self._stats_lock:
-            feedback = self._inbound[dst].bps
-        frames = wire.encode(kind, self.peer_id, round, tensors, meta, time.time(), feedback)
+        frames = wire.encode(kind, self.peer_id, round, tensors, meta, time.time(), self.inbound_bandwidth(dst))
         nbytes = sum(memoryview(f).nbytes for f in frames)
         if nbytes > self.limits.max_message_bytes:
             raise ValueError(f"{kind} message of {nbytes} bytes exceeds max_message_bytes "
