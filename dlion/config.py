@@ -14,14 +14,14 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from dlion import batching, exchange, knowledge
+from dlion import batching, exchange, gossip, knowledge, topology
 from dlion.presets import PRESETS, with_preset
 from dlion.schema import (BANDWIDTH, DURATION, ConfigError, at_least, between, build, join, non_negative, option,
                           parse_bandwidth, parse_duration, positive, reference)
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 STAGE_REGISTRIES = {"batching": batching.STRATEGIES, "exchange": exchange.STRATEGIES,
-                    "knowledge": knowledge.STRATEGIES}
+                    "gossip": gossip.STRATEGIES, "knowledge": knowledge.STRATEGIES}
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,22 @@ class Emulation:
 
 @dataclass(frozen=True)
 class Topology:
-    kind: Literal["full", "ring", "edges"] = "full"
+    """Who sends to whom each round (`dlion/topology.py`): the gradient exchange and the gossip both follow it."""
+    kind: Literal[topology.KINDS] = option(
+        "full", expect="a static graph, one of: " + ", ".join(topology.STATIC_KINDS) + "; or a time-varying "
+                       "directed one, one of: " + ", ".join(topology.TIME_VARYING_KINDS) + " (dlion/topology.py)")
     edges: tuple[tuple[int, ...], ...] = option(
         (), expect="a list of [src, dst] peer-id pairs (for kind: edges; directed)")
+    k: int = option(1, expect="an integer: out-neighbours per round (for kind: random-k-out)")
+    seed: int = option(0, expect="a non-negative integer: the seed every peer draws the random graphs from "
+                                 "(for kind: random-k-out)")
+    sequence: tuple[tuple[tuple[int, ...], ...], ...] = option(
+        (), expect="a list of edge lists, one per round, repeating (for kind: sequence)")
+
+    @property
+    def spec(self) -> topology.TopologySpec:
+        return topology.TopologySpec(self.kind, tuple(map(tuple, self.edges)), self.k, self.seed,
+                                     tuple(tuple(map(tuple, edges)) for edges in self.sequence))
 
 
 @dataclass(frozen=True)
@@ -170,6 +183,7 @@ def _stage_field(stage: str, default_kind: str):
 class Strategies:
     batching: Stage = _stage_field("batching", "fixed")
     exchange: Stage = _stage_field("exchange", "dense")
+    gossip: Stage = _stage_field("gossip", "none")
     knowledge: Stage = _stage_field("knowledge", "none")
 
 
@@ -203,7 +217,8 @@ class Config:
     topology: Topology = Topology()
     training: Training = Training()
     preset: Optional[str] = option(None, check=lambda name: name in PRESETS,
-                                   expect=f"a preset name, one of: {', '.join(PRESETS)} (fills in strategies)")
+                                   expect=f"a preset name, one of: {', '.join(PRESETS)} (fills in strategies and, "
+                                          f"for gossip, the topology)")
     strategies: Strategies = Strategies()
     evaluation: Evaluation = Evaluation()
     output: Output = Output()
@@ -255,15 +270,13 @@ class Config:
             return []
         return sorted((c for c in self.schedule if c.at <= at), key=lambda c: c.at)
 
+    def graph(self) -> topology.Topology:
+        """The graph of every round (the same on every peer)."""
+        return topology.Topology(self.topology.spec, self.peer_ids)
+
     def neighbours(self, peer_id: int) -> tuple[int, ...]:
-        """The peers this one exchanges with (its out-neighbours; symmetric for full and ring)."""
-        ids = sorted(self.peer_ids)
-        if self.topology.kind == "full":
-            return tuple(i for i in ids if i != peer_id)
-        if self.topology.kind == "ring":
-            k = ids.index(peer_id)
-            return tuple(sorted({ids[(k - 1) % len(ids)], ids[(k + 1) % len(ids)]} - {peer_id}))
-        return tuple(sorted({dst for src, dst in self.topology.edges if src == peer_id}))
+        """The peers this one sends to in some round (all its links the topology uses)."""
+        return self.graph().links_of(peer_id)
 
     def validate(self, path: str) -> None:
         if not self.peers:
@@ -295,12 +308,10 @@ class Config:
                                       f"expected the id of a configured peer ({sorted(ids)})", getattr(change, key))
             if change.is_link and change.src == change.dst:
                 raise ConfigError(f"schedule[{i}]", "expected a link between two different peers")
-        for i, edge in enumerate(self.topology.edges):
-            if len(edge) != 2 or any(e not in ids for e in edge) or edge[0] == edge[1]:
-                raise ConfigError(f"topology.edges[{i}]", f"expected [src, dst], two different peer ids from "
-                                                          f"{sorted(ids)}", list(edge))
-        if self.topology.kind == "edges" and not self.topology.edges and len(ids) > 1:
-            raise ConfigError("topology.edges", "expected at least one edge for kind: edges")
+        try:
+            self.graph().check_strongly_connected()
+        except topology.TopologyError as exc:
+            raise ConfigError(join("topology", exc.where), exc.problem) from None
         if self.training.global_batch < len(self.peers):
             raise ConfigError("training.global_batch", f"expected at least the number of peers ({len(self.peers)})",
                               self.training.global_batch)
@@ -345,7 +356,7 @@ def parse(raw: Any, overrides=()) -> Config:
     raw = apply_overrides(raw, overrides)
     preset = raw.get("preset")
     if isinstance(preset, str) and preset in PRESETS and isinstance(raw.get("strategies") or {}, dict):
-        raw = {**raw, "strategies": with_preset(raw.get("strategies"), preset)}
+        raw = with_preset(raw, preset)
     return build(Config, raw)
 
 

@@ -1,8 +1,9 @@
 """The peer: one training loop per micro-cloud, composing the stages on flat vectors.
 
 One iteration: the batching stage picks this peer's batch size, the trainer computes a flat gradient (the batching
-stage learns how long that took), the exchange stage combines it with the neighbours' gradients for the round, the
-trainer applies the result, and the knowledge stage may merge a better peer's parameters. Every
+stage learns how long that took), the exchange stage combines it with the in-neighbours' gradients for the round, the
+trainer applies the result, the gossip stage mixes the parameters with the in-neighbours' over the round's graph, and
+the knowledge stage may merge a better peer's parameters. Every
 `evaluation.every_iterations` the peer scores the fixed evaluation subset and shares the figure, so all peers see the
 same mean accuracy and stop together at the target. The loop owns timing, stop conditions, metrics and shutdown; it
 knows neither TensorFlow (the trainer does) nor sockets (the transport does).
@@ -23,6 +24,7 @@ from dlion.batching import STRATEGIES as BATCHING
 from dlion.config import Config
 from dlion.emulate import fallback
 from dlion.exchange import STRATEGIES as EXCHANGE
+from dlion.gossip import STRATEGIES as GOSSIP
 from dlion.knowledge import STRATEGIES as KNOWLEDGE
 from dlion.knowledge import ModelAccess
 from dlion.metrics import EventLog, peer_log_path
@@ -81,9 +83,12 @@ class Peer:
         self.transport = transport
         self.batching = BATCHING[stages.batching.kind](stages.batching.params, peer_id, ids, tr.global_batch,
                                                        transport, {p: cfg.cores(p) for p in ids})
-        neighbours = cfg.neighbours(peer_id)
-        self.exchange = EXCHANGE[stages.exchange.kind](stages.exchange.params, peer_id, transport, neighbours,
-                                                       {d: cfg.link(peer_id, d).bandwidth for d in neighbours})
+        graph = cfg.graph()
+        self.links = graph.links_of(peer_id)
+        self.exchange = EXCHANGE[stages.exchange.kind](stages.exchange.params, peer_id, transport, graph,
+                                                       {d: cfg.link(peer_id, d).bandwidth for d in self.links})
+        self.gossip = (GOSSIP[stages.gossip.kind](stages.gossip.params, peer_id, transport, graph)
+                       if stages.gossip.kind != "none" else None)
         x_hold, y_hold = self.data.x_train[holdout_idx], self.data.y_train[holdout_idx]
         model = ModelAccess(score=lambda: self.trainer.evaluate(x_hold, y_hold)[0], get=self.trainer.get_params,
                             set=self.trainer.set_params)
@@ -100,7 +105,7 @@ class Peer:
         self.log.emit("start", pid=os.getpid(), cores=self.spec.cores, threads=self.spec.tf_threads,
                       num_params=self.trainer.num_params, train_samples=len(self.train_idx),
                       barrier_s=round(time.monotonic() - barrier_start, 3), reachable=sorted(reachable),
-                      neighbours=list(self.exchange.neighbours),
+                      neighbours=list(self.links),
                       emulation=self.cfg.emulation.method if self.cfg.emulation.method != "auto" else "fallback")
         if self.emulation:
             self.emulation.start()
@@ -136,12 +141,17 @@ class Peer:
             self.batching.observe(iteration, batch, compute_s)  # may report its rate: before this round's gradients
             result = self.exchange.exchange(iteration, grads, batch, compute_s)
             self.trainer.apply(result.grads)
+            wait_s = result.wait_s
+            if self.gossip:
+                mixed = self.gossip.step(iteration, self.trainer.get_params())
+                self.trainer.set_params(mixed.params)
+                wait_s += mixed.wait_s
             iteration += 1
             samples += batch
             transfer = self.knowledge.step(iteration)
             if transfer:
                 self.log.emit("transfer", it=iteration, **transfer)
-            window.add(loss, compute_s, result.wait_s, result.received, batch)
+            window.add(loss, compute_s, wait_s, result.received, batch)
             if iteration % cfg.output.log_every == 0:
                 self.log.emit("iter", it=iteration, batch=batch, samples=samples,
                               cores=self.emulation.cores if self.emulation else self.spec.cores,
@@ -149,6 +159,9 @@ class Peer:
                               alloc={str(p): b for p, b in self.batching.sizes.items()},
                               rate=None if self.batching.rate is None else round(self.batching.rate, 1),
                               links={str(d): v for d, v in result.links.items()},
+                              **({"gossip": {"w": round(mixed.weight, 4), "received": mixed.received,
+                                             "sent": {str(d): k for d, k in mixed.sent.items()}}}
+                                 if self.gossip else {}),
                               **window.flush(), **self._traffic(), **self.log.resources())
             if iteration % cfg.evaluation.every_iterations == 0 and self._evaluate(iteration) and tr.stop_at_target:
                 self._broadcast(STOP_KIND, iteration)

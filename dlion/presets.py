@@ -1,27 +1,47 @@
 """Named combinations of stage strategies, for `preset: NAME` in a config and for `scripts/compare.py`.
 
-A preset fills in `strategies`; whatever the config says under `strategies` itself wins, key by key (a stage's `kind`
-given in the config replaces the preset's stage entirely; parameters given without a `kind` are merged into it).
+A preset fills in `strategies` and, for the gossip presets, the `topology` they are defined on; whatever the config
+says itself wins: a `topology` block replaces the preset's graph, and under `strategies` a stage's `kind` given in the
+config replaces the preset's stage entirely, while parameters given without a `kind` are merged into it.
 """
 from __future__ import annotations
 
-PRESETS: dict[str, dict[str, dict]] = {
-    # the baseline: equal batches, dense synchronous averaging (BSP), no knowledge transfer
-    "bsp": {"batching": {"kind": "fixed"}, "exchange": {"kind": "dense"}, "knowledge": {"kind": "none"}},
+NO_GOSSIP = {"gossip": {"kind": "none"}}
+BASELINE = {"batching": {"kind": "fixed"}, "exchange": {"kind": "dense"}, "knowledge": {"kind": "none"}, **NO_GOSSIP}
+# push-sum gossip trains each peer on its own gradient and mixes models over a time-varying directed graph
+GOSSIP = {"batching": {"kind": "fixed"}, "exchange": {"kind": "none"}, "knowledge": {"kind": "none"}}
+ONE_PEER_EXPONENTIAL = {"kind": "one-peer-exponential"}
+
+PRESETS: dict[str, dict] = {
+    # the baseline: equal batches, dense synchronous averaging (BSP), no knowledge transfer, no gossip
+    "bsp": {"strategies": BASELINE},
     # each DLion technique alone, for ablations
-    "wdb": {"batching": {"kind": "weighted"}, "exchange": {"kind": "dense"}, "knowledge": {"kind": "none"}},
-    "pge": {"batching": {"kind": "fixed"}, "exchange": {"kind": "prioritized"}, "knowledge": {"kind": "none"}},
-    "dkt": {"batching": {"kind": "fixed"}, "exchange": {"kind": "dense"}, "knowledge": {"kind": "dkt"}},
+    "wdb": {"strategies": {**BASELINE, "batching": {"kind": "weighted"}}},
+    "pge": {"strategies": {**BASELINE, "exchange": {"kind": "prioritized"}}},
+    "dkt": {"strategies": {**BASELINE, "knowledge": {"kind": "dkt"}}},
     # DLion: weighted dynamic batching + per-link prioritized gradient exchange + direct knowledge transfer
-    "dlion": {"batching": {"kind": "weighted"}, "exchange": {"kind": "prioritized"}, "knowledge": {"kind": "dkt"}},
+    "dlion": {"strategies": {"batching": {"kind": "weighted"}, "exchange": {"kind": "prioritized"},
+                             "knowledge": {"kind": "dkt"}, **NO_GOSSIP}},
+    # stochastic gradient push: dense push-sum gossip of the model, no gradient exchange
+    "sgp": {"strategies": {**GOSSIP, "gossip": {"kind": "push-sum"}}, "topology": ONE_PEER_EXPONENTIAL},
+    # Sparse-Push: top-k updates of per-link public copies instead of the whole model
+    "sparse-push": {"strategies": {**GOSSIP, "gossip": {"kind": "sparse-push"}}, "topology": ONE_PEER_EXPONENTIAL},
+    # Sparse-Push with skew compensation, for label-skewed (non-IID) partitions
+    "sparse-push-skew": {"strategies": {**GOSSIP, "gossip": {"kind": "sparse-push", "skew_compensation": True}},
+                         "topology": ONE_PEER_EXPONENTIAL},
+    # the four-part peer: weighted batching, prioritized gradient exchange with the round's out-neighbours,
+    # Sparse-Push gossip on the time-varying graph, direct knowledge transfer
+    "full": {"strategies": {"batching": {"kind": "weighted"}, "exchange": {"kind": "prioritized"},
+                            "knowledge": {"kind": "dkt"}, "gossip": {"kind": "sparse-push"}},
+             "topology": ONE_PEER_EXPONENTIAL},
 }
 
 
-def with_preset(strategies, preset: str) -> dict:
-    """The `strategies` mapping of a config with `preset`'s stages filled in underneath it."""
+def with_preset(raw: dict, preset: str) -> dict:
+    """A config mapping with `preset`'s strategies filled in underneath its own, and its topology where it has none."""
     merged = {}
-    given = strategies if isinstance(strategies, dict) else {}
-    for stage, base in PRESETS[preset].items():
+    given = raw.get("strategies") if isinstance(raw.get("strategies"), dict) else {}
+    for stage, base in PRESETS[preset]["strategies"].items():
         own = given.get(stage)
         if own is None:
             merged[stage] = dict(base)
@@ -29,4 +49,7 @@ def with_preset(strategies, preset: str) -> dict:
             merged[stage] = {**base, **own}
         else:
             merged[stage] = own
-    return {**given, **merged}
+    filled = {**raw, "strategies": {**given, **merged}}
+    if raw.get("topology") is None and "topology" in PRESETS[preset]:
+        filled["topology"] = dict(PRESETS[preset]["topology"])
+    return filled

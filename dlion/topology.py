@@ -38,6 +38,15 @@ MIN_RANDOM_WINDOW = 8  # random-k-out is checked over the first max(8, n) rounds
 Edge = tuple[int, int]
 
 
+class TopologyError(ValueError):
+    """A spec that does not fit the peers: `where` is the spec's key (e.g. "edges[2]", "" for the whole), so a config
+    can name its own key path."""
+
+    def __init__(self, where: str, problem: str):
+        self.where, self.problem = where, problem
+        super().__init__(f"topology{' ' + where if where else ''}: {problem}")
+
+
 @dataclass(frozen=True)
 class TopologySpec:
     """What the config says: the kind and, depending on it, the edges, k and seed, or the sequence of edge lists."""
@@ -55,9 +64,9 @@ class Topology:
     def __init__(self, spec: TopologySpec, peer_ids: Iterable[int]):
         ids = list(peer_ids)
         if not ids:
-            raise ValueError("topology: expected at least one peer")
+            raise TopologyError("", "expected at least one peer")
         if len(set(ids)) != len(ids):
-            raise ValueError(f"topology: peer ids must be unique, got {ids}")
+            raise TopologyError("", f"peer ids must be unique, got {ids}")
         self.spec = spec
         self.ids = tuple(sorted(ids))
         self._validate()
@@ -78,39 +87,39 @@ class Topology:
     def _validate(self) -> None:
         spec, n = self.spec, len(self.ids)
         if spec.kind not in KINDS:
-            raise ValueError(f"topology: unknown kind {spec.kind!r}; expected one of: {', '.join(KINDS)}")
+            raise TopologyError("kind", f"unknown kind {spec.kind!r}; expected one of: {', '.join(KINDS)}")
         if spec.edges and spec.kind != "edges":
-            raise ValueError(f"topology: edges are only for kind edges, not {spec.kind}")
+            raise TopologyError("edges", f"edges are only for kind edges, not {spec.kind}")
         if spec.sequence and spec.kind != "sequence":
-            raise ValueError(f"topology: sequence is only for kind sequence, not {spec.kind}")
+            raise TopologyError("sequence", f"a sequence is only for kind sequence, not {spec.kind}")
         if spec.kind == "edges":
-            self._check_edges(spec.edges, "topology edges")
+            self._check_edges(spec.edges, "edges")
             if not spec.edges and n > 1:
-                raise ValueError("topology edges: expected at least one edge")
+                raise TopologyError("edges", "expected at least one edge for kind edges")
         if spec.kind == "sequence":
             if not spec.sequence:
-                raise ValueError("topology sequence: expected at least one edge list")
+                raise TopologyError("sequence", "expected at least one edge list for kind sequence")
             for i, edges in enumerate(spec.sequence):
-                self._check_edges(edges, f"topology sequence[{i}]")
+                self._check_edges(edges, f"sequence[{i}]")
         if spec.kind == "random-k-out":
             if not (isinstance(spec.k, int) and 1 <= spec.k <= max(1, n - 1)):
-                raise ValueError(f"topology random-k-out: k must be an integer in 1..{max(1, n - 1)} "
-                                 f"(the number of other peers), got {spec.k!r}")
+                raise TopologyError("k", f"expected an integer in 1..{max(1, n - 1)} (the number of other peers) "
+                                         f"for random-k-out, got {spec.k!r}")
             if not (isinstance(spec.seed, int) and spec.seed >= 0):
-                raise ValueError(f"topology random-k-out: seed must be a non-negative integer, got {spec.seed!r}")
+                raise TopologyError("seed", f"expected a non-negative integer, got {spec.seed!r}")
 
     def _check_edges(self, edges, where: str) -> None:
         known = set(self.ids)
-        for edge in edges:
+        for i, edge in enumerate(edges):
             if len(edge) != 2:
-                raise ValueError(f"{where}: expected [src, dst] pairs, got {list(edge)}")
+                raise TopologyError(f"{where}[{i}]", f"expected a [src, dst] pair, got {list(edge)}")
             src, dst = edge
             unknown = [p for p in (src, dst) if p not in known]
             if unknown:
-                raise ValueError(f"{where}: edge [{src}, {dst}] names {unknown[0]}, which is not a peer id "
+                raise TopologyError(f"{where}[{i}]", f"edge [{src}, {dst}] names {unknown[0]}, which is not a peer id "
                                  f"(peers: {list(self.ids)})")
             if src == dst:
-                raise ValueError(f"{where}: edge [{src}, {dst}] is a self loop")
+                raise TopologyError(f"{where}[{i}]", f"edge [{src}, {dst}] is a self loop")
 
     # ---- the graph of a round ---------------------------------------------------------------------------------
 
@@ -181,6 +190,21 @@ class Topology:
         share = 1.0 / (len(out) + 1)
         return {peer: share, **{q: share for q in out}}
 
+    def links_of(self, peer: int) -> tuple[int, ...]:
+        """Every peer that `peer` sends to in some round (over one period, or the random kinds' check window): the
+        links it may use, e.g. to shape or to plot."""
+        return tuple(sorted(self._union()[self._known(peer)]))
+
+    def _window(self) -> int:
+        return self.period or max(MIN_RANDOM_WINDOW, len(self.ids))
+
+    def _union(self) -> dict[int, set[int]]:
+        union: dict[int, set[int]] = {p: set() for p in self.ids}
+        for r in range(self._window()):
+            for src, dsts in self.graph(r).items():
+                union[src].update(dsts)
+        return union
+
     def _known(self, peer: int) -> int:
         if peer not in self.ids:
             raise ValueError(f"topology: {peer} is not a peer id (peers: {list(self.ids)})")
@@ -192,11 +216,8 @@ class Topology:
         """Raise ValueError, naming who cannot reach whom, unless the union of the graphs over one period (for
         random-k-out: over the first max(8, n) rounds, a fixed window since the schedule never repeats) is strongly
         connected; push-sum needs that for every peer's mass to reach every other peer."""
-        rounds = self.period or max(MIN_RANDOM_WINDOW, len(self.ids))
-        union: dict[int, set[int]] = {p: set() for p in self.ids}
-        for r in range(rounds):
-            for src, dsts in self.graph(r).items():
-                union[src].update(dsts)
+        rounds = self._window()
+        union = self._union()
         backward: dict[int, set[int]] = {p: set() for p in self.ids}
         for src, dsts in union.items():
             for dst in dsts:
@@ -212,7 +233,7 @@ class Topology:
             problems.append(f"peer(s) {unreached} cannot be reached from peer {root}")
         if unreaching:
             problems.append(f"peer {root} cannot be reached from peer(s) {unreaching}")
-        raise ValueError(f"topology {self.spec.kind} is not strongly connected over {over}: " + "; ".join(problems))
+        raise TopologyError("", f"{self.spec.kind} is not strongly connected over {over}: " + "; ".join(problems))
 
 
 def _reachable(start: int, adjacency: dict[int, set[int]]) -> set[int]:

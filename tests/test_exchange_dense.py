@@ -6,8 +6,10 @@ import pytest
 
 from conftest import in_threads
 from dlion.exchange import DenseExchange
+from dlion.topology import Topology, TopologySpec
 
 PEERS = (0, 1, 2)
+FULL = Topology(TopologySpec("full"), PEERS)
 
 
 @pytest.fixture
@@ -17,7 +19,7 @@ def transports(inproc):
 
 def exchanges(transports, deadline_s=2.0):
     params = DenseExchange.Params(deadline_s=deadline_s)
-    return {p: DenseExchange(params, p, transports[p], [q for q in PEERS if q != p]) for p in PEERS}
+    return {p: DenseExchange(params, p, transports[p], FULL) for p in PEERS}
 
 
 def run_round(ex, round_, grads, weights, peers=PEERS):

@@ -4,9 +4,11 @@ import pytest
 
 from conftest import in_threads
 from dlion.exchange.prioritized import BITS_PER_ENTRY, LinkResidual, PrioritizedExchange, top_k_indices
+from dlion.topology import Topology, TopologySpec
 from dlion.transport import Sparse
 
 PEERS = (0, 1, 2)
+FULL = Topology(TopologySpec("full"), PEERS)
 
 
 @pytest.mark.parametrize("n,k", [(10, 3), (1000, 1), (100_000, 50), (100_000, 2000), (225_034, 30_000),
@@ -46,7 +48,7 @@ def test_sent_plus_residual_is_exactly_what_went_in_over_any_number_of_rounds(k)
 
 def exchanges(transports, configured_bps, **params):
     p = PrioritizedExchange.Params(**params)
-    return {i: PrioritizedExchange(p, i, transports[i], [q for q in PEERS if q != i],
+    return {i: PrioritizedExchange(p, i, transports[i], FULL,
                                    {q: configured_bps for q in PEERS if q != i}) for i in PEERS}
 
 

@@ -1,7 +1,8 @@
-"""Gradient plane: strategies that combine this peer's gradient with its neighbours' for one round."""
+"""Gradient plane: strategies that combine this peer's gradient with its in-neighbours' for one round."""
 from dlion.exchange.dense import DenseExchange, ExchangeResult
+from dlion.exchange.local import NoExchange
 from dlion.exchange.prioritized import PrioritizedExchange
 
-STRATEGIES = {"dense": DenseExchange, "prioritized": PrioritizedExchange}
+STRATEGIES = {"dense": DenseExchange, "prioritized": PrioritizedExchange, "none": NoExchange}
 
-__all__ = ["DenseExchange", "ExchangeResult", "PrioritizedExchange", "STRATEGIES"]
+__all__ = ["DenseExchange", "ExchangeResult", "NoExchange", "PrioritizedExchange", "STRATEGIES"]

@@ -1,7 +1,7 @@
 """Dense synchronous gradient averaging among neighbours: the BSP baseline, and the combination rule all exchanges share.
 
-Each round a peer sends its full gradient, with its batch size as weight, to every neighbour, then waits for theirs
-until the round deadline. The result is the batch-weighted mean of what arrived (its own always included), so with a
+Each round a peer sends its full gradient, with its batch size as weight, to the round's out-neighbours (everyone, on
+the default full mesh), then waits for its in-neighbours' until the round deadline. The result is the batch-weighted mean of what arrived (its own always included), so with a
 full mesh and no losses every peer applies the same gradient as one large-batch step. A dead or slow neighbour costs
 at most the deadline; the mailbox stops waiting for it altogether after a few missed rounds.
 """
@@ -22,14 +22,14 @@ KIND = "grad"
 class ExchangeResult:
     grads: np.ndarray          # the combined gradient to apply
     received: int              # neighbour gradients combined this round
-    expected: int              # neighbours asked for
+    expected: int              # in-neighbours asked for
     wait_s: float              # time spent waiting for neighbours
     links: dict = field(default_factory=dict)  # per outgoing link: what was sent (entries "k", estimate "bps")
 
 
 def gather(transport, round_: int, neighbours, deadline_s: float, own: np.ndarray, weight: float,
            links: dict | None = None) -> ExchangeResult:
-    """Wait (until the round's deadline) for the neighbours' gradients of `round_` and combine them with ours."""
+    """Wait (until the round's deadline) for the in-neighbours' gradients of `round_` and combine them with ours."""
     start = time.monotonic()
     got = transport.mailbox.take(KIND, round_, neighbours, start + deadline_s)
     wait_s = time.monotonic() - start
@@ -84,13 +84,16 @@ class DenseExchange:
     class Params:
         deadline_s: float = option(5.0, check=positive, expect="a positive number of seconds")
 
-    def __init__(self, params: Params, peer_id: int, transport, neighbours, link_bandwidths=None):
+    def __init__(self, params: Params, peer_id: int, transport, topology, link_bandwidths=None):
         self.params = params
         self.peer_id = peer_id
         self.transport = transport
-        self.neighbours = tuple(sorted(neighbours))
+        self.topology = topology
 
     def exchange(self, round_: int, grads: np.ndarray, weight: float, compute_s: float = 0.0) -> ExchangeResult:
-        for dst in self.neighbours:
-            self.transport.send(dst, KIND, round_, {"g": grads}, {"w": float(weight)})
-        return gather(self.transport, round_, self.neighbours, self.params.deadline_s, grads, weight)
+        departed = self.transport.mailbox.departed
+        for dst in self.topology.out_neighbours(self.peer_id, round_):
+            if dst not in departed:
+                self.transport.send(dst, KIND, round_, {"g": grads}, {"w": float(weight)})
+        return gather(self.transport, round_, self.topology.in_neighbours(self.peer_id, round_),
+                      self.params.deadline_s, grads, weight)

@@ -1,8 +1,9 @@
 """Per-link prioritized gradient exchange (DLion's gradient plane): each link carries what it can, largest first.
 
-Each round, for each outgoing link, the peer sends the `k` largest-magnitude entries of (gradient + that link's
-residual) as a sparse vector and keeps the rest in the residual (error feedback: nothing is dropped, it waits for a
-later round). `k` is the link's budget for the round:
+Each round, for each outgoing link of the round's graph (to every other peer on the default full mesh), the peer
+sends the `k` largest-magnitude entries of (gradient + that link's residual) as a sparse vector and keeps the rest in
+the residual (error feedback: nothing is dropped, it waits for a later round; on a time-varying graph, for the link's
+next round). `k` is the link's budget for the round:
 
     k = bandwidth estimate x time budget / 64 bits per entry (uint32 index + float32 value), within [min_entries, n]
 
@@ -12,9 +13,9 @@ receiver measures every message on the link and feeds its figure back), starting
 budget follows the link's real speed when it changes. Where the sparse form would not be smaller (k >= n/2), the link
 gets the whole vector densely and its residual empties.
 
-The receiver combines its own gradient with what arrived by the round's deadline, weighted by batch size as in the
-dense exchange; an entry a neighbour did not send counts as zero from it this round (its mass is still in that
-neighbour's residual).
+The receiver combines its own gradient with what its in-neighbours sent by the round's deadline, weighted by batch
+size as in the dense exchange; an entry a neighbour did not send counts as zero from it this round (its mass is still
+in that neighbour's residual).
 """
 from __future__ import annotations
 
@@ -83,11 +84,11 @@ class PrioritizedExchange:
         smoothing: float = option(0.3, check=lambda x: 0 < x <= 1,
                                   expect="a number in (0, 1]: weight of the newest compute time in the budget")
 
-    def __init__(self, params: Params, peer_id: int, transport, neighbours, link_bandwidths=None):
+    def __init__(self, params: Params, peer_id: int, transport, topology, link_bandwidths=None):
         self.params = params
         self.peer_id = peer_id
         self.transport = transport
-        self.neighbours = tuple(sorted(neighbours))
+        self.topology = topology
         self.configured = dict(link_bandwidths or {})
         self.residuals: dict[int, LinkResidual] = {}
         self.budget_s: float | None = params.time_budget_s
@@ -96,7 +97,7 @@ class PrioritizedExchange:
         budget_s = self._time_budget(compute_s if round_ > 0 else 0.0)  # round 0's compute time is graph tracing
         departed = self.transport.mailbox.departed
         links = {}
-        for dst in self.neighbours:
+        for dst in self.topology.out_neighbours(self.peer_id, round_):
             if dst in departed:
                 continue
             bps = self.transport.link_bandwidth(dst) or self.configured.get(dst) or math.inf
@@ -105,7 +106,8 @@ class PrioritizedExchange:
             self.transport.send(dst, KIND, round_, {"g": payload}, {"w": float(weight)})
             sent = payload.indices.size if isinstance(payload, Sparse) else grads.size
             links[dst] = {"k": sent, "bps": None if math.isinf(bps) else round(bps)}
-        return gather(self.transport, round_, self.neighbours, self.params.deadline_s, grads, weight, links)
+        return gather(self.transport, round_, self.topology.in_neighbours(self.peer_id, round_),
+                      self.params.deadline_s, grads, weight, links)
 
     def _time_budget(self, compute_s: float) -> float:
         if self.params.time_budget_s is not None:
