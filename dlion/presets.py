@@ -2,7 +2,9 @@
 
 A preset fills in `strategies` and, for the gossip presets, the `topology` they are defined on; whatever the config
 says itself wins: a `topology` block replaces the preset's graph, and under `strategies` a stage's `kind` given in the
-config replaces the preset's stage entirely, while parameters given without a `kind` are merged into it.
+config replaces the preset's stage entirely, while parameters given without a `kind` are merged into it, unless the
+preset turns that stage off (kind none): then they have nothing to tune and are left out. So one scenario can tune,
+say, the exchange deadline and still run every preset, the gossip presets without a gradient exchange included.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def with_preset(raw: dict, preset: str) -> dict:
     given = raw.get("strategies") if isinstance(raw.get("strategies"), dict) else {}
     for stage, base in PRESETS[preset]["strategies"].items():
         own = given.get(stage)
-        if own is None:
+        if own is None or (isinstance(own, dict) and "kind" not in own and base["kind"] == "none"):
             merged[stage] = dict(base)
         elif isinstance(own, dict) and "kind" not in own:
             merged[stage] = {**base, **own}
