@@ -311,7 +311,7 @@ class Config:
         try:
             self.graph().check_strongly_connected()
         except topology.TopologyError as exc:
-            raise ConfigError(join("topology", exc.where), exc.problem) from None
+            raise ConfigError(join("topology", exc.where) if exc.where else "topology", exc.problem) from None
         if self.training.global_batch < len(self.peers):
             raise ConfigError("training.global_batch", f"expected at least the number of peers ({len(self.peers)})",
                               self.training.global_batch)

@@ -63,7 +63,7 @@ def test_shipped_configs_are_valid():
     (["strategies.exchange.deadline_s=0"], "strategies.exchange.deadline_s: expected a positive number of seconds"),
     (["strategies.exchange.topk=3"], "strategies.exchange.topk: unknown key; expected one of: deadline_s"),
     (["evaluation.subset=20000"], "evaluation.subset: expected an integer in 1..10000"),
-    (["topology.kind=edges"], "topology.edges: expected at least one edge"),
+    (["topology.kind=edges"], "topology.edges: expected at least one edge for kind edges"),
     (["peers.7.port=1"], "peers: expected a list index below 3, got '7'"),
     (["nonsense"], "--set: expected KEY.PATH=VALUE"),
 ])
@@ -75,7 +75,7 @@ def test_links_to_unknown_peers_and_self_links_are_rejected():
     msg = error(links={"overrides": [{"src": 0, "dst": 9, "bandwidth": "10mbit"}]})
     assert msg.startswith("links.overrides[0].dst: expected the id of a configured peer ([0, 1, 2]), got 9")
     assert "two different peers" in error(links={"overrides": [{"src": 1, "dst": 1}]})
-    assert "topology.edges[1]" in error(topology={"kind": "edges", "edges": [[0, 1], [1, 5]]})
+    assert "topology.edges[1]: edge [1, 5] names 5" in error(topology={"kind": "edges", "edges": [[0, 1], [1, 5]]})
 
 
 def test_top_level_shape_errors():
@@ -149,6 +149,30 @@ def test_topologies():
     assert parse(["topology.kind=ring"]).neighbours(0) == (1, 2)
     cfg = parse(topology={"kind": "edges", "edges": [[0, 1], [1, 2], [2, 0]]})
     assert cfg.neighbours(0) == (1,) and cfg.neighbours(2) == (0,)
+    # time-varying: the neighbours are every peer sent to in some round; the graph answers per round
+    cfg = parse(topology={"kind": "one-peer-exponential"})
+    assert cfg.neighbours(0) == (1, 2) and cfg.graph().out_neighbours(0, 0) == (1,)
+    cfg = parse(topology={"kind": "random-k-out", "k": 1, "seed": 4})
+    assert all(len(cfg.graph().out_neighbours(p, r)) == 1 for p in (0, 1, 2) for r in range(20))
+    cfg = parse(topology={"kind": "sequence", "sequence": [[[0, 1], [1, 2]], [[2, 0]]]})
+    assert cfg.graph().out_neighbours(2, 0) == () and cfg.graph().out_neighbours(2, 3) == (0,)
+    assert config.parse(config.to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("topology,expected", [
+    ({"kind": "edges", "edges": [[0, 1], [1, 0], [1, 2]]},
+     "topology: edges is not strongly connected over its period of 1 round(s): peer 0 cannot be reached from "
+     "peer(s) [2]"),
+    ({"kind": "sequence", "sequence": [[[0, 1]], [[1, 0]]]},
+     "topology: sequence is not strongly connected over its period of 2 round(s): peer(s) [2] cannot be reached "
+     "from peer 0; peer 0 cannot be reached from peer(s) [2]"),
+    ({"kind": "sequence", "sequence": [[[0, 1]], [[1, 7]]]}, "topology.sequence[1][0]: edge [1, 7] names 7"),
+    ({"kind": "random-k-out", "k": 3}, "topology.k: expected an integer in 1..2"),
+    ({"kind": "star"}, "topology.kind: expected a static graph, one of: ring, directed-ring, exponential, full"),
+    ({"kind": "ring", "edges": [[0, 1]]}, "topology.edges: edges are only for kind edges, not ring"),
+])
+def test_topology_errors_name_the_key_and_the_unreachable_peers(topology, expected):
+    assert error(topology=topology).startswith(expected)
 
 
 def test_resolved_config_round_trips():
@@ -185,3 +209,19 @@ def test_presets_fill_in_strategies_and_the_config_wins_key_by_key():
         ("weighted", "prioritized", "none")
     assert cfg.strategies.exchange.params.deadline_s == 9.0
     assert config.parse(config.to_dict(cfg)) == cfg  # the resolved config reloads to the same
+
+
+def test_gossip_presets_bring_their_graph_unless_the_config_has_one():
+    base = {"peers": [{"id": i, "port": 47000 + i} for i in range(4)], "training": {"max_iterations": 1},
+            "strategies": {"exchange": {"deadline_s": 9.0}}}
+    sgp = config.parse({**base, "preset": "sgp"})
+    assert (sgp.strategies.exchange.kind, sgp.strategies.gossip.kind, sgp.topology.kind) == \
+        ("none", "push-sum", "one-peer-exponential")  # the exchange deadline has no exchange to tune: left out
+    skew = config.parse({**base, "preset": "sparse-push-skew"})
+    assert skew.strategies.gossip.kind == "sparse-push" and skew.strategies.gossip.params.skew_compensation
+    full = config.parse({**base, "preset": "full", "topology": {"kind": "ring"}})
+    assert full.topology.kind == "ring" and full.strategies.exchange.params.deadline_s == 9.0
+    assert [getattr(full.strategies, s).kind for s in ("batching", "exchange", "gossip", "knowledge")] == \
+        ["weighted", "prioritized", "sparse-push", "dkt"]
+    bsp = config.parse({**base, "preset": "bsp"})
+    assert bsp.topology.kind == "full" and bsp.strategies.gossip.kind == "none"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import in_threads
-from dlion.exchange import DenseExchange
+from dlion.exchange import DenseExchange, NoExchange
 from dlion.topology import Topology, TopologySpec
 
 PEERS = (0, 1, 2)
@@ -17,9 +17,9 @@ def transports(inproc):
     return inproc(PEERS)
 
 
-def exchanges(transports, deadline_s=2.0):
+def exchanges(transports, deadline_s=2.0, graph=FULL):
     params = DenseExchange.Params(deadline_s=deadline_s)
-    return {p: DenseExchange(params, p, transports[p], FULL) for p in PEERS}
+    return {p: DenseExchange(params, p, transports[p], graph) for p in PEERS}
 
 
 def run_round(ex, round_, grads, weights, peers=PEERS):
@@ -68,3 +68,26 @@ def test_malformed_gradients_are_rejected_and_counted(transports):
     np.testing.assert_allclose(result.grads, 2.0)
     stats = transports[0].stats()
     assert stats[1].dropped == 2 and stats[2].dropped == 1
+
+
+def test_on_a_time_varying_directed_graph_a_peer_combines_only_its_in_neighbours(transports):
+    graph = Topology(TopologySpec("one-peer-exponential"), PEERS)  # round 0: p -> p + 1, round 1: p -> p + 2
+    ex = exchanges(transports, graph=graph)
+    grads = {p: np.full(4, 10.0 ** p, np.float32) for p in PEERS}  # 1, 10, 100
+    weights = {0: 1, 1: 1, 2: 2}
+    for round_ in range(4):
+        results = run_round(ex, round_, grads, weights)
+        for p in PEERS:
+            (src,) = graph.in_neighbours(p, round_)
+            assert results[p].received == 1 and results[p].expected == 1
+            expected = (grads[p] * weights[p] + grads[src] * weights[src]) / (weights[p] + weights[src])
+            np.testing.assert_allclose(results[p].grads, expected, rtol=1e-6)
+    assert all(transports[p].stats()[q].msgs_sent == 2 for p in PEERS for q in PEERS if q != p)
+
+
+def test_no_exchange_applies_the_peers_own_gradient_and_sends_nothing(transports):
+    ex = NoExchange(NoExchange.Params(), 0, transports[0], FULL)
+    grads = np.arange(5, dtype=np.float32)
+    result = ex.exchange(0, grads, 32)
+    assert result.grads is grads and (result.received, result.expected, result.wait_s) == (0, 0, 0.0)
+    assert all(s.msgs_sent == 0 for s in transports[0].stats().values())

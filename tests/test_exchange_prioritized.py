@@ -46,9 +46,9 @@ def test_sent_plus_residual_is_exactly_what_went_in_over_any_number_of_rounds(k)
         np.testing.assert_array_equal(total_sent + link.residual, total_in)
 
 
-def exchanges(transports, configured_bps, **params):
+def exchanges(transports, configured_bps, graph=FULL, **params):
     p = PrioritizedExchange.Params(**params)
-    return {i: PrioritizedExchange(p, i, transports[i], FULL,
+    return {i: PrioritizedExchange(p, i, transports[i], graph,
                                    {q: configured_bps for q in PEERS if q != i}) for i in PEERS}
 
 
@@ -100,3 +100,20 @@ def test_a_sparse_gradient_with_unsorted_indices_is_dropped_and_counted(inproc):
     result = ex[0].exchange(0, np.zeros(8, np.float32), 1.0, 0.01)
     assert result.received == 1 and transports[0].stats()[1].dropped == 1
     np.testing.assert_allclose(result.grads, 0.5)
+
+
+def test_on_a_time_varying_graph_each_link_carries_its_residual_to_its_next_round(inproc):
+    transports = inproc(PEERS)
+    graph = Topology(TopologySpec("one-peer-exponential"), PEERS)  # round 0: p -> p + 1, round 1: p -> p + 2
+    ex = exchanges(transports, configured_bps=1e9, graph=graph, time_budget_s=64 * 1 / 1e9, min_entries=1)  # k = 1
+    grads = {p: np.array([0, 0, 0, 0, 0, 0, 0, 0], np.float32) for p in PEERS}
+    grads[0] = np.array([5, 0, 0, 3, 0, 0, 0, 0], np.float32)
+    r0 = run_round(ex, 0, grads, {p: 1 for p in PEERS})
+    assert r0[0].links.keys() == {1} and r0[1].received == 1 and r0[2].received == 1  # 0 -> 1 only; 1 -> 2
+    np.testing.assert_allclose(r0[1].grads, [2.5, 0, 0, 0, 0, 0, 0, 0])  # the top entry of 0 -> 1
+    zeros = {p: np.zeros(8, np.float32) for p in PEERS}
+    r1 = run_round(ex, 1, zeros, {p: 1 for p in PEERS})
+    assert r1[0].links.keys() == {2}  # link 0 -> 2 starts its own residual: 0's gradient of round 0 is not in it
+    np.testing.assert_allclose(r1[2].grads, 0)
+    r2 = run_round(ex, 2, zeros, {p: 1 for p in PEERS})
+    np.testing.assert_allclose(r2[1].grads, [0, 0, 0, 1.5, 0, 0, 0, 0])  # 0 -> 1's residual, sent in its next round

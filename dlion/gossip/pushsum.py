@@ -10,7 +10,8 @@ One round t, `step(t, params)`:
    share a = 1/(|O| + 1), the peer gives each out-neighbour the weight dw = gamma * a * w with numerator mass
    dw * z, and keeps the rest. Dense push-sum (gamma = 1) sends z itself (float32), so each out-neighbour gets
    a * x: exactly SGP's column-stochastic mixing. Sparse-Push sends less and owes the rest (`sparse_push.py`).
-   A departed out-neighbour's share simply stays with the sender.
+   A departed out-neighbour's share simply stays with the sender (departed: it said bye, or its connection dropped,
+   as a killed process's does; pushing on into a dead peer would drain the sender's weight towards zero).
 3. Receive: it takes the round's messages from its in-neighbours until `deadline_s` (the mailbox stops waiting for
    departed and suspected peers) and adds each one's weight and numerator mass.
 4. It returns z = x / w (float32), the parameters to train on next.

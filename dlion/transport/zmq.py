@@ -3,6 +3,13 @@
 ZeroMQ sockets are not thread-safe, so other threads never touch them: `send` queues frames and writes a byte
 to a wake-up pipe that the thread polls together with the ROUTER. Messages to a shaped link (`set_link`) wait in
 a holdback heap until their release time; the poll timeout shrinks to the next release.
+
+A peer whose process dies without its bye (SIGKILL, a crash) closes its TCP connections: the thread watches each
+DEALER's monitor for that disconnection and marks the peer departed, so no stage waits for it, and gossip stops
+pushing weight to it (which would otherwise drain every sender's push-sum weight towards zero). Any later message
+from the peer re-admits it. A host that vanishes without closing its connections is only suspected by the mailbox
+after missed rounds (ZeroMQ heartbeats are not used: on a slow shaped link they queue behind data and would cut
+healthy connections).
 """
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ import time
 from typing import NamedTuple
 
 import zmq
+
+from zmq.utils.monitor import recv_monitor_message
 
 from .base import Transport
 from .shaping import Holdback
@@ -101,21 +110,21 @@ class ZmqTransport(Transport):
 
     def _run(self) -> None:
         ctx = zmq.Context()
-        router, dealers = ctx.socket(zmq.ROUTER), {}
+        router, dealers, monitors = ctx.socket(zmq.ROUTER), {}, {}
         try:
-            self._open(router, dealers)
+            self._open(router, dealers, monitors)
         except Exception as e:  # start() raises it in the caller's thread
             self._start_error = e
-            _close(ctx, router, dealers)
+            _close(ctx, router, dealers, monitors)
             self._ready.set()
             return
         self._ready.set()
         try:
-            self._farewell(dealers, self._loop(router, dealers))
+            self._farewell(dealers, self._loop(router, dealers, monitors))
         finally:
-            _close(ctx, router, dealers)
+            _close(ctx, router, dealers, monitors)
 
-    def _open(self, router: zmq.Socket, dealers: dict[int, zmq.Socket]) -> None:
+    def _open(self, router: zmq.Socket, dealers: dict[int, zmq.Socket], monitors: dict[zmq.Socket, int]) -> None:
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer may reuse its id while the old link lingers
         # Twice the app limit: messages in between reach us and are dropped and counted; beyond, libzmq cuts.
@@ -127,13 +136,16 @@ class ZmqTransport(Transport):
             d.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a peer that is not connected: Again instead
             d.setsockopt(zmq.SNDHWM, self.sndhwm)
             d.setsockopt(zmq.LINGER, 0)
+            monitors[d.get_monitor_socket(zmq.EVENT_DISCONNECTED)] = p
             d.connect(self._address(p))
 
-    def _loop(self, router: zmq.Socket, dealers: dict[int, zmq.Socket]) -> _Stop:
+    def _loop(self, router: zmq.Socket, dealers: dict[int, zmq.Socket], monitors: dict[zmq.Socket, int]) -> _Stop:
         """Move traffic until close() asks to stop; returns its request. Held messages are then lost."""
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        for monitor in monitors:
+            poller.register(monitor, zmq.POLLIN)
         held = Holdback()
         while True:
             timeout_ms = self.poll_ms
@@ -142,6 +154,8 @@ class ZmqTransport(Transport):
             events = dict(poller.poll(timeout_ms))
             if router in events:
                 self._receive(router)
+            for monitor in events.keys() & monitors.keys():
+                self._disconnected(monitor, monitors[monitor])
             if self._wake_r in events:
                 try:
                     os.read(self._wake_r, 4096)
@@ -175,6 +189,17 @@ class ZmqTransport(Transport):
             except Exception:  # a bug in a handler must not kill the thread that carries all traffic
                 log.exception("peer %s: failed to handle an inbound message", self.peer_id)
 
+    def _disconnected(self, monitor: zmq.Socket, peer: int) -> None:
+        """The connection to `peer` closed under us: its process is gone (or restarting)."""
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                log.info("peer %s: lost the connection to peer %s; no longer waiting for it", self.peer_id, peer)
+                self.mailbox.mark_departed(peer)
+
     def _count_send(self, dst: int, nbytes: int, ok: bool) -> None:
         if ok:
             self._count(dst, msgs_sent=1, bytes_sent=nbytes)
@@ -201,7 +226,10 @@ class ZmqTransport(Transport):
             self._count_send(p, stop.nbytes, False)
 
 
-def _close(ctx: zmq.Context, router: zmq.Socket, dealers: dict[int, zmq.Socket]) -> None:
+def _close(ctx: zmq.Context, router: zmq.Socket, dealers: dict[int, zmq.Socket],
+           monitors: dict[zmq.Socket, int]) -> None:
+    for monitor in monitors:
+        monitor.close(linger=0)
     for d in dealers.values():
         d.close(linger=_BYE_GRACE_MS)  # lets the byes leave; bounded, and IMMEDIATE queues nothing for a dead peer
     router.close()

@@ -239,3 +239,18 @@ def test_send_to_self_or_stranger_raises(make):
     for dst in (0, 5):
         with pytest.raises(ValueError):
             t.send(dst, "grad", 0)
+
+
+def test_a_peer_whose_connection_drops_without_a_bye_is_departed_until_it_speaks_again(make, endpoints):
+    pair = frozenset({0, 1})
+    t0 = make(0, peers=pair)
+    stand_in = zmq.Context.instance().socket(zmq.ROUTER)  # peer 1's endpoint, as a process we can kill
+    stand_in.bind(f"tcp://127.0.0.1:{endpoints[1][1]}")
+    try:
+        wait_until(lambda: (t0.send(1, "eval", 0), stand_in.poll(50))[1])  # the connection is up
+        assert 1 not in t0.mailbox.departed
+    finally:
+        stand_in.close(linger=0)  # what the kernel does to a SIGKILLed peer's sockets: no bye
+    wait_until(lambda: 1 in t0.mailbox.departed)
+    t1 = make(1, peers=pair)  # the restarted peer: its first message re-admits it
+    wait_until(lambda: (t1.send(0, "eval", 1), time.sleep(0.05), 1 not in t0.mailbox.departed)[2])
