@@ -102,6 +102,28 @@ def test_sparse_push_conserves_numerator_mass_with_its_debts(inproc):
     np.testing.assert_allclose(sum(g.x for g in gossips.values()) + debts, total, atol=1e-9)
 
 
+def test_sparse_updates_go_in_half_precision_while_the_models_move_and_in_full_once_they_agree(inproc):
+    ids = [0, 1, 2, 3]
+    transports, gossips = network(inproc, ids, TopologySpec("one-peer-exponential"), SparsePush, **SPARSE)
+    rng = np.random.default_rng(5)
+    z = start_vectors(ids, 6)
+
+    def received_dtypes():
+        msgs = [transports[q].mailbox.latest(KIND, p) for p in ids for q in ids if p != q]
+        return {(m.tensors["x"].values.dtype.name, m.tensors["owed"].dtype.name) for m in msgs
+                if m is not None and isinstance(m.tensors["x"], Sparse)}
+
+    for r in range(40):  # training-like: every peer's model drifts each round
+        results = in_threads(lambda p: gossips[p].step(r, z[p] + rng.normal(0, 0.05, DIM).astype(np.float32)), ids)
+        z = {p: results[p].params for p in ids}
+    assert received_dtypes() == {("float16", "float16")}
+    results = gossip_only(gossips, z, 300, first=40)  # no more drift: consensus, to the exact average
+    assert {dtype for dtype, _ in received_dtypes()} == {"float32"}
+    finals_ = finals(results)
+    for p in ids:
+        np.testing.assert_allclose(finals_[p], finals_[0], atol=1e-6)
+
+
 def test_the_weight_travels_even_when_the_sparse_part_is_empty(inproc):
     ids = [0, 1, 2]
     spec = TopologySpec("edges", edges=((0, 1), (0, 2), (1, 0), (2, 0)))  # irregular: the weights move

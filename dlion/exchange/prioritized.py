@@ -7,6 +7,9 @@ next round). `k` is the link's budget for the round:
 
     k = bandwidth estimate x time budget / 64 bits per entry (uint32 index + float32 value), within [min_entries, n]
 
+(64 bits is the most an entry takes: the wire sends sorted indices as 16-bit gaps where they fit, 48 bits in all,
+so a message usually leaves a quarter of its time budget unused.)
+
 The time budget is `time_budget_s` or, by default, this peer's own compute time per iteration (smoothed), so the
 exchange takes about as long as the computation whatever the link. The bandwidth estimate is the transport's (the
 receiver measures every message on the link and feeds its figure back), starting from the configured rate, so a

@@ -10,9 +10,10 @@ out-neighbour j, with the weight dw = gamma * w / (|out| + 1) the engine pushes:
   numerator and dw to w. With `half_precision` (the default) the owed mass goes as float16 (what rounding leaves
   stays owed, so the books stay exact), and so do the values while rounding them adds under a tenth of the change
   they make; once the changes get that small, as when the peers agree, they go as float32, so consensus is still
-  exact. In training that is 8 bytes per entry (uint32 index, two float16) instead of 12: 1.5x the entries for the
-  same bytes. Absolute values rather than steps (v += rounded(z - v)) keep a lost message harmless: its entries are
-  simply stale until sent again, where a lost step would leave the receiver's copy off for good.
+  exact. In training an entry takes 6 bytes (a 16-bit index gap, `wire.Sparse`'s encoding of sorted indices, and
+  two float16) instead of 12: twice the entries for the same bytes. Absolute values rather than steps
+  (v += rounded(z - v)) keep a lost message harmless: its entries are simply stale until sent again, where a lost
+  step would leave the receiver's copy off for good.
 - Debt. i takes dw * z (z as sent, float32) out of its numerator, so pushing leaves its own model as it is; the
   shortfall dw * (z - v) of what j got is the link's debt, kept by i (float64). The message also carries "owed":
   for each index sent, the debt on that entry, which j adds to its numerator and i clears. The score of an entry is
@@ -72,14 +73,14 @@ class SparsePush(PushSum):
         gamma: float = option(0.25, check=lambda x: 0 < x <= 1,
                               expect="a number in (0, 1]: consensus step size (share of the push-sum mixing applied "
                                      "each round)")
-        fraction: float = option(0.0075, check=lambda x: 0 < x <= 1,
+        fraction: float = option(0.01, check=lambda x: 0 < x <= 1,
                                  expect="a number in (0, 1]: share of the model's entries sent per link and round")
         refresh_every: Optional[int] = option(1000, check=positive,
                                               expect="a positive integer (messages of a link between dense refreshes "
                                                      "of its public copy), or null for never after the first")
         half_precision: bool = option(True, expect="true or false: send a sparse update's values and owed mass as "
-                                                   "float16 (8 bytes per entry instead of 12; copies and debts stay "
-                                                   "exact)")
+                                                   "float16 (6 bytes per entry with the index instead of 10; copies "
+                                                   "and debts stay exact)")
 
     def __init__(self, params: Params, peer_id: int, transport, topology):
         super().__init__(params, peer_id, transport, topology)

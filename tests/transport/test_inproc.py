@@ -103,7 +103,7 @@ def test_invalid_spoofed_and_unknown_messages_are_dropped_and_counted(hub, make,
     a = make(0)
     spoofed = encode("grad", 2, 0)
     bad_sparse = encode("grad", 1, 0, {"s": Sparse(np.array([1], np.uint32), np.ones(1, np.float32), 4)})
-    bad_sparse[1] = np.array([4], np.uint32).tobytes()
+    bad_sparse[1] = np.array([4], "<u2").tobytes()  # index 4 of 4, as a 16-bit gap
     with caplog.at_level(logging.WARNING, logger="dlion.transport"):
         hub.deliver(1, 0, spoofed)
         hub.deliver(1, 0, bad_sparse)

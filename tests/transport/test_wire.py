@@ -139,10 +139,13 @@ BAD = {
     "sparse index frame size": (lambda f: [*f[:2], f[2] + b"\0" * 4, f[3]], "s indices"),
     "sparse value frame size": (lambda f: [*f[:3], f[3][:4]], "s values"),
     "sparse nnz lies": (lambda f: rewrite(f, lambda h: h["t"][1].update(nnz=3)), "s indices"),
-    "sparse index dtype": (lambda f: rewrite(f, lambda h: h["t"][1].update(id="int64")), "index dtype"),
+    "sparse index dtype": (lambda f: rewrite(f, lambda h: h["t"][1].update(id="int64")), "index encoding"),
     "sparse 2-d": (lambda f: rewrite(f, lambda h: h["t"][1].update(sh=[2, 5])), "sparse shape"),
-    "sparse index out of range": (lambda f: [*f[:2], np.array([2, 10], np.uint32).tobytes(), f[3]],
+    "sparse index out of range": (lambda f: [*f[:2], np.array([2, 10], "<u2").tobytes(), f[3]],  # at 2 and 12
                                   "out of range"),
+    "sparse uint32 index out of range": (
+        lambda f: [*rewrite(f, lambda h: h["t"][1].update(id="uint32"))[:2], np.array([2, 10], "<u4").tobytes(), f[3]],
+        "out of range"),
     "sparse size shrunk": (lambda f: rewrite(f, lambda h: h["t"][1].update(sh=[7])), "out of range"),
     "oversized": (lambda f: [f[0], np.zeros(1 << 15, np.float32).tobytes(), *f[2:]], "too large"),
 }
@@ -174,3 +177,17 @@ def test_send_time_and_link_feedback_roundtrip():
     msg = decode(frames, LIMITS, received_at=1795000000.5)
     assert (msg.sent_at, msg.feedback_bps, msg.received_at) == (1795000000.25, 5e7, 1795000000.5)
     assert decode(encode("grad", 1, 3), LIMITS).feedback_bps is None
+
+
+@pytest.mark.parametrize("indices,encoding,index_bytes", [
+    ([0, 3, 65_538, 65_539], "gap16", 8),            # increasing, every gap below 2^16
+    ([3, 0, 5, 9], "uint32", 16),                    # not increasing
+    ([1, 80_000], "uint32", 8),                      # a gap of 2^16 or more
+    ([70_000], "uint32", 4),                         # the first index is a gap from 0
+])
+def test_sparse_indices_travel_as_16_bit_gaps_where_they_fit(indices, encoding, index_bytes):
+    idx = np.array(indices, np.uint32)
+    frames = encode("grad", 1, 0, {"s": Sparse(idx, np.ones(len(idx), np.float16), 100_000)})
+    assert msgpack.unpackb(frames[0])["t"][0]["id"] == encoding and len(bytes(frames[1])) == index_bytes
+    got = decode(frames, LIMITS).tensors["s"]
+    assert got.indices.dtype == np.uint32 and got.indices.tolist() == indices and got.size == 100_000
