@@ -35,6 +35,7 @@ log = logging.getLogger("dlion.peer")
 EVAL_KIND = "eval"
 STOP_KIND = "stop"
 HEADER_ALLOWANCE = 1 << 20  # bytes on top of the largest tensor payload
+NUM_CLASSES = 10  # the datasets' (Fashion-MNIST and the synthetic set) and the trainer's default
 
 
 def max_message_bytes(num_values: int) -> int:
@@ -62,8 +63,6 @@ class Peer:
         self.log = EventLog(peer_log_path(out_dir, peer_id), peer_id)
         tr = cfg.training
         trainer_mod.configure_threads(self.spec.tf_threads)
-        self.trainer = trainer_mod.Trainer(model=tr.model, optimizer=tr.optimizer, learning_rate=tr.learning_rate,
-                                           seed=cfg.seed, momentum=tr.momentum)
         self.data = dataset if dataset is not None else load_dataset(cfg)
         ids = sorted(cfg.peer_ids)
         parts = datamod.partition(self.data.y_train, len(ids), tr.partition.kind, seed=cfg.seed,
@@ -72,6 +71,11 @@ class Peer:
         holdout = getattr(stages.knowledge.params, "holdout", 0.0)
         self.train_idx, holdout_idx = datamod.holdout_split(parts[ids.index(peer_id)], holdout,
                                                             seed=cfg.seed * 31 + peer_id)
+        prior = None  # skew compensation by logit adjustment: this peer's label frequencies (+1 each: none is 0)
+        if getattr(stages.gossip.params, "skew_compensation", "none") == "logit-adjustment":
+            prior = np.bincount(self.data.y_train[self.train_idx], minlength=NUM_CLASSES) + 1.0
+        self.trainer = trainer_mod.Trainer(model=tr.model, optimizer=tr.optimizer, learning_rate=tr.learning_rate,
+                                           seed=cfg.seed, momentum=tr.momentum, label_prior=prior)
         self.sampler = datamod.BatchSampler(self.train_idx, seed=cfg.seed * 7919 + peer_id + 1)
         self.eval_idx = datamod.eval_subset(len(self.data.y_test), cfg.evaluation.subset, seed=cfg.seed)
         self.others = tuple(i for i in ids if i != peer_id)

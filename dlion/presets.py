@@ -29,7 +29,7 @@ PRESETS: dict[str, dict] = {
     # Sparse-Push: top-k updates of per-link public copies instead of the whole model
     "sparse-push": {"strategies": {**GOSSIP, "gossip": {"kind": "sparse-push"}}, "topology": ONE_PEER_EXPONENTIAL},
     # Sparse-Push with skew compensation, for label-skewed (non-IID) partitions
-    "sparse-push-skew": {"strategies": {**GOSSIP, "gossip": {"kind": "sparse-push", "skew_compensation": True}},
+    "sparse-push-skew": {"strategies": {**GOSSIP, "gossip": {"kind": "sparse-push", "skew_compensation": "logit-adjustment"}},
                          "topology": ONE_PEER_EXPONENTIAL},
     # the four-part peer: weighted batching, prioritized gradient exchange with the round's out-neighbours,
     # Sparse-Push gossip on the time-varying graph, direct knowledge transfer

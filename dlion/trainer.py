@@ -86,8 +86,17 @@ class Trainer:
     """
 
     def __init__(self, model="cnn", optimizer="adam", learning_rate=1e-3, seed=0, input_shape=(28, 28, 1),
-                 num_classes=10, momentum=0.9):
+                 num_classes=10, momentum=0.9, label_prior=None):
+        """`label_prior` (class frequencies of this peer's data, or None): train with logit adjustment, the training
+        logits shifted by log(prior), so that the raw logits learn class scores as if the classes were balanced
+        (a skewed peer's model then does not favour its own classes; evaluation uses the raw logits)."""
         self.model = build_model(model, input_shape, num_classes, seed)
+        self._logit_shift = None
+        if label_prior is not None:
+            prior = np.asarray(label_prior, np.float64)
+            if prior.shape != (num_classes,) or not (prior > 0).all():
+                raise ValueError(f"label_prior must be {num_classes} positive frequencies, got {label_prior!r}")
+            self._logit_shift = tf.constant(np.log(prior / prior.sum()), tf.float32)
         self.optimizer = _make_optimizer(optimizer, learning_rate, momentum)
         self._trainable = list(self.model.trainable_variables)
         self._state = self._trainable + list(self.model.non_trainable_variables)
@@ -125,6 +134,8 @@ class Trainer:
     # --- graph bodies -------------------------------------------------------------------------------------------
     def _loss(self, x, y):
         logits = self.model(x, training=True)
+        if self._logit_shift is not None:
+            logits = logits + self._logit_shift
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
         if self.model.losses:  # regularisers of import-path models
             loss += tf.add_n(self.model.losses)

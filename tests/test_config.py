@@ -218,7 +218,7 @@ def test_gossip_presets_bring_their_graph_unless_the_config_has_one():
     assert (sgp.strategies.exchange.kind, sgp.strategies.gossip.kind, sgp.topology.kind) == \
         ("none", "push-sum", "one-peer-exponential")  # the exchange deadline has no exchange to tune: left out
     skew = config.parse({**base, "preset": "sparse-push-skew"})
-    assert skew.strategies.gossip.kind == "sparse-push" and skew.strategies.gossip.params.skew_compensation
+    assert skew.strategies.gossip.kind == "sparse-push" and skew.strategies.gossip.params.skew_compensation == "logit-adjustment"
     full = config.parse({**base, "preset": "full", "topology": {"kind": "ring"}})
     assert full.topology.kind == "ring" and full.strategies.exchange.params.deadline_s == 9.0
     assert [getattr(full.strategies, s).kind for s in ("batching", "exchange", "gossip", "knowledge")] == \

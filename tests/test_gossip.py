@@ -298,7 +298,8 @@ def test_skew_compensation_through_gossip_brings_heterogeneous_peers_together(in
     target = np.mean(list(optima.values()), axis=0)
     spread = {}
     for on in (False, True):
-        transports, gossips = network(inproc, ids, TopologySpec("one-peer-exponential"), cls, skew_compensation=on,
+        transports, gossips = network(inproc, ids, TopologySpec("one-peer-exponential"), cls,
+                                      skew_compensation="flow-integral" if on else "none",
                                       skew_gain=0.05, skew_leak=0.001, **params)
 
         def loop(p):

@@ -153,3 +153,18 @@ else:
     raise AssertionError("changing threads after initialisation must raise")
 """
     subprocess.run([PYTHON, "-c", code], env=python_env(), check=True, timeout=120)
+
+
+def test_label_prior_trains_on_logits_shifted_by_the_log_prior(ds):
+    prior = np.array([40, 30, 10, 5, 5, 4, 3, 1, 1, 1], np.float64)
+    adjusted, plain = Trainer("mlp", "adam", seed=3, label_prior=prior), Trainer("mlp", "adam", seed=3)
+    x, y = ds.x_train[:64], ds.y_train[:64]
+    logits = plain.model(x, training=True).numpy().astype(np.float64) + np.log(prior / prior.sum())
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    expected = np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(64), y])
+    assert adjusted.gradients(x, y)[0] == pytest.approx(expected, rel=1e-5)
+    assert plain.gradients(x, y)[0] != pytest.approx(expected, rel=1e-3)
+    # evaluation scores the raw logits: the same model evaluates the same, whatever the prior it trains with
+    assert adjusted.evaluate(x, y) == pytest.approx(plain.evaluate(x, y))
+    with pytest.raises(ValueError, match="label_prior"):
+        Trainer("mlp", "adam", label_prior=np.zeros(10))

@@ -5,7 +5,8 @@ Each peer keeps a numerator x (float64) and a weight w (1 at the start), and tra
 One round t, `step(t, params)`:
 
 1. Local update: x += params - z_last, i.e. whatever changed the parameters since the last step (the optimizer's
-   step on z, unscaled, as in SGP), plus the skew compensation's correction when it is on (`skew.py`).
+   step on z, unscaled, as in SGP), plus the flow-integral skew compensation's correction when it is on
+   (`skew.py`; the other compensation, logit adjustment, is in the trainer's loss and needs nothing here).
 2. Push: with the live out-neighbours O of round t (the topology's, minus peers that said goodbye) and the push-sum
    share a = 1/(|O| + 1), the peer gives each out-neighbour the weight dw = gamma * a * w with numerator mass
    dw * z, and keeps the rest. Dense push-sum (gamma = 1) sends z itself (float32), so each out-neighbour gets
@@ -39,6 +40,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -47,6 +49,7 @@ from dlion.schema import option, positive
 from dlion.transport.wire import Sparse
 
 KIND = "gossip"
+SKEW_COMPENSATIONS = ("none", "logit-adjustment", "flow-integral")
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,10 @@ class PushSum:
     class Params:
         deadline_s: float = option(5.0, check=positive, expect="a positive number of seconds to wait for the "
                                                                  "round's in-neighbours")
-        skew_compensation: bool = option(False, expect="true or false: integral feedback on the gossip flow "
-                                                       "against non-IID skew (dlion/gossip/skew.py)")
+        skew_compensation: Literal[SKEW_COMPENSATIONS] = option(
+            "none", expect="one of: none; logit-adjustment (each peer trains with its logits shifted by the log of its "
+                           "label frequencies: dlion/trainer.py); flow-integral (integral feedback on the gossip "
+                           "flow: dlion/gossip/skew.py)")
         skew_gain: float = option(0.05, check=lambda x: 0 < x <= 1,
                                   expect="a number in (0, 1]: share of the flow integral added each round")
         skew_leak: float = option(0.005, check=lambda x: 0 < x <= 1,
@@ -120,7 +125,7 @@ class PushSum:
             raise ValueError(f"gossip rounds must increase: {round_} after {self.last_round}")
         if self.x is None:
             self.x = params.astype(np.float64)
-            if self.params.skew_compensation:
+            if self.params.skew_compensation == "flow-integral":
                 self.skew = SkewCompensation(params.size, self.params.skew_gain, self.params.skew_leak)
         else:
             self.x += params
