@@ -1,10 +1,17 @@
 """Skew compensation for non-IID partitions: integral feedback on the gossip flow (PI consensus).
 
+`skew_compensation: flow-integral`. Measured on label-skewed hetero-4 it helps dense gossip's models agree but costs
+Sparse-Push 1.3 points: there most of the flow into a peer is the pull of its neighbours' stale public copies, which
+the integral amplifies. The `sparse-push-skew` preset uses `logit-adjustment` instead (`dlion/trainer.py`:
+each peer trains on logits shifted by its log label frequencies), which closed 86% of the skew gap
+(`docs/benchmarks.md`).
+
 With label skew, each peer's local update carries a persistent component toward its own classes, b_i. Gossip alone
 counters it only by pulling the peers back toward each other, and a pull needs a disagreement: at equilibrium peer i
 sits about b_i / (mixing rate) away from the others. Sparse gossip mixes slowly, so the disagreement — and each
-peer's loss on the classes it lacks — grows with the compression (the paper's observation). Rescaling the local loss
-by inverse class frequencies would not help: it rebalances the classes a peer has and cannot bring in those it lacks.
+peer's loss on the classes it lacks — grows with the compression (the paper's observation). (Rescaling the local loss
+by inverse class frequencies would only rebalance the classes a peer has; logit adjustment, which shifts the
+training logits by the log frequencies, is a different remedy and the one that worked.)
 
 The rule: each peer integrates the numerator mass that gossip moved into it, round after round (a leaky sum),
 
