@@ -91,6 +91,7 @@ class Peer:
         self.links = graph.links_of(peer_id)
         self.exchange = EXCHANGE[stages.exchange.kind](stages.exchange.params, peer_id, transport, graph,
                                                        {d: cfg.link(peer_id, d).bandwidth for d in self.links})
+        # without gossip, skip the stage and with it a get/set round trip of the parameters every iteration
         self.gossip = (GOSSIP[stages.gossip.kind](stages.gossip.params, peer_id, transport, graph)
                        if stages.gossip.kind != "none" else None)
         x_hold, y_hold = self.data.x_train[holdout_idx], self.data.y_train[holdout_idx]
