@@ -101,9 +101,11 @@ class PushSum:
                            "label frequencies: dlion/trainer.py); flow-integral (integral feedback on the gossip "
                            "flow: dlion/gossip/skew.py)")
         skew_gain: float = option(0.05, check=lambda x: 0 < x <= 1,
-                                  expect="a number in (0, 1]: share of the flow integral added each round")
+                                  expect="a number in (0, 1]: share of the flow integral added each round "
+                                         "(flow-integral)")
         skew_leak: float = option(0.005, check=lambda x: 0 < x <= 1,
-                                  expect="a number in (0, 1]: how fast the flow integral forgets (per round)")
+                                  expect="a number in (0, 1]: how fast the flow integral forgets, per round "
+                                         "(flow-integral)")
 
     def __init__(self, params: Params, peer_id: int, transport, topology):
         self.params = params
