@@ -241,15 +241,12 @@ def decode(frames: Sequence, limits: WireLimits, received_at: float = 0.0) -> Me
             tensors[name] = _array(frames[i], dtype, math.prod(shape), name).reshape(shape)
             i += 1
         else:
-            if encoding == GAP_ENCODING:
-                positions = np.cumsum(_array(frames[i], np.dtype("<u2"), nnz, f"{name} indices"), dtype=np.int64)
-                if nnz and int(positions[-1]) >= shape[0]:  # the last is the largest; checked before any cast
-                    raise WireError(f"sparse index out of range [0, {shape[0]})")
-                indices = positions.astype(np.uint32)
+            if encoding == GAP_ENCODING:  # positions in int64, range-checked before the cast to uint32
+                indices = np.cumsum(_array(frames[i], np.dtype("<u2"), nnz, f"{name} indices"), dtype=np.int64)
             else:
                 indices = _array(frames[i], _WIRE_DTYPE[INDEX_DTYPE], nnz, f"{name} indices")
             values = _array(frames[i + 1], dtype, nnz, f"{name} values")
             _check_indices(indices, shape[0])
-            tensors[name] = Sparse(indices, values, shape[0])
+            tensors[name] = Sparse(indices.astype(np.uint32, copy=False), values, shape[0])
             i += 2
     return Message(h["k"], h["s"], h["r"], meta, tensors, total, received_at, h["ts"], h["bw"])
