@@ -86,19 +86,24 @@ def _live_peer_processes(out):
     return alive
 
 
-def test_sigkilled_peer_costs_the_others_at_most_a_deadline_per_round(tmp_path):
-    path, cfg = write_config(tmp_path, 3, max_iterations=160)
-    out = tmp_path / "out"
+def run_and_kill_peer_2(path, out) -> str:
+    """`dlion run` the config, SIGKILL peer 2 once it is past iteration 40, and return the launcher's output."""
     run = subprocess.Popen(dlion_cmd("run", str(path)), cwd=ROOT, env=python_env(), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     try:
         victim = wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "start", 90)
         wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 40, 90)
         os.kill(victim["pid"], signal.SIGKILL)
-        output, _ = run.communicate(timeout=180)
+        return run.communicate(timeout=180)[0]
     finally:
         if run.poll() is None:
             run.kill()
+
+
+def test_sigkilled_peer_costs_the_others_at_most_a_deadline_per_round(tmp_path):
+    path, cfg = write_config(tmp_path, 3, max_iterations=160)
+    out = tmp_path / "out"
+    output = run_and_kill_peer_2(path, out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["peers"]["2"]["finished"] is False and summary["peers"]["2"]["stop_reason"] == "died"
     for pid in ("0", "1"):

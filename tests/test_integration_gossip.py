@@ -1,16 +1,14 @@
 """Gossip presets in real peer processes on loopback: Sparse-Push on a time-varying directed graph trains the peers to
 one model with a fraction of dense gossip's bytes, and a peer killed mid-run costs the others at most a deadline."""
 import json
-import os
-import signal
 import subprocess
 
 import pytest
 import yaml
 
-from conftest import PYTHON, ROOT, free_ports, python_env, requires_fashion
+from conftest import ROOT, free_ports, python_env, requires_fashion
 from dlion.metrics import read_events
-from test_integration import _live_peer_processes, wait_for_event
+from test_integration import _live_peer_processes, dlion_cmd, run_and_kill_peer_2
 
 pytestmark = [pytest.mark.integration, requires_fashion]
 
@@ -34,8 +32,8 @@ def write_config(tmp_path, preset, n_peers, **training):
 
 
 def run(path):
-    return subprocess.run([PYTHON, "-m", "dlion", "run", str(path)], cwd=ROOT, env=python_env(), capture_output=True,
-                          text=True, timeout=240)
+    return subprocess.run(dlion_cmd("run", str(path)), cwd=ROOT, env=python_env(), capture_output=True, text=True,
+                          timeout=240)
 
 
 def test_sparse_push_trains_every_peer_to_one_model_with_few_model_bytes(tmp_path):
@@ -64,16 +62,7 @@ def test_sparse_push_trains_every_peer_to_one_model_with_few_model_bytes(tmp_pat
 def test_a_killed_peer_costs_the_gossiping_others_at_most_a_deadline_per_round(tmp_path):
     path = write_config(tmp_path, "sgp", 3, max_iterations=200)
     out = tmp_path / "out"
-    launcher = subprocess.Popen([PYTHON, "-m", "dlion", "run", str(path)], cwd=ROOT, env=python_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        victim = wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "start", 90)
-        wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 40, 90)
-        os.kill(victim["pid"], signal.SIGKILL)
-        output, _ = launcher.communicate(timeout=180)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
+    output = run_and_kill_peer_2(path, out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["peers"]["2"]["stop_reason"] == "died"
     for pid in ("0", "1"):
