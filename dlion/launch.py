@@ -3,7 +3,8 @@
 The launcher never trains: it writes the resolved config next to the results, starts `python -m dlion peer` once per
 peer (the same command a container or another host runs), tails the peers' JSONL files for a progress line, and at the
 end writes `summary.json`. Peers stop themselves at the run's stop condition; the launcher only enforces a hard time
-limit and Ctrl-C. Each child gets SIGTERM if the launcher dies (PR_SET_PDEATHSIG), so no peer outlives it.
+limit and Ctrl-C (SIGTERM counts as Ctrl-C: both stop the peers and take the emulation down). Each child gets SIGTERM
+if the launcher dies (PR_SET_PDEATHSIG), so no peer outlives it.
 """
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def prepare_out_dir(cfg: Config, out_dir: Path) -> Path:
@@ -164,6 +169,7 @@ def run(cfg: Config, out_dir: str | Path, stream=sys.stdout) -> dict:
     procs: dict[int, subprocess.Popen] = {}
     interrupted = False
     started = time.monotonic()
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         if emulation:
             cfg = bring_up(cfg, emulation)
@@ -176,6 +182,7 @@ def run(cfg: Config, out_dir: str | Path, stream=sys.stdout) -> dict:
         stop_peers(procs)
         if emulation:
             emulation.down()
+        signal.signal(signal.SIGTERM, previous_handler)
     wall_s = time.monotonic() - started
     progress.poll()
     progress.show(wall_s)

@@ -1,6 +1,9 @@
-"""Fallback emulation inside a peer: links shaped from the config, compute duty-cycled, schedule applied on time."""
+"""Emulation inside a peer: links shaped from the config, compute paced, schedule applied on time."""
+import pytest
+
 from dlion import config
 from dlion.emulate.fallback import FallbackEmulation
+from tests.test_emulate_pacing import FakeTime
 
 CFG = config.parse({
     "peers": [{"id": 0, "port": 47000, "cores": 0.25, "uplink": "50mbit", "latency": "10ms"},
@@ -28,41 +31,42 @@ def test_start_shapes_every_outgoing_link_from_the_config():
     assert transport.links[2] == (5e7, 0.010)
 
 
-def test_throttle_holds_the_configured_share_of_the_peer_threads():
-    sleeps = []
-    emulation = FallbackEmulation(CFG, 0, RecordingTransport(), sleep=sleeps.append)
-    emulation.throttle(0.1, 0.1)  # 0.25 cores: 0.1 CPU-s owes 0.4 s, 0.1 s of it spent computing
-    assert abs(sleeps[0] - 0.3) < 1e-9
-    emulation.throttle(0.05, 0.1)  # a contended step used less CPU, so it owes less idling
-    assert abs(sleeps[1] - 0.1) < 1e-9
-    full = FallbackEmulation(CFG, 1, RecordingTransport(), sleep=sleeps.append)
-    full.throttle(0.2, 0.1)  # 2 cores, two busy threads: within quota, no idling
-    assert len(sleeps) == 2
+def test_throttle_paces_compute_to_the_configured_cores():
+    t = FakeTime()
+    emulation = FallbackEmulation(CFG, 0, RecordingTransport(), sleep=t.sleep, clock=t.clock)
+    t.now += 1.1  # a wait, then a step
+    assert emulation.throttle(0.1, 0.1) == pytest.approx(0.3)  # 0.25 cores: 0.1 CPU-s take 0.4 s
+    full = FallbackEmulation(CFG, 1, RecordingTransport(), sleep=t.sleep, clock=t.clock)
+    assert full.throttle(0.2, 0.1) == 0.0  # 2 cores, two busy threads
 
 
 def test_schedule_is_applied_when_due_and_only_once():
     transport = RecordingTransport()
-    sleeps = []
-    emulation = FallbackEmulation(CFG, 0, transport, sleep=sleeps.append)
+    t = FakeTime()
+    emulation = FallbackEmulation(CFG, 0, transport, sleep=t.sleep, clock=t.clock)
     emulation.start()
     assert emulation.update(29.9) == []
     applied = emulation.update(30.0)
     assert len(applied) == 2 and emulation.cores == 1.0 and transport.links[1][0] == 1e7
     assert emulation.update(100.0) == []
-    emulation.throttle(0.1, 0.1)
-    assert sleeps == []  # 1 core on 1 thread: unthrottled after the change
+    t.now += 0.1
+    assert emulation.throttle(0.1, 0.1) == 0.0  # 1 core on 1 thread: unthrottled after the change
 
 
-def test_latency_only_leaves_bandwidth_and_cpu_to_the_kernel():
-    transport = RecordingTransport()
-    sleeps = []
-    emulation = FallbackEmulation(CFG, 0, transport, sleep=sleeps.append, latency_only=True)
-    emulation.start()
-    assert transport.links[1] == (None, transport.links[1][1]) and abs(transport.links[1][1] - 0.011) < 1e-9
-    emulation.throttle(0.1, 0.1)
-    assert sleeps == []
-    assert [c.is_link for c in emulation.update(31)] == [True]  # the cores change is the cgroup's business
-    assert transport.links[1][0] is None
+def test_under_the_real_method_the_kernel_shapes_bandwidth_and_the_peer_paces_compute():
+    for links, shaped in (("latency", True), ("none", False)):
+        transport = RecordingTransport()
+        t = FakeTime()
+        emulation = FallbackEmulation(CFG, 0, transport, links=links, sleep=t.sleep, clock=t.clock)
+        emulation.start()
+        if shaped:  # a kernel without netem: the transport adds the latency
+            assert transport.links[1] == (None, pytest.approx(0.011))
+        else:
+            assert transport.links == {}
+        t.now += 0.2
+        assert emulation.throttle(0.1, 0.1) == pytest.approx(0.3)
+        assert [c.is_link for c in emulation.update(31)] == ([False, True] if shaped else [False])
+        assert emulation.cores == 1.0 and (transport.links[1][0] is None if shaped else transport.links == {})
 
 
 def test_in_process_says_what_a_peer_emulates_itself():
@@ -73,7 +77,8 @@ def test_in_process_says_what_a_peer_emulates_itself():
     def method(**kw):
         return in_process(dataclasses.replace(CFG, emulation=Emulation(**kw)), 0, RecordingTransport())
 
-    assert method(method="fallback").latency_only is False
-    assert method(method="auto").latency_only is False  # a lone peer with auto: in-process
-    assert method(method="real", transport_latency=True).latency_only is True
-    assert method(method="real") is None and method(method="none") is None
+    assert method(method="fallback").links == "all"
+    assert method(method="auto").links == "all"  # a lone peer with auto: in-process
+    assert method(method="real", transport_latency=True).links == "latency"
+    assert method(method="real").links == "none"  # compute is paced under both methods
+    assert method(method="none") is None

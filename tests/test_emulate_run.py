@@ -49,3 +49,32 @@ def test_run_under_real_emulation_applies_schedule_and_cleans_up(tmp_path):
     # the emulation is gone: no namespace or cgroup of ours
     assert "dl-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not real.RealEmulation(config.load(path)).status().get("namespaces")
+
+
+def test_sigterm_to_the_launcher_stops_the_peers_and_takes_the_emulation_down(tmp_path):
+    import signal
+    import time
+
+    ports = free_ports(2)
+    cfg = {
+        "peers": [{"id": 0, "port": ports[0], "cores": 1.0}, {"id": 1, "port": ports[1], "cores": 0.5}],
+        "training": {"model": "mlp", "global_batch": 64, "max_seconds": 120},
+        "emulation": {"method": "real"},
+        "output": {"dir": str(tmp_path / "out")},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    launcher = subprocess.Popen([PYTHON, "-m", "dlion", "run", str(path)], cwd=ROOT, env=python_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    emulation = real.RealEmulation(config.load(path))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not any(e["ev"] == "iter" for e in
+                                                  read_events(tmp_path / "out" / "peer-1.jsonl")):
+        time.sleep(0.5)
+    assert emulation.status().get("namespaces"), "the run never got going"
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, output[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert not emulation.status().get("namespaces")

@@ -1,45 +1,57 @@
 """The emulation method that needs no privileges: it runs inside each peer process.
 
 Links: every outgoing link is shaped in the transport (a serialization queue at the link's rate plus its one-way
-latency, see `dlion.transport.shaping`). Compute: like a CFS quota, the peer may use `cores` CPU-seconds per second
-while it computes: after a gradient computation that used `c` CPU-seconds (all threads) in `w` seconds of wall time,
-it sleeps `c / cores - w`. Capping CPU time rather than stretching wall time keeps the share right when the machine
-is contended (a step slowed down by other peers used less CPU, so it owes less idling). The config's schedule is
-applied as training time passes: `update(elapsed)` is called every iteration.
+latency, see `dlion.transport.shaping`). Compute: every gradient step is paced to the peer's cores
+(`dlion.emulate.pacing`). The config's schedule is applied as training time passes: `update(elapsed)` is called every
+iteration.
 
-With `latency_only`, only the links' one-way latency is emulated here: the real method shapes bandwidth and CPU in
-the kernel, and on kernels without netem the peers add the latency themselves.
+Under the real method the kernel shapes the links' bandwidth, and only their one-way latency is emulated here, on
+kernels without netem. Compute is paced under both methods: the cgroup's quota is a ceiling over a period, which a
+peer that waits for the network never reaches (see the pacing module).
 """
 from __future__ import annotations
 
 import time
 
 from dlion.config import Config
+from dlion.emulate.pacing import ComputePacer
+
 
 def in_process(cfg: Config, peer_id: int, transport) -> "FallbackEmulation | None":
     """What a peer itself must emulate: everything under `fallback` (and `auto`, which the launcher resolves before
-    starting peers, so a lone peer can only mean the in-process method); only the latency under `real` where the
-    kernel has no netem (`transport_latency`); nothing otherwise."""
+    starting peers, so a lone peer can only mean the in-process method); under `real`, its compute pace, and the
+    links' latency where the kernel has no netem (`transport_latency`); nothing without emulation."""
     method = cfg.emulation.method
-    if method in ("fallback", "auto") or (method == "real" and cfg.emulation.transport_latency):
-        return FallbackEmulation(cfg, peer_id, transport, latency_only=method == "real")
+    if method in ("fallback", "auto"):
+        return FallbackEmulation(cfg, peer_id, transport)
+    if method == "real":
+        links = "latency" if cfg.emulation.transport_latency else "none"
+        return FallbackEmulation(cfg, peer_id, transport, links=links)
     return None
 
 
 class FallbackEmulation:
-    def __init__(self, cfg: Config, peer_id: int, transport, sleep=time.sleep, latency_only: bool = False):
+    """`links`: what this peer emulates of its outgoing links: "all" (rate and latency, the fallback), "latency" (the
+    real method on a kernel without netem) or "none" (the kernel does both)."""
+
+    def __init__(self, cfg: Config, peer_id: int, transport, links: str = "all", sleep=time.sleep,
+                 clock=time.monotonic):
         self.cfg = cfg
-        self.latency_only = latency_only
+        self.links = links
         self.peer_id = peer_id
         self.transport = transport
-        self.threads = cfg.peer(peer_id).tf_threads
-        self.cores = cfg.cores(peer_id)
-        self._sleep = sleep
-        mine = [c for c in cfg.schedule if c.src == peer_id or (c.peer == peer_id and not latency_only)]
+        self.pacer = ComputePacer(cfg.cores(peer_id), sleep, clock)
+        mine = [c for c in cfg.schedule if (c.src == peer_id and links != "none") or c.peer == peer_id]
         self._pending = sorted(mine, key=lambda c: c.at)
+
+    @property
+    def cores(self) -> float:
+        return self.pacer.cores
 
     def start(self) -> None:
         """Shape every outgoing link as configured for the start of training."""
+        if self.links == "none":
+            return
         for dst in self.cfg.peer_ids:
             if dst != self.peer_id:
                 self._shape(dst, self.cfg.link(self.peer_id, dst))
@@ -52,18 +64,14 @@ class FallbackEmulation:
             if change.is_link:
                 self._shape(change.dst, self.cfg.link(change.src, change.dst, at=change.at))
             else:
-                self.cores = change.cores
+                self.pacer.cores = change.cores
             applied.append(change)
         return applied
 
     def _shape(self, dst: int, link) -> None:
-        self.transport.set_link(dst, None if self.latency_only else link.bandwidth, link.latency)
+        self.transport.set_link(dst, link.bandwidth if self.links == "all" else None, link.latency)
 
-    def throttle(self, cpu_s: float, wall_s: float) -> None:
-        """Idle after a compute step that used `cpu_s` CPU-seconds in `wall_s` seconds, to hold the configured
-        cores."""
-        if self.latency_only:
-            return
-        idle = cpu_s / self.cores - wall_s
-        if idle > 0:
-            self._sleep(idle)
+    def throttle(self, cpu_s: float, wall_s: float) -> float:
+        """Idle after a gradient step that used `cpu_s` CPU-seconds in `wall_s` seconds, as a machine of the
+        configured cores would have taken longer; returns the idle time."""
+        return self.pacer.after_step(cpu_s, wall_s)
