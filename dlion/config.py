@@ -97,8 +97,8 @@ class Change:
 class Emulation:
     method: Literal["none", "fallback", "real", "auto"] = option(
         "none", expect="one of: none (run as the host allows), fallback (in-process link shaping and compute "
-                       "throttling), real (network namespaces, tc and cgroups; needs root), auto (real where "
-                       "available, else fallback)")
+                       "pacing), real (network namespaces, tc and cgroups, compute paced in the peer; needs root), "
+                       "auto (real where available, else fallback)")
     transport_latency: bool = option(
         False, expect="true or false: under the real method, add link latency in the transport (the launcher sets "
                       "it where the kernel has no netem)")

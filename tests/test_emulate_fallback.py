@@ -26,7 +26,7 @@ class RecordingTransport:
 
 def test_start_shapes_every_outgoing_link_from_the_config():
     transport = RecordingTransport()
-    FallbackEmulation(CFG, 0, transport).start()
+    FallbackEmulation(CFG, 0, transport, renice=lambda nice: None).start()
     assert transport.links[1][0] == 5e7 and abs(transport.links[1][1] - 0.011) < 1e-9
     assert transport.links[2] == (5e7, 0.010)
 
@@ -43,11 +43,13 @@ def test_throttle_paces_compute_to_the_configured_cores():
 def test_schedule_is_applied_when_due_and_only_once():
     transport = RecordingTransport()
     t = FakeTime()
-    emulation = FallbackEmulation(CFG, 0, transport, sleep=t.sleep, clock=t.clock)
+    nices = []
+    emulation = FallbackEmulation(CFG, 0, transport, sleep=t.sleep, clock=t.clock, renice=nices.append)
     emulation.start()
     assert emulation.update(29.9) == []
     applied = emulation.update(30.0)
     assert len(applied) == 2 and emulation.cores == 1.0 and transport.links[1][0] == 1e7
+    assert nices == [9, 0]  # 0.25 against 2 cores: 1.25^9 ~ 8; then 1.0 against peer 1's 0.5 (since 20 s) and peer 2's 1
     assert emulation.update(100.0) == []
     t.now += 0.1
     assert emulation.throttle(0.1, 0.1) == 0.0  # 1 core on 1 thread: unthrottled after the change
@@ -67,6 +69,13 @@ def test_under_the_real_method_the_kernel_shapes_bandwidth_and_the_peer_paces_co
         assert emulation.throttle(0.1, 0.1) == pytest.approx(0.3)
         assert [c.is_link for c in emulation.update(31)] == ([False, True] if shaped else [False])
         assert emulation.cores == 1.0 and (transport.links[1][0] is None if shaped else transport.links == {})
+
+
+def test_nice_values_weigh_peers_like_their_cores():
+    from dlion.emulate.fallback import nice_for
+    hetero = config.parse({"peers": [{"id": i, "port": 47000 + i, "cores": c} for i, c in
+                                     enumerate((1.0, 0.5, 0.3, 0.2))], "training": {"max_seconds": 60}})
+    assert [nice_for(hetero, p) for p in range(4)] == [0, 3, 5, 7]  # 1.25^3 ~ 2, 1.25^5 ~ 3.05, 1.25^7 ~ 4.8
 
 
 def test_in_process_says_what_a_peer_emulates_itself():

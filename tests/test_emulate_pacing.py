@@ -1,4 +1,4 @@
-"""Compute pacing: idle after each step that follows a wait, once per period for steps that follow each other."""
+"""Compute pacing: idle after each step that follows a wait, at period marks for steps that follow each other."""
 import pytest
 
 from dlion.emulate.pacing import ComputePacer
@@ -24,8 +24,8 @@ class FakeTime:
         return pacer.after_step(cpu_s, wall_s)
 
 
-def pacer(cores, t, period_s=1.0):
-    return ComputePacer(cores, sleep=t.sleep, clock=t.clock, period_s=period_s)
+def pacer(cores, t, period_s=1.0, phase=0.0):
+    return ComputePacer(cores, sleep=t.sleep, clock=t.clock, period_s=period_s, phase=phase)
 
 
 def test_a_step_after_a_wait_idles_at_once_so_the_round_keeps_its_timing():
@@ -36,15 +36,30 @@ def test_a_step_after_a_wait_idles_at_once_so_the_round_keeps_its_timing():
     assert len(t.sleeps) == 3
 
 
-def test_back_to_back_steps_idle_once_per_period_and_keep_the_average_share():
+def test_back_to_back_steps_run_in_bursts_up_to_each_period_mark_and_keep_the_average_share():
+    t = FakeTime()  # starts at 100.0: the marks are at whole seconds
+    p = pacer(0.25, t)
+    step = 1 / 64  # exact in binary; the emulated machine takes 1/16 s
+    for _ in range(32):
+        t.step(p, cpu_s=step, wall_s=step)
+    # the first step follows nothing and idles at once, to 100.0625; the next 15 reach the mark at 101.0 exactly,
+    # then 16 more the mark at 102.0
+    assert t.sleeps == [pytest.approx(0.046875), pytest.approx(0.703125), pytest.approx(0.75)]
+    assert t.now == pytest.approx(100 + 32 / 16)  # the same time as idling after every step
+
+
+def test_the_phase_shifts_the_marks_and_a_step_past_a_mark_idles_until_the_emulated_finish():
     t = FakeTime()
-    p = pacer(0.2, t)
-    start = t.now
-    for _ in range(41):
-        t.step(p, cpu_s=0.01, wall_s=0.01)
-    # the first step follows nothing and idles at once; the next 40 fill two periods of 20 steps + 0.8 s idling
-    assert t.sleeps == [pytest.approx(0.04), pytest.approx(0.8), pytest.approx(0.8)]
-    assert t.now - start == pytest.approx(41 * 0.01 / 0.2)  # the same time as idling after every step
+    p = pacer(0.25, t, phase=0.5)  # marks at x.5
+    step = 1 / 64
+    for _ in range(8):
+        t.step(p, cpu_s=step, wall_s=step)
+    # idle at once to 100.0625, then 7 steps: the 7th ends at 100.5 emulated, the mark
+    assert t.sleeps == [pytest.approx(0.046875), pytest.approx(0.5 - 0.0625 - 7 / 64)]
+    t.step(p, cpu_s=0.1, wall_s=0.1)  # 0.4 s emulated: 100.9, before the next mark (101.5), so the burst goes on
+    assert len(t.sleeps) == 2
+    t.step(p, cpu_s=0.2, wall_s=0.2)  # 0.8 s more: past the mark, so idle until the emulated finish at 101.7
+    assert t.sleeps[2] == pytest.approx(101.7 - 100.8) and t.now == pytest.approx(101.7)
 
 
 def test_a_contended_step_owes_less_idling():

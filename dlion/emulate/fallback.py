@@ -2,8 +2,10 @@
 
 Links: every outgoing link is shaped in the transport (a serialization queue at the link's rate plus its one-way
 latency, see `dlion.transport.shaping`). Compute: every gradient step is paced to the peer's cores
-(`dlion.emulate.pacing`). The config's schedule is applied as training time passes: `update(elapsed)` is called every
-iteration.
+(`dlion.emulate.pacing`), and the peer's nice value weighs it in proportion to its cores when the peers contend for a
+fully booked machine, as the real method's cgroup weights do (each nice level is a factor of 1.25 in CFS weight; a
+process without privileges can raise its nice value but not lower it again). The config's schedule is applied as
+training time passes: `update(elapsed)` is called every iteration.
 
 Under the real method the kernel shapes the links' bandwidth, and only their one-way latency is emulated here, on
 kernels without netem. Compute is paced under both methods: the cgroup's quota is a ceiling over a period, which a
@@ -11,10 +13,32 @@ peer that waits for the network never reaches (see the pacing module).
 """
 from __future__ import annotations
 
+import math
+import os
 import time
 
 from dlion.config import Config
 from dlion.emulate.pacing import ComputePacer
+
+
+PHASE_STEP = (3 - math.sqrt(5)) / 2  # peer i bursts at i x this of a pacing period: evenly spread for any count
+NICE_STEP = 1.25  # CFS weight ratio between two nice levels
+MAX_NICE = 19
+
+
+def nice_for(cfg: Config, peer_id: int, at: float = 0.0) -> int:
+    """The nice value that weighs a peer against the largest one in proportion to their cores at `at`."""
+    largest = max(cfg.cores(p, at) for p in cfg.peer_ids)
+    return min(MAX_NICE, max(0, round(math.log(largest / cfg.cores(peer_id, at), NICE_STEP))))
+
+
+def _renice(nice: int) -> None:
+    """Every thread of this process (Linux keeps a nice value per thread; new threads inherit their creator's)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+        except (PermissionError, ProcessLookupError):  # lowering needs privileges; a thread may have ended
+            pass
 
 
 def in_process(cfg: Config, peer_id: int, transport) -> "FallbackEmulation | None":
@@ -35,12 +59,13 @@ class FallbackEmulation:
     real method on a kernel without netem) or "none" (the kernel does both)."""
 
     def __init__(self, cfg: Config, peer_id: int, transport, links: str = "all", sleep=time.sleep,
-                 clock=time.monotonic):
+                 clock=time.monotonic, renice=_renice):
         self.cfg = cfg
         self.links = links
         self.peer_id = peer_id
         self.transport = transport
-        self.pacer = ComputePacer(cfg.cores(peer_id), sleep, clock)
+        self.pacer = ComputePacer(cfg.cores(peer_id), sleep, clock, phase=peer_id * PHASE_STEP % 1)
+        self._renice = renice
         mine = [c for c in cfg.schedule if (c.src == peer_id and links != "none") or c.peer == peer_id]
         self._pending = sorted(mine, key=lambda c: c.at)
 
@@ -49,9 +74,11 @@ class FallbackEmulation:
         return self.pacer.cores
 
     def start(self) -> None:
-        """Shape every outgoing link as configured for the start of training."""
+        """Shape every outgoing link as configured for the start of training, and weigh the peer's compute."""
         if self.links == "none":
             return
+        if self.links == "all":
+            self._renice(nice_for(self.cfg, self.peer_id))
         for dst in self.cfg.peer_ids:
             if dst != self.peer_id:
                 self._shape(dst, self.cfg.link(self.peer_id, dst))
@@ -66,6 +93,8 @@ class FallbackEmulation:
             else:
                 self.pacer.cores = change.cores
             applied.append(change)
+        if self.links == "all" and any(not c.is_link for c in applied):
+            self._renice(nice_for(self.cfg, self.peer_id, elapsed))
         return applied
 
     def _shape(self, dst: int, link) -> None:

@@ -13,12 +13,17 @@ get a plain FIFO child instead: bandwidth and CPU stay real, and the launcher ha
 one-way latency (`kernel_latency` is False, the peers get `emulation.transport_latency: true`). The same shaping
 (`Egress`) runs inside a peer's container too: `shape_here` shapes the container's own device (`dlion emulate shape`).
 
-Compute: a CPU cgroup per peer, `<tag>/p<id>` under the cgroup v1 `cpu` hierarchy (cpu.cfs_quota_us = cores x
-cpu.cfs_period_us) or, where only cgroup v2 exists, `cpu.max`. A quota is only a ceiling: when the peers book the
-whole machine, they also contend with each other and with the host. So each peer's weight (cpu.shares / cpu.weight)
-is proportional to its cores, and the `<tag>` group weighs as much as all the host's CPUs: contention is then shared
-in proportion to capacity, and host daemons take little from the emulated micro-clouds. The launcher starts a peer with `wrap()` and moves it
-into its cgroup with `attach()`; the peer caps its TensorFlow threads at `PeerSpec.tf_threads` itself.
+Compute: a CPU cgroup per peer, `<tag>/p<id>` under the cgroup v1 `cpu` hierarchy (cpu.cfs_quota_us) or, where only
+cgroup v2 exists, `cpu.max`. The peer paces its own gradient steps to its cores (`dlion.emulate.pacing`: a quota
+alone lets a peer that waits for the network run its steps at full speed); the quota is the ceiling on everything the
+peer does, `QUOTA_HEADROOM` x cores per 1 s period. The period is long so that the pacer's one-second bursts of
+back-to-back steps are not chopped into cold pieces; the headroom keeps a peer whose steps used its share from being
+frozen, network threads and all, for the rest of a period. A quota is only a ceiling: when the peers book the whole
+machine, they also contend with each other and with the host. So each peer's weight (cpu.shares / cpu.weight) is
+proportional to its cores, and the `<tag>` group weighs as much as all the host's CPUs: contention is then shared in
+proportion to capacity, and host daemons take little from the emulated micro-clouds. The launcher starts a peer with
+`wrap()` and moves it into its cgroup with `attach()`; the peer caps its TensorFlow threads at `PeerSpec.tf_threads`
+itself.
 
 The schedule is applied from outside the peers: `apply(elapsed)` changes the tc classes, netem delays and quotas
 (latency changes without netem are applied by the peers themselves).
@@ -51,7 +56,8 @@ DEFAULT_RATE = "10gbit"  # the unshaped default class
 DEFAULT_BURST = "256k"  # room for 64 KB GSO packets at that rate
 GSO_MAX_BYTES = 4500  # peers' packets stay a few MTUs long, so HTB paces them finely
 QUANTUM = 60000  # bytes; explicit so that high rates do not make tc warn about r2q
-CFS_PERIOD_US = 1000000  # the longest the kernel allows: the pacer idles once a second when a peer computes back to back
+CFS_PERIOD_US = 1000000  # the longest the kernel allows (see Compute above)
+QUOTA_HEADROOM = 1.5
 WEIGHT_PER_CORE = {1: 1024, 2: 100}  # a default-weight task is one core: cpu.shares 1024 (v1), cpu.weight 100 (v2)
 WEIGHT_RANGE = {1: (2, 262144), 2: (1, 10000)}
 MIN_QUOTA_US = 1000  # the kernel's floor for cfs_quota_us
@@ -456,7 +462,7 @@ class RealEmulation:
 
     def _set_quota(self, peer_id: int, cores: float) -> None:
         version, _ = self._cgroup_base()
-        quota = max(MIN_QUOTA_US, round(cores * CFS_PERIOD_US))
+        quota = max(MIN_QUOTA_US, round(cores * QUOTA_HEADROOM * CFS_PERIOD_US))
         directory = self._cgroup_dir(peer_id)
         if version == 1:
             _write(directory / "cpu.cfs_period_us", str(CFS_PERIOD_US))
