@@ -78,6 +78,13 @@ def test_nice_values_weigh_peers_like_their_cores():
     assert [nice_for(hetero, p) for p in range(4)] == [0, 3, 5, 7]  # 1.25^3 ~ 2, 1.25^5 ~ 3.05, 1.25^7 ~ 4.8
 
 
+def test_bursts_of_peers_sharing_a_cpu_are_laid_end_to_end():
+    from dlion.emulate.fallback import burst_phase
+    hetero = config.parse({"peers": [{"id": i, "port": 47000 + i, "cores": c} for i, c in
+                                     enumerate((1.0, 0.5, 0.3, 0.2))], "training": {"max_seconds": 60}})
+    assert [burst_phase(hetero, p) for p in range(4)] == pytest.approx([0.0, 0.0, 0.5, 0.8])
+
+
 def test_in_process_says_what_a_peer_emulates_itself():
     import dataclasses
     from dlion.config import Emulation

@@ -21,9 +21,14 @@ from dlion.config import Config
 from dlion.emulate.pacing import ComputePacer
 
 
-PHASE_STEP = (3 - math.sqrt(5)) / 2  # peer i bursts at i x this of a pacing period: evenly spread for any count
 NICE_STEP = 1.25  # CFS weight ratio between two nice levels
 MAX_NICE = 19
+
+
+def burst_phase(cfg: Config, peer_id: int) -> float:
+    """Where in each pacing period the peer's bursts start: after the bursts of the peers before it, so that peers
+    whose cores add up to one CPU compute one after another rather than all at once and colder."""
+    return sum(cfg.cores(p) for p in cfg.peer_ids if p < peer_id) % 1
 
 
 def nice_for(cfg: Config, peer_id: int, at: float = 0.0) -> int:
@@ -64,7 +69,7 @@ class FallbackEmulation:
         self.links = links
         self.peer_id = peer_id
         self.transport = transport
-        self.pacer = ComputePacer(cfg.cores(peer_id), sleep, clock, phase=peer_id * PHASE_STEP % 1)
+        self.pacer = ComputePacer(cfg.cores(peer_id), sleep, clock, phase=burst_phase(cfg, peer_id))
         self._renice = renice
         mine = [c for c in cfg.schedule if (c.src == peer_id and links != "none") or c.peer == peer_id]
         self._pending = sorted(mine, key=lambda c: c.at)
