@@ -46,10 +46,12 @@ def test_schedule_is_applied_when_due_and_only_once():
     nices = []
     emulation = FallbackEmulation(CFG, 0, transport, sleep=t.sleep, clock=t.clock, renice=nices.append)
     emulation.start()
-    assert emulation.update(29.9) == []
+    assert emulation.update(29.9) == []  # peer 1's change is not this peer's, but reweighs it
     applied = emulation.update(30.0)
     assert len(applied) == 2 and emulation.cores == 1.0 and transport.links[1][0] == 1e7
-    assert nices == [9, 0]  # 0.25 against 2 cores: 1.25^9 ~ 8; then 1.0 against peer 1's 0.5 (since 20 s) and peer 2's 1
+    # 0.25 against 2 cores: 1.25^9 ~ 8; peer 1 drops to 0.5 at 20 s: 0.25 against 1 (peer 2); then 1.0 against 1
+    assert nices == [9, 6, 0]
+    assert emulation.pacer.phase == 0.0  # first in line
     assert emulation.update(100.0) == []
     t.now += 0.1
     assert emulation.throttle(0.1, 0.1) == 0.0  # 1 core on 1 thread: unthrottled after the change
@@ -83,6 +85,14 @@ def test_bursts_of_peers_sharing_a_cpu_are_laid_end_to_end():
     hetero = config.parse({"peers": [{"id": i, "port": 47000 + i, "cores": c} for i, c in
                                      enumerate((1.0, 0.5, 0.3, 0.2))], "training": {"max_seconds": 60}})
     assert [burst_phase(hetero, p) for p in range(4)] == pytest.approx([0.0, 0.0, 0.5, 0.8])
+
+
+def test_a_cores_change_of_another_peer_moves_the_bursts():
+    emulation = FallbackEmulation(CFG, 2, RecordingTransport(), renice=lambda nice: None)
+    emulation.start()
+    assert emulation.pacer.phase == pytest.approx(0.25)  # after peer 0's 0.25 and peer 1's 2 cores
+    assert emulation.update(20.0) == []  # peer 1 drops to 0.5: nothing of peer 2's own
+    assert emulation.pacer.phase == pytest.approx(0.75)
 
 
 def test_in_process_says_what_a_peer_emulates_itself():

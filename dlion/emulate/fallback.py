@@ -25,10 +25,10 @@ NICE_STEP = 1.25  # CFS weight ratio between two nice levels
 MAX_NICE = 19
 
 
-def burst_phase(cfg: Config, peer_id: int) -> float:
+def burst_phase(cfg: Config, peer_id: int, at: float = 0.0) -> float:
     """Where in each pacing period the peer's bursts start: after the bursts of the peers before it, so that peers
     whose cores add up to one CPU compute one after another rather than all at once and colder."""
-    return sum(cfg.cores(p) for p in cfg.peer_ids if p < peer_id) % 1
+    return sum(cfg.cores(p, at) for p in cfg.peer_ids if p < peer_id) % 1
 
 
 def nice_for(cfg: Config, peer_id: int, at: float = 0.0) -> int:
@@ -73,6 +73,7 @@ class FallbackEmulation:
         self._renice = renice
         mine = [c for c in cfg.schedule if (c.src == peer_id and links != "none") or c.peer == peer_id]
         self._pending = sorted(mine, key=lambda c: c.at)
+        self._reweigh_at = sorted({c.at for c in cfg.schedule if not c.is_link})  # any peer's cores change
 
     @property
     def cores(self) -> float:
@@ -80,10 +81,9 @@ class FallbackEmulation:
 
     def start(self) -> None:
         """Shape every outgoing link as configured for the start of training, and weigh the peer's compute."""
+        self._weigh(0.0)
         if self.links == "none":
             return
-        if self.links == "all":
-            self._renice(nice_for(self.cfg, self.peer_id))
         for dst in self.cfg.peer_ids:
             if dst != self.peer_id:
                 self._shape(dst, self.cfg.link(self.peer_id, dst))
@@ -98,9 +98,17 @@ class FallbackEmulation:
             else:
                 self.pacer.cores = change.cores
             applied.append(change)
-        if self.links == "all" and any(not c.is_link for c in applied):
-            self._renice(nice_for(self.cfg, self.peer_id, elapsed))
+        if self._reweigh_at and self._reweigh_at[0] <= elapsed:
+            while self._reweigh_at and self._reweigh_at[0] <= elapsed:
+                self._reweigh_at.pop(0)
+            self._weigh(elapsed)
         return applied
+
+    def _weigh(self, at: float) -> None:
+        """Place the peer's bursts, and under the fallback its CPU weight, for every peer's cores at `at`."""
+        self.pacer.phase = burst_phase(self.cfg, self.peer_id, at)
+        if self.links == "all":
+            self._renice(nice_for(self.cfg, self.peer_id, at))
 
     def _shape(self, dst: int, link) -> None:
         self.transport.set_link(dst, link.bandwidth if self.links == "all" else None, link.latency)
