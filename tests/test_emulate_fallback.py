@@ -2,7 +2,7 @@
 import pytest
 
 from dlion import config
-from dlion.emulate.fallback import FallbackEmulation
+from dlion.emulate.fallback import InProcessEmulation
 from tests.test_emulate_pacing import FakeTime
 
 CFG = config.parse({
@@ -26,17 +26,17 @@ class RecordingTransport:
 
 def test_start_shapes_every_outgoing_link_from_the_config():
     transport = RecordingTransport()
-    FallbackEmulation(CFG, 0, transport, renice=lambda nice: None).start()
+    InProcessEmulation(CFG, 0, transport, renice=lambda nice: None).start()
     assert transport.links[1][0] == 5e7 and abs(transport.links[1][1] - 0.011) < 1e-9
     assert transport.links[2] == (5e7, 0.010)
 
 
 def test_throttle_paces_compute_to_the_configured_cores():
     t = FakeTime()
-    emulation = FallbackEmulation(CFG, 0, RecordingTransport(), sleep=t.sleep, clock=t.clock)
+    emulation = InProcessEmulation(CFG, 0, RecordingTransport(), sleep=t.sleep, clock=t.clock)
     t.now += 1.1  # a wait, then a step
     assert emulation.throttle(0.1, 0.1) == pytest.approx(0.3)  # 0.25 cores: 0.1 CPU-s take 0.4 s
-    full = FallbackEmulation(CFG, 1, RecordingTransport(), sleep=t.sleep, clock=t.clock)
+    full = InProcessEmulation(CFG, 1, RecordingTransport(), sleep=t.sleep, clock=t.clock)
     assert full.throttle(0.2, 0.1) == 0.0  # 2 cores, two busy threads
 
 
@@ -44,7 +44,7 @@ def test_schedule_is_applied_when_due_and_only_once():
     transport = RecordingTransport()
     t = FakeTime()
     nices = []
-    emulation = FallbackEmulation(CFG, 0, transport, sleep=t.sleep, clock=t.clock, renice=nices.append)
+    emulation = InProcessEmulation(CFG, 0, transport, sleep=t.sleep, clock=t.clock, renice=nices.append)
     emulation.start()
     assert emulation.update(29.9) == []  # peer 1's change is not this peer's, but reweighs it
     applied = emulation.update(30.0)
@@ -61,7 +61,7 @@ def test_under_the_real_method_the_kernel_shapes_bandwidth_and_the_peer_paces_co
     for links, shaped in (("latency", True), ("none", False)):
         transport = RecordingTransport()
         t = FakeTime()
-        emulation = FallbackEmulation(CFG, 0, transport, links=links, sleep=t.sleep, clock=t.clock)
+        emulation = InProcessEmulation(CFG, 0, transport, links=links, sleep=t.sleep, clock=t.clock)
         emulation.start()
         if shaped:  # a kernel without netem: the transport adds the latency
             assert transport.links[1] == (None, pytest.approx(0.011))
@@ -88,7 +88,7 @@ def test_bursts_of_peers_sharing_a_cpu_are_laid_end_to_end():
 
 
 def test_a_cores_change_of_another_peer_moves_the_bursts():
-    emulation = FallbackEmulation(CFG, 2, RecordingTransport(), renice=lambda nice: None)
+    emulation = InProcessEmulation(CFG, 2, RecordingTransport(), renice=lambda nice: None)
     emulation.start()
     assert emulation.pacer.phase == pytest.approx(0.25)  # after peer 0's 0.25 and peer 1's 2 cores
     assert emulation.update(20.0) == []  # peer 1 drops to 0.5: nothing of peer 2's own

@@ -1,4 +1,5 @@
-"""The emulation method that needs no privileges: it runs inside each peer process.
+"""What each peer emulates itself: all of the method that needs no privileges (`fallback`), and under `real` the
+parts the kernel leaves to the peer.
 
 Links: every outgoing link is shaped in the transport (a serialization queue at the link's rate plus its one-way
 latency, see `dlion.transport.shaping`). Compute: every gradient step is paced to the peer's cores
@@ -46,20 +47,20 @@ def _renice(nice: int) -> None:
             pass
 
 
-def in_process(cfg: Config, peer_id: int, transport) -> "FallbackEmulation | None":
+def in_process(cfg: Config, peer_id: int, transport) -> "InProcessEmulation | None":
     """What a peer itself must emulate: everything under `fallback` (and `auto`, which the launcher resolves before
     starting peers, so a lone peer can only mean the in-process method); under `real`, its compute pace, and the
     links' latency where the kernel has no netem (`transport_latency`); nothing without emulation."""
     method = cfg.emulation.method
     if method in ("fallback", "auto"):
-        return FallbackEmulation(cfg, peer_id, transport)
+        return InProcessEmulation(cfg, peer_id, transport)
     if method == "real":
         links = "latency" if cfg.emulation.transport_latency else "none"
-        return FallbackEmulation(cfg, peer_id, transport, links=links)
+        return InProcessEmulation(cfg, peer_id, transport, links=links)
     return None
 
 
-class FallbackEmulation:
+class InProcessEmulation:
     """`links`: what this peer emulates of its outgoing links: "all" (rate and latency, the fallback), "latency" (the
     real method on a kernel without netem) or "none" (the kernel does both)."""
 

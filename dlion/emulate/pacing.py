@@ -15,8 +15,9 @@ would pay it only because of the pacer, so there it lets them run in bursts and 
 `period_s` mark, until the emulated machine would have finished: alone, a 0.2-core peer computes 0.197 of a core's rate
 with 1 s periods, 0.179 with 0.5 s, ~0.14 when it idled after every step. The marks are a grid on the monotonic clock
 (common to all processes), shifted by `phase` of a period per peer: any one-second window then holds the same share
-of compute, and the emulation lays the bursts of one machine's peers end to end (`fallback.burst_phase`). On hetero-4
-with the smaller peers' bursts at the same time, the 0.2-core peer computed 0.16 of a core; laid end to end, 0.18-0.20.
+of compute, and the emulation lays the bursts of one machine's peers end to end (`fallback.burst_phase`). Four
+processes with hetero-4's shares and nice weights: the 0.2-core peer computed 0.173 of a core with bursts spread by a
+golden-ratio phase, 0.180 end to end (0.193 and 0.201 without weights).
 """
 from __future__ import annotations
 
