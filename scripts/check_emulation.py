@@ -5,7 +5,7 @@
 
 The scenario's emulation is set up exactly as `dlion run` sets it up (`--method` forces one), and one probe process
 per peer runs where a peer would run (its namespace and CPU cgroup under the real method, with the in-process shaping
-and throttling under the fallback). All probes then, together:
+under the fallback; compute paced in the probe under both). All probes then, together:
 1. compute gradients of the scenario's model, back to back, for `--seconds`: a peer's CPU share is its rate relative
    to an unthrottled run of the same workload alone (measured first), times its TensorFlow threads. Paced peers
    compute in one-second bursts (`dlion.emulate.pacing`), so the window is long enough for a partial burst at either
@@ -14,9 +14,9 @@ and throttling under the fallback). All probes then, together:
    (its throughput, as the receiver sees it) and then pings the receiver (round-trip time, against the sum of the two
    directions' configured latencies).
 Throughput counts message payload (TCP and ZeroMQ headers come on top, a few percent). The CPU time each probe used
-per second is shown too: it is what the pacing holds, while the compute rate also pays for whatever slows a step down on
-a shared machine (cold caches after a pause, other peers on the same CPU). The last line is a JSON object with the worst relative errors
-of CPU shares (compute rate), CPU time, bandwidths and latencies, and the method in force.
+per second is shown too: it is what the pacing holds, while the compute rate also pays for whatever slows a step
+down on a shared machine (cold caches after a pause, other peers on the same CPU). The last line is a JSON object with
+the worst relative errors of CPU shares (compute rate), CPU time, bandwidths and latencies, and the method in force.
 
 A scenario with a `schedule` gets a timeline instead, over the first change + `--after` seconds: every probe computes
 throughout (changes to its cores applied as a peer would see them), and the sender of every scheduled link change

@@ -70,7 +70,7 @@ class InProcessEmulation:
         self.links = links
         self.peer_id = peer_id
         self.transport = transport
-        self.pacer = ComputePacer(cfg.cores(peer_id), sleep, clock, phase=burst_phase(cfg, peer_id))
+        self.pacer = ComputePacer(cfg.cores(peer_id), sleep, clock)  # placed by start()
         self._renice = renice
         mine = [c for c in cfg.schedule if (c.src == peer_id and links != "none") or c.peer == peer_id]
         self._pending = sorted(mine, key=lambda c: c.at)
