@@ -22,7 +22,7 @@ import yaml
 
 from dlion import data as datamod
 from dlion.config import Config, Emulation, to_dict
-from dlion.emulate import EmulationError
+from dlion.emulate import EmulationError, turns
 from dlion.metrics import peer_log_path, read_events, summarize
 
 PROGRESS_EVERY_S = 2.0
@@ -44,8 +44,10 @@ def _interrupt(signum, frame) -> None:
 
 
 def prepare_out_dir(cfg: Config, out_dir: Path) -> Path:
-    """Create the output directory, drop results of an earlier run there, write the resolved config."""
+    """Create the output directory, drop results (and CPU turn locks) of an earlier run there, write the resolved
+    config."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    turns.remove_locks(out_dir)
     for old in list(out_dir.glob("peer-*.jsonl")) + list(out_dir.glob("peer-*.log")) + [out_dir / "summary.json"]:
         old.unlink(missing_ok=True)
     resolved = out_dir / "config.yaml"
@@ -180,6 +182,7 @@ def run(cfg: Config, out_dir: str | Path, stream=sys.stdout) -> dict:
         interrupted = _supervise(cfg, procs, progress, emulation, started, stream)
     finally:
         stop_peers(procs)
+        turns.remove_locks(out_dir)
         if emulation:
             emulation.down()
         signal.signal(signal.SIGTERM, previous_handler)

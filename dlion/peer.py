@@ -10,6 +10,7 @@ knows neither TensorFlow (the trainer does) nor sockets (the transport does).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -98,7 +99,7 @@ class Peer:
         model = ModelAccess(score=lambda: self.trainer.evaluate(x_hold, y_hold)[0], get=self.trainer.get_params,
                             set=self.trainer.set_params)
         self.knowledge = KNOWLEDGE[stages.knowledge.kind](stages.knowledge.params, peer_id, ids, transport, model)
-        self.emulation = fallback.in_process(cfg, peer_id, transport)
+        self.emulation = fallback.in_process(cfg, peer_id, transport, turns_dir=out_dir)
 
     # ---- the loop ---------------------------------------------------------------------------------------------------
 
@@ -118,6 +119,8 @@ class Peer:
             reason, iteration, samples, train_s = self._train()
             final = self._finish(reason, iteration, samples, train_s)
         finally:
+            if self.emulation:
+                self.emulation.close()
             self.transport.close()
             self.log.close()
         return final
@@ -138,10 +141,9 @@ class Peer:
                     self.log.emit("change", it=iteration, **{k: v for k, v in vars(change).items() if v is not None})
             batch = self.batching.batch_size(iteration)
             idx = self.sampler.next(batch)
-            t0, cpu0 = time.monotonic(), time.process_time()
-            loss, grads = self.trainer.gradients(self.data.x_train[idx], self.data.y_train[idx])
-            if self.emulation:
-                self.emulation.throttle(time.process_time() - cpu0, time.monotonic() - t0)
+            t0 = time.monotonic()
+            with self.emulation.step() if self.emulation else contextlib.nullcontext():
+                loss, grads = self.trainer.gradients(self.data.x_train[idx], self.data.y_train[idx])
             compute_s = time.monotonic() - t0
             self.batching.observe(iteration, batch, compute_s)  # may report its rate: before this round's gradients
             result = self.exchange.exchange(iteration, grads, batch, compute_s)

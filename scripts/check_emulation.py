@@ -28,6 +28,7 @@ value (CPU time per second for peers, payload throughput for links). The last li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -92,7 +93,7 @@ def probe(args) -> None:
     # each slot waits for its one partner: never stop waiting for a peer after missed takes (suspicion)
     transport = ZmqTransport(args.id, {p.id: (p.address, p.port) for p in cfg.peers}, limits, suspect_after=10**9)
     transport.start()
-    emulation = fallback.in_process(cfg, args.id, transport)
+    emulation = fallback.in_process(cfg, args.id, transport, turns_dir=Path(args.out).parent)
     if emulation:
         emulation.start()
     try:
@@ -103,13 +104,15 @@ def probe(args) -> None:
             result["rate"], result["cpu"] = _compute(tr, x, y, emulation, args.t0, args.seconds)
             result["links"] = _links(cfg, transport, args.t0 + args.seconds + 1.0, np)
     finally:
+        if emulation:
+            emulation.close()
         transport.close()
     Path(args.out).write_text(json.dumps(result))
 
 
 def _compute(tr, x, y, emulation, t0: float, seconds: float, steps: list | None = None) -> tuple[float, float]:
-    """Gradient samples and CPU seconds per second between t0 and t0 + seconds, throttled like a peer under the
-    fallback, with the schedule's changes applied as they fall due. `steps` collects (end, samples, cpu) per step."""
+    """Gradient samples and CPU seconds per second between t0 and t0 + seconds, paced like a peer (under either
+    method), with the schedule's changes applied as they fall due. `steps` collects (end, samples, cpu) per step."""
     while time.time() < t0:
         time.sleep(0.01)
     samples, end = 0, t0 + seconds
@@ -117,10 +120,8 @@ def _compute(tr, x, y, emulation, t0: float, seconds: float, steps: list | None 
     while (now := time.time()) < end:
         if emulation:
             emulation.update(now - t0)
-        start, cpu = time.monotonic(), time.process_time()
-        tr.gradients(x, y)
-        if emulation:
-            emulation.throttle(time.process_time() - cpu, time.monotonic() - start)
+        with emulation.step() if emulation else contextlib.nullcontext():
+            tr.gradients(x, y)
         samples += len(x)
         if steps is not None:  # the whole process's CPU time since the previous step, as a cgroup counts it
             steps.append((time.time() - t0, len(x), time.process_time() - cpu_last))

@@ -31,20 +31,24 @@ def test_start_shapes_every_outgoing_link_from_the_config():
     assert transport.links[2] == (5e7, 0.010)
 
 
-def test_throttle_paces_compute_to_the_configured_cores():
+def emulation_of(peer_id, t, **kwargs):
+    return InProcessEmulation(CFG, peer_id, kwargs.pop("transport", RecordingTransport()), sleep=t.sleep,
+                              clock=t.clock, cpu_clock=t.cpu_clock, **kwargs)
+
+
+def test_a_step_is_paced_to_the_configured_cores():
     t = FakeTime()
-    emulation = InProcessEmulation(CFG, 0, RecordingTransport(), sleep=t.sleep, clock=t.clock)
-    t.now += 1.1  # a wait, then a step
-    assert emulation.throttle(0.1, 0.1) == pytest.approx(0.3)  # 0.25 cores: 0.1 CPU-s take 0.4 s
-    full = InProcessEmulation(CFG, 1, RecordingTransport(), sleep=t.sleep, clock=t.clock)
-    assert full.throttle(0.2, 0.1) == 0.0  # 2 cores, two busy threads
+    emulation = emulation_of(0, t)
+    assert t.emulated_step(emulation, 0.1, 0.1) == pytest.approx(0.3)  # 0.25 cores: 0.1 CPU-s take 0.4 s
+    t.now += 1.0  # a wait, then the next step
+    assert t.emulated_step(emulation_of(1, t), 0.2, 0.1) == 0.0  # 2 cores, two busy threads
 
 
 def test_schedule_is_applied_when_due_and_only_once():
     transport = RecordingTransport()
     t = FakeTime()
     nices = []
-    emulation = InProcessEmulation(CFG, 0, transport, sleep=t.sleep, clock=t.clock, renice=nices.append)
+    emulation = emulation_of(0, t, transport=transport, renice=nices.append)
     emulation.start()
     assert emulation.update(29.9) == []  # peer 1's change is not this peer's, but reweighs it
     applied = emulation.update(30.0)
@@ -54,21 +58,21 @@ def test_schedule_is_applied_when_due_and_only_once():
     assert emulation.pacer.phase == 0.0  # first in line
     assert emulation.update(100.0) == []
     t.now += 0.1
-    assert emulation.throttle(0.1, 0.1) == 0.0  # 1 core on 1 thread: unthrottled after the change
+    assert t.emulated_step(emulation, 0.1, 0.1) == 0.0  # 1 core on 1 thread: unthrottled after the change
 
 
 def test_under_the_real_method_the_kernel_shapes_bandwidth_and_the_peer_paces_compute():
     for links, shaped in (("latency", True), ("none", False)):
         transport = RecordingTransport()
         t = FakeTime()
-        emulation = InProcessEmulation(CFG, 0, transport, links=links, sleep=t.sleep, clock=t.clock)
+        emulation = emulation_of(0, t, transport=transport, links=links)
         emulation.start()
         if shaped:  # a kernel without netem: the transport adds the latency
             assert transport.links[1] == (None, pytest.approx(0.011))
         else:
             assert transport.links == {}
         t.now += 0.2
-        assert emulation.throttle(0.1, 0.1) == pytest.approx(0.3)
+        assert t.emulated_step(emulation, 0.1, 0.1) == pytest.approx(0.3)
         assert [c.is_link for c in emulation.update(31)] == ([False, True] if shaped else [False])
         assert emulation.cores == 1.0 and (transport.links[1][0] is None if shaped else transport.links == {})
 
@@ -108,3 +112,17 @@ def test_in_process_says_what_a_peer_emulates_itself():
     assert method(method="real", transport_latency=True).links == "latency"
     assert method(method="real").links == "none"  # compute is paced under both methods
     assert method(method="none") is None
+
+
+def test_a_peer_below_one_core_takes_turns_on_its_shared_cpu_until_a_change_gives_it_a_core(tmp_path):
+    from dlion.emulate.turns import lock_path
+    t = FakeTime()
+    emulation = emulation_of(0, t, turns_dir=tmp_path, renice=lambda nice: None)
+    emulation.start()
+    assert emulation.pacer.turn.path == lock_path(tmp_path, 0)  # peers 1 and 2 have whole cores
+    t.emulated_step(emulation, 0.1, 0.1)
+    assert not emulation.pacer.turn.held  # a step after a wait idles at once, and gives its turn up first
+    emulation.update(30.0)  # now 1.0 core: a CPU of its own
+    assert emulation.pacer.turn is None
+    assert emulation_of(0, t, renice=lambda nice: None).pacer.turn is None  # no turns without a directory
+    emulation.close()

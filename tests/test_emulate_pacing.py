@@ -9,10 +9,14 @@ class FakeTime:
 
     def __init__(self):
         self.now = 100.0
+        self.cpu = 0.0
         self.sleeps = []
 
     def clock(self):
         return self.now
+
+    def cpu_clock(self):
+        return self.cpu
 
     def sleep(self, seconds):
         self.sleeps.append(seconds)
@@ -22,6 +26,14 @@ class FakeTime:
         """The peer waits `wait_s` (for the network), computes for `wall_s`, then asks the pacer."""
         self.now += wait_s + wall_s
         return pacer.after_step(cpu_s, wall_s)
+
+    def emulated_step(self, emulation, cpu_s, wall_s):
+        """One gradient step inside `emulation.step()`; returns how long the peer idled after it."""
+        slept = len(self.sleeps)
+        with emulation.step():
+            self.now += wall_s
+            self.cpu += cpu_s
+        return sum(self.sleeps[slept:])
 
 
 def pacer(cores, t, period_s=1.0, phase=0.0):
@@ -83,3 +95,30 @@ def test_a_new_share_applies_to_the_next_steps():
     assert t.step(p, cpu_s=0.01, wall_s=0.01, wait_s=0.1) == 0.0
     p.cores = 0.5
     assert t.step(p, cpu_s=0.01, wall_s=0.01, wait_s=0.1) == pytest.approx(0.01)
+
+
+class RecordingTurn:
+    def __init__(self, t):
+        self.t, self.calls = t, []
+
+    def take(self):
+        self.calls.append("take")
+
+    def hold(self):
+        self.calls.append("hold")
+
+    def give_up(self):
+        self.calls.append(("give_up", len(self.t.sleeps)))  # how many sleeps had begun
+
+
+def test_a_turn_is_taken_before_each_step_held_through_a_burst_and_given_up_before_idling():
+    t = FakeTime()
+    p = pacer(0.25, t)
+    p.turn = turn = RecordingTurn(t)
+    step = 1 / 64
+    for _ in range(17):
+        p.before_step()
+        t.step(p, cpu_s=step, wall_s=step)
+    # the first step idles at once; of the next 15, the last reaches the mark at 101.0: the 17th starts a new burst
+    assert turn.calls == (["take", ("give_up", 0)] + ["take", "hold"] * 14 + ["take", ("give_up", 1)]
+                          + ["take", "hold"])

@@ -14,11 +14,14 @@ peer that waits for the network never reaches (see the pacing module).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
+from pathlib import Path
 
 from dlion.config import Config
+from dlion.emulate import turns
 from dlion.emulate.pacing import ComputePacer
 
 
@@ -47,30 +50,35 @@ def _renice(nice: int) -> None:
             pass
 
 
-def in_process(cfg: Config, peer_id: int, transport) -> "InProcessEmulation | None":
+def in_process(cfg: Config, peer_id: int, transport, turns_dir: Path | None = None) -> "InProcessEmulation | None":
     """What a peer itself must emulate: everything under `fallback` (and `auto`, which the launcher resolves before
     starting peers, so a lone peer can only mean the in-process method); under `real`, its compute pace, and the
-    links' latency where the kernel has no netem (`transport_latency`); nothing without emulation."""
+    links' latency where the kernel has no netem (`transport_latency`); nothing without emulation. `turns_dir`: where
+    the peers of this machine keep their CPU turns (see `turns`)."""
     method = cfg.emulation.method
     if method in ("fallback", "auto"):
-        return InProcessEmulation(cfg, peer_id, transport)
+        return InProcessEmulation(cfg, peer_id, transport, turns_dir=turns_dir)
     if method == "real":
         links = "latency" if cfg.emulation.transport_latency else "none"
-        return InProcessEmulation(cfg, peer_id, transport, links=links)
+        return InProcessEmulation(cfg, peer_id, transport, links=links, turns_dir=turns_dir)
     return None
 
 
 class InProcessEmulation:
     """`links`: what this peer emulates of its outgoing links: "all" (rate and latency, the fallback), "latency" (the
-    real method on a kernel without netem) or "none" (the kernel does both)."""
+    real method on a kernel without netem) or "none" (the kernel does both). `turns_dir`: where the peers of this
+    machine take turns on the CPUs they share (none without it)."""
 
-    def __init__(self, cfg: Config, peer_id: int, transport, links: str = "all", sleep=time.sleep,
-                 clock=time.monotonic, renice=_renice):
+    def __init__(self, cfg: Config, peer_id: int, transport, links: str = "all", turns_dir: Path | None = None,
+                 sleep=time.sleep, clock=time.monotonic, cpu_clock=time.process_time, renice=_renice):
         self.cfg = cfg
         self.links = links
         self.peer_id = peer_id
         self.transport = transport
+        self.turns_dir = turns_dir
         self.pacer = ComputePacer(cfg.cores(peer_id), sleep, clock)  # placed by start()
+        self._clock = clock
+        self._cpu_clock = cpu_clock
         self._renice = renice
         mine = [c for c in cfg.schedule if (c.src == peer_id and links != "none") or c.peer == peer_id]
         self._pending = sorted(mine, key=lambda c: c.at)
@@ -106,15 +114,34 @@ class InProcessEmulation:
         return applied
 
     def _weigh(self, at: float) -> None:
-        """Place the peer's bursts, and under the fallback its CPU weight, for every peer's cores at `at`."""
+        """Place the peer's bursts and its CPU turns, and under the fallback its CPU weight, for every peer's cores
+        at `at`."""
         self.pacer.phase = burst_phase(self.cfg, self.peer_id, at)
+        if self.turns_dir is not None:
+            cpu = turns.shared_cpus(self.cfg, at).get(self.peer_id)
+            path = None if cpu is None else turns.lock_path(self.turns_dir, cpu)
+            if self.pacer.turn and self.pacer.turn.path != path:
+                self.pacer.turn.close()
+                self.pacer.turn = None
+            if path and not self.pacer.turn:
+                self.pacer.turn = turns.CpuTurn(path)
         if self.links == "all":
             self._renice(nice_for(self.cfg, self.peer_id, at))
 
     def _shape(self, dst: int, link) -> None:
         self.transport.set_link(dst, link.bandwidth if self.links == "all" else None, link.latency)
 
-    def throttle(self, cpu_s: float, wall_s: float) -> float:
-        """Idle after a gradient step that used `cpu_s` CPU-seconds in `wall_s` seconds, as a machine of the
-        configured cores would have taken longer; returns the idle time."""
-        return self.pacer.after_step(cpu_s, wall_s)
+    @contextlib.contextmanager
+    def step(self):
+        """Around one gradient step: wait for the peer's turn where it shares a CPU, then idle as long as a machine
+        of the configured cores would have taken longer (CPU time counts all the process's threads)."""
+        start, cpu = self._clock(), self._cpu_clock()
+        self.pacer.before_step()
+        yield
+        self.pacer.after_step(self._cpu_clock() - cpu, self._clock() - start)
+
+    def close(self) -> None:
+        """Give up any CPU turn: after training, the peer must not keep the others from theirs."""
+        if self.pacer.turn:
+            self.pacer.turn.close()
+            self.pacer.turn = None

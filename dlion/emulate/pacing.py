@@ -39,6 +39,12 @@ class ComputePacer:
         self._last_end: float | None = None  # when the previous step, and any idling after it, ended
         self._burst_start = 0.0  # when the current run of back-to-back steps started
         self._emulated = 0.0  # how long the emulated machine takes for the steps of the run so far
+        self.turn = None  # this peer's `turns.CpuTurn` where it shares a CPU with other peers
+
+    def before_step(self) -> None:
+        """Wait for this peer's turn on a shared CPU (the wait counts in the step's wall time)."""
+        if self.turn:
+            self.turn.take()
 
     def after_step(self, cpu_s: float, wall_s: float) -> float:
         """Idle, now or at the end of the burst, after a step that used `cpu_s` CPU-seconds in `wall_s` seconds;
@@ -51,6 +57,8 @@ class ComputePacer:
         finish = self._burst_start + self._emulated
         if finish < self._next_mark(self._burst_start):
             self._last_end = now
+            if self.turn:
+                self.turn.hold()
             return 0.0
         return self._idle_until(finish)
 
@@ -59,7 +67,9 @@ class ComputePacer:
         return origin + self.period_s * (math.floor((t - origin) / self.period_s) + 1)
 
     def _idle_until(self, t: float) -> float:
-        """Idle until `t` (if it is still ahead), then start a new run of steps."""
+        """Give up any turn, idle until `t` (if it is still ahead), then start a new run of steps."""
+        if self.turn:
+            self.turn.give_up()
         idle = t - self._clock()
         if idle > 0:
             self._sleep(idle)
