@@ -122,3 +122,37 @@ def test_a_turn_is_taken_before_each_step_held_through_a_burst_and_given_up_befo
     # the first step idles at once; of the next 15, the last reaches the mark at 101.0: the 17th starts a new burst
     assert turn.calls == (["take", ("give_up", 0)] + ["take", "hold"] * 14 + ["take", ("give_up", 1)]
                           + ["take", "hold"])
+
+
+class WaitingTurn(RecordingTurn):
+    """A turn that other peers hold for the next of `waits` each time this peer asks for it anew."""
+
+    def __init__(self, t, waits):
+        super().__init__(t)
+        self.waits, self.held = list(waits), False
+
+    def take(self):
+        if not self.held and self.waits:
+            self.t.now += self.waits.pop(0)
+        self.held = True
+        super().take()
+
+    def give_up(self):
+        self.held = False
+        super().give_up()
+
+
+def test_a_turn_wait_counts_as_emulated_time_so_a_late_burst_still_ends_at_its_mark():
+    t = FakeTime()
+    p = pacer(0.25, t)
+    p.turn = WaitingTurn(t, waits=[0.0, 0.125])
+    step = 1 / 64  # 1/16 s emulated
+    for _ in range(14):
+        asked = t.now
+        p.before_step()
+        t.now += step
+        p.after_step(step, t.now - asked)  # the step's wall time includes its turn wait, as in `step()`
+    # the first step idles at once, to 100.0625; the burst then waits 0.125 s for its turn, and that counts: 13 steps
+    # (not 15) bring its emulated finish to the mark at 101.0, and it idles until then
+    assert t.sleeps == [pytest.approx(0.046875), pytest.approx(101.0 - (100.0625 + 0.125 + 13 / 64))]
+    assert t.now == pytest.approx(101.0) and p.turn.calls.count(("give_up", 1)) == 1

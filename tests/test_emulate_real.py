@@ -76,7 +76,7 @@ def test_up_creates_namespaces_shaping_and_cgroups_and_down_removes_them(emulate
     assert "inet 10.77.0.2/24" in run_in(emulation, 1, ["ip", "addr", "show", "dev", "eth0"])
     base = real.CGROUP_V1_CPU if (real.CGROUP_V1_CPU / "cpu.cfs_quota_us").exists() else real.CGROUP_V2
     period = 1000000  # one second: the pacer's bursts of back-to-back steps fit in it
-    for pid, quota in ((0, 750000), (1, 375000), (2, 1500000)):  # 1.5 x cores: a ceiling, the pacer holds the cores
+    for pid, quota in ((0, 1000000), (1, 500000), (2, 2000000)):  # 2 x cores: a ceiling, the pacer holds the cores
         directory = base / emulation.tag / f"p{pid}"
         if base == real.CGROUP_V1_CPU:
             assert (directory / "cpu.cfs_quota_us").read_text().strip() == str(quota)
@@ -202,10 +202,10 @@ def test_apply_changes_links_and_cores_when_due_and_only_once(emulate):
         emulation, 0, ["tc", "class", "show", "dev", "eth0"])
     if NETEM:
         assert "delay 50ms" in run_in(emulation, 0, ["tc", "qdisc", "show", "dev", "eth0"])
-    assert quota_us(emulation, 1) == 375000
+    assert quota_us(emulation, 1) == 500000
     assert emulation.apply(10.0) == []
     assert emulation.apply(25.0) == [cfg.schedule[1]]
-    assert quota_us(emulation, 1) == 1125000
+    assert quota_us(emulation, 1) == 1500000
     weights = {p: emulation.status()["peers"][p]["cgroup"]["weight"] for p in cfg.peer_ids}
     # contention is shared in proportion to capacity, scheduled changes included
     assert weights[1] / weights[0] == pytest.approx(0.75 / 0.5, rel=0.01)
@@ -218,7 +218,7 @@ def test_apply_late_applies_everything_due_in_time_order(emulate):
     emulation = emulate(cfg)
     emulation.up()
     assert emulation.apply(1000.0) == list(cfg.schedule)
-    assert emulation.status()["peers"][0]["classes"]["1:4"]["rate_bps"] == 5e6 and quota_us(emulation, 1) == 1125000
+    assert emulation.status()["peers"][0]["classes"]["1:4"]["rate_bps"] == 5e6 and quota_us(emulation, 1) == 1500000
 
 
 def test_cpu_quota_caps_an_attached_busy_process_at_its_ceiling(emulate):
@@ -227,7 +227,7 @@ def test_cpu_quota_caps_an_attached_busy_process_at_its_ceiling(emulate):
     emulation.up()
     busy = subprocess.Popen([PY, "-c", "while True: pass"])
     try:
-        emulation.attach(1, busy.pid)  # 0.25 cores: a ceiling of 0.375 per 1 s period
+        emulation.attach(1, busy.pid)  # 0.25 cores: a ceiling of 0.5 per 1 s period
         assert busy.pid in emulation.status()["peers"][1]["cgroup"]["procs"]
         proc = psutil.Process(busy.pid)
         time.sleep(0.2)

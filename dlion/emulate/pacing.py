@@ -40,20 +40,26 @@ class ComputePacer:
         self._burst_start = 0.0  # when the current run of back-to-back steps started
         self._emulated = 0.0  # how long the emulated machine takes for the steps of the run so far
         self.turn = None  # this peer's `turns.CpuTurn` where it shares a CPU with other peers
+        self._turn_wait = 0.0  # how long the current step waited for its turn
 
     def before_step(self) -> None:
-        """Wait for this peer's turn on a shared CPU (the wait counts in the step's wall time)."""
+        """Wait for this peer's turn on a shared CPU. The wait counts as the emulated machine's time: every peer
+        that shares the CPU then gives up the same fraction of its share when the CPU is overbooked, and a late
+        burst still ends at its mark instead of pushing the next peer's burst later."""
+        self._turn_wait = 0.0
         if self.turn:
+            asked = self._clock()
             self.turn.take()
+            self._turn_wait = self._clock() - asked
 
     def after_step(self, cpu_s: float, wall_s: float) -> float:
         """Idle, now or at the end of the burst, after a step that used `cpu_s` CPU-seconds in `wall_s` seconds;
         returns the idle time."""
         now = self._clock()
-        start = now - wall_s
+        start = now - wall_s  # when it asked for its turn: after a network wait, a turn wait shortens the idling
         if self._last_end is None or start - self._last_end >= BACK_TO_BACK_S:  # after a wait: idle right away
             return self._idle_until(start + cpu_s / self.cores)
-        self._emulated += cpu_s / self.cores
+        self._emulated += cpu_s / self.cores + self._turn_wait
         finish = self._burst_start + self._emulated
         if finish < self._next_mark(self._burst_start):
             self._last_end = now

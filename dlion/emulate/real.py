@@ -17,8 +17,9 @@ Compute: a CPU cgroup per peer, `<tag>/p<id>` under the cgroup v1 `cpu` hierarch
 cgroup v2 exists, `cpu.max`. The peer paces its own gradient steps to its cores (`dlion.emulate.pacing`: a quota
 alone lets a peer that waits for the network run its steps at full speed); the quota is the ceiling on everything the
 peer does, `QUOTA_HEADROOM` x cores per 1 s period. The period is long so that the pacer's one-second bursts of
-back-to-back steps are not chopped into cold pieces; the headroom keeps a peer whose steps used its share from being
-frozen, network threads and all, for the rest of a period. A quota is only a ceiling: when the peers book the whole
+back-to-back steps are not chopped into cold pieces. The headroom is two bursts: a burst that waited for its turn
+(`dlion.emulate.turns`) can end in the period of the next one, and a peer over its quota is frozen, network threads
+and all, for the rest of the period. A quota is only a ceiling: when the peers book the whole
 machine, they also contend with each other and with the host. So each peer's weight (cpu.shares / cpu.weight) is
 proportional to its cores, and the `<tag>` group weighs as much as all the host's CPUs: contention is then shared in
 proportion to capacity, and host daemons take little from the emulated micro-clouds. The launcher starts a peer with
@@ -57,7 +58,7 @@ DEFAULT_BURST = "256k"  # room for 64 KB GSO packets at that rate
 GSO_MAX_BYTES = 4500  # peers' packets stay a few MTUs long, so HTB paces them finely
 QUANTUM = 60000  # bytes; explicit so that high rates do not make tc warn about r2q
 CFS_PERIOD_US = 1000000  # the longest the kernel allows (see Compute above)
-QUOTA_HEADROOM = 1.5
+QUOTA_HEADROOM = 2.0
 WEIGHT_PER_CORE = {1: 1024, 2: 100}  # a default-weight task is one core: cpu.shares 1024 (v1), cpu.weight 100 (v2)
 WEIGHT_RANGE = {1: (2, 262144), 2: (1, 10000)}
 MIN_QUOTA_US = 1000  # the kernel's floor for cfs_quota_us
