@@ -8,8 +8,9 @@ overlapping. Under the real method the 0.2-core peer got its 0.20 of CPU time bu
 core's rate. Taking turns, every step runs warm (5.1 ms) and the peers computed 1.02 / 0.50 / 0.30 / 0.19 of a core.
 
 Which peers share a CPU: those below one core, spread (largest first, each onto the least booked) over the CPUs that
-the peers of one core or more leave (`shared_cpus`). A turn is an exclusive `flock` of one lock file per shared CPU, in a directory
-that every peer on the machine sees (the run's output directory); the kernel drops a dead peer's lock with it.
+the peers of one core or more leave (`shared_cpus`). A turn is an exclusive `flock` of one lock file per shared CPU,
+in a directory that every peer on the machine sees (the run's output directory); the kernel drops a dead peer's lock
+with it.
 
 A peer keeps its turn from one step to the next through a burst, and gives it up when it idles, or when no step
 follows within `hold_s`: then it is waiting for the network, and must not make the others wait with it.
