@@ -65,7 +65,7 @@ def links_of(cfg) -> list[tuple[int, int]]:
     return [(s, d) for s in cfg.peer_ids for d in cfg.peer_ids if s != d]
 
 
-# ---- probe: runs where a peer would run ------------------------------------------------------------------------------
+# ---- probe: runs where a peer would run ----------------------------------------------------------------------------
 
 def probe(args) -> None:
     import numpy as np
@@ -228,7 +228,7 @@ def _stream_receive(transport, src: int, t0: float, end: float, arrivals: list) 
         i += 1
 
 
-# ---- driver ------------------------------------------------------------------------------------------------------------
+# ---- driver --------------------------------------------------------------------------------------------------------
 
 def _probe_cmd(config_path: Path, peer_id: int, out: Path, seconds: float, t0: float = 0.0,
                reference: bool = False, timeline: bool = False) -> list[str]:
@@ -262,6 +262,8 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float,
                         help="timeline: relative band around the new value that counts as followed (default: 0.15 "
                              "under real, 0.20 under fallback, the issue's bars)")
+    parser.add_argument("--series", metavar="FILE",
+                        help="timeline: also write every 1-second window (end, value) per peer and link as JSON")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
@@ -313,7 +315,7 @@ def main() -> int:
         results = {pid: json.loads((tmp / f"probe-{pid}.json").read_text()) for pid in cfg.peer_ids}
     if timeline:
         tolerance = args.tolerance or (0.15 if cfg.emulation.method == "real" else 0.20)
-        return report_timeline(cfg, references, results, seconds, tolerance)
+        return report_timeline(cfg, references, results, seconds, tolerance, args.series)
     return report(cfg, references, results)
 
 
@@ -392,9 +394,11 @@ def _show(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
 
 
-def report_timeline(cfg, references, results, seconds: float, tolerance: float) -> int:
-    """Per peer and per scheduled link: configured and measured before and after each change, and the lag."""
-    lags = {}
+def report_timeline(cfg, references, results, seconds: float, tolerance: float,
+                    series_path: str | None = None) -> int:
+    """Per peer and per scheduled link: configured and measured before and after each change, and the lag; every
+    window's figure goes to `series_path` if given."""
+    lags, saved = {}, {}
     print(f"{'':>8} {'change at':>9} {'before':>13} {'after':>13} {'lag s':>6}   (configured / measured; peers: "
           f"CPU time per s and compute share; links: Mbit/s)")
     for change in sorted(cfg.schedule, key=lambda c: c.at):
@@ -416,11 +420,14 @@ def report_timeline(cfg, references, results, seconds: float, tolerance: float) 
             extra = (f"   compute share {_show(_median_between(rate, 1.0, at), 1 / ref, 3)} -> "
                      f"{_show(_median_between(rate, at + 2.0, seconds), 1 / ref, 3)}")
         lags[key] = lag(series, at, before, after, tolerance)
+        saved[key] = {"at": at, "before": before, "after": after, "windows": [(round(e, 2), v) for e, v in series]}
         measured_before = _median_between(series, 1.0, at)
         measured_after = _median_between(series, at + 2.0, seconds)
         shown = f"{lags[key]:6.2f}" if lags[key] is not None else f"{'never':>6}"
-        print(f"{key:>8} {at:>8.1f}s {before:>6.2f}/{_show(measured_before):<6} {after:>6.2f}/{_show(measured_after):<6} "
-              f"{shown}{extra}")
+        print(f"{key:>8} {at:>8.1f}s {before:>6.2f}/{_show(measured_before):<6} "
+              f"{after:>6.2f}/{_show(measured_after):<6} {shown}{extra}")
+    if series_path:
+        Path(series_path).write_text(json.dumps(saved))
     print(json.dumps({"method": cfg.emulation.method, "tolerance": tolerance, "lag_s": lags,
                       "max_lag_s": None if any(v is None for v in lags.values()) else max(lags.values())}))
     return 0

@@ -74,6 +74,20 @@ def test_the_phase_shifts_the_marks_and_a_step_past_a_mark_idles_until_the_emula
     assert t.sleeps[2] == pytest.approx(101.7 - 100.8) and t.now == pytest.approx(101.7)
 
 
+def test_a_pause_before_the_emulated_machine_is_done_does_not_end_the_burst():
+    t = FakeTime()
+    p = pacer(0.25, t)
+    step = 1 / 64  # 1/16 s emulated
+    for _ in range(5):
+        t.step(p, cpu_s=step, wall_s=step)
+    # idled once, to 100.0625; 4 more steps: at 100.125 the emulated machine is busy until 100.3125
+    assert t.sleeps == [pytest.approx(0.046875)]
+    assert t.step(p, cpu_s=step, wall_s=step, wait_s=0.1) == 0.0  # asked at 100.225: still the same burst
+    assert len(t.sleeps) == 1
+    # asked at ~100.74, after the emulated machine finished (100.375): a step after a wait, idled at once
+    assert t.step(p, cpu_s=step, wall_s=step, wait_s=0.5) == pytest.approx(3 / 64)
+
+
 def test_a_contended_step_owes_less_idling():
     t = FakeTime()
     p = pacer(0.25, t)

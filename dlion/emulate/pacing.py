@@ -18,6 +18,12 @@ with 1 s periods, 0.179 with 0.5 s, ~0.14 when it idled after every step. The ma
 of compute, and the emulation lays the bursts of one machine's peers end to end (`fallback.burst_phase`). Four
 processes with hetero-4's shares and nice weights: the 0.2-core peer computed 0.173 of a core with bursts spread by a
 golden-ratio phase, 0.180 end to end (0.193 and 0.201 without weights).
+
+Pauses within a burst. The emulated machine runs behind the peer through a burst, so whether a step follows a wait is
+judged against when the emulated machine would have finished the steps before it: a pause that ends before then (the
+peer preempted, or waiting for the GIL, for a few milliseconds) does not end the burst and forget what it still owes.
+Judged against the wall clock, such pauses handed peers a fresh burst mid-period: in dynamic-4 a 0.5-core peer used
+0.68 CPU-s in one period, and the peer after it on their shared CPU waited 0.25 s for its turn.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import math
 import time
 
 PERIOD_S = 1.0
-BACK_TO_BACK_S = 0.002  # a step starting within this of the previous one's end (and idling) follows it back to back
+BACK_TO_BACK_S = 0.002  # a step asked for within this of the emulated machine's finish follows the steps back to back
 
 
 class ComputePacer:
@@ -36,7 +42,7 @@ class ComputePacer:
         self.phase = phase
         self._sleep = sleep
         self._clock = clock
-        self._last_end: float | None = None  # when the previous step, and any idling after it, ended
+        self._last_end: float | None = None  # when the emulated machine finishes the steps so far (and any idling)
         self._burst_start = 0.0  # when the current run of back-to-back steps started
         self._emulated = 0.0  # how long the emulated machine takes for the steps of the run so far
         self.turn = None  # this peer's `turns.CpuTurn` where it shares a CPU with other peers
@@ -62,7 +68,7 @@ class ComputePacer:
         self._emulated += cpu_s / self.cores + self._turn_wait
         finish = self._burst_start + self._emulated
         if finish < self._next_mark(self._burst_start):
-            self._last_end = now
+            self._last_end = max(now, finish)
             if self.turn:
                 self.turn.hold()
             return 0.0
