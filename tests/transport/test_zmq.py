@@ -254,3 +254,14 @@ def test_a_peer_whose_connection_drops_without_a_bye_is_departed_until_it_speaks
     wait_until(lambda: 1 in t0.mailbox.departed)
     t1 = make(1, peers=pair)  # the restarted peer: its first message re-admits it
     wait_until(lambda: (t1.send(0, "eval", 1), time.sleep(0.05), 1 not in t0.mailbox.departed)[2])
+
+
+def test_a_held_message_is_polled_for_in_whole_milliseconds_and_its_last_fraction_is_slept():
+    from dlion.transport.zmq import _poll_ms_until
+
+    now = time.monotonic()
+    assert _poll_ms_until(now + 0.0057) == 5  # rounded down: woken early, then the rest is slept
+    assert _poll_ms_until(now - 1.0) == 0  # overdue
+    before = time.monotonic()
+    assert _poll_ms_until(before + 0.0006) == 0
+    assert time.monotonic() >= before + 0.0006  # slept out, not rounded up to a millisecond of poll
