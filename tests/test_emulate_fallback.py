@@ -117,12 +117,19 @@ def test_in_process_says_what_a_peer_emulates_itself():
 def test_a_peer_below_one_core_takes_turns_on_its_shared_cpu_until_a_change_gives_it_a_core(tmp_path):
     from dlion.emulate.turns import lock_path
     t = FakeTime()
-    emulation = emulation_of(0, t, turns_dir=tmp_path, renice=lambda nice: None)
+    pinned = []
+    emulation = emulation_of(0, t, turns_dir=tmp_path, renice=lambda nice: None, pin=pinned.append,
+                             cpus={0, 1, 2, 3})
     emulation.start()
     assert emulation.pacer.turn.path == lock_path(tmp_path, 0)  # peers 1 and 2 have whole cores
+    assert pinned == [{3}]  # after peer 1's two CPUs and peer 2's one
     t.emulated_step(emulation, 0.1, 0.1)
     assert not emulation.pacer.turn.held  # a step after a wait idles at once, and gives its turn up first
     emulation.update(30.0)  # now 1.0 core: a CPU of its own
-    assert emulation.pacer.turn is None
+    assert emulation.pacer.turn is None and pinned[-1] == {0}
     assert emulation_of(0, t, renice=lambda nice: None).pacer.turn is None  # no turns without a directory
     emulation.close()
+    crowded = emulation_of(0, t, turns_dir=tmp_path, renice=lambda nice: None, pin=pinned.append, cpus={0, 1})
+    crowded.start()  # three whole cores booked on two CPUs: the kernel places everyone
+    assert pinned[-1] == {0, 1}
+    crowded.close()

@@ -5,7 +5,7 @@ import threading
 import time
 
 from dlion import config
-from dlion.emulate.turns import CpuTurn, lock_path, shared_cpus
+from dlion.emulate.turns import CpuTurn, lock_path, pinned_cpus, shared_cpus
 
 HETERO = config.parse({
     "peers": [{"id": i, "port": 47100 + i, "cores": c} for i, c in enumerate((1.0, 0.5, 0.3, 0.2))],
@@ -26,6 +26,16 @@ def test_with_spare_cpus_each_peer_goes_where_the_least_is_booked():
     placed = shared_cpus(halves, cpus=2)  # overbooked: still spread as evenly as the shares allow
     assert sorted(list(placed.values()).count(cpu) for cpu in (0, 1)) == [2, 3]
     assert shared_cpus(halves, cpus=1) == {i: 0 for i in range(5)}
+
+
+def test_whole_core_peers_are_pinned_to_cpus_of_their_own_and_the_others_to_the_cpu_they_share():
+    assert pinned_cpus(HETERO, cpus=[0, 1]) == {0: {0}, 1: {1}, 2: {1}, 3: {1}}
+    assert pinned_cpus(HETERO, at=30, cpus=[0, 1]) == {3: {0}, 0: {1}, 1: {1}, 2: {1}}
+    assert pinned_cpus(HETERO, cpus=[7, 5, 6, 4]) == {0: {4}, 1: {5}, 2: {6}, 3: {7}}
+    wide = config.parse({"peers": [{"id": 0, "port": 47100, "cores": 2.5}, {"id": 1, "port": 47101, "cores": 0.4}],
+                         "training": {"max_seconds": 60}})
+    assert pinned_cpus(wide, cpus=[0, 1, 2, 3]) == {0: {0, 1, 2}, 1: {3}}
+    assert pinned_cpus(wide, cpus=[0, 1, 2]) == {}  # nothing left to share: the kernel places everyone
 
 
 def _taken_within(turn: CpuTurn, seconds: float) -> bool:

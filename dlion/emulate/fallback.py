@@ -50,6 +50,15 @@ def _renice(nice: int) -> None:
             pass
 
 
+def _pin(cpus: set[int]) -> None:
+    """Every thread of this process onto `cpus` (affinity is per thread; new threads inherit their creator's)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # the thread has ended
+            pass
+
+
 def in_process(cfg: Config, peer_id: int, transport, turns_dir: Path | None = None) -> "InProcessEmulation | None":
     """What a peer itself must emulate: everything under `fallback` (and `auto`, which the launcher resolves before
     starting peers, so a lone peer can only mean the in-process method); under `real`, its compute pace, and the
@@ -67,10 +76,12 @@ def in_process(cfg: Config, peer_id: int, transport, turns_dir: Path | None = No
 class InProcessEmulation:
     """`links`: what this peer emulates of its outgoing links: "all" (rate and latency, the fallback), "latency" (the
     real method on a kernel without netem) or "none" (the kernel does both). `turns_dir`: where the peers of this
-    machine take turns on the CPUs they share (none without it)."""
+    machine take turns on the CPUs they share; with it, each peer's threads also keep to its CPUs
+    (`turns.pinned_cpus`, among the `cpus` it may use)."""
 
     def __init__(self, cfg: Config, peer_id: int, transport, links: str = "all", turns_dir: Path | None = None,
-                 sleep=time.sleep, clock=time.monotonic, cpu_clock=time.process_time, renice=_renice):
+                 sleep=time.sleep, clock=time.monotonic, cpu_clock=time.process_time, renice=_renice, pin=_pin,
+                 cpus: set[int] | None = None):
         self.cfg = cfg
         self.links = links
         self.peer_id = peer_id
@@ -80,6 +91,8 @@ class InProcessEmulation:
         self._clock = clock
         self._cpu_clock = cpu_clock
         self._renice = renice
+        self._pin = pin
+        self._cpus = set(cpus if cpus is not None else os.sched_getaffinity(0))  # what the peer may use at all
         mine = [c for c in cfg.schedule if (c.src == peer_id and links != "none") or c.peer == peer_id]
         self._pending = sorted(mine, key=lambda c: c.at)
         self._reweigh_at = sorted({c.at for c in cfg.schedule if not c.is_link})  # any peer's cores change
@@ -114,8 +127,8 @@ class InProcessEmulation:
         return applied
 
     def _weigh(self, at: float) -> None:
-        """Place the peer's bursts and its CPU turns, and under the fallback its CPU weight, for every peer's cores
-        at `at`."""
+        """Place the peer's bursts, its CPU turns and the CPUs it runs on, and under the fallback its CPU weight,
+        for every peer's cores at `at`."""
         self.pacer.phase = burst_phase(self.cfg, self.peer_id, at)
         if self.turns_dir is not None:
             cpu = turns.shared_cpus(self.cfg, at).get(self.peer_id)
@@ -125,6 +138,7 @@ class InProcessEmulation:
                 self.pacer.turn = None
             if path and not self.pacer.turn:
                 self.pacer.turn = turns.CpuTurn(path)
+            self._pin(turns.pinned_cpus(self.cfg, at, self._cpus).get(self.peer_id, self._cpus))
         if self.links == "all":
             self._renice(nice_for(self.cfg, self.peer_id, at))
 

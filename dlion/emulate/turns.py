@@ -14,6 +14,11 @@ with it.
 
 A peer keeps its turn from one step to the next through a burst, and gives it up when it idles, or when no step
 follows within `hold_s`: then it is waiting for the network, and must not make the others wait with it.
+
+Each peer's threads also keep to its CPUs (`pinned_cpus`): a whole-core peer to CPUs of its own, the others to the
+CPU they share. Left to the kernel, they moved between both CPUs. In four dynamic-4 checks each, pinned against not
+(real method): the sharing peers' median turn waits 15-50 ms against 23-64 ms, and the 1.0-core peer's CPU time per
+second never below 0.975 against as low as 0.915.
 """
 from __future__ import annotations
 
@@ -22,11 +27,12 @@ import math
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from dlion.config import Config
 
-HOLD_S = 0.002  # as long as the pacer's back-to-back gap: a longer pause ends the burst anyway
+HOLD_S = 0.002  # as long as the pacer's back-to-back gap
 
 
 def shared_cpus(cfg: Config, at: float = 0.0, cpus: int | None = None) -> dict[int, int]:
@@ -40,6 +46,25 @@ def shared_cpus(cfg: Config, at: float = 0.0, cpus: int | None = None) -> dict[i
         load[cpu] += cfg.cores(peer, at)
         placed[peer] = cpu
     return placed
+
+
+def pinned_cpus(cfg: Config, at: float = 0.0, cpus: Sequence[int] | None = None) -> dict[int, set[int]]:
+    """Which of this machine's `cpus` each peer's threads run on at `at`: the peers of a core or more a block of
+    ceil(cores) CPUs each, in peer order, and the others the CPU they share (`shared_cpus`). Empty where the
+    whole-core peers leave no CPU to share: the kernel then places everyone."""
+    cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+    whole = [p for p in cfg.peer_ids if cfg.cores(p, at) >= 1]
+    booked = sum(math.ceil(cfg.cores(p, at)) for p in whole)
+    if booked + (len(whole) < len(cfg.peer_ids)) > len(cpus):
+        return {}
+    pinned, first = {}, 0
+    for peer in whole:
+        size = math.ceil(cfg.cores(peer, at))
+        pinned[peer] = set(cpus[first:first + size])
+        first += size
+    for peer, shared in shared_cpus(cfg, at, len(cpus)).items():
+        pinned[peer] = {cpus[booked + shared]}
+    return pinned
 
 
 def lock_path(directory: Path, cpu: int) -> Path:
