@@ -7,7 +7,8 @@ The scenario's emulation is set up exactly as `dlion run` sets it up (`--method`
 per peer runs where a peer would run (its namespace and CPU cgroup under the real method, with the in-process shaping
 under the fallback; compute paced in the probe under both). All probes then, together:
 1. compute gradients of the scenario's model, back to back, for `--seconds`: a peer's CPU share is its rate relative
-   to an unthrottled run of the same workload alone (measured first), times its TensorFlow threads. Paced peers
+   to an unthrottled run of the same workload alone (measured first, on as many CPUs as it has TensorFlow threads,
+   pinned as the emulation pins peers), times its TensorFlow threads. Paced peers
    compute in one-second bursts (`dlion.emulate.pacing`), so the window is long enough for a partial burst at either
    end to matter little;
 2. one directed link at a time, in fixed time slots: the sender pushes a burst of messages through dlion's transport
@@ -31,6 +32,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -68,6 +70,11 @@ def links_of(cfg) -> list[tuple[int, int]]:
 # ---- probe: runs where a peer would run ----------------------------------------------------------------------------
 
 def probe(args) -> None:
+    cfg = configmod.load(args.config)
+    spec = cfg.peer(args.id)
+    if args.reference:  # on CPUs of its own, as the emulation pins a peer (before TensorFlow starts any thread)
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:spec.tf_threads])
+
     import numpy as np
 
     from dlion import data, trainer
@@ -75,8 +82,6 @@ def probe(args) -> None:
     from dlion.peer import max_message_bytes
     from dlion.transport import WireLimits, ZmqTransport
 
-    cfg = configmod.load(args.config)
-    spec = cfg.peer(args.id)
     trainer.configure_threads(spec.tf_threads)
     tr = trainer.Trainer(cfg.training.model, seed=cfg.seed)
     ds = data.synthetic(n_train=512, n_test=10, seed=1)
