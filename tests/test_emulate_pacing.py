@@ -107,8 +107,32 @@ def test_a_new_share_applies_to_the_next_steps():
     t = FakeTime()
     p = pacer(1.0, t)
     assert t.step(p, cpu_s=0.01, wall_s=0.01, wait_s=0.1) == 0.0
-    p.cores = 0.5
+    p.move(cores=0.5)
     assert t.step(p, cpu_s=0.01, wall_s=0.01, wait_s=0.1) == pytest.approx(0.01)
+
+
+def test_a_change_ends_the_burst_and_a_peer_below_one_core_waits_for_its_new_place():
+    t = FakeTime()
+    p = pacer(0.25, t)
+    step = 1 / 64
+    for _ in range(4):
+        t.step(p, cpu_s=step, wall_s=step)  # idled once, to 100.0625, then a burst up to 100.109
+    p.move(phase=0.5)
+    assert t.step(p, cpu_s=step, wall_s=step) == pytest.approx(100.5 - 100.125)  # idle until the new place
+    assert t.step(p, cpu_s=step, wall_s=step) == 0.0  # and a new burst there
+    p.move(cores=0.25)  # no change: the burst goes on
+    assert t.step(p, cpu_s=step, wall_s=step) == 0.0
+
+
+def test_a_change_to_a_whole_core_starts_a_new_burst_at_once():
+    t = FakeTime()
+    p = pacer(0.25, t)
+    step = 1 / 64
+    for _ in range(4):
+        t.step(p, cpu_s=step, wall_s=step)
+    p.move(cores=1.0)
+    assert t.step(p, cpu_s=step, wall_s=step) == 0.0
+    assert [t.step(p, cpu_s=step, wall_s=step) for _ in range(20)] == [0.0] * 20  # its own core: no idling
 
 
 class RecordingTurn:

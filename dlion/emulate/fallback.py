@@ -118,7 +118,7 @@ class InProcessEmulation:
             if change.is_link:
                 self._shape(change.dst, self.cfg.link(change.src, change.dst, at=change.at))
             else:
-                self.pacer.cores = change.cores
+                self.pacer.move(cores=change.cores)
             applied.append(change)
         if self._reweigh_at and self._reweigh_at[0] <= elapsed:
             while self._reweigh_at and self._reweigh_at[0] <= elapsed:
@@ -129,7 +129,7 @@ class InProcessEmulation:
     def _weigh(self, at: float) -> None:
         """Place the peer's bursts, its CPU turns and the CPUs it runs on, and under the fallback its CPU weight,
         for every peer's cores at `at`."""
-        self.pacer.phase = burst_phase(self.cfg, self.peer_id, at)
+        self.pacer.move(phase=burst_phase(self.cfg, self.peer_id, at))
         if self.turns_dir is not None:
             cpu = turns.shared_cpus(self.cfg, at).get(self.peer_id)
             path = None if cpu is None else turns.lock_path(self.turns_dir, cpu)
