@@ -125,6 +125,8 @@ def test_a_peer_below_one_core_takes_turns_on_its_shared_cpu_until_a_change_give
     assert pinned == [{3}]  # after peer 1's two CPUs and peer 2's one
     t.emulated_step(emulation, 0.1, 0.1)
     assert not emulation.pacer.turn.held  # a step after a wait idles at once, and gives its turn up first
+    emulation.update(20.0)  # peer 1 drops to 0.5: three of the peer's four CPUs are shared, the larger share first
+    assert emulation.pacer.turn.path == lock_path(tmp_path, 1) and pinned[-1] == {2}
     emulation.update(30.0)  # now 1.0 core: a CPU of its own
     assert emulation.pacer.turn is None and pinned[-1] == {0}
     assert emulation_of(0, t, renice=lambda nice: None).pacer.turn is None  # no turns without a directory

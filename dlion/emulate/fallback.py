@@ -41,22 +41,23 @@ def nice_for(cfg: Config, peer_id: int, at: float = 0.0) -> int:
     return min(MAX_NICE, max(0, round(math.log(largest / cfg.cores(peer_id, at), NICE_STEP))))
 
 
-def _renice(nice: int) -> None:
-    """Every thread of this process (Linux keeps a nice value per thread; new threads inherit their creator's)."""
+def _each_thread(action, ignore=(ProcessLookupError,)) -> None:
+    """`action(tid)` for every thread of this process: Linux keeps nice values and CPU affinity per thread (new
+    threads inherit their creator's). A thread may end meanwhile."""
     for tid in os.listdir("/proc/self/task"):
         try:
-            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
-        except (PermissionError, ProcessLookupError):  # lowering needs privileges; a thread may have ended
+            action(int(tid))
+        except ignore:
             pass
+
+
+def _renice(nice: int) -> None:
+    # lowering a nice value needs privileges
+    _each_thread(lambda tid: os.setpriority(os.PRIO_PROCESS, tid, nice), ignore=(PermissionError, ProcessLookupError))
 
 
 def _pin(cpus: set[int]) -> None:
-    """Every thread of this process onto `cpus` (affinity is per thread; new threads inherit their creator's)."""
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), cpus)
-        except ProcessLookupError:  # the thread has ended
-            pass
+    _each_thread(lambda tid: os.sched_setaffinity(tid, cpus))
 
 
 def in_process(cfg: Config, peer_id: int, transport, turns_dir: Path | None = None) -> "InProcessEmulation | None":
@@ -131,7 +132,8 @@ class InProcessEmulation:
         for every peer's cores at `at`."""
         self.pacer.move(phase=burst_phase(self.cfg, self.peer_id, at))
         if self.turns_dir is not None:
-            cpu = turns.shared_cpus(self.cfg, at).get(self.peer_id)
+            # the CPUs the peer may use, not its own affinity: after the first placement that is its pinned CPUs
+            cpu = turns.shared_cpus(self.cfg, at, len(self._cpus)).get(self.peer_id)
             path = None if cpu is None else turns.lock_path(self.turns_dir, cpu)
             if self.pacer.turn and self.pacer.turn.path != path:
                 self.pacer.turn.close()
