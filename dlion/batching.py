@@ -10,9 +10,10 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from dlion import messages
 from dlion.schema import option, positive
-
-REPORT_KIND = "report"
+from dlion.smoothing import Ema
+from dlion.stages import StageContext, Strategy
 
 
 def split_evenly(total: int, peer_ids) -> dict[int, int]:
@@ -63,18 +64,14 @@ def allocate(total: int, rates: dict[int, float], low: int, high: int) -> dict[i
     return sizes
 
 
-class FixedBatching:
+class FixedBatching(Strategy):
     """Equal shares of the global batch, fixed for the whole run (the BSP baseline)."""
 
     rate = None  # measures nothing
 
-    @dataclass(frozen=True)
-    class Params:
-        pass
-
-    def __init__(self, params: Params, peer_id: int, peer_ids, global_batch: int, transport, cores=None):
-        self.peer_id = peer_id
-        self.sizes = split_evenly(global_batch, peer_ids)
+    def __init__(self, params: Strategy.Params, ctx: StageContext):
+        self.peer_id = ctx.peer_id
+        self.sizes = split_evenly(ctx.global_batch, ctx.peer_ids)
 
     def batch_size(self, iteration: int) -> int:
         return self.sizes[self.peer_id]
@@ -83,11 +80,11 @@ class FixedBatching:
         """Fixed shares ignore measurements."""
 
 
-class WeightedBatching:
+class WeightedBatching(Strategy):
     """Weighted dynamic batching: the global batch split in proportion to the peers' measured compute rates.
 
     Each peer measures its own rate (samples per second of the gradient computation alone, including any emulated
-    throttling; an exponential moving average that skips the first, tracing, step) and reports it to every other peer
+    throttling; an exponential moving average) and reports it to every other peer
     every `retune_every` iterations, and at once when its rate moved by more than `threshold` since its last report.
     A report is sent in iteration i before that iteration's gradients, so once a peer has the gradients of round i
     from a neighbour it also has the neighbour's reports up to round i; every peer then uses, for iteration i + 1,
@@ -107,20 +104,23 @@ class WeightedBatching:
         max_batch: Optional[int] = option(None, check=positive,
                                           expect="a positive integer (largest per-peer batch) or null for no limit")
 
-    def __init__(self, params: Params, peer_id: int, peer_ids, global_batch: int, transport, cores=None):
+    def __init__(self, params: Params, ctx: StageContext):
         self.params = params
-        self.peer_id = peer_id
-        self.ids = tuple(sorted(peer_ids))
-        self.global_batch = global_batch
-        self.transport = transport
-        self.high = params.max_batch or global_batch
-        self.cores = dict(cores) if cores else dict.fromkeys(self.ids, 1.0)
-        self.rate: float | None = None   # own smoothed samples/s
+        self.ctx = ctx
+        self.peer_id = ctx.peer_id
+        self.ids = tuple(sorted(ctx.peer_ids))
+        self.global_batch = ctx.global_batch
+        self.high = params.max_batch or ctx.global_batch
+        self.cores = dict(ctx.cores)
+        self._rate = Ema(params.smoothing)  # own samples/s
         self._reported: float | None = None
         self._own_reports: list[tuple[int, float]] = []  # (round, rate) of our reports, newest last
         self._basis: tuple | None = None
-        self._rejected: set[tuple[int, int]] = set()  # (sender, round) of reports already dropped and counted
         self.sizes = self._allocate(self.cores)
+
+    @property
+    def rate(self) -> float | None:
+        return self._rate.value
 
     def batch_size(self, iteration: int) -> int:
         rates = self._rates_before(iteration)
@@ -132,11 +132,9 @@ class WeightedBatching:
 
     def observe(self, iteration: int, batch: int, compute_s: float) -> None:
         """Fold in this iteration's compute time; report the rate when due (before the round's gradients)."""
-        if iteration == 0 or compute_s <= 0:  # the first step traces the graph: not a rate
+        if compute_s <= 0:
             return
-        sample = batch / compute_s
-        a = self.params.smoothing
-        self.rate = sample if self.rate is None else a * sample + (1 - a) * self.rate
+        self._rate.update(batch / compute_s)
         due = iteration % self.params.retune_every == 0 or self._reported is None
         moved = self._reported is not None and abs(self.rate - self._reported) > self.params.threshold * self._reported
         if due or moved:
@@ -146,37 +144,23 @@ class WeightedBatching:
         self._reported = self.rate
         self._own_reports.append((iteration, self.rate))
         del self._own_reports[:-2]
-        departed = self.transport.mailbox.departed
-        for p in self.ids:
-            if p != self.peer_id and p not in departed:
-                self.transport.send(p, REPORT_KIND, iteration, None, {"rate": float(self.rate)})
+        for p in self.ctx.live(self.ctx.others):
+            self.ctx.transport.send(p, messages.REPORT, iteration, None, {"rate": float(self.rate)})
 
     def _rates_before(self, iteration: int) -> dict[int, float]:
         """Each live peer's latest reported rate from a round before `iteration`; the cores until all reported."""
-        departed = self.transport.mailbox.departed
-        live = [p for p in self.ids if p not in departed]
+        live = self.ctx.live(self.ids)
         rates = {}
         for p in live:
             if p == self.peer_id:
                 rate = next((r for rnd, r in reversed(self._own_reports) if rnd < iteration), None)
             else:
-                msg = self.transport.mailbox.latest_before(REPORT_KIND, p, iteration)
-                rate = self._valid_rate(msg)
+                msg = self.ctx.transport.mailbox.latest_before(messages.REPORT, p, iteration)
+                rate = None if msg is None else msg.meta["rate"]  # declared a positive finite float
             if rate is None:
                 return {p: self.cores[p] for p in live}
             rates[p] = rate
         return rates
-
-    def _valid_rate(self, msg) -> float | None:
-        if msg is None:
-            return None
-        rate = msg.meta.get("rate")
-        if isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < rate < math.inf:
-            return float(rate)
-        if (msg.sender, msg.round) not in self._rejected:
-            self._rejected.add((msg.sender, msg.round))
-            self.transport.reject(msg, f"expected a positive finite 'rate', got {rate!r}")
-        return None
 
     def _allocate(self, rates: dict[int, float]) -> dict[int, int]:
         low = min(self.params.min_batch, self.global_batch // len(rates))

@@ -80,15 +80,25 @@ def main(argv=None) -> int:
             return 0 if summary["peers_finished"] == len(cfg.peers) else 1
         if args.command == "emulate":
             return _emulate(args, cfg)
-        from dlion.peer import run_peer
-        run_peer(cfg, args.id, out_dir)
-        return 0
+        return _peer(cfg, args.id, out_dir)
     except DataError as exc:
         print(f"dlion: data error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except EmulationError as exc:
         print(f"dlion: emulation error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _peer(cfg, peer_id: int, out_dir: str) -> int:
+    """`dlion peer`: one peer in this process, with what it emulates itself attached to its hooks."""
+    from dlion.emulate import fallback
+    from dlion.wiring import run_peer
+    emulation = fallback.for_peer(cfg, peer_id, turns_dir=Path(out_dir))
+    if emulation is None:
+        run_peer(cfg, peer_id, out_dir)
+    else:
+        run_peer(cfg, peer_id, out_dir, clock=emulation, link_policy=emulation.link_policy)
+    return 0
 
 
 def _compose(args, cfg) -> int:

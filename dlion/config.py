@@ -15,11 +15,11 @@ from typing import Any, Literal, Optional
 import yaml
 
 from dlion import batching, exchange, gossip, knowledge, topology
+from dlion.data import DEFAULT_DATA_DIR
 from dlion.presets import PRESETS, with_preset
 from dlion.schema import (BANDWIDTH, DURATION, ConfigError, at_least, between, build, join, non_negative, option,
                           parse_bandwidth, parse_duration, positive, reference)
 
-DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 STAGE_REGISTRIES = {"batching": batching.STRATEGIES, "exchange": exchange.STRATEGIES,
                     "gossip": gossip.STRATEGIES, "knowledge": knowledge.STRATEGIES}
 
@@ -102,6 +102,12 @@ class Emulation:
     transport_latency: bool = option(
         False, expect="true or false: under the real method, add link latency in the transport (the launcher sets "
                       "it where the kernel has no netem)")
+
+    @property
+    def in_process_method(self) -> str:
+        """The method as one peer process sees it: the launcher resolves `auto` before it starts peers, so a peer
+        still told `auto` was started on its own and emulates what it can itself, the fallback."""
+        return "fallback" if self.method == "auto" else self.method
 
 
 @dataclass(frozen=True)
@@ -274,9 +280,9 @@ class Config:
         """The graph of every round (the same on every peer)."""
         return topology.Topology(self.topology.spec, self.peer_ids)
 
-    def neighbours(self, peer_id: int) -> tuple[int, ...]:
-        """The peers this one sends to in some round (all its links the topology uses)."""
-        return self.graph().links_of(peer_id)
+    def destinations(self, peer_id: int) -> tuple[int, ...]:
+        """The peers this one sends to in some round of the topology."""
+        return self.graph().destinations(peer_id)
 
     def validate(self, path: str) -> None:
         if not self.peers:

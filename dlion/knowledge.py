@@ -12,18 +12,13 @@ answer within `timeout_s` is abandoned. Each merge is reported with its bytes an
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
+from dlion import messages
 from dlion.schema import between, option, positive
-
-SCORE_KIND = "score"
-FETCH_KIND = "fetch"
-MODEL_KIND = "model"
+from dlion.stages import Requirements, StageContext, Strategy
 
 
 def merge(own: np.ndarray, best: np.ndarray, alpha: float) -> np.ndarray:
@@ -31,21 +26,17 @@ def merge(own: np.ndarray, best: np.ndarray, alpha: float) -> np.ndarray:
     return ((1.0 - alpha) * own + alpha * best).astype(np.float32)
 
 
-class NoKnowledge:
+class NoKnowledge(Strategy):
     """No knowledge transfer (the baseline)."""
 
-    @dataclass(frozen=True)
-    class Params:
-        pass
-
-    def __init__(self, params: Params, peer_id: int, peer_ids, transport, model):
+    def __init__(self, params: Strategy.Params, ctx: StageContext):
         pass
 
     def step(self, iteration: int) -> dict | None:
         return None
 
 
-class KnowledgeTransfer:
+class KnowledgeTransfer(Strategy):
     """Periodic quality scores; the worse peers fetch and merge the best peer's parameters."""
 
     @dataclass(frozen=True)
@@ -61,12 +52,15 @@ class KnowledgeTransfer:
                                expect="a positive integer (iterations to wait for the other peers' scores)")
         timeout_s: float = option(30.0, check=positive, expect="a positive number of seconds to wait for a model")
 
-    def __init__(self, params: Params, peer_id: int, peer_ids, transport, model: "ModelAccess"):
+    @classmethod
+    def requires(cls, params: Params) -> Requirements:
+        return Requirements(holdout=params.holdout)
+
+    def __init__(self, params: Params, ctx: StageContext):
         self.params = params
-        self.peer_id = peer_id
-        self.others = tuple(p for p in sorted(peer_ids) if p != peer_id)
-        self.transport = transport
-        self.model = model
+        self.ctx = ctx
+        self.transport = ctx.transport
+        self.model = ctx.model
         self._served: dict[int, int] = {}     # peer -> round of the last fetch we answered
         self._scoring: tuple[int, float] | None = None  # (round, own loss) waiting for the others' scores
         self._fetch: dict | None = None       # the outstanding fetch
@@ -78,30 +72,28 @@ class KnowledgeTransfer:
             loss = float(self.model.score())
             self._scoring = (iteration, loss)
             for p in self._live():
-                self.transport.send(p, SCORE_KIND, iteration, None, {"loss": loss})
+                self.transport.send(p, messages.SCORE, iteration, None, {"loss": loss})
         if self._scoring is not None:
             self._decide(iteration)
         return self._merge() if self._fetch is not None else None
 
     def _live(self) -> list[int]:
-        departed = self.transport.mailbox.departed
-        return [p for p in self.others if p not in departed]
+        return self.ctx.live(self.ctx.others)
 
     def _serve(self) -> None:
         for p in self._live():
-            msg = self.transport.mailbox.latest(FETCH_KIND, p)
+            msg = self.transport.mailbox.latest(messages.FETCH, p)
             if msg is not None and msg.round > self._served.get(p, -1):
                 self._served[p] = msg.round
-                self.transport.send(p, MODEL_KIND, msg.round, {"x": self.model.get()})
+                self.transport.send(p, messages.MODEL, msg.round, {"x": self.model.get()})
 
     def _decide(self, iteration: int) -> None:
         round_, own = self._scoring
         scores = {}
         for p in self._live():
-            msg = self.transport.mailbox.latest_before(SCORE_KIND, p, round_ + 1)
-            loss = msg.meta.get("loss") if msg is not None and msg.round == round_ else None
-            if isinstance(loss, float) and math.isfinite(loss):
-                scores[p] = loss
+            msg = self.transport.mailbox.latest_before(messages.SCORE, p, round_ + 1)
+            if msg is not None and msg.round == round_:
+                scores[p] = msg.meta["loss"]  # declared a finite float
         if len(scores) < len(self._live()) and iteration < round_ + self.params.patience:
             return
         self._scoring = None
@@ -109,37 +101,28 @@ class KnowledgeTransfer:
             return
         best = min(scores, key=lambda p: (scores[p], p))
         if own > scores[best] * (1 + self.params.margin):
-            self.transport.send(best, FETCH_KIND, round_)
-            self._fetch = {"from": best, "round": round_, "sent": time.monotonic(), "own_loss": own,
+            self.transport.send(best, messages.FETCH, round_)
+            self._fetch = {"from": best, "round": round_, "sent": self.ctx.clock(), "own_loss": own,
                            "best_loss": scores[best]}
 
     def _merge(self) -> dict | None:
         fetch = self._fetch
-        msg = self.transport.mailbox.latest(MODEL_KIND, fetch["from"])
+        msg = self.transport.mailbox.latest(messages.MODEL, fetch["from"])
         if msg is None or msg.round != fetch["round"]:
-            if time.monotonic() - fetch["sent"] > self.params.timeout_s:
+            if self.ctx.clock() - fetch["sent"] > self.params.timeout_s:
                 self._fetch = None
             return None
         self._fetch = None
         own = self.model.get()
-        theirs = msg.tensors.get("x")
+        theirs = msg.tensors["x"]
         if not isinstance(theirs, np.ndarray) or theirs.shape != own.shape or theirs.dtype != own.dtype \
                 or not np.isfinite(theirs).all():
             self.transport.reject(msg, f"expected finite float32 parameters 'x' of shape {own.shape}")
             return None
         self.model.set(merge(own, theirs, self.params.alpha))
         return {"from": fetch["from"], "round": fetch["round"], "bytes": msg.nbytes,
-                "time_s": round(time.monotonic() - fetch["sent"], 3), "own_loss": round(fetch["own_loss"], 5),
+                "time_s": round(self.ctx.clock() - fetch["sent"], 3), "own_loss": round(fetch["own_loss"], 5),
                 "best_loss": round(fetch["best_loss"], 5), "alpha": self.params.alpha}
-
-
-@dataclass(frozen=True)
-class ModelAccess:
-    """What the knowledge stage may do with the model: score it, read and overwrite its flat parameters."""
-
-    score: Callable[[], float]
-    get: Callable[[], np.ndarray]
-    set: Callable[[np.ndarray], None]
 
 
 STRATEGIES = {"none": NoKnowledge, "dkt": KnowledgeTransfer}

@@ -8,6 +8,7 @@ if the launcher dies (PR_SET_PDEATHSIG), so no peer outlives it.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -80,14 +82,20 @@ def bring_up(cfg: Config, emulation) -> Config:
     return cfg
 
 
-def start_peers(cfg: Config, config_path: Path, out_dir: Path, procs: dict[int, subprocess.Popen],
+def peer_argv(config_path: Path, out_dir: Path) -> Callable[[int], list[str]]:
+    """The command line of each peer: `dlion peer` with the resolved config."""
+    return lambda peer_id: [sys.executable, "-m", "dlion", "peer", "--config", str(config_path), "--id",
+                            str(peer_id), "--out", str(out_dir)]
+
+
+def start_peers(cfg: Config, argv_for: Callable[[int], list[str]], out_dir: Path, procs: dict[int, subprocess.Popen],
                 emulation=None) -> None:
-    """Start one `dlion peer` process per peer into `procs` (filled as they start, so that a failure midway still
-    leaves the caller every started process to stop); under real emulation, inside the peer's namespace and cgroup."""
+    """Start one process per peer, `argv_for(peer_id)`, into `procs` (filled as they start, so that a failure midway
+    still leaves the caller every started process to stop); under real emulation, inside the peer's namespace and
+    cgroup. Each one's console goes to `out_dir/peer-<id>.log`."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), PYTHONUNBUFFERED="1")
     for peer in cfg.peers:
-        argv = [sys.executable, "-m", "dlion", "peer", "--config", str(config_path), "--id", str(peer.id),
-                "--out", str(out_dir)]
+        argv = argv_for(peer.id)
         with open(out_dir / f"peer-{peer.id}.log", "w") as console:
             procs[peer.id] = subprocess.Popen(
                 emulation.wrap(peer.id, argv) if emulation else argv, stdout=console, stderr=subprocess.STDOUT,
@@ -162,62 +170,90 @@ def hard_limit_s(cfg: Config) -> float | None:
     return cfg.training.max_seconds + cfg.transport.startup_timeout_s + HARD_LIMIT_SLACK_S
 
 
-def run(cfg: Config, out_dir: str | Path, stream=sys.stdout) -> dict:
-    """Run all peers of `cfg` as local processes; returns (and writes) the summary."""
-    if cfg.training.dataset == "fashion-mnist":
-        datamod.require_fashion_mnist(cfg.training.data_dir)  # fail before any peer starts
+@dataclasses.dataclass
+class Launched:
+    """Peer processes running under the config's emulation: the config they run with, their processes by peer id,
+    the real emulation around them (None if in-process), and when they were started (monotonic)."""
+
+    cfg: Config
+    procs: dict[int, subprocess.Popen]
+    emulation: object
+    started: float
+
+
+@contextlib.contextmanager
+def launched(cfg: Config, out_dir: Path, write_config: Callable[[Config], Path],
+             argv_for: Callable[[Path], Callable[[int], list[str]]] = None):
+    """Set up the config's emulation, start one process per peer, and on leaving stop them all and take everything
+    down again. `write_config(cfg)` writes the config the peers run with (addresses resolved) and returns its path;
+    `argv_for(config_path)` gives each peer's command (default: `dlion peer`)."""
     cfg, emulation = resolve_emulation(cfg)
-    out_dir = Path(out_dir)
     procs: dict[int, subprocess.Popen] = {}
-    interrupted = False
-    started = time.monotonic()
-    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         if emulation:
             cfg = bring_up(cfg, emulation)
-        config_path = prepare_out_dir(cfg, out_dir)
+        config_path = write_config(cfg)
         started = time.monotonic()
-        start_peers(cfg, config_path, out_dir, procs, emulation)
-        progress = Progress(out_dir, cfg.peer_ids, stream)
-        interrupted = _supervise(cfg, procs, progress, emulation, started, stream)
+        start_peers(cfg, (argv_for or (lambda path: peer_argv(path, out_dir)))(config_path), out_dir, procs,
+                    emulation)
+        yield Launched(cfg, procs, emulation, started)
     finally:
         stop_peers(procs)
         turns.remove_locks(out_dir)
         if emulation:
             emulation.down()
-        signal.signal(signal.SIGTERM, previous_handler)
-    wall_s = time.monotonic() - started
-    progress.poll()
-    progress.show(wall_s)
-    summary = summarize(out_dir, cfg.peer_ids, cfg.training.target_accuracy, wall_s)
-    summary["interrupted"] = interrupted
-    summary["exit_codes"] = {str(pid): p.returncode for pid, p in procs.items()}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    for pid, p in procs.items():
-        if p.returncode not in (0, -signal.SIGTERM) and not any(e["ev"] == "final"
-                                                               for e in read_events(peer_log_path(out_dir, pid))):
-            print(f"peer {pid} exited with {p.returncode}; see {out_dir / f'peer-{pid}.log'}", file=stream)
-    return summary
 
 
-def _supervise(cfg: Config, procs, progress: Progress, emulation, started: float, stream) -> bool:
-    """Wait for the peers, showing progress and applying the emulation schedule; True if interrupted."""
-    limit = hard_limit_s(cfg)
-    next_line = started + PROGRESS_EVERY_S
+def supervise(run_: Launched, schedule_origin: Callable[[], float | None], limit_s: float | None,
+              tick: Callable[[float], None] = lambda elapsed: None, poll_s: float = 0.2, stream=sys.stdout) -> bool:
+    """Wait for the peers to end: `tick(elapsed)` every `poll_s`, the real emulation's schedule applied from
+    `schedule_origin()` (the Unix time training started; None before), the peers stopped after `limit_s`. True if
+    interrupted (Ctrl-C or SIGTERM)."""
     try:
-        while any(p.poll() is None for p in procs.values()):
-            time.sleep(0.2)
-            progress.poll()
-            now = time.monotonic()
-            if emulation and progress.train_start is not None:
-                emulation.apply(time.time() - progress.train_start)
-            if now >= next_line:
-                progress.show(now - started)
-                next_line = now + PROGRESS_EVERY_S
-            if limit is not None and now - started > limit:
-                print(f"hard time limit of {limit:.0f} s reached; stopping peers", file=stream, flush=True)
+        while any(p.poll() is None for p in run_.procs.values()):
+            time.sleep(poll_s)
+            elapsed = time.monotonic() - run_.started
+            tick(elapsed)
+            if run_.emulation and (origin := schedule_origin()) is not None:
+                run_.emulation.apply(time.time() - origin)
+            if limit_s is not None and elapsed > limit_s:
+                print(f"time limit of {limit_s:.0f} s reached; stopping peers", file=stream, flush=True)
                 return False
     except KeyboardInterrupt:
         print("interrupted; stopping peers", file=stream, flush=True)
         return True
     return False
+
+
+def run(cfg: Config, out_dir: str | Path, stream=sys.stdout) -> dict:
+    """Run all peers of `cfg` as local processes; returns (and writes) the summary."""
+    if cfg.training.dataset == "fashion-mnist":
+        datamod.require_fashion_mnist(cfg.training.data_dir)  # fail before any peer starts
+    out_dir = Path(out_dir)
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with launched(cfg, out_dir, lambda resolved: prepare_out_dir(resolved, out_dir)) as run_:
+            progress = Progress(out_dir, cfg.peer_ids, stream)
+            shown = [0.0]
+
+            def tick(elapsed: float) -> None:
+                progress.poll()
+                if elapsed >= shown[0] + PROGRESS_EVERY_S:
+                    progress.show(elapsed)
+                    shown[0] = elapsed
+
+            interrupted = supervise(run_, lambda: progress.train_start, hard_limit_s(cfg), tick, stream=stream)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    wall_s = time.monotonic() - run_.started
+    progress.poll()
+    progress.show(wall_s)
+    summary = summarize(out_dir, cfg.peer_ids, cfg.training.target_accuracy, wall_s)
+    summary["interrupted"] = interrupted
+    summary["exit_codes"] = {str(pid): p.returncode for pid, p in run_.procs.items()}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    for pid, p in run_.procs.items():
+        if p.returncode not in (0, -signal.SIGTERM) and not any(e["ev"] == "final"
+                                                               for e in read_events(peer_log_path(out_dir, pid))):
+            print(f"peer {pid} exited with {p.returncode}; see {out_dir / f'peer-{pid}.log'}", file=stream)
+    return summary

@@ -58,33 +58,10 @@ def read_events(path: str | Path) -> list[dict]:
     return events
 
 
-def accuracy_curve(evals: list[dict], peer_ids, t0: float) -> list[tuple[float, float]]:
-    """(training seconds, mean over peers of each one's latest evaluation-subset accuracy) at every evaluation from
-    the one at which every peer has reported.
-
-    Training seconds leave out the evaluation pauses (`train_s` of an eval event: time since training start minus
-    the time the peer spent evaluating before it), so presets that iterate at very different speeds, and therefore
-    evaluate at very different rates, are timed alike; events without it fall back to their time since `t0`.
-    """
-    latest: dict[int, float] = {}
-    curve = []
-    for e in sorted(evals, key=lambda e: e["t"]):
-        latest[e["peer"]] = e["acc"]
-        if len(latest) == len(peer_ids):
-            curve.append((e.get("train_s", e["t"] - t0), sum(latest.values()) / len(latest)))
-    return curve
-
-
-def time_to_target(evals: list[dict], peer_ids, target: float | None, t0: float) -> float | None:
-    """Training seconds (evaluation pauses left out) until the peers' mean evaluation accuracy first reached the
-    target; None if it never did."""
-    if target is None:
-        return None
-    return next((round(t, 3) for t, acc in accuracy_curve(evals, peer_ids, t0) if acc >= target), None)
-
-
 def summarize(out_dir: str | Path, peer_ids, target: float | None, wall_s: float | None = None) -> dict:
     """The run summary from the peers' JSONL files (peers that died without a final event count as unfinished)."""
+    from dlion.analysis import time_to_target  # not at the top: dlion.analysis reads run files through this module
+
     peer_ids = sorted(peer_ids)
     per_peer, evals, starts, finals, methods = {}, [], [], [], set()
     for pid in peer_ids:

@@ -18,8 +18,7 @@ Time-varying kinds (directed):
                         same graph (needs the same numpy on all peers, as one image gives). Aperiodic (`period` None)
   sequence              an explicit list of edge lists; round t uses entry t mod len (`period` len)
 
-Mixing weights are those of push-sum: a sender splits its mass equally among itself and its out-neighbours, so
-column `peer` of the round's mixing matrix holds 1/(out_degree + 1) for the peer and each out-neighbour and sums to one
+The gossip mixes with push-sum's weights: a sender splits its mass equally among itself and its out-neighbours
 (column-stochastic; a directed graph generally has no doubly stochastic weights a sender could choose alone).
 """
 from __future__ import annotations
@@ -183,16 +182,9 @@ class Topology:
             incoming = self._in_cache[key] = {p: tuple(v) for p, v in lists.items()}
         return incoming[peer]
 
-    def mixing_weights(self, peer: int, round_: int) -> dict[int, float]:
-        """Column `peer` of the round's mixing matrix: the share of its mass that stays and that each out-neighbour
-        gets (1 / (out_degree + 1) each; sums to one)."""
-        out = self.out_neighbours(peer, round_)
-        share = 1.0 / (len(out) + 1)
-        return {peer: share, **{q: share for q in out}}
-
-    def links_of(self, peer: int) -> tuple[int, ...]:
-        """Every peer that `peer` sends to in some round (over one period, or the random kinds' check window): the
-        links it may use, e.g. to shape or to plot."""
+    def destinations(self, peer: int) -> tuple[int, ...]:
+        """Every peer that `peer` sends to in some round (over one period, or the random kinds' check window), e.g.
+        to shape or to plot its links."""
         return tuple(sorted(self._union()[self._known(peer)]))
 
     def _window(self) -> int:

@@ -122,10 +122,9 @@ class Trainer:
         # this matters because, unlike in a fused step, the update cannot overlap with backprop. The rest stays
         # out of XLA: its CPU convolutions are ~2x slower than oneDNN's here.
         self._update = tf.function(lambda grads: self.optimizer.apply(grads, self._trainable), jit_compile=True)
+        self._compile = compile_
         batch = [self._x, self._y]
         self._gradients = compile_(self._gradients_fn, batch)
-        self._train_step = compile_(lambda x, y: self._train_step_fn(x, y, self.optimizer.apply), batch)
-        self._train_step_xla = compile_(lambda x, y: self._train_step_fn(x, y, self._xla_apply), batch)
         self._eval = compile_(self._eval_fn, batch)
         self._apply = compile_(self._apply_fn, [self._grads_in], jit_compile=True)  # the split fuses in too
         self._set = compile_(self._set_fn, [self._params_in])
@@ -146,15 +145,6 @@ class Trainer:
             loss = self._loss(x, y)
         grads = tape.gradient(loss, self._trainable)
         return loss, _flat([tf.zeros_like(v) if g is None else g for g, v in zip(grads, self._trainable)])
-
-    def _train_step_fn(self, x, y, apply):
-        with tf.GradientTape() as tape:
-            loss = self._loss(x, y)
-        apply(tape.gradient(loss, self._trainable), self._trainable)
-        return loss
-
-    def _xla_apply(self, grads, variables):
-        self._update(grads)
 
     def _split(self, flat, variables):
         parts = tf.split(flat, self._sizes[:len(variables)])
@@ -190,12 +180,25 @@ class Trainer:
         """One optimizer step with an (exchanged, averaged) flat gradient."""
         self._apply(self._grads_in(flat_grads))
 
-    def train_step(self, x, y, xla_update: bool = False) -> float:
-        """Plain fused step: forward, backward and `optimizer.apply` in one graph, as an idiomatic TF loop writes it
-        (the overhead benchmark's baseline). `xla_update` uses the pipeline's XLA-compiled update instead, for the
-        benchmark's stricter baseline."""
-        step = self._train_step_xla if xla_update else self._train_step
-        return float(step(*self._batch(x, y)))
+    def fused_step(self, xla_update: bool = False):
+        """A plain fused training step on this model and optimizer, `step(x, y) -> loss`: forward, backward and
+        `optimizer.apply` in one graph, as an idiomatic TF loop writes it (the baseline of
+        `scripts/bench_overhead.py`); `xla_update` uses the pipeline's XLA-compiled update instead. Traced when asked
+        for, so peers, which never use it, do not pay for it."""
+        def update(grads):
+            if xla_update:
+                self._update(grads)
+            else:
+                self.optimizer.apply(grads, self._trainable)
+
+        def step_fn(x, y):
+            with tf.GradientTape() as tape:
+                loss = self._loss(x, y)
+            update(tape.gradient(loss, self._trainable))
+            return loss
+
+        step = self._compile(step_fn, [self._x, self._y])
+        return lambda x, y: float(step(*self._batch(x, y)))
 
     def get_params(self) -> np.ndarray:
         """All model variables as one fresh float32 vector [num_state]."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dlion.emulate.links import ShapedLinks  # noqa: E402
 from dlion.transport import WireLimits, ZmqTransport  # noqa: E402
 
 BASE_PORT = 48100
@@ -27,20 +28,21 @@ def median_rtt(port: int, latency_s: float, pings: int) -> float:
     endpoints = {0: ("127.0.0.1", port), 1: ("127.0.0.1", port + 1)}
     limits = WireLimits(frozenset(endpoints), 1 << 20)
     a, b = ZmqTransport(0, endpoints, limits), ZmqTransport(1, endpoints, limits)
+    a.link_policy, b.link_policy = ShapedLinks(), ShapedLinks()
     a.start()
     b.start()
     try:
         a.wait_for_peers(10)
         b.wait_for_peers(10)
-        a.set_link(1, None, latency_s)
-        b.set_link(0, None, latency_s)
+        a.link_policy.set(1, None, latency_s)
+        b.link_policy.set(0, None, latency_s)
         rtts = []
         for i in range(pings):
             sent = time.monotonic()
-            a.send(1, "report", i)
-            b.mailbox.take("report", i, [0], time.monotonic() + 2)
-            b.send(0, "score", i)
-            a.mailbox.take("score", i, [1], time.monotonic() + 2)
+            a.send(1, "probe", i)
+            b.mailbox.take("probe", i, [0], time.monotonic() + 2)
+            b.send(0, "ack", i)
+            a.mailbox.take("ack", i, [1], time.monotonic() + 2)
             rtts.append(time.monotonic() - sent)
             time.sleep(0.013)  # not in step with the poll's millisecond ticks
         return statistics.median(rtts[5:])  # the first ones pay for connection warm-up

@@ -46,10 +46,10 @@ def free_port() -> int:
 
 
 def pipeline_rate(args, dataset, out_root: Path, rep: int) -> float:
-    from dlion.peer import Peer
+    from dlion.wiring import build
     out_dir = out_root / f"pipeline-{rep}"
     cfg = one_peer_config(args, free_port(), str(out_dir))
-    peer = Peer(cfg, 0, out_dir, dataset=dataset)
+    peer = build(cfg, 0, out_dir, dataset=dataset)
     idx = peer.sampler.next(args.batch)
     for _ in range(3):  # trace and warm up outside the timed loop, as for the plain loop
         _, grads = peer.trainer.gradients(dataset.x_train[idx], dataset.y_train[idx])
@@ -62,13 +62,14 @@ def plain_rate(args, dataset, rep: int) -> float:
     from dlion.trainer import Trainer
     trainer = Trainer(model=args.model, optimizer="adam", learning_rate=1e-3, seed=1)
     sampler = datamod.BatchSampler(datamod.partition(dataset.y_train, 1, "iid", seed=1)[0], seed=rep + 1)
+    step = trainer.fused_step(args.strict)
     idx = sampler.next(args.batch)
     for _ in range(3):
-        trainer.train_step(dataset.x_train[idx], dataset.y_train[idx], args.strict)
+        step(dataset.x_train[idx], dataset.y_train[idx])
     start = time.monotonic()
     for _ in range(args.iterations):
         idx = sampler.next(args.batch)
-        trainer.train_step(dataset.x_train[idx], dataset.y_train[idx], args.strict)
+        step(dataset.x_train[idx], dataset.y_train[idx])
     return args.iterations * args.batch / (time.monotonic() - start)
 
 
@@ -86,7 +87,7 @@ def main() -> int:
     from dlion import trainer
     trainer.configure_threads(args.threads)
     dataset = (datamod.synthetic(seed=1) if args.dataset == "synthetic"
-               else datamod.load_fashion_mnist(configmod.DEFAULT_DATA_DIR))
+               else datamod.load_fashion_mnist(datamod.DEFAULT_DATA_DIR))
     pipeline, plain = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):

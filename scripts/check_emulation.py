@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from dlion import config as configmod  # noqa: E402
 from dlion.config import Emulation  # noqa: E402
 
+PING_ROUNDS = 500  # a slot's pings: rounds above its burst's, below the next slot's (slots are 1000 apart)
 BURST_MESSAGES = 12  # below the transport's send high-water mark (16): a longer burst fails with EAGAIN
 STREAM_WINDOW = 6  # unacknowledged stream messages: 12 frames, below the high-water mark, which counts frames
 STREAM_MESSAGE_BYTES = 128 << 10  # 10 ms at 100 Mbit/s, 105 ms at 10 Mbit/s: fine-grained for 1 s windows
@@ -79,8 +80,7 @@ def probe(args) -> None:
 
     from dlion import data, trainer
     from dlion.emulate import fallback
-    from dlion.peer import max_message_bytes
-    from dlion.transport import WireLimits, ZmqTransport
+    from dlion.wiring import make_transport
 
     trainer.configure_threads(spec.tf_threads)
     tr = trainer.Trainer(cfg.training.model, seed=cfg.seed)
@@ -93,12 +93,10 @@ def probe(args) -> None:
         result["rate"], _ = _compute(tr, x, y, None, time.time() + 0.5, args.seconds)
         Path(args.out).write_text(json.dumps(result))
         return
-    ids = cfg.peer_ids
-    limits = WireLimits(frozenset(ids), max_message_bytes(1 << 18))
+    emulation = fallback.for_peer(cfg, args.id, turns_dir=Path(args.out).parent)
     # each slot waits for its one partner: never stop waiting for a peer after missed takes (suspicion)
-    transport = ZmqTransport(args.id, {p.id: (p.address, p.port) for p in cfg.peers}, limits, suspect_after=10**9)
+    transport = make_transport(cfg, args.id, 1 << 18, emulation and emulation.link_policy, suspect_after=10**9)
     transport.start()
-    emulation = fallback.in_process(cfg, args.id, transport, turns_dir=Path(args.out).parent)
     if emulation:
         emulation.start()
     try:
@@ -148,13 +146,13 @@ def _links(cfg, transport, t_links: float, np) -> dict:
         if me == src:
             payload = np.zeros(message_bytes(cfg.link(src, dst).bandwidth) // 4, np.float32)
             for i in range(BURST_MESSAGES):
-                transport.send(dst, "grad", base + i, {"g": payload})
-            got = transport.mailbox.take("eval", base, [dst], time.monotonic() + SLOT_S)  # burst received
+                transport.send(dst, "probe", base + i, {"payload": payload})
+            got = transport.mailbox.take("ack", base, [dst], time.monotonic() + SLOT_S)  # burst received
             rtts = []
             for i in range(PINGS):
                 sent = time.monotonic()
-                transport.send(dst, "report", base + i)
-                if transport.mailbox.take("score", base + i, [dst], sent + 1.0):
+                transport.send(dst, "probe", base + PING_ROUNDS + i)
+                if transport.mailbox.take("ack", base + PING_ROUNDS + i, [dst], sent + 1.0):
                     rtts.append(time.monotonic() - sent)
             out[f"{src}->{dst}"] = {"rtt_s": statistics.median(rtts) if rtts else None,
                                     "burst_acknowledged": bool(got),
@@ -162,15 +160,15 @@ def _links(cfg, transport, t_links: float, np) -> dict:
         else:
             arrivals, nbytes = [], 0
             for i in range(BURST_MESSAGES):
-                msg = transport.mailbox.take("grad", base + i, [src], time.monotonic() + SLOT_S).get(src)
+                msg = transport.mailbox.take("probe", base + i, [src], time.monotonic() + SLOT_S).get(src)
                 if msg is None:
                     break
                 arrivals.append(msg.received_at)
                 nbytes = msg.nbytes
-            transport.send(src, "eval", base)
+            transport.send(src, "ack", base)
             for i in range(PINGS):
-                if transport.mailbox.take("report", base + i, [src], time.monotonic() + 1.0):
-                    transport.send(src, "score", base + i)
+                if transport.mailbox.take("probe", base + PING_ROUNDS + i, [src], time.monotonic() + 1.0):
+                    transport.send(src, "ack", base + PING_ROUNDS + i)
             rate = ((len(arrivals) - 1) * nbytes * 8 / (arrivals[-1] - arrivals[0])) if len(arrivals) > 2 else None
             out[f"{src}->{dst}"] = {"throughput_bps": rate, "messages": len(arrivals)}
     return out
@@ -210,11 +208,11 @@ def _stream_send(transport, dst: int, t0: float, end: float, np) -> None:
         time.sleep(0.005)
     while time.time() < end:
         if sent - acked < STREAM_WINDOW:
-            transport.send(dst, "grad", sent, {"g": payload})
+            transport.send(dst, "probe", sent, {"payload": payload})
             sent += 1
             continue
         # the newest acknowledgement of any unacknowledged message
-        got = transport.mailbox.take("eval", sent - 1, [dst], time.monotonic() + STREAM_ACK_TIMEOUT_S,
+        got = transport.mailbox.take("ack", sent - 1, [dst], time.monotonic() + STREAM_ACK_TIMEOUT_S,
                                      staleness=sent - 1 - acked).get(dst)
         if got is None:
             sent = acked
@@ -227,9 +225,9 @@ def _stream_receive(transport, src: int, t0: float, end: float, arrivals: list) 
     while time.time() < t0:
         time.sleep(0.005)
     i = 0
-    while (msg := transport.mailbox.take("grad", i, [src], time.monotonic() + end - time.time() + 1.0).get(src)):
+    while (msg := transport.mailbox.take("probe", i, [src], time.monotonic() + end - time.time() + 1.0).get(src)):
         arrivals.append((msg.received_at - t0, msg.nbytes))
-        transport.send(src, "eval", i)
+        transport.send(src, "ack", i)
         i += 1
 
 
@@ -285,38 +283,27 @@ def main() -> int:
     cfg = configmod.load(args.config, args.set)
     if args.method:
         cfg = dataclasses.replace(cfg, emulation=Emulation(args.method))
-    cfg, real = launch.resolve_emulation(cfg)
-    procs: dict[int, subprocess.Popen] = {}
+    timeline = bool(cfg.schedule)
+    seconds = max(c.at for c in cfg.schedule) + args.after if timeline else args.seconds
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         plain_path = tmp / "plain.yaml"
         plain_path.write_text(yaml.safe_dump(configmod.to_dict(cfg)))
         references = reference_rates(cfg, plain_path, tmp, args.seconds)
-        try:
-            if real:
-                cfg = launch.bring_up(cfg, real)
-            config_path = tmp / "config.yaml"
-            config_path.write_text(yaml.safe_dump(configmod.to_dict(cfg)))
-            timeline = bool(cfg.schedule)
-            seconds = max(c.at for c in cfg.schedule) + args.after if timeline else args.seconds
-            t0 = time.time() + STARTUP_S
-            for peer in cfg.peers:
-                cmd = _probe_cmd(config_path, peer.id, tmp / f"probe-{peer.id}.json", seconds, t0,
-                                 timeline=timeline)
-                procs[peer.id] = subprocess.Popen(real.wrap(peer.id, cmd) if real else cmd)
-                if real:
-                    real.attach(peer.id, procs[peer.id].pid)
-            deadline = t0 + seconds + (0 if timeline else 1.0 + len(links_of(cfg)) * SLOT_S) + 60
-            while any(p.poll() is None for p in procs.values()) and time.time() < deadline:
-                if real:  # the schedule, applied from outside as the launcher does
-                    real.apply(time.time() - t0)
-                time.sleep(0.05)
-        finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.kill()
-            if real:
-                real.down()
+
+        def write_config(resolved) -> Path:
+            path = tmp / "config.yaml"
+            path.write_text(yaml.safe_dump(configmod.to_dict(resolved)))
+            return path
+
+        t0 = time.time() + STARTUP_S
+        probes = (lambda path: lambda pid: _probe_cmd(path, pid, tmp / f"probe-{pid}.json", seconds, t0,
+                                                     timeline=timeline))
+        # the probes run where peers run, under the emulation `dlion run` sets up (the launcher's own code)
+        with launch.launched(cfg, tmp, write_config, probes) as run:
+            cfg = run.cfg
+            limit = t0 - time.time() + seconds + (0 if timeline else 1.0 + len(links_of(cfg)) * SLOT_S) + 60
+            launch.supervise(run, lambda: t0, limit, poll_s=0.05)
         results = {pid: json.loads((tmp / f"probe-{pid}.json").read_text()) for pid in cfg.peer_ids}
     if timeline:
         tolerance = args.tolerance or (0.15 if cfg.emulation.method == "real" else 0.20)

@@ -34,14 +34,12 @@ JSON object {"scenario": NAME, "presets": {PRESET: {...}}}.
 from __future__ import annotations
 
 import argparse
-import bisect
 import csv
 import json
 import os
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -50,15 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dlion import config as configmod  # noqa: E402
-from dlion.metrics import accuracy_curve, peer_log_path, read_events  # noqa: E402
+from dlion.analysis import aggregate, equal_time, load_run, mean_curve  # noqa: E402
 from dlion.schema import ConfigError  # noqa: E402
 
-PLANES = {"grad": ("grad",), "model": ("model", "gossip")}  # wire kinds per plane: gradients; parameters (knowledge
-# transfer and gossip)
 TAIL_LINES = 5
-DIGITS = {"time_to_target_s": 3, "final_accuracy": 5, "worst_final_accuracy": 5, "samples_per_s": 1,
-          "grad_bytes_per_iter": 1, "model_bytes_per_iter": 1, "bytes_total": 0, "accuracy_at_equal_time": 5,
-          "equal_time_s": 3}
 COLUMNS = [  # (figure, markdown header; {t} is the equal time)
     ("repeats", "repeats"),
     ("failed", "failed"),
@@ -72,89 +65,6 @@ COLUMNS = [  # (figure, markdown header; {t} is the equal time)
     ("model_bytes_per_iter", "model bytes/iter"),
     ("bytes_total", "bytes sent"),
 ]
-
-
-# ---- aggregation: pure functions of run directories and their figures ------------------------------------------------
-
-def run_order(presets: list[str], repeats: int) -> list[tuple[int, str]]:
-    """(repeat, preset) in the order they run: the preset order reverses every other repeat (ABBA)."""
-    return [(k, p) for k in range(1, repeats + 1) for p in (presets if k % 2 else presets[::-1])]
-
-
-def run_dir(out: Path, preset: str, repeat: int) -> Path:
-    return Path(out) / "runs" / f"{preset}-r{repeat}"
-
-
-def value_at(curve: list[tuple[float, float]], t: float) -> float | None:
-    """The stepwise curve's value at time t (None before its first point)."""
-    i = bisect.bisect_right([p[0] for p in curve], t)
-    return curve[i - 1][1] if i else None
-
-
-def equal_time(curves: list[list[tuple[float, float]]]) -> float | None:
-    """The latest time every curve reached (its last point); None if there are none or one is empty."""
-    if not curves or not all(curves):
-        return None
-    return min(c[-1][0] for c in curves)
-
-
-def mean_curve(curves: list[list[tuple[float, float]]]) -> tuple[list[float], list[float]]:
-    """Mean of stepwise curves, exact (at every point of any of them) where all have values."""
-    if not curves or not all(curves):
-        return [], []
-    start, end = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
-    grid = sorted({t for c in curves for t, _ in c if start <= t <= end})
-    return grid, [sum(value_at(c, t) for c in curves) / len(curves) for t in grid]
-
-
-def load_run(path: Path) -> dict:
-    """A finished run's summary and its accuracy curve."""
-    summary = json.loads((Path(path) / "summary.json").read_text())
-    events = [e for pid in summary["peers"] for e in read_events(peer_log_path(path, int(pid)))]
-    t0 = min((e["t"] for e in events if e["ev"] == "start"), default=0.0)
-    curve = accuracy_curve([e for e in events if e["ev"] == "eval"], summary["peers"], t0)
-    return {"summary": summary, "curve": curve}
-
-
-def bytes_per_iteration(summary: dict) -> dict:
-    """Bytes sent per iteration by message kind over all peers; `missing`: some peer had no per-kind counts."""
-    peers = summary["peers"].values()
-    iterations = sum(p.get("iterations") or 0 for p in peers)
-    by_kind = [p.get("bytes_by_kind") for p in peers]
-    figures = {plane: sum((b or {}).get(k, 0) for b in by_kind for k in kinds) / iterations if iterations else None
-               for plane, kinds in PLANES.items()}
-    return {**figures, "missing": None in by_kind}
-
-
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def aggregate(runs: list[dict], t_equal: float | None, failed: int = 0) -> dict:
-    """One preset's figures over its successful runs (see the module docstring)."""
-    summaries = [r["summary"] for r in runs]
-    reached = [s["time_to_target_s"] for s in summaries if s.get("time_to_target_s") is not None]
-    per_iter = [bytes_per_iteration(s) for s in summaries]
-    at_equal = [value_at(r["curve"], t_equal) for r in runs] if t_equal is not None else []
-    figures = {
-        "time_to_target_s": statistics.median(reached) if reached and 2 * len(reached) >= len(runs) else None,
-        "final_accuracy": _mean(s.get("final_accuracy") for s in summaries),
-        "worst_final_accuracy": min((s["worst_final_accuracy"] for s in summaries
-                                     if s.get("worst_final_accuracy") is not None), default=None),
-        "samples_per_s": _mean(sum(p.get("samples_per_s") or 0 for p in s["peers"].values()) for s in summaries),
-        "grad_bytes_per_iter": _mean(b["grad"] for b in per_iter),
-        "model_bytes_per_iter": _mean(b["model"] for b in per_iter),
-        "bytes_total": _mean(s.get("bytes_sent_total") for s in summaries),
-        "repeats": len(runs),
-        "accuracy_at_equal_time": _mean(at_equal) if at_equal and None not in at_equal else None,
-        "equal_time_s": t_equal,
-        "reached_target": len(reached),
-        "failed": failed,
-        "runs_without_bytes_by_kind": sum(b["missing"] for b in per_iter),
-    }
-    return {k: v if k not in DIGITS or v is None else round(v, DIGITS[k]) if DIGITS[k] else round(v)
-            for k, v in figures.items()}
 
 
 # ---- outputs ---------------------------------------------------------------------------------------------------------
@@ -225,6 +135,15 @@ def plot(curves: dict[str, list[list]], target: float | None, t_equal: float | N
 
 
 # ---- running ---------------------------------------------------------------------------------------------------------
+
+def run_order(presets: list[str], repeats: int) -> list[tuple[int, str]]:
+    """(repeat, preset) in the order they run: the preset order reverses every other repeat (ABBA)."""
+    return [(k, p) for k in range(1, repeats + 1) for p in (presets if k % 2 else presets[::-1])]
+
+
+def run_dir(out: Path, preset: str, repeat: int) -> Path:
+    return Path(out) / "runs" / f"{preset}-r{repeat}"
+
 
 def run_one(scenario: str, preset: str, path: Path, overrides: list[str]) -> tuple[int, bool]:
     """`dlion run` of one preset into a fresh directory, its console relayed here and kept in `run.log`.

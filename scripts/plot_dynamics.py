@@ -109,7 +109,7 @@ def main() -> int:
     ax_b.legend(fontsize=7, ncol=2)
     links = {}
     for src in cfg.peer_ids:
-        for dst in cfg.neighbours(src):
+        for dst in cfg.destinations(src):
             series = link_series(iters, t0, src, dst)
             if not series:
                 continue

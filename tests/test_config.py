@@ -30,7 +30,7 @@ def test_defaults_and_derived_values():
     assert cfg.peer(2).cores == 0.5 and cfg.peer(2).tf_threads == 1
     assert parse(["peers.0.cores=1.5"]).peer(0).tf_threads == 2
     assert cfg.strategies.exchange.kind == "dense" and cfg.strategies.exchange.params.deadline_s > 0
-    assert cfg.neighbours(1) == (0, 2)
+    assert cfg.destinations(1) == (0, 2)
     assert cfg.link(0, 1).bandwidth == 1e9 and cfg.emulation.method == "none" and cfg.schedule == ()
 
 
@@ -146,12 +146,12 @@ def test_set_overrides_any_key_and_parses_yaml_scalars():
 
 
 def test_topologies():
-    assert parse(["topology.kind=ring"]).neighbours(0) == (1, 2)
+    assert parse(["topology.kind=ring"]).destinations(0) == (1, 2)
     cfg = parse(topology={"kind": "edges", "edges": [[0, 1], [1, 2], [2, 0]]})
-    assert cfg.neighbours(0) == (1,) and cfg.neighbours(2) == (0,)
+    assert cfg.destinations(0) == (1,) and cfg.destinations(2) == (0,)
     # time-varying: the neighbours are every peer sent to in some round; the graph answers per round
     cfg = parse(topology={"kind": "one-peer-exponential"})
-    assert cfg.neighbours(0) == (1, 2) and cfg.graph().out_neighbours(0, 0) == (1,)
+    assert cfg.destinations(0) == (1, 2) and cfg.graph().out_neighbours(0, 0) == (1,)
     cfg = parse(topology={"kind": "random-k-out", "k": 1, "seed": 4})
     assert all(len(cfg.graph().out_neighbours(p, r)) == 1 for p in (0, 1, 2) for r in range(20))
     cfg = parse(topology={"kind": "sequence", "sequence": [[[0, 1], [1, 2]], [[2, 0]]]})

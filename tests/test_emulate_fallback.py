@@ -1,4 +1,6 @@
 """Emulation inside a peer: links shaped from the config, compute paced, schedule applied on time."""
+import math
+
 import pytest
 
 from dlion import config
@@ -16,24 +18,16 @@ CFG = config.parse({
 })
 
 
-class RecordingTransport:
-    def __init__(self):
-        self.links = {}
-
-    def set_link(self, dst, bandwidth_bps, latency_s):
-        self.links[dst] = (bandwidth_bps, latency_s)
-
-
 def test_start_shapes_every_outgoing_link_from_the_config():
-    transport = RecordingTransport()
-    InProcessEmulation(CFG, 0, transport, renice=lambda nice: None).start()
-    assert transport.links[1][0] == 5e7 and abs(transport.links[1][1] - 0.011) < 1e-9
-    assert transport.links[2] == (5e7, 0.010)
+    emulation = InProcessEmulation(CFG, 0, renice=lambda nice: None)
+    emulation.start()
+    links = emulation.link_policy.shaped()
+    assert links[1][0] == 5e7 and abs(links[1][1] - 0.011) < 1e-9
+    assert links[2] == (5e7, 0.010)
 
 
 def emulation_of(peer_id, t, **kwargs):
-    return InProcessEmulation(CFG, peer_id, kwargs.pop("transport", RecordingTransport()), sleep=t.sleep,
-                              clock=t.clock, cpu_clock=t.cpu_clock, **kwargs)
+    return InProcessEmulation(CFG, peer_id, sleep=t.sleep, clock=t.clock, cpu_clock=t.cpu_clock, **kwargs)
 
 
 def test_a_step_is_paced_to_the_configured_cores():
@@ -45,14 +39,15 @@ def test_a_step_is_paced_to_the_configured_cores():
 
 
 def test_schedule_is_applied_when_due_and_only_once():
-    transport = RecordingTransport()
     t = FakeTime()
     nices = []
-    emulation = emulation_of(0, t, transport=transport, renice=nices.append)
+    emulation = emulation_of(0, t, renice=nices.append)
     emulation.start()
     assert emulation.update(29.9) == []  # peer 1's change is not this peer's, but reweighs it
     applied = emulation.update(30.0)
-    assert len(applied) == 2 and emulation.cores == 1.0 and transport.links[1][0] == 1e7
+    assert len(applied) == 2 and emulation.cores == 1.0 and emulation.link_policy.shaped()[1][0] == 1e7
+    assert [sorted(c) for c in emulation.changes()] == [["at", "cores", "peer"], ["at", "bandwidth", "dst", "src"]]
+    assert emulation.changes() == []  # reported once
     # 0.25 against 2 cores: 1.25^9 ~ 8; peer 1 drops to 0.5 at 20 s: 0.25 against 1 (peer 2); then 1.0 against 1
     assert nices == [9, 6, 0]
     assert emulation.pacer.phase == 0.0  # first in line
@@ -62,19 +57,19 @@ def test_schedule_is_applied_when_due_and_only_once():
 
 
 def test_under_the_real_method_the_kernel_shapes_bandwidth_and_the_peer_paces_compute():
-    for links, shaped in (("latency", True), ("none", False)):
-        transport = RecordingTransport()
+    for shaping, shaped in (("latency", True), ("none", False)):
         t = FakeTime()
-        emulation = emulation_of(0, t, transport=transport, links=links)
+        emulation = emulation_of(0, t, shaping=shaping)
         emulation.start()
         if shaped:  # a kernel without netem: the transport adds the latency
-            assert transport.links[1] == (None, pytest.approx(0.011))
+            assert emulation.link_policy.shaped()[1] == (math.inf, pytest.approx(0.011))
         else:
-            assert transport.links == {}
+            assert emulation.link_policy is None
         t.now += 0.2
         assert t.emulated_step(emulation, 0.1, 0.1) == pytest.approx(0.3)
         assert [c.is_link for c in emulation.update(31)] == ([False, True] if shaped else [False])
-        assert emulation.cores == 1.0 and (transport.links[1][0] is None if shaped else transport.links == {})
+        assert emulation.cores == 1.0
+        assert not shaped or emulation.link_policy.shaped()[1][0] == math.inf  # the bandwidth is the kernel's
 
 
 def test_nice_values_weigh_peers_like_their_cores():
@@ -92,7 +87,7 @@ def test_bursts_of_peers_sharing_a_cpu_are_laid_end_to_end():
 
 
 def test_a_cores_change_of_another_peer_moves_the_bursts():
-    emulation = InProcessEmulation(CFG, 2, RecordingTransport(), renice=lambda nice: None)
+    emulation = InProcessEmulation(CFG, 2, renice=lambda nice: None)
     emulation.start()
     assert emulation.pacer.phase == pytest.approx(0.25)  # after peer 0's 0.25 and peer 1's 2 cores
     assert emulation.update(20.0) == []  # peer 1 drops to 0.5: nothing of peer 2's own
@@ -102,15 +97,16 @@ def test_a_cores_change_of_another_peer_moves_the_bursts():
 def test_in_process_says_what_a_peer_emulates_itself():
     import dataclasses
     from dlion.config import Emulation
-    from dlion.emulate.fallback import in_process
+    from dlion.emulate.fallback import for_peer
 
     def method(**kw):
-        return in_process(dataclasses.replace(CFG, emulation=Emulation(**kw)), 0, RecordingTransport())
+        return for_peer(dataclasses.replace(CFG, emulation=Emulation(**kw)), 0)
 
-    assert method(method="fallback").links == "all"
-    assert method(method="auto").links == "all"  # a lone peer with auto: in-process
-    assert method(method="real", transport_latency=True).links == "latency"
-    assert method(method="real").links == "none"  # compute is paced under both methods
+    assert method(method="fallback").shaping == "rate-and-latency"
+    assert method(method="auto").shaping == "rate-and-latency"  # a lone peer with auto: in-process
+    assert method(method="auto").method == "fallback"
+    assert method(method="real", transport_latency=True).shaping == "latency"
+    assert method(method="real").shaping == "none"  # compute is paced under both methods
     assert method(method="none") is None
 
 

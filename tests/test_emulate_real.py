@@ -14,7 +14,7 @@ from dlion.emulate import EmulationError, real
 
 OK, WHY = real.available()
 pytestmark = pytest.mark.skipif(not OK, reason=f"real emulation is not available here: {WHY}")
-NETEM = OK and real.netem_available()
+NETEM = OK and real.kernel_support()[1]
 needs_netem = pytest.mark.skipif(not NETEM, reason="this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM)")
 PY = sys.executable
 

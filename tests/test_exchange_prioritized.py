@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
-from conftest import in_threads
-from dlion.exchange.prioritized import BITS_PER_ENTRY, LinkResidual, PrioritizedExchange, top_k_indices
+from conftest import in_threads, stage_context
+from dlion.emulate.links import ShapedLinks
+from dlion.compression import LinkResidual, top_k_indices
+from dlion.exchange.prioritized import BITS_PER_ENTRY, PrioritizedExchange
 from dlion.topology import Topology, TopologySpec
 from dlion.transport import Sparse
 
@@ -48,8 +50,9 @@ def test_sent_plus_residual_is_exactly_what_went_in_over_any_number_of_rounds(k)
 
 def exchanges(transports, configured_bps, graph=FULL, **params):
     p = PrioritizedExchange.Params(**params)
-    return {i: PrioritizedExchange(p, i, transports[i], graph,
-                                   {q: configured_bps for q in PEERS if q != i}) for i in PEERS}
+    return {i: PrioritizedExchange(p, stage_context(transports, i, graph,
+                                                    link_bandwidths={q: configured_bps for q in PEERS if q != i}))
+            for i in PEERS}
 
 
 def run_round(ex, round_, grads, weights):
@@ -58,7 +61,8 @@ def run_round(ex, round_, grads, weights):
 
 def test_a_link_budget_follows_the_measured_rate_of_the_link(inproc):
     transports = inproc(PEERS)
-    transports[0].set_link(1, bandwidth_bps=8e6)  # the only slow link: 0 -> 1
+    transports[0].link_policy = ShapedLinks()
+    transports[0].link_policy.set(1, bandwidth_bps=8e6)  # the only slow link: 0 -> 1
     ex = exchanges(transports, configured_bps=80e6, time_budget_s=0.05, deadline_s=5.0, min_entries=100)
     rng = np.random.default_rng(0)
     n = 200_000
@@ -66,8 +70,8 @@ def test_a_link_budget_follows_the_measured_rate_of_the_link(inproc):
     for p in PEERS:  # a small message on every link first: the receivers learn its base delay
         for q in PEERS:
             if q != p:
-                transports[p].send(q, "eval", 0)
-    budgets = [run_round(ex, r, grads, {p: 1 for p in PEERS})[0].links for r in range(8)]
+                transports[p].send(q, "probe", 0)
+    budgets = [run_round(ex, r, grads, {p: 1 for p in PEERS})[0].budgets for r in range(8)]
     configured_k = int(80e6 * 0.05 / BITS_PER_ENTRY)  # 62,500 entries
     assert budgets[0][1]["k"] == configured_k and budgets[0][2]["k"] == configured_k
     # the receiver measured the slow link and told the sender: its budget is now the link's real capacity
@@ -109,11 +113,11 @@ def test_on_a_time_varying_graph_each_link_carries_its_residual_to_its_next_roun
     grads = {p: np.array([0, 0, 0, 0, 0, 0, 0, 0], np.float32) for p in PEERS}
     grads[0] = np.array([5, 0, 0, 3, 0, 0, 0, 0], np.float32)
     r0 = run_round(ex, 0, grads, {p: 1 for p in PEERS})
-    assert r0[0].links.keys() == {1} and r0[1].received == 1 and r0[2].received == 1  # 0 -> 1 only; 1 -> 2
+    assert r0[0].budgets.keys() == {1} and r0[1].received == 1 and r0[2].received == 1  # 0 -> 1 only; 1 -> 2
     np.testing.assert_allclose(r0[1].grads, [2.5, 0, 0, 0, 0, 0, 0, 0])  # the top entry of 0 -> 1
     zeros = {p: np.zeros(8, np.float32) for p in PEERS}
     r1 = run_round(ex, 1, zeros, {p: 1 for p in PEERS})
-    assert r1[0].links.keys() == {2}  # link 0 -> 2 starts its own residual: 0's gradient of round 0 is not in it
+    assert r1[0].budgets.keys() == {2}  # link 0 -> 2 starts its own residual: 0's gradient of round 0 is not in it
     np.testing.assert_allclose(r1[2].grads, 0)
     r2 = run_round(ex, 2, zeros, {p: 1 for p in PEERS})
     np.testing.assert_allclose(r2[1].grads, [0, 0, 0, 1.5, 0, 0, 0, 0])  # 0 -> 1's residual, sent in its next round

@@ -3,7 +3,9 @@ import time
 
 import numpy as np
 
-from dlion.knowledge import KnowledgeTransfer, ModelAccess, merge
+from conftest import stage_context
+from dlion.knowledge import KnowledgeTransfer, merge
+from dlion.stages import ModelAccess
 
 PEERS = (0, 1, 2)
 
@@ -27,7 +29,7 @@ def test_merge():
 
 def stages(transports, models, **params):
     p = KnowledgeTransfer.Params(**{"every": 5, "alpha": 0.5, "margin": 0.1, **params})
-    return {i: KnowledgeTransfer(p, i, PEERS, transports[i], models[i].access()) for i in PEERS}
+    return {i: KnowledgeTransfer(p, stage_context(transports, i, model=models[i].access())) for i in PEERS}
 
 
 def run(st, iterations, start=1, peers=PEERS):

@@ -56,14 +56,15 @@ def test_apply_lowers_loss():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
 @pytest.mark.parametrize("xla_update", [False, True])
-def test_gradients_apply_matches_train_step(optimizer, xla_update, ds):
+def test_gradients_apply_matches_a_fused_step(optimizer, xla_update, ds):
     """The flat split/concat order is right: the pipeline does what either fused step does."""
     a, b = Trainer("mlp", optimizer, seed=4), Trainer("mlp", optimizer, seed=4)
+    fused = b.fused_step(xla_update)
     for i in range(3):
         x, y = ds.x_train[i * 20:(i + 1) * 20], ds.y_train[i * 20:(i + 1) * 20]
         loss_a, grads = a.gradients(x, y)
         a.apply(grads)
-        assert loss_a == pytest.approx(b.train_step(x, y, xla_update), rel=1e-5)
+        assert loss_a == pytest.approx(fused(x, y), rel=1e-5)
     np.testing.assert_allclose(a.get_params(), b.get_params(), atol=1e-5)
 
 
@@ -97,11 +98,12 @@ def test_same_seed_same_start():
 
 
 def test_no_retrace_across_batch_sizes(cnn, ds):
+    fused = cnn.fused_step()
     traced = cnn.tracing_count()
     for n in (7, 32, 64, 100):
         loss, grads = cnn.gradients(ds.x_train[:n], ds.y_train[:n])
         cnn.apply(grads)
-        cnn.train_step(ds.x_train[:n], ds.y_train[:n])
+        fused(ds.x_train[:n], ds.y_train[:n])
         cnn.evaluate(ds.x_test[:n], ds.y_test[:n], batch=max(1, n // 3))
         cnn.set_params(cnn.get_params())
     assert cnn.tracing_count() == traced

@@ -1,8 +1,10 @@
 """Micro-cloud emulation: per-peer CPU capacity and per-link bandwidth/latency from the config, changing over time.
 
-Two methods: `real` (network namespaces, tc, cgroups; set up around the peers by the launcher or `dlion emulate`) and
-`fallback` (inside each peer: link shaping in the transport, compute duty-cycling). `auto` picks real where the machine
-allows it.
+Two methods: `real` (network namespaces, tc and cgroups, set up around the peers by the launcher or `dlion emulate`:
+`real.py`) and `fallback` (no privileges: each peer shapes its links in its transport). Under both, each peer paces
+its own compute (`pacing.py`, `turns.py`). What a peer emulates itself is attached to it from outside through its two
+hooks, a step clock and a link policy (`fallback.for_peer`); the training code never imports this package. `auto`
+picks real where the machine allows it.
 """
 
 

@@ -1,12 +1,14 @@
 """What each peer emulates itself: all of the method that needs no privileges (`fallback`), and under `real` the
-parts the kernel leaves to the peer.
+parts the kernel leaves to the peer. It is attached to the peer from outside, through its two hooks: a step clock
+around each gradient computation (`dlion.clock.StepClock`) and a link policy in the transport
+(`dlion.transport.base.LinkPolicy`); the training code never imports this package.
 
 Links: every outgoing link is shaped in the transport (a serialization queue at the link's rate plus its one-way
-latency, see `dlion.transport.shaping`). Compute: every gradient step is paced to the peer's cores
+latency, see `links.ShapedLinks`). Compute: every gradient step is paced to the peer's cores
 (`dlion.emulate.pacing`), and the peer's nice value weighs it in proportion to its cores when the peers contend for a
 fully booked machine, as the real method's cgroup weights do (each nice level is a factor of 1.25 in CFS weight; a
 process without privileges can raise its nice value but not lower it again). The config's schedule is applied as
-training time passes: `update(elapsed)` is called every iteration.
+training time passes, checked before every step.
 
 Under the real method the kernel shapes the links' bandwidth, and only their one-way latency is emulated here, on
 kernels without netem. Compute is paced under both methods: the cgroup's quota is a ceiling over a period, which a
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from dlion.config import Config
 from dlion.emulate import turns
+from dlion.emulate.links import ShapedLinks
 from dlion.emulate.pacing import ComputePacer
 
 
@@ -60,56 +63,66 @@ def _pin(cpus: set[int]) -> None:
     _each_thread(lambda tid: os.sched_setaffinity(tid, cpus))
 
 
-def in_process(cfg: Config, peer_id: int, transport, turns_dir: Path | None = None) -> "InProcessEmulation | None":
+def for_peer(cfg: Config, peer_id: int, turns_dir: Path | None = None) -> "InProcessEmulation | None":
     """What a peer itself must emulate: everything under `fallback` (and `auto`, which the launcher resolves before
     starting peers, so a lone peer can only mean the in-process method); under `real`, its compute pace, and the
     links' latency where the kernel has no netem (`transport_latency`); nothing without emulation. `turns_dir`: where
     the peers of this machine keep their CPU turns (see `turns`)."""
-    method = cfg.emulation.method
-    if method in ("fallback", "auto"):
-        return InProcessEmulation(cfg, peer_id, transport, turns_dir=turns_dir)
+    method = cfg.emulation.in_process_method
+    if method == "fallback":
+        return InProcessEmulation(cfg, peer_id, turns_dir=turns_dir)
     if method == "real":
-        links = "latency" if cfg.emulation.transport_latency else "none"
-        return InProcessEmulation(cfg, peer_id, transport, links=links, turns_dir=turns_dir)
+        shaping = "latency" if cfg.emulation.transport_latency else "none"
+        return InProcessEmulation(cfg, peer_id, shaping=shaping, turns_dir=turns_dir)
     return None
 
 
 class InProcessEmulation:
-    """`links`: what this peer emulates of its outgoing links: "all" (rate and latency, the fallback), "latency" (the
-    real method on a kernel without netem) or "none" (the kernel does both). `turns_dir`: where the peers of this
-    machine take turns on the CPUs they share; with it, each peer's threads also keep to its CPUs
-    (`turns.pinned_cpus`, among the `cpus` it may use)."""
+    """A peer's step clock and link policy. `shaping`: what this peer emulates of its outgoing links:
+    "rate-and-latency" (the fallback), "latency" (the real method on a kernel without netem) or "none" (the kernel
+    does both). `turns_dir`: where the peers of this machine take turns on the CPUs they share; with it, each peer's
+    threads also keep to its CPUs (`turns.pinned_cpus`, among the `cpus` it may use)."""
 
-    def __init__(self, cfg: Config, peer_id: int, transport, links: str = "all", turns_dir: Path | None = None,
+    def __init__(self, cfg: Config, peer_id: int, shaping: str = "rate-and-latency", turns_dir: Path | None = None,
                  sleep=time.sleep, clock=time.monotonic, cpu_clock=time.process_time, renice=_renice, pin=_pin,
                  cpus: set[int] | None = None):
         self.cfg = cfg
-        self.links = links
+        self.method = cfg.emulation.in_process_method
+        self.shaping = shaping
         self.peer_id = peer_id
-        self.transport = transport
         self.turns_dir = turns_dir
+        self.link_policy = ShapedLinks() if shaping != "none" else None
         self.pacer = ComputePacer(cfg.cores(peer_id), sleep, clock)  # placed by start()
         self._clock = clock
         self._cpu_clock = cpu_clock
         self._renice = renice
         self._pin = pin
         self._cpus = set(cpus if cpus is not None else os.sched_getaffinity(0))  # what the peer may use at all
-        mine = [c for c in cfg.schedule if (c.src == peer_id and links != "none") or c.peer == peer_id]
+        mine = [c for c in cfg.schedule if (c.src == peer_id and shaping != "none") or c.peer == peer_id]
         self._pending = sorted(mine, key=lambda c: c.at)
         self._reweigh_at = sorted({c.at for c in cfg.schedule if not c.is_link})  # any peer's cores change
+        self._origin: float | None = None
+        self._applied: list = []
 
     @property
     def cores(self) -> float:
         return self.pacer.cores
 
     def start(self) -> None:
-        """Shape every outgoing link as configured for the start of training, and weigh the peer's compute."""
+        """Training starts (the schedule's time 0): shape every outgoing link as configured for it, and weigh the
+        peer's compute."""
+        self._origin = self._clock()
         self._weigh(0.0)
-        if self.links == "none":
+        if self.link_policy is None:
             return
         for dst in self.cfg.peer_ids:
             if dst != self.peer_id:
                 self._shape(dst, self.cfg.link(self.peer_id, dst))
+
+    def changes(self) -> list[dict]:
+        """The scheduled changes applied since the last call, as event fields."""
+        applied, self._applied = self._applied, []
+        return [{k: v for k, v in vars(c).items() if v is not None} for c in applied]
 
     def update(self, elapsed: float) -> list:
         """Apply this peer's scheduled changes due by `elapsed` seconds of training; returns those applied."""
@@ -121,6 +134,7 @@ class InProcessEmulation:
             else:
                 self.pacer.move(cores=change.cores)
             applied.append(change)
+        self._applied += applied
         if self._reweigh_at and self._reweigh_at[0] <= elapsed:
             while self._reweigh_at and self._reweigh_at[0] <= elapsed:
                 self._reweigh_at.pop(0)
@@ -141,16 +155,19 @@ class InProcessEmulation:
             if path and not self.pacer.turn:
                 self.pacer.turn = turns.CpuTurn(path)
             self._pin(turns.pinned_cpus(self.cfg, at, self._cpus).get(self.peer_id, self._cpus))
-        if self.links == "all":
+        if self.shaping == "rate-and-latency":
             self._renice(nice_for(self.cfg, self.peer_id, at))
 
     def _shape(self, dst: int, link) -> None:
-        self.transport.set_link(dst, link.bandwidth if self.links == "all" else None, link.latency)
+        self.link_policy.set(dst, link.bandwidth if self.shaping == "rate-and-latency" else None, link.latency)
 
     @contextlib.contextmanager
     def step(self):
-        """Around one gradient step: wait for the peer's turn where it shares a CPU, then idle as long as a machine
-        of the configured cores would have taken longer (CPU time counts all the process's threads)."""
+        """Around one gradient step: apply the scheduled changes that fell due, wait for the peer's turn where it
+        shares a CPU, then idle as long as a machine of the configured cores would have taken longer (CPU time counts
+        all the process's threads)."""
+        if self._origin is not None:
+            self.update(self._clock() - self._origin)
         start, cpu = self._clock(), self._cpu_clock()
         self.pacer.before_step()
         yield

@@ -1,36 +1,29 @@
 """Compute pacing: a peer of `cores` takes as long for its gradient steps as its machine would.
 
-Both emulation methods pace in the peer. A CPU quota alone (the real method's cgroup) caps CPU time per period, so a
-peer that waits for the network most of each period runs its short steps at full speed: on hetero-4 with BSP, the
-1.0- and 0.2-core peers both computed ~3,400 samples/s under the quota alone. Paced, steps that used `c` CPU-seconds
-(all threads) in `w` seconds of wall time are followed by `c / cores - w` seconds of idling. Counting CPU time rather
-than wall time keeps the share right on a contended machine: a step slowed down by other peers used less CPU, so it
-owes less idling.
+Both emulation methods pace in the peer, through its step clock. A CPU quota alone (the real method's cgroup) caps CPU
+time per period, so a peer that waits for the network most of each period would run its short steps at full speed.
+Paced, steps that used `c` CPU-seconds (all threads) in `w` seconds of wall time are followed by `c / cores - w`
+seconds of idling. Counting CPU time rather than wall time keeps the share right on a contended machine: a step slowed
+down by other peers used less CPU, so it owes less idling.
 
-When to idle. On these VMs a step that follows a pause costs more CPU than one that follows another step: caches and
-the like warm up again over about four steps (a 5.5 ms step costs 6.3 ms after 10 ms idle, 8.0 ms after 30 ms). A
-step that follows the peer's own wait for the network pays that on the emulated machine too, so the pacer idles right
-after it, before its result is sent: every round keeps its emulated timing. Steps that follow each other back to back
-would pay it only because of the pacer, so there it lets them run in bursts and idles at the first step past each
-`period_s` mark, until the emulated machine would have finished: alone, a 0.2-core peer computes 0.197 of a core's rate
-with 1 s periods, 0.179 with 0.5 s, ~0.14 when it idled after every step. The marks are a grid on the monotonic clock
-(common to all processes), shifted by `phase` of a period per peer: any one-second window then holds the same share
-of compute, and the emulation lays the bursts of one machine's peers end to end (`fallback.burst_phase`). Four
-processes with hetero-4's shares and nice weights: the 0.2-core peer computed 0.173 of a core with bursts spread by a
-golden-ratio phase, 0.180 end to end (0.193 and 0.201 without weights).
+When to idle. A step that follows a pause costs more CPU than one that follows another step (caches and the like warm
+up again over a few steps). A step that follows the peer's own wait for the network pays that on the emulated
+machine too, so the pacer idles right after it, before its result is sent: every round keeps its emulated timing.
+Steps that follow each other back to back would pay it only because of the pacer, so there it lets them run in bursts
+and idles at the first step past each `period_s` mark, until the emulated machine would have finished. The marks are a
+grid on the monotonic clock (common to all processes), shifted by `phase` of a period per peer: any one-second window
+then holds the same share of compute, and the emulation lays the bursts of one machine's peers end to end
+(`fallback.burst_phase`).
 
 Pauses within a burst. The emulated machine runs behind the peer through a burst, so whether a step follows a wait is
 judged against when the emulated machine would have finished the steps before it: a pause that ends before then (the
 peer preempted, or waiting for the GIL, for a few milliseconds) does not end the burst and forget what it still owes.
-Judged against the wall clock, such pauses handed peers a fresh burst mid-period: in dynamic-4 a 0.5-core peer used
-0.68 CPU-s in one period, and the peer after it on their shared CPU waited 0.25 s for its turn.
 
-Changes. When a scheduled change moves the places on a shared CPU (dynamic-4: peer 3 leaves it, peer 0 joins, the
-others' places shift), a burst that went on would run in another peer's new place, and the others' bursts then
-start late, each passing most of the delay on to the next: the windows of the 0.2-core peer were still 15-18% off
-two seconds after the change in 2 of 10 checks. So a change ends the burst under way, and a peer below one core
-starts again at its new place, giving up what is left of that one period: every check since followed the change
-within 1.2 s (7 runs).
+Changes. When a scheduled change moves the places on a shared CPU, a burst that went on would run in another peer's
+new place, and the others' bursts would then start late, each passing the delay on to the next. So a change ends the
+burst under way, and a peer below one core starts again at its new place, giving up what is left of that one period.
+
+The measurements behind each of these rules are in docs/benchmarks.md ("Emulation check").
 """
 from __future__ import annotations
 

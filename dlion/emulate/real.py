@@ -128,8 +128,9 @@ def _cgroup_problem() -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel_support() -> tuple[str | None, bool]:
-    """Try a namespace with HTB, u32 and netem in a throwaway namespace: (why the basics fail or None, netem works)."""
+def kernel_support() -> tuple[str | None, bool]:
+    """Try a namespace with HTB, u32 and netem in a throwaway namespace: (why the basics fail or None, whether netem
+    works: some kernels are built without it)."""
     probe = f"dlprobe-{uuid.uuid4().hex[:8]}"
     try:
         _run(["ip", "netns", "add", probe])
@@ -148,11 +149,6 @@ def _kernel_support() -> tuple[str | None, bool]:
         _run(["ip", "netns", "delete", probe], check=False)
 
 
-def netem_available() -> bool:
-    """Whether the kernel has sch_netem (link latency); some kernels are built without it."""
-    return _kernel_support()[1]
-
-
 def available() -> tuple[bool, str]:
     """Whether this machine can run the real method; if not, why."""
     if os.geteuid() != 0:
@@ -163,7 +159,7 @@ def available() -> tuple[bool, str]:
     problem = _cgroup_problem()
     if problem:
         return False, problem
-    problem, _ = _kernel_support()
+    problem, _ = kernel_support()
     if problem:
         return False, problem
     return True, ""
@@ -331,7 +327,7 @@ class RealEmulation:
         """Create the namespaces, links, shaping and cgroups (removing leftovers first); peer id -> its address."""
         self.down()
         self._applied = set()
-        problem, self._netem = _kernel_support()
+        problem, self._netem = kernel_support()
         if problem:
             raise EmulationError(problem)
         try:

@@ -1,11 +1,10 @@
 """CPU turns: the emulated peers that share one of this machine's CPUs compute one at a time, each a whole burst.
 
-Why. hetero-4 books both CPUs of these machines (1.0 + 0.5 + 0.3 + 0.2 cores), so the three smaller peers share one.
-Paced peers compute in bursts laid end to end (`pacing`, `fallback.burst_phase`), but with no slack one overrun makes
-the next burst overlap, and overlapping peers are time-sliced by the kernel a few milliseconds at a time. A gradient
-step then costs more CPU (6.6 ms with three processes on one CPU against 5.4 ms alone), and bursts that overlap keep
-overlapping. Under the real method the 0.2-core peer got its 0.20 of CPU time but computed at only 0.15-0.17 of a
-core's rate. Taking turns, every step runs warm (5.1 ms) and the peers computed 1.02 / 0.50 / 0.30 / 0.19 of a core.
+Why. A scenario may book every CPU of the machine (hetero-4: 1.0 + 0.5 + 0.3 + 0.2 cores on two), so the smaller
+peers share one. Paced peers compute in bursts laid end to end (`pacing`, `fallback.burst_phase`), but with no slack
+one overrun makes the next burst overlap, and overlapping peers are time-sliced by the kernel a few milliseconds at a
+time: a step then costs more CPU, a peer gets its share of CPU time but computes less with it, and bursts that
+overlap keep overlapping. Taking turns, every step runs warm.
 
 Which peers share a CPU: those below one core, spread (largest first, each onto the least booked) over the CPUs that
 the peers of one core or more leave (`shared_cpus`). A turn is an exclusive `flock` of one lock file per shared CPU,
@@ -16,9 +15,8 @@ A peer keeps its turn from one step to the next through a burst, and gives it up
 follows within `hold_s`: then it is waiting for the network, and must not make the others wait with it.
 
 Each peer's threads also keep to its CPUs (`pinned_cpus`): a whole-core peer to CPUs of its own, the others to the
-CPU they share. Left to the kernel, they moved between both CPUs. In dynamic-4 checks (real method), pinned (4 runs)
-against not (6): the sharing peers' median turn waits 15-50 ms against 23-64 ms, and the 1.0-core peer's CPU time per
-second never below 0.975 against as low as 0.915.
+CPU they share; left to the kernel, they moved between CPUs and the turns waited longer. The measurements are in
+docs/benchmarks.md ("Emulation check").
 """
 from __future__ import annotations
 

@@ -28,51 +28,18 @@ from typing import Optional
 
 import numpy as np
 
-from dlion.exchange.dense import KIND, ExchangeResult, gather
+from dlion.compression import LinkResidual
+from dlion.exchange.dense import gather, send_to_out_neighbours
 from dlion.schema import option, positive
+from dlion.smoothing import Ema
+from dlion.stages import ExchangeResult, StageContext, Strategy
 from dlion.transport.estimate import MIN_SAMPLE_BYTES
 from dlion.transport.wire import Sparse
 
 BITS_PER_ENTRY = 64
-SAMPLE_STRIDE = 64  # top-k threshold from every 64th magnitude, then an exact pass over the candidates
 
 
-def top_k_indices(magnitudes: np.ndarray, k: int) -> np.ndarray:
-    """Sorted indices of the `k` largest entries of `magnitudes` (exact), in about one pass for small k."""
-    n = magnitudes.size
-    if k >= n:
-        return np.arange(n, dtype=np.uint32)
-    sample = magnitudes[::SAMPLE_STRIDE]
-    # a threshold a little below the sample's k-th largest keeps >= k candidates almost always; check anyway
-    want = min(sample.size, math.ceil(k * sample.size / n * 1.5) + 1)
-    threshold = np.partition(sample, sample.size - want)[sample.size - want]
-    candidates = np.flatnonzero(magnitudes >= threshold)
-    if candidates.size < k:
-        candidates = np.arange(n)
-    top = candidates[np.argpartition(magnitudes[candidates], candidates.size - k)[candidates.size - k:]]
-    return np.sort(top).astype(np.uint32)
-
-
-class LinkResidual:
-    """Error feedback for one link: what was not sent yet. Sent plus residual equals everything put in, exactly."""
-
-    def __init__(self, size: int):
-        self.residual = np.zeros(size, np.float32)
-
-    def take(self, grads: np.ndarray, k: int) -> np.ndarray | Sparse:
-        """Add `grads`, remove and return the `k` largest entries (all of them, densely, if that is not larger)."""
-        acc = self.residual
-        acc += grads
-        if 2 * k >= acc.size:
-            self.residual = np.zeros_like(acc)
-            return acc
-        idx = top_k_indices(np.abs(acc), k)
-        values = acc[idx]
-        acc[idx] = 0.0
-        return Sparse(idx, values, acc.size)
-
-
-class PrioritizedExchange:
+class PrioritizedExchange(Strategy):
     """Per-link budgeted top-k with error feedback; batch-weighted combination with a round deadline."""
 
     @dataclass(frozen=True)
@@ -87,35 +54,28 @@ class PrioritizedExchange:
         smoothing: float = option(0.3, check=lambda x: 0 < x <= 1,
                                   expect="a number in (0, 1]: weight of the newest compute time in the budget")
 
-    def __init__(self, params: Params, peer_id: int, transport, topology, link_bandwidths=None):
+    def __init__(self, params: Params, ctx: StageContext):
         self.params = params
-        self.peer_id = peer_id
-        self.transport = transport
-        self.topology = topology
-        self.configured = dict(link_bandwidths or {})
+        self.ctx = ctx
         self.residuals: dict[int, LinkResidual] = {}
-        self.budget_s: float | None = params.time_budget_s
+        self._compute_s = Ema(params.smoothing)
 
     def exchange(self, round_: int, grads: np.ndarray, weight: float, compute_s: float = 0.0) -> ExchangeResult:
-        budget_s = self._time_budget(compute_s if round_ > 0 else 0.0)  # round 0's compute time is graph tracing
-        departed = self.transport.mailbox.departed
-        links = {}
-        for dst in self.topology.out_neighbours(self.peer_id, round_):
-            if dst in departed:
-                continue
-            bps = self.transport.link_bandwidth(dst) or self.configured.get(dst) or math.inf
-            k = max(self.params.min_entries, min(grads.size, int(bps * budget_s / BITS_PER_ENTRY)))
-            payload = self.residuals.setdefault(dst, LinkResidual(grads.size)).take(grads, k)
-            self.transport.send(dst, KIND, round_, {"g": payload}, {"w": float(weight)})
-            sent = payload.indices.size if isinstance(payload, Sparse) else grads.size
-            links[dst] = {"k": sent, "bps": None if math.isinf(bps) else round(bps)}
-        return gather(self.transport, round_, self.topology.in_neighbours(self.peer_id, round_),
-                      self.params.deadline_s, grads, weight, links)
+        budget_s = self._time_budget(compute_s)
+        budgets = send_to_out_neighbours(self.ctx, round_, lambda dst: self._payload(dst, grads, budget_s), weight)
+        return gather(self.ctx, round_, self.params.deadline_s, grads, weight, budgets)
+
+    def _payload(self, dst: int, grads: np.ndarray, budget_s: float):
+        """The link's message: its budget's worth of the largest entries of gradient + residual."""
+        bps = self.ctx.transport.link_bandwidth(dst) or self.ctx.link_bandwidths.get(dst) or math.inf
+        k = max(self.params.min_entries, min(grads.size, int(bps * budget_s / BITS_PER_ENTRY)))
+        payload = self.residuals.setdefault(dst, LinkResidual(grads.size)).take(grads, k)
+        sent = payload.indices.size if isinstance(payload, Sparse) else grads.size
+        return payload, {"k": sent, "bps": None if math.isinf(bps) else round(bps)}
 
     def _time_budget(self, compute_s: float) -> float:
         if self.params.time_budget_s is not None:
             return self.params.time_budget_s
         if compute_s > 0:
-            a = self.params.smoothing
-            self.budget_s = compute_s if self.budget_s is None else a * compute_s + (1 - a) * self.budget_s
-        return self.budget_s or 0.0
+            self._compute_s.update(compute_s)
+        return self._compute_s.value or 0.0

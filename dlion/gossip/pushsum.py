@@ -30,50 +30,36 @@ message it used on the link, valued at the model the message carries. So:
 - Only a departed peer takes mass out of the system (its own and what was in flight to it); push-sum's ratio keeps
   every survivor's z a convex combination, and they converge to the average of what remains.
 
-Messages are `model` messages: tensor "x" (float32: dense, or `wire.Sparse` for Sparse-Push, with "owed") and meta
+Messages are `gossip` messages: tensor "x" (float32: dense, or `wire.Sparse` for Sparse-Push, with "owed") and meta
 n, w. A message with a wrong size or dtype, non-finite values, a weight sum that did not grow plausibly, or a
 sequence number that did not advance is dropped with `transport.reject`. A message with n = 1 (always dense) starts
 the link afresh: the first message of a link, or of a restarted sender.
 """
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
+from dlion import messages
 from dlion.gossip.skew import SkewCompensation
 from dlion.schema import option, positive
+from dlion.stages import GossipResult, ModelAccess, Requirements, StageContext, Strategy
 from dlion.transport.wire import Sparse
 
-KIND = "gossip"
+KIND = messages.GOSSIP
 SKEW_COMPENSATIONS = ("none", "logit-adjustment", "flow-integral")
 
 
-@dataclass(frozen=True)
-class GossipResult:
-    params: np.ndarray        # the de-biased parameters z = x / w (float32) to continue training from
-    weight: float             # this peer's push-sum weight after the round
-    received: int             # in-neighbour messages folded in this step (skipped rounds' included)
-    expected: int             # in-neighbours of this round
-    wait_s: float             # time spent waiting for them
-    sent: dict = field(default_factory=dict)  # per out-neighbour: entries of the public value sent
+class NoGossip(Strategy):
+    """No model-plane gossip (the baseline): the parameters are left as they are."""
 
-
-class NoGossip:
-    """No model-plane gossip (the baseline): the parameters pass through unchanged."""
-
-    @dataclass(frozen=True)
-    class Params:
+    def __init__(self, params: Strategy.Params, ctx: StageContext):
         pass
 
-    def __init__(self, params: Params, peer_id: int, transport, topology):
-        pass
-
-    def step(self, round_: int, params: np.ndarray) -> GossipResult:
-        return GossipResult(params, 1.0, 0, 0, 0.0)
+    def mix(self, round_: int, model: ModelAccess) -> GossipResult:
+        return GossipResult(1.0, 0, 0.0)
 
 
 @dataclass
@@ -87,7 +73,7 @@ class _Link:
     debt: np.ndarray | float = 0.0  # numerator mass owed on the link, not sent yet (Sparse-Push)
 
 
-class PushSum:
+class PushSum(Strategy):
     """Dense push-sum (SGP): each round, split x and w equally among self and the round's out-neighbours."""
 
     gamma = 1.0  # share of the push-sum mixing applied each round: dense push-sum moves all of it
@@ -107,19 +93,29 @@ class PushSum:
                                   expect="a number in (0, 1]: how fast the flow integral forgets, per round "
                                          "(flow-integral)")
 
-    def __init__(self, params: Params, peer_id: int, transport, topology):
+    @classmethod
+    def requires(cls, params: Params) -> Requirements:
+        return Requirements(label_prior=params.skew_compensation == "logit-adjustment")
+
+    def __init__(self, params: Params, ctx: StageContext):
         self.params = params
-        self.peer_id = peer_id
-        self.transport = transport
-        self.topology = topology
+        self.ctx = ctx
+        self.peer_id = ctx.peer_id
+        self.transport = ctx.transport
+        self.topology = ctx.topology
         self.x: np.ndarray | None = None
         self.w = 1.0
         self.z: np.ndarray | None = None
         self.last_round = -1
-        self.gaps = 0  # messages in-neighbours sent that we never used (their weight came with a later one)
         self.skew: SkewCompensation | None = None
         self._out: dict[int, _Link] = {}
         self._in: dict[int, _Link] = {}
+
+    def mix(self, round_: int, model: ModelAccess) -> GossipResult:
+        """One round on the model's parameters: `step`, then the model continues from the de-biased result."""
+        result = self.step(round_, model.get())
+        model.set(result.params)
+        return result
 
     def step(self, round_: int, params: np.ndarray) -> GossipResult:
         """One round: local update into x, push, receive until the deadline; returns z = x / w."""
@@ -138,15 +134,15 @@ class PushSum:
         received = self._fold_skipped(round_)
         sent = self._push(round_)
         expected = self.topology.in_neighbours(self.peer_id, round_)
-        start = time.monotonic()
+        start = self.ctx.clock()
         got = self.transport.mailbox.take(KIND, round_, expected, start + self.params.deadline_s)
-        wait_s = time.monotonic() - start
+        wait_s = self.ctx.clock() - start
         received += sum(self._receive(got[src]) for src in sorted(got))
         if self.skew is not None:
             self.skew.observe(self.x - before_gossip)
         self.last_round = round_
         self.z = (self.x / self.w).astype(np.float32)
-        return GossipResult(self.z, self.w, received, len(expected), wait_s, sent)
+        return GossipResult(self.w, received, wait_s, sent, self.z)
 
     def _fold_skipped(self, round_: int) -> int:
         """Use what in-neighbours sent us for the rounds we skipped: still in the mailbox, as we never took them."""
@@ -159,10 +155,9 @@ class PushSum:
         return used
 
     def _push(self, round_: int) -> dict[int, int]:
-        departed = self.transport.mailbox.departed
-        for dst in departed & self._out.keys():  # what we still owed a departed peer stays with us
+        for dst in self.transport.mailbox.departed & self._out.keys():  # what we owed a departed peer stays here
             self.x += self._out.pop(dst).debt
-        out = [q for q in self.topology.out_neighbours(self.peer_id, round_) if q not in departed]
+        out = self.ctx.live(self.topology.out_neighbours(self.peer_id, round_))
         if not out:
             return {}
         share = self.gamma / (len(out) + 1) * self.w
@@ -190,14 +185,13 @@ class PushSum:
     def _receive(self, msg) -> int:
         """Fold one in-neighbour message into x and w; 1 if used, 0 if rejected."""
         link = self._in.get(msg.sender, _Link())
-        n, w_sum = msg.meta.get("n"), msg.meta.get("w")
+        n, w_sum = msg.meta["n"], msg.meta["w"]  # declared: an int >= 1 and a positive finite float
         problem = self._meta_problem(n, w_sum, link) or self._tensor_problem(msg, link)
         if problem:
             self.transport.reject(msg, problem)
             return 0
         if n == 1:
             link = _Link()  # the first message of a link (always dense), or of a restarted sender
-        self.gaps += n - link.seq - 1
         dw = np.float64(w_sum - link.weight)  # a numpy scalar: products with float32 arrays stay float64
         self.x += self._incoming(link, msg, dw)
         self.w += dw
@@ -205,9 +199,7 @@ class PushSum:
         self._in[msg.sender] = link
         return 1
 
-    def _meta_problem(self, n, w_sum, link: _Link) -> str | None:
-        if not (_is_int(n) and n >= 1 and isinstance(w_sum, float) and 0 < w_sum < math.inf):
-            return f"expected meta n (an int >= 1) and w (a positive running sum), got {n!r} and {w_sum!r}"
+    def _meta_problem(self, n: int, w_sum: float, link: _Link) -> str | None:
         if n != 1 and n <= link.seq:
             return f"sequence number {n} does not advance past {link.seq}"
         base = _Link() if n == 1 else link
@@ -217,7 +209,7 @@ class PushSum:
         return None
 
     def _tensor_problem(self, msg, link: _Link) -> str | None:
-        x = msg.tensors.get("x")
+        x = msg.tensors["x"]
         if not (isinstance(x, np.ndarray) and x.shape == self.x.shape and x.dtype == np.float32):
             return f"expected a dense float32 'x' of {self.x.size} entries"
         if not np.isfinite(x).all():
@@ -227,7 +219,3 @@ class PushSum:
     def _incoming(self, link: _Link, msg, dw: float) -> np.ndarray:
         """The numerator mass a (valid) message adds to x, given the weight dw it brought."""
         return dw * msg.tensors["x"]
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)

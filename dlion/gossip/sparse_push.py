@@ -54,15 +54,14 @@ from typing import Optional
 
 import numpy as np
 
-from dlion.exchange.prioritized import top_k_indices
+from dlion.compression import fits_half, half_when_coarse, top_k_indices
 from dlion.gossip.pushsum import PushSum, _Link
 from dlion.schema import option, positive
+from dlion.stages import StageContext
 from dlion.transport.wire import Sparse
 
 
 SPARSE_DTYPES = (np.float16, np.float32)
-HALF_MAX = float(np.finfo(np.float16).max)
-HALF_ROUNDING = 2.0 ** -11  # float16's relative rounding error, at most
 
 
 class SparsePush(PushSum):
@@ -82,8 +81,8 @@ class SparsePush(PushSum):
                                                    "float16 (6 bytes per entry with the index instead of 10; copies "
                                                    "and debts stay exact)")
 
-    def __init__(self, params: Params, peer_id: int, transport, topology):
-        super().__init__(params, peer_id, transport, topology)
+    def __init__(self, params: Params, ctx: StageContext):
+        super().__init__(params, ctx)
         self.gamma = params.gamma
 
     def _outgoing(self, link: _Link, z32: np.ndarray, dw: float) -> tuple[dict, np.ndarray]:
@@ -110,24 +109,16 @@ class SparsePush(PushSum):
         return tensors, dw * z32
 
     def _values(self, values: np.ndarray, copy: np.ndarray) -> np.ndarray:
-        """The new copy values as sent: float16 while rounding adds under a tenth of the change they make (sum of
-        |v| 2^-11 against the sum of |v - copy|), float32 once the changes get that small (consensus reached) or a
-        value would overflow float16."""
-        magnitude = np.abs(values)
-        if (self.params.half_precision and magnitude.size and magnitude.max() < HALF_MAX
-                and HALF_ROUNDING * magnitude.sum() < 0.1 * np.abs(values - copy).sum()):
-            return values.astype(np.float16)
-        return values.astype(np.float32)
+        """The new copy values as sent (`compression.half_when_coarse` with `half_precision`, else float32)."""
+        return half_when_coarse(values, copy) if self.params.half_precision else values.astype(np.float32)
 
     def _owed(self, owed: np.ndarray) -> np.ndarray:
         """The owed mass as sent: float16 with `half_precision` (what rounding leaves stays owed), unless it would
         overflow float16."""
-        if self.params.half_precision and (owed.size == 0 or np.abs(owed).max() < HALF_MAX):
-            return owed.astype(np.float16)
-        return owed.astype(np.float32)
+        return owed.astype(np.float16 if self.params.half_precision and fits_half(owed) else np.float32)
 
     def _tensor_problem(self, msg, link: _Link) -> str | None:
-        x, owed = msg.tensors.get("x"), msg.tensors.get("owed")
+        x, owed = msg.tensors["x"], msg.tensors.get("owed")
         if not isinstance(x, Sparse):
             if owed is not None and not (isinstance(owed, np.ndarray) and owed.shape == self.x.shape
                                          and owed.dtype == np.float32 and np.isfinite(owed).all()):

@@ -3,22 +3,26 @@ estimates and the hello barrier. Subclasses only move frames (`_send_frames`) an
 
 Bandwidth: each inbound link is estimated at its receiving end from every message that crosses it (`estimate`), and
 every message a peer sends carries its estimate of the reverse link, so each peer learns the rate of its outgoing
-links as their receivers measure them (`link_bandwidth`)."""
+links as their receivers measure them (`link_bandwidth`).
+
+Every inbound message is decoded and checked by `wire`, then against its kind's declaration (`dlion.messages`), before
+it is filed: stages see only well-formed messages of known peers. When a message may leave is the `link_policy`'s
+say (`LinkPolicy`: at once by default; an emulation attaches one that holds messages as a slower link would)."""
 from __future__ import annotations
 
 import abc
 import dataclasses
 import logging
-import math
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
+
+from dlion import messages
 
 from . import wire
 from .mailbox import Mailbox
 from .estimate import LinkEstimator
-from .shaping import LinkShaper
 from .stats import LinkStats
 
 log = logging.getLogger("dlion.transport")
@@ -30,18 +34,29 @@ _LOG_EVERY_DROPS = 100
 
 
 def _heard(msg: wire.Message) -> frozenset[int]:
-    """The peers a hello says its sender has heard from (meta `heard`: comma-separated ids)."""
-    heard = msg.meta.get("heard")
-    try:
-        return frozenset(int(p) for p in heard.split(",") if p)
-    except (AttributeError, ValueError):
-        return frozenset()
+    """The peers a hello says its sender has heard from (meta `heard`: comma-separated ids, as declared)."""
+    return frozenset(int(p) for p in msg.meta["heard"].split(",") if p)
+
+
+class LinkPolicy(Protocol):
+    """When a message handed over to the link to `dst` may go on the wire (None: at once). Called from the
+    transport's sending thread; an implementation that changes over time must be thread-safe."""
+
+    def release_at(self, dst: int, nbytes: int, handed_over: float) -> float | None: ...
+
+
+class Unshaped:
+    """The null link policy: every message leaves at once."""
+
+    def release_at(self, dst: int, nbytes: int, handed_over: float) -> None:
+        return None
 
 
 class Transport(abc.ABC):
     """A peer's endpoint: `send` to any other peer, receive into `mailbox`."""
 
-    def __init__(self, peer_id: int, peers: Iterable[int], limits: wire.WireLimits, suspect_after: int = 2):
+    def __init__(self, peer_id: int, peers: Iterable[int], limits: wire.WireLimits, suspect_after: int = 2,
+                 link_policy: LinkPolicy | None = None):
         self.peer_id = peer_id
         self.peers = frozenset(peers) - {peer_id}
         self.limits = limits
@@ -54,8 +69,7 @@ class Transport(abc.ABC):
         self._bytes_by_kind: dict[str, int] = defaultdict(int)
         self._inbound = {p: LinkEstimator() for p in self.peers}
         self._outbound_bps: dict[int, float] = {}
-        self._shapers: dict[int, LinkShaper] = {}
-        self._shaping_lock = threading.Lock()  # set_link (training thread) vs _release_at (sending thread)
+        self.link_policy: LinkPolicy = link_policy or Unshaped()
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -92,7 +106,7 @@ class Transport(abc.ABC):
             if self._closing:
                 return
             self._closing = True
-        bye = wire.encode("bye", self.peer_id, 0)
+        bye = wire.encode(messages.BYE, self.peer_id, 0)
         self._shutdown(bye, sum(memoryview(f).nbytes for f in bye))
 
     def stats(self) -> dict[int | str, LinkStats]:
@@ -114,30 +128,6 @@ class Transport(abc.ABC):
         """Our own estimate of the link from `src` (bits/s); None until a large enough message arrived."""
         with self._stats_lock:
             return self._inbound[src].bps
-
-    # ---- link shaping --------------------------------------------------------------------------------------
-
-    def set_link(self, dst: int, bandwidth_bps: float | None = None, latency_s: float | None = None) -> None:
-        """Emulate a slower link to `dst` from now on (the fallback when netem needs root we lack). The first call
-        shapes the link (a None here means unlimited rate / no latency); later ones change it, None keeping the
-        current value. Messages already handed over keep their times."""
-        if dst not in self.peers:
-            raise ValueError(f"peer {self.peer_id}: {dst} is not another peer of this transport")
-        with self._shaping_lock:
-            shaper = self._shapers.get(dst) or LinkShaper(math.inf, 0.0)
-            shaper.set(bandwidth_bps, latency_s)  # raises on a bad value before a new shaper is kept
-            self._shapers[dst] = shaper
-
-    def shaped_links(self) -> dict[int, tuple[float, float]]:
-        """(bandwidth_bps, latency_s) per shaped link, for metrics."""
-        with self._shaping_lock:
-            return {p: (s.bandwidth_bps, s.latency_s) for p, s in self._shapers.items()}
-
-    def _release_at(self, dst: int, nbytes: int, handed_over: float) -> float | None:
-        """When a message handed over at `handed_over` may go on the wire to `dst`; None if the link is unshaped."""
-        with self._shaping_lock:
-            shaper = self._shapers.get(dst)
-            return None if shaper is None else shaper.release_at(nbytes, handed_over)
 
     def _count(self, link: int | str, **increments: int) -> None:
         with self._stats_lock:
@@ -162,16 +152,20 @@ class Transport(abc.ABC):
         if msg.sender != link:
             self._drop(link, f"header sender {msg.sender} != routing id {link}")
             return
+        problem = messages.problem(msg.kind, msg.meta, msg.tensors)
+        if problem:
+            self._drop(link, problem)
+            return
         with self._stats_lock:
             self._inbound[link].observe(msg.nbytes, msg.sent_at, msg.received_at)
             if msg.feedback_bps is not None:
                 self._outbound_bps[link] = msg.feedback_bps
-        if msg.kind == "bye":
+        if msg.kind == messages.BYE:
             self.mailbox.mark_departed(link)
             return
         if not self.mailbox.put(msg):
             self._count(link, late=1)
-        if msg.kind == "hello" and self.peer_id not in _heard(msg):
+        if msg.kind == messages.HELLO and self.peer_id not in _heard(msg):
             # Answer at once, also after our own barrier: lets a late or restarted peer finish its barrier.
             self._hello([link])
 
@@ -190,14 +184,14 @@ class Transport(abc.ABC):
     # ---- hello barrier -------------------------------------------------------------------------------------
 
     def _hello(self, dsts: Iterable[int]) -> None:
-        heard = ",".join(str(p) for p in sorted(self.peers) if self.mailbox.latest("hello", p) is not None)
+        heard = ",".join(str(p) for p in sorted(self.peers) if self.mailbox.latest(messages.HELLO, p) is not None)
         for p in dsts:
-            self.send(p, "hello", 0, meta={"heard": heard})
+            self.send(p, messages.HELLO, 0, meta={"heard": heard})
 
     def _confirmed(self) -> set[int]:
         """Peers we heard from whose latest hello says they heard from us: reachable both ways."""
         return {p for p in self.peers
-                if (m := self.mailbox.latest("hello", p)) is not None and self.peer_id in _heard(m)}
+                if (m := self.mailbox.latest(messages.HELLO, p)) is not None and self.peer_id in _heard(m)}
 
     def wait_for_peers(self, timeout_s: float) -> set[int]:
         """Hello barrier: returns the peers reachable both ways; the others are marked departed."""

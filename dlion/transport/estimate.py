@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from dlion.smoothing import Ema
+
 SMALL_BYTES = 4096        # messages whose delay is mostly the link's base delay
 MIN_SAMPLE_BYTES = 16384  # messages long enough on the wire to measure a rate
 DELAY_WINDOW = 16         # small messages over which the base delay is the minimum
@@ -23,13 +25,14 @@ class LinkEstimator:
     """Bandwidth estimate (bits/s) of one directed link, at its receiving end."""
 
     def __init__(self, smoothing: float = 0.5):
-        if not 0 < smoothing <= 1:
-            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
-        self.smoothing = smoothing
-        self.bps: float | None = None
+        self._bps = Ema(smoothing)
         self.samples = 0
         self._delays: deque[float] = deque(maxlen=DELAY_WINDOW)
         self._last_arrival = float("-inf")
+
+    @property
+    def bps(self) -> float | None:
+        return self._bps.value
 
     @property
     def base_delay(self) -> float:
@@ -41,8 +44,6 @@ class LinkEstimator:
             self._delays.append(received_at - sent_at)
         elif nbytes >= MIN_SAMPLE_BYTES and self._delays:
             start = max(sent_at + self.base_delay, self._last_arrival)
-            sample = nbytes * 8 / max(received_at - start, MIN_TRANSFER_S)
-            a = self.smoothing
-            self.bps = sample if self.bps is None else a * sample + (1 - a) * self.bps
+            self._bps.update(nbytes * 8 / max(received_at - start, MIN_TRANSFER_S))
             self.samples += 1
         self._last_arrival = max(self._last_arrival, received_at)

@@ -1,15 +1,15 @@
 """In-process transport: same interface, same wire encoding and validation, no sockets.
 
 Delivery is synchronous (in the sender's thread) and copies every frame, as TCP would, so tests are
-deterministic and a receiver never aliases a sender's arrays. Messages to a shaped link (`set_link`) are held and
-delivered at their release time by a releaser thread, started on the first shaped send.
+deterministic and a receiver never aliases a sender's arrays. Messages the link policy holds back are delivered at
+their release time by a releaser thread, started on the first such send.
 """
 from __future__ import annotations
 
 import threading
 import time
 
-from .base import Transport
+from .base import LinkPolicy, Transport
 from .shaping import Holdback
 from .wire import WireLimits
 
@@ -45,8 +45,8 @@ class InprocHub:
 class InprocTransport(Transport):
     """Talks to the other `limits.known_senders` on `hub`."""
 
-    def __init__(self, peer_id: int, hub: InprocHub, limits: WireLimits):
-        super().__init__(peer_id, limits.known_senders, limits)
+    def __init__(self, peer_id: int, hub: InprocHub, limits: WireLimits, link_policy: LinkPolicy | None = None):
+        super().__init__(peer_id, limits.known_senders, limits, link_policy=link_policy)
         self.hub = hub
         self._held = Holdback()
         self._held_cond = threading.Condition(threading.Lock())
@@ -57,7 +57,7 @@ class InprocTransport(Transport):
         self.hub.join(self)
 
     def _send_frames(self, dst: int, frames: list, nbytes: int) -> None:
-        release = self._release_at(dst, nbytes, time.monotonic())
+        release = self.link_policy.release_at(dst, nbytes, time.monotonic())
         if release is None:
             self._hand_over(dst, frames, nbytes)
             return

@@ -24,7 +24,6 @@ class Mailbox:
         self._store: dict[str, dict[int, dict[int, Message]]] = defaultdict(lambda: defaultdict(dict))
         self._low: dict[str, int] = {}
         self._latest: dict[tuple[str, int], Message] = {}
-        self._late: dict[int, int] = defaultdict(int)
         self._misses: dict[int, int] = defaultdict(int)
         self._departed: set[int] = set()
 
@@ -38,7 +37,6 @@ class Mailbox:
             self._misses.pop(msg.sender, None)
             self._departed.discard(msg.sender)
             if msg.round < self._low.get(msg.kind, 0):
-                self._late[msg.sender] += 1
                 return False
             rounds = self._store[msg.kind][msg.sender]
             rounds[msg.round] = msg
@@ -117,15 +115,6 @@ class Mailbox:
         with self._cond:
             return frozenset(self._departed)
 
-    @property
-    def suspected(self) -> frozenset[int]:
-        """Senders that missed `suspect_after` consecutive takes and sent nothing since."""
-        with self._cond:
-            return self._suspected()
-
     def _suspected(self) -> frozenset[int]:
+        """Senders that missed `suspect_after` consecutive takes and sent nothing since."""
         return frozenset(s for s, n in self._misses.items() if n >= self.suspect_after)
-
-    def late_counts(self) -> dict[int, int]:
-        with self._cond:
-            return dict(self._late)

@@ -12,8 +12,9 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import msgpack
 import numpy as np
 
+from dlion.messages import KINDS
+
 VERSION = 3  # 2: sent_at and link feedback in the header; 3: sparse indices may travel as 16-bit gaps
-KINDS = ("hello", "bye", "grad", "eval", "report", "model", "gossip", "score", "fetch", "stop")
 DTYPES = ("float32", "float16", "float64", "int32", "int64", "uint32", "uint8")
 INDEX_DTYPE = "uint32"
 GAP_ENCODING = "gap16"  # sorted indices whose first entry and every step fit 16 bits: 2 bytes per index, not 4
@@ -110,7 +111,7 @@ def encode(kind: str, sender: int, round: int, tensors: Mapping[str, np.ndarray 
            meta: Mapping[str, Any] | None = None, sent_at: float = 0.0,
            feedback_bps: float | None = None) -> list[bytes | memoryview]:
     """Frames for one message. Array frames alias the caller's arrays: do not mutate them after sending."""
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise WireError(f"unknown kind {kind!r}")
     if not (_is_int(sender) and sender >= 0 and _is_int(round) and round >= 0):
         raise WireError("sender and round must be ints >= 0")
@@ -216,7 +217,7 @@ def decode(frames: Sequence, limits: WireLimits, received_at: float = 0.0) -> Me
     h = _unpack_header(frames[0], limits)
     if not _is_int(h["v"]) or h["v"] != VERSION:
         raise WireError(f"unsupported schema version {h['v']!r}")
-    if h["k"] not in KINDS:
+    if not isinstance(h["k"], str) or h["k"] not in KINDS:
         raise WireError(f"unknown kind {h['k']!r}")
     if not _is_int(h["s"]) or h["s"] not in limits.known_senders:
         raise WireError(f"unknown sender {h['s']!r}")

@@ -1,8 +1,8 @@
 """ZeroMQ transport: one ROUTER in, one DEALER out per peer, all owned by a single communication thread.
 
 ZeroMQ sockets are not thread-safe, so other threads never touch them: `send` queues frames and writes a byte
-to a wake-up pipe that the thread polls together with the ROUTER. Messages to a shaped link (`set_link`) wait in
-a holdback heap until their release time; the poll timeout shrinks to the next release.
+to a wake-up pipe that the thread polls together with the ROUTER. Messages the link policy holds back (an emulated
+link) wait in a holdback heap until their release time; the poll timeout shrinks to the next release.
 
 A peer whose process dies without its bye (SIGKILL, a crash) closes its TCP connections: the thread watches each
 DEALER's monitor for that disconnection and marks the peer departed, so no stage waits for it, and gossip stops
@@ -25,7 +25,7 @@ import zmq
 
 from zmq.utils.monitor import recv_monitor_message
 
-from .base import Transport
+from .base import LinkPolicy, Transport
 from .shaping import Holdback
 from .wire import WireLimits
 
@@ -48,10 +48,10 @@ class ZmqTransport(Transport):
     """TCP transport between the peers of `endpoints` (peer id -> (host, port)); binds its own endpoint."""
 
     def __init__(self, peer_id: int, endpoints: dict[int, tuple[str, int]], limits: WireLimits,
-                 sndhwm: int = 16, poll_ms: int = 50, suspect_after: int = 2):
+                 sndhwm: int = 16, poll_ms: int = 50, suspect_after: int = 2, link_policy: LinkPolicy | None = None):
         if peer_id not in endpoints:
             raise ValueError(f"peer {peer_id} has no endpoint")
-        super().__init__(peer_id, endpoints, limits, suspect_after)
+        super().__init__(peer_id, endpoints, limits, suspect_after, link_policy)
         self.endpoints = dict(endpoints)
         self.sndhwm = sndhwm
         self.poll_ms = poll_ms
@@ -171,7 +171,7 @@ class ZmqTransport(Transport):
                         self._count(dst, send_failed=1)
                     return item
                 dst, frames, nbytes, handed_over = item
-                if (release := self._release_at(dst, nbytes, handed_over)) is None:
+                if (release := self.link_policy.release_at(dst, nbytes, handed_over)) is None:
                     self._count_send(dst, nbytes, _try_send(dealers[dst], frames))
                 else:
                     held.push(release, (dst, frames, nbytes))

@@ -75,16 +75,16 @@ def test_three_peers_exchange_dense_and_sparse(make):
     g = np.linspace(0, 1, 1000, dtype=np.float32)
     for t in ts:
         for dst in t.peers:
-            t.send(dst, "grad", 1, {"g": g * t.peer_id,
-                                    "s": Sparse(np.array([t.peer_id, 999], np.uint32),
-                                                np.array([1.0, 2.0], np.float16), 1000)},
-                   {"from": t.peer_id})
+            t.send(dst, "gossip", 1, {"owed": g * t.peer_id,
+                                      "x": Sparse(np.array([t.peer_id, 999], np.uint32),
+                                                  np.array([1.0, 2.0], np.float16), 1000)},
+                   {"n": 1, "w": float(t.peer_id + 1)})
     for t in ts:
-        got = t.mailbox.take("grad", 1, t.peers, time.monotonic() + 3)
+        got = t.mailbox.take("gossip", 1, t.peers, time.monotonic() + 3)
         assert sorted(got) == sorted(t.peers)
         for s, m in got.items():
-            np.testing.assert_array_equal(m.tensors["g"], g * s)
-            assert m.tensors["s"].indices.tolist() == [s, 999] and m.meta == {"from": s}
+            np.testing.assert_array_equal(m.tensors["owed"], g * s)
+            assert m.tensors["x"].indices.tolist() == [s, 999] and m.meta == {"n": 1, "w": float(s + 1)}
     st = ts[0].stats()[1]
     assert st.msgs_sent >= 2 and st.msgs_received >= 2 and st.dropped == 0
 
@@ -97,21 +97,21 @@ def test_barrier_with_a_peer_started_half_a_second_later(make):
     assert time.monotonic() - t0 < 2.0
 
 
-def _grad(sender, **tensors):
-    return encode("grad", sender, 0, tensors)
+def _probe(sender, **tensors):
+    return encode("probe", sender, 0, tensors)
 
 
 def _bad_index():
-    frames = _grad(1, s=Sparse(np.array([3], np.uint32), np.ones(1, np.float32), 10))
+    frames = _probe(1, s=Sparse(np.array([3], np.uint32), np.ones(1, np.float32), 10))
     return [frames[0], np.array([10], np.uint32).tobytes(), frames[2]]
 
 
 FAULTS = {
     "malformed header": lambda: [b"\xc1\x00", b"x"],
-    "frame size mismatch": lambda: [_grad(1, g=np.zeros(4, np.float32))[0], b"\0" * 15],
+    "frame size mismatch": lambda: [_probe(1, g=np.zeros(4, np.float32))[0], b"\0" * 15],
     "index out of range": _bad_index,
-    "spoofed sender": lambda: _grad(2),
-    "oversized": lambda: _grad(1, g=np.zeros(LIMIT // 4 + 100, np.float32)),
+    "spoofed sender": lambda: _probe(2),
+    "oversized": lambda: _probe(1, g=np.zeros(LIMIT // 4 + 100, np.float32)),
     "unknown kind": lambda: [msgpack.packb({"v": 1, "k": "pwn", "s": 1, "r": 0, "m": {}, "t": []})],
 }
 
@@ -124,27 +124,27 @@ def test_fault_is_dropped_counted_and_the_link_survives(make, raw_dealer, fault)
     assert sum(len(bytes(f)) for f in frames) < 2 * LIMIT
     dealer.send_multipart(frames, copy=True)
     wait_until(lambda: t.stats()[1].dropped == 1)
-    dealer.send_multipart(_grad(1, g=np.ones(3, np.float32)))
-    got = t.mailbox.take("grad", 0, [1], time.monotonic() + 3)
-    assert got[1].tensors["g"].tolist() == [1.0, 1.0, 1.0]
+    dealer.send_multipart(_probe(1, payload=np.ones(3, np.float32)))
+    got = t.mailbox.take("probe", 0, [1], time.monotonic() + 3)
+    assert got[1].tensors["payload"].tolist() == [1.0, 1.0, 1.0]
     assert t.stats()[1].msgs_received == 2
 
 
 @pytest.mark.parametrize("identity", [b"99", b"01", b"0", b"\x00abc"])
 def test_unknown_routing_id_is_dropped_as_unknown(make, raw_dealer, identity):
     t = make(0)
-    raw_dealer(identity).send_multipart(_grad(1))
+    raw_dealer(identity).send_multipart(_probe(1))
     wait_until(lambda: "unknown" in t.stats() and t.stats()["unknown"].dropped == 1)
-    assert t.mailbox.latest("grad", 1) is None
-    raw_dealer(b"1").send_multipart(_grad(1))
-    wait_until(lambda: t.mailbox.latest("grad", 1) is not None)
+    assert t.mailbox.latest("probe", 1) is None
+    raw_dealer(b"1").send_multipart(_probe(1))
+    wait_until(lambda: t.mailbox.latest("probe", 1) is not None)
 
 
 def test_send_to_a_peer_that_never_started_does_not_block(make):
     t = make(0)
     t0 = time.monotonic()
     for r in range(100):
-        t.send(1, "grad", r, {"g": np.zeros(1000, np.float32)})
+        t.send(1, "probe", r, {"payload": np.zeros(1000, np.float32)})
     assert time.monotonic() - t0 < 0.5
     wait_until(lambda: t.stats()[1].send_failed == 100)
     assert t.stats()[1].msgs_sent == 0
@@ -160,8 +160,8 @@ def test_close_returns_quickly_with_dead_and_stuck_peers(make, endpoints):
     try:
         big = np.zeros(LIMIT // 4 - 100, np.float32)
         for r in range(200):
-            a.send(1, "model", r, {"w": big})
-            a.send(2, "model", r, {"w": big})
+            a.send(1, "model", r, {"x": big})
+            a.send(2, "model", r, {"x": big})
         wait_until(lambda: a.stats()[2].send_failed > 0)
         t0 = time.monotonic()
         a.close()
@@ -178,7 +178,7 @@ def test_bye_gets_through_behind_a_full_queue(make):
     assert barrier_all([a, b], 3) == {0: {1}, 1: {0}}
     w = np.zeros(1 << 18, np.float32)
     for r in range(20):
-        a.send(1, "model", r, {"w": w})
+        a.send(1, "model", r, {"x": w})
     wait_until(lambda: a.stats()[1].send_failed > 0)  # the queue to b is full
     a.close()
     wait_until(lambda: 0 in b.mailbox.departed)
@@ -192,10 +192,10 @@ def test_restarted_peer_takes_over_its_routing_id(make):
     wait_until(lambda: 1 in a.mailbox.departed)
     b2 = make(1, peers=pair)
     assert b2.wait_for_peers(3) == {0}, "peer 0 answers hellos after its own barrier"
-    b2.send(0, "grad", 7, {"g": np.ones(2, np.float32)})
-    assert a.mailbox.take("grad", 7, [1], time.monotonic() + 3)[1].tensors["g"].tolist() == [1.0, 1.0]
-    a.send(1, "grad", 8)
-    assert 0 in b2.mailbox.take("grad", 8, [0], time.monotonic() + 3)
+    b2.send(0, "probe", 7, {"payload": np.ones(2, np.float32)})
+    assert a.mailbox.take("probe", 7, [1], time.monotonic() + 3)[1].tensors["payload"].tolist() == [1.0, 1.0]
+    a.send(1, "probe", 8)
+    assert 0 in b2.mailbox.take("probe", 8, [0], time.monotonic() + 3)
     assert 1 not in a.mailbox.departed
 
 
@@ -204,12 +204,12 @@ def test_restart_while_the_old_connection_still_looks_alive(make, raw_dealer):
     pair = frozenset({0, 1})
     a = make(0, peers=pair)
     old = raw_dealer(b"1")
-    old.send_multipart(_grad(1))
-    wait_until(lambda: a.mailbox.latest("grad", 1) is not None)
+    old.send_multipart(_probe(1))
+    wait_until(lambda: a.mailbox.latest("probe", 1) is not None)
     b = make(1, peers=pair)
     assert b.wait_for_peers(3) == {0}
-    b.send(0, "grad", 5)
-    assert 1 in a.mailbox.take("grad", 5, [1], time.monotonic() + 3)
+    b.send(0, "probe", 5)
+    assert 1 in a.mailbox.take("probe", 5, [1], time.monotonic() + 3)
 
 
 def test_bind_failure_is_reported(make, endpoints):
@@ -238,7 +238,7 @@ def test_send_to_self_or_stranger_raises(make):
     t = make(0)
     for dst in (0, 5):
         with pytest.raises(ValueError):
-            t.send(dst, "grad", 0)
+            t.send(dst, "probe", 0)
 
 
 def test_a_peer_whose_connection_drops_without_a_bye_is_departed_until_it_speaks_again(make, endpoints):
@@ -247,13 +247,13 @@ def test_a_peer_whose_connection_drops_without_a_bye_is_departed_until_it_speaks
     stand_in = zmq.Context.instance().socket(zmq.ROUTER)  # peer 1's endpoint, as a process we can kill
     stand_in.bind(f"tcp://127.0.0.1:{endpoints[1][1]}")
     try:
-        wait_until(lambda: (t0.send(1, "eval", 0), stand_in.poll(50))[1])  # the connection is up
+        wait_until(lambda: (t0.send(1, "ack", 0), stand_in.poll(50))[1])  # the connection is up
         assert 1 not in t0.mailbox.departed
     finally:
         stand_in.close(linger=0)  # what the kernel does to a SIGKILLed peer's sockets: no bye
     wait_until(lambda: 1 in t0.mailbox.departed)
     t1 = make(1, peers=pair)  # the restarted peer: its first message re-admits it
-    wait_until(lambda: (t1.send(0, "eval", 1), time.sleep(0.05), 1 not in t0.mailbox.departed)[2])
+    wait_until(lambda: (t1.send(0, "ack", 1), time.sleep(0.05), 1 not in t0.mailbox.departed)[2])
 
 
 def test_a_held_message_is_polled_for_in_whole_milliseconds_and_its_last_fraction_is_slept():

@@ -1,0 +1,67 @@
+"""Compression of flat vectors on the wire: exact top-k, per-link error feedback, and the half-precision policy.
+
+The gradient plane (`exchange.prioritized`) and the model plane (`gossip.sparse_push`) both send the largest entries
+of a vector and keep the rest for later; these are the pieces they share.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dlion.transport.wire import Sparse
+
+SAMPLE_STRIDE = 64  # top-k threshold from every 64th magnitude, then an exact pass over the candidates
+HALF_MAX = float(np.finfo(np.float16).max)
+HALF_ROUNDING = 2.0 ** -11  # float16's relative rounding error, at most
+
+
+def top_k_indices(magnitudes: np.ndarray, k: int) -> np.ndarray:
+    """Sorted indices of the `k` largest entries of `magnitudes` (exact), in about one pass for small k."""
+    n = magnitudes.size
+    if k >= n:
+        return np.arange(n, dtype=np.uint32)
+    sample = magnitudes[::SAMPLE_STRIDE]
+    # a threshold a little below the sample's k-th largest keeps >= k candidates almost always; check anyway
+    want = min(sample.size, math.ceil(k * sample.size / n * 1.5) + 1)
+    threshold = np.partition(sample, sample.size - want)[sample.size - want]
+    candidates = np.flatnonzero(magnitudes >= threshold)
+    if candidates.size < k:
+        candidates = np.arange(n)
+    top = candidates[np.argpartition(magnitudes[candidates], candidates.size - k)[candidates.size - k:]]
+    return np.sort(top).astype(np.uint32)
+
+
+class LinkResidual:
+    """Error feedback for one link: what was not sent yet. Sent plus residual equals everything put in, exactly."""
+
+    def __init__(self, size: int):
+        self.residual = np.zeros(size, np.float32)
+
+    def take(self, vector: np.ndarray, k: int) -> np.ndarray | Sparse:
+        """Add `vector`, remove and return the `k` largest entries (all of them, densely, if that is not larger)."""
+        acc = self.residual
+        acc += vector
+        if 2 * k >= acc.size:
+            self.residual = np.zeros_like(acc)
+            return acc
+        idx = top_k_indices(np.abs(acc), k)
+        values = acc[idx]
+        acc[idx] = 0.0
+        return Sparse(idx, values, acc.size)
+
+
+def fits_half(values: np.ndarray) -> bool:
+    """Whether every entry is representable in float16 without overflow."""
+    return values.size == 0 or float(np.abs(values).max()) < HALF_MAX
+
+
+def half_when_coarse(values: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """New values for entries that held `previous`: float16 while rounding adds under a tenth of the change they make
+    (sum of |v| 2^-11 against the sum of |v - previous|), float32 once the changes get that small (as when the peers
+    agree, so consensus stays exact) or a value would overflow float16."""
+    magnitude = np.abs(values)
+    if (magnitude.size and magnitude.max() < HALF_MAX
+            and HALF_ROUNDING * magnitude.sum() < 0.1 * np.abs(values - previous).sum()):
+        return values.astype(np.float16)
+    return values.astype(np.float32)

@@ -1,0 +1,157 @@
+"""Wiring one peer: its data, trainer, transport and stages, each made in one place (`_make_*`), then given to the
+loop (`dlion.peer.Peer`). Emulation, where there is one, comes in from outside through the two hooks taken here: a
+step clock (`dlion.clock`) and a link policy (`dlion.transport.base.LinkPolicy`).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dlion import data as datamod
+from dlion.clock import StepClock, Unpaced
+from dlion.config import STAGE_REGISTRIES, Config
+from dlion.control import RunControl
+from dlion.metrics import EventLog, peer_log_path
+from dlion.peer import Peer
+from dlion.progress import ProgressReport
+from dlion.stages import ModelAccess, Requirements, StageContext
+from dlion.transport import WireLimits, ZmqTransport
+
+HEADER_ALLOWANCE = 1 << 20  # bytes on top of the largest tensor payload
+NUM_CLASSES = 10  # the datasets' (Fashion-MNIST and the synthetic set) and the trainer's default
+
+
+def max_message_bytes(num_values: int) -> int:
+    """Largest legitimate message: a sparse vector of every entry (uint32 index + float32 value) plus headers."""
+    return 8 * num_values + HEADER_ALLOWANCE
+
+
+def load_dataset(cfg: Config) -> datamod.Dataset:
+    if cfg.training.dataset == "synthetic":
+        return datamod.synthetic(seed=cfg.seed)
+    return datamod.load_fashion_mnist(cfg.training.data_dir)
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """A peer's view of the data: the dataset, the indices it trains on, its held-out slice, the evaluation subset."""
+
+    dataset: datamod.Dataset
+    train_idx: np.ndarray
+    holdout_idx: np.ndarray
+    eval_idx: np.ndarray
+
+    def label_counts(self) -> np.ndarray:
+        return np.bincount(self.dataset.y_train[self.train_idx], minlength=NUM_CLASSES)
+
+
+@dataclass(frozen=True)
+class Stages:
+    batching: object
+    exchange: object
+    gossip: object
+    knowledge: object
+
+
+def requirements(cfg: Config) -> Requirements:
+    """What the configured strategies need from the data and the trainer, together."""
+    needs = Requirements()
+    for stage, registry in STAGE_REGISTRIES.items():
+        chosen = getattr(cfg.strategies, stage)
+        needs |= registry[chosen.kind].requires(chosen.params)
+    return needs
+
+
+def _make_data(cfg: Config, peer_id: int, dataset, needs: Requirements) -> LocalData:
+    dataset = dataset if dataset is not None else load_dataset(cfg)
+    tr = cfg.training
+    ids = sorted(cfg.peer_ids)
+    parts = datamod.partition(dataset.y_train, len(ids), tr.partition.kind, seed=cfg.seed,
+                              alpha=tr.partition.alpha, fraction=tr.partition.fraction)
+    train_idx, holdout_idx = datamod.holdout_split(parts[ids.index(peer_id)], needs.holdout,
+                                                   seed=cfg.seed * 31 + peer_id)
+    eval_idx = datamod.eval_subset(len(dataset.y_test), cfg.evaluation.subset, seed=cfg.seed)
+    return LocalData(dataset, train_idx, holdout_idx, eval_idx)
+
+
+def _make_trainer(cfg: Config, peer_id: int, local: LocalData, needs: Requirements):
+    from dlion import trainer as trainer_mod  # TensorFlow is imported here, not at module load
+
+    trainer_mod.configure_threads(cfg.peer(peer_id).tf_threads)
+    tr = cfg.training
+    # skew compensation by logit adjustment: this peer's label frequencies (+1 each: none is 0)
+    prior = local.label_counts() + 1.0 if needs.label_prior else None
+    return trainer_mod.Trainer(model=tr.model, optimizer=tr.optimizer, learning_rate=tr.learning_rate,
+                               seed=cfg.seed, momentum=tr.momentum, label_prior=prior)
+
+
+def make_transport(cfg: Config, peer_id: int, num_values: int, link_policy=None, **settings) -> ZmqTransport:
+    """The peer's ZeroMQ transport, accepting messages up to the largest a model of `num_values` entries needs;
+    `settings` override the config's transport settings (sndhwm, suspect_after)."""
+    limits = WireLimits(frozenset(cfg.peer_ids), max_message_bytes(num_values))
+    options = {"sndhwm": cfg.transport.sndhwm, "suspect_after": cfg.transport.suspect_after, **settings}
+    return ZmqTransport(peer_id, {p.id: (p.address, p.port) for p in cfg.peers}, limits, link_policy=link_policy,
+                        **options)
+
+
+def _make_stages(cfg: Config, ctx: StageContext) -> Stages:
+    def make(stage: str):
+        chosen = getattr(cfg.strategies, stage)
+        return STAGE_REGISTRIES[stage][chosen.kind](chosen.params, ctx)
+    return Stages(**{stage: make(stage) for stage in STAGE_REGISTRIES})
+
+
+def _warm_up(trainer, local: LocalData, batch: int) -> None:
+    """One gradient computation before training, so that no round pays for TensorFlow's first-call work (graph
+    optimization, kernel setup): every measured compute time is a real one. The model is left as it was."""
+    idx = local.train_idx[:batch]
+    params = trainer.get_params()
+    trainer.gradients(local.dataset.x_train[idx], local.dataset.y_train[idx])
+    trainer.set_params(params)  # a training-mode pass moves BatchNorm statistics
+
+
+def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dataset=None,
+          clock: StepClock | None = None, link_policy=None, stop_event: threading.Event | None = None):
+    """A ready peer. `transport` and `dataset` can be injected (tests, benchmarks); `clock` and `link_policy` are
+    the emulation's hooks (none: unpaced compute, links as they are)."""
+    log = EventLog(peer_log_path(out_dir, peer_id), peer_id)
+    needs = requirements(cfg)
+    local = _make_data(cfg, peer_id, dataset, needs)
+    trainer = _make_trainer(cfg, peer_id, local, needs)
+    if transport is None:
+        transport = make_transport(cfg, peer_id, max(trainer.num_params, trainer.num_state), link_policy)
+    x_hold, y_hold = local.dataset.x_train[local.holdout_idx], local.dataset.y_train[local.holdout_idx]
+    model = ModelAccess(get=trainer.get_params, set=trainer.set_params,
+                        score=lambda: trainer.evaluate(x_hold, y_hold)[0])
+    ids = tuple(sorted(cfg.peer_ids))
+    graph = cfg.graph()
+    ctx = StageContext(peer_id, ids, transport, graph, cfg.training.global_batch, {p: cfg.cores(p) for p in ids},
+                       {d: cfg.link(peer_id, d).bandwidth for d in graph.destinations(peer_id)}, model)
+    stages = _make_stages(cfg, ctx)
+    _warm_up(trainer, local, stages.batching.batch_size(0))
+    clock = clock or Unpaced()
+    x_eval, y_eval = local.dataset.x_test[local.eval_idx], local.dataset.y_test[local.eval_idx]
+    control = RunControl(cfg.training, cfg.evaluation, ctx, lambda: trainer.evaluate(x_eval, y_eval), log.emit,
+                         stop_event or threading.Event())
+    progress = ProgressReport(log, cfg.output.log_every, transport, stages.batching, clock, cfg.peer(peer_id).cores)
+    sampler = datamod.BatchSampler(local.train_idx, seed=cfg.seed * 7919 + peer_id + 1)
+    return Peer(cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log)
+
+
+def run_peer(cfg: Config, peer_id: int, out_dir: str | Path, clock: StepClock | None = None,
+             link_policy=None) -> dict:
+    """Run one peer in this process until it stops; SIGTERM and SIGINT end it cleanly after the current step."""
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        logging.getLogger("dlion.peer").info("peer %d: signal %d, stopping", peer_id, signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return build(cfg, peer_id, out_dir, clock=clock, link_policy=link_policy, stop_event=stop).run()
