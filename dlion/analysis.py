@@ -16,7 +16,7 @@ from dlion.metrics import peer_log_path, read_events
 PLANES = {"grad": ("grad",), "model": ("model", "gossip")}  # wire kinds per plane: gradients; parameters (knowledge
 # transfer and gossip)
 DIGITS = {"time_to_target_s": 3, "final_accuracy": 5, "worst_final_accuracy": 5, "samples_per_s": 1,
-          "grad_bytes_per_iter": 1, "model_bytes_per_iter": 1, "bytes_total": 0, "accuracy_at_equal_time": 5,
+          "grad_bytes_per_iter": 1, "model_bytes_per_iter": 1, "bytes_per_peer_iter": 1, "bytes_total": 0, "accuracy_at_equal_time": 5,
           "equal_time_s": 3}
 
 
@@ -77,13 +77,15 @@ def load_run(path: Path) -> dict:
 
 
 def bytes_per_iteration(summary: dict) -> dict:
-    """Bytes sent per iteration by message kind over all peers; `missing`: some peer had no per-kind counts."""
+    """Bytes sent per peer-iteration, by plane (message kinds) and in all ("all": every byte a peer sent, control
+    included), over all peers; `missing`: some peer had no per-kind counts."""
     peers = summary["peers"].values()
     iterations = sum(p.get("iterations") or 0 for p in peers)
     by_kind = [p.get("bytes_by_kind") for p in peers]
     figures = {plane: sum((b or {}).get(k, 0) for b in by_kind for k in kinds) / iterations if iterations else None
                for plane, kinds in PLANES.items()}
-    return {**figures, "missing": None in by_kind}
+    total = sum(p.get("bytes_sent") or 0 for p in peers) / iterations if iterations else None
+    return {**figures, "all": total, "missing": None in by_kind}
 
 
 def _mean(values) -> float | None:
@@ -106,6 +108,7 @@ def aggregate(runs: list[dict], t_equal: float | None, failed: int = 0) -> dict:
         "samples_per_s": _mean(sum(p.get("samples_per_s") or 0 for p in s["peers"].values()) for s in summaries),
         "grad_bytes_per_iter": _mean(b["grad"] for b in per_iter),
         "model_bytes_per_iter": _mean(b["model"] for b in per_iter),
+        "bytes_per_peer_iter": _mean(b["all"] for b in per_iter),
         "bytes_total": _mean(s.get("bytes_sent_total") for s in summaries),
         "repeats": len(runs),
         "accuracy_at_equal_time": _mean(at_equal) if at_equal and None not in at_equal else None,

@@ -91,13 +91,11 @@ def main(argv=None) -> int:
 
 def _peer(cfg, peer_id: int, out_dir: str) -> int:
     """`dlion peer`: one peer in this process, with what it emulates itself attached to its hooks."""
-    from dlion.emulate import fallback
+    from dlion.emulate import fallback, real
     from dlion.wiring import run_peer
     emulation = fallback.for_peer(cfg, peer_id, turns_dir=Path(out_dir))
-    if emulation is None:
-        run_peer(cfg, peer_id, out_dir)
-    else:
-        run_peer(cfg, peer_id, out_dir, clock=emulation, link_policy=emulation.link_policy)
+    hooks = {} if emulation is None else {"clock": emulation, "link_policy": emulation.link_policy}
+    run_peer(cfg, peer_id, out_dir, ready=real.join_cgroup, **hooks)  # the CPU cap binds once the model is built
     return 0
 
 

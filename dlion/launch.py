@@ -91,17 +91,16 @@ def peer_argv(config_path: Path, out_dir: Path) -> Callable[[int], list[str]]:
 def start_peers(cfg: Config, argv_for: Callable[[int], list[str]], out_dir: Path, procs: dict[int, subprocess.Popen],
                 emulation=None) -> None:
     """Start one process per peer, `argv_for(peer_id)`, into `procs` (filled as they start, so that a failure midway
-    still leaves the caller every started process to stop); under real emulation, inside the peer's namespace and
-    cgroup. Each one's console goes to `out_dir/peer-<id>.log`."""
+    still leaves the caller every started process to stop); under real emulation, inside the peer's namespace, told
+    which CPU cgroup to join once it is ready to train. Each one's console goes to `out_dir/peer-<id>.log`."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), PYTHONUNBUFFERED="1")
     for peer in cfg.peers:
         argv = argv_for(peer.id)
         with open(out_dir / f"peer-{peer.id}.log", "w") as console:
             procs[peer.id] = subprocess.Popen(
                 emulation.wrap(peer.id, argv) if emulation else argv, stdout=console, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
-        if emulation:
-            emulation.attach(peer.id, procs[peer.id].pid)  # `ip netns exec` execs the peer: same pid
+                stdin=subprocess.DEVNULL, env={**env, **(emulation.peer_env(peer.id) if emulation else {})},
+                preexec_fn=_die_with_parent)
 
 
 def stop_peers(procs: dict[int, subprocess.Popen], grace_s: float = TERM_GRACE_S) -> None:

@@ -79,6 +79,7 @@ def summarize(out_dir: str | Path, peer_ids, target: float | None, wall_s: float
             "iterations": source.get("it", 0),
             "samples": source.get("samples", 0),
             "samples_per_s": source.get("samples_per_s"),
+            "train_s": final.get("train_s") if final else None,
             "final_accuracy": final.get("acc") if final else None,
             "bytes_sent": source.get("bytes_sent", 0),
             "bytes_received": source.get("bytes_received", 0),
@@ -89,9 +90,12 @@ def summarize(out_dir: str | Path, peer_ids, target: float | None, wall_s: float
         if final:
             finals.append(final["acc"])
     t0 = min(starts) if starts else 0.0
+    train_s = max((p["train_s"] for p in per_peer.values() if p["train_s"] is not None), default=None)
     return {
         "emulation": next(iter(methods), None),
         "wall_s": None if wall_s is None else round(wall_s, 3),
+        "train_s": train_s,
+        "nontraining_s": None if wall_s is None or train_s is None else round(wall_s - train_s, 3),
         "target_accuracy": target,
         "time_to_target_s": time_to_target(evals, peer_ids, target, t0),
         "final_accuracy": round(sum(finals) / len(finals), 5) if finals else None,

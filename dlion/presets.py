@@ -15,6 +15,8 @@ GOSSIP = {"batching": {"kind": "fixed"}, "exchange": {"kind": "none"}, "knowledg
 ONE_PEER_EXPONENTIAL = {"kind": "one-peer-exponential"}
 
 PRESETS: dict[str, dict] = {
+    # the reference without collaboration: each peer trains alone on its own data, nothing sent but evaluations
+    "local": {"strategies": {**GOSSIP, **NO_GOSSIP}},
     # the baseline: equal batches, dense synchronous averaging (BSP), no knowledge transfer, no gossip
     "bsp": {"strategies": BASELINE},
     # each DLion technique alone, for ablations

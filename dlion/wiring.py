@@ -144,8 +144,9 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
 
 
 def run_peer(cfg: Config, peer_id: int, out_dir: str | Path, clock: StepClock | None = None,
-             link_policy=None) -> dict:
-    """Run one peer in this process until it stops; SIGTERM and SIGINT end it cleanly after the current step."""
+             link_policy=None, ready=lambda: None) -> dict:
+    """Run one peer in this process until it stops; SIGTERM and SIGINT end it cleanly after the current step.
+    `ready()` is called once the peer is built (TensorFlow imported, model traced), before it meets the others."""
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -154,4 +155,6 @@ def run_peer(cfg: Config, peer_id: int, out_dir: str | Path, clock: StepClock | 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return build(cfg, peer_id, out_dir, clock=clock, link_policy=link_policy, stop_event=stop).run()
+    peer = build(cfg, peer_id, out_dir, clock=clock, link_policy=link_policy, stop_event=stop)
+    ready()
+    return peer.run()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Presets side by side on one scenario: time to target, accuracy, throughput and bytes, as a table and a plot.
 
-    python3 scripts/compare.py SCENARIO --presets bsp,dlion --repeats R --out DIR [--set KEY.PATH=VALUE ...]
+    python3 scripts/compare.py SCENARIO --presets bsp,dlion --repeats R --out DIR [--set KEY.PATH=VALUE ...] [--ideal]
 
 The claims of issue 4 are relative (dlion against the dense BSP baseline on the same machine), and this machine is
 noisy, so every preset runs in one invocation, one run after another, R times, the order alternating between repeats
@@ -17,19 +17,22 @@ every run, and a run's console is in its directory as `run.log`. Per preset, ove
 - grad_bytes_per_iter, model_bytes_per_iter: bytes sent in gradient messages (`grad`) and in parameter messages
   (`model` of knowledge transfer, `gossip`), summed over peers, over the
   iterations summed over peers (mean over repeats); a run whose summary has no per-kind counts (`bytes_by_kind`)
-  counts 0 and is noted (runs_without_bytes_by_kind);
+  counts 0 and is noted (runs_without_bytes_by_kind); bytes_per_peer_iter: every byte the peers sent (control
+  messages too) over the iterations summed over peers;
+- x_ideal (with --ideal): the median time to target over that of the ideal reference (`scripts/ideal.py`: one
+  process, all the machine's cores and all the data, no communication), run once before the presets;
 - accuracy_at_equal_time: mean over repeats of the peers' mean evaluation accuracy at equal_time_s, the latest
   training time that every run of every preset reached (the earliest of the runs' last evaluations), so that
   a preset that stopped early at the target is compared where every run has figures.
 
 The accuracy at a time is the mean over peers of each peer's latest evaluation-subset accuracy, counted once every
 peer has reported one, as for the summary's time to target. DIR/compare.md and DIR/compare.csv hold the table,
-DIR/compare.png the accuracy against training time (evaluation pauses left out, as in the summary; every repeat
+DIR/compare.json the figures, DIR/compare.png the accuracy against training time (evaluation pauses left out, as in the summary; every repeat
 faint, their mean bold, the target dashed). A failed run (non-zero exit or no summary.json) is reported with the tail
 of its peer logs and left out of the figures; the rest is still written, and the exit status is 1. Ctrl-C, or SIGINT
 or SIGTERM sent to the script alone, stops the current run cleanly and starts no other. A config mistake, in a
 `--set` or a preset name, exits 2 before any run. The plot needs matplotlib (the `bench` extra). The last line is a
-JSON object {"scenario": NAME, "presets": {PRESET: {...}}}.
+JSON object {"scenario": NAME, "presets": {PRESET: {...}}, "ideal": {...} or null}.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ import os
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +67,9 @@ COLUMNS = [  # (figure, markdown header; {t} is the equal time)
     ("samples_per_s", "samples/s (all peers)"),
     ("grad_bytes_per_iter", "grad bytes/iter"),
     ("model_bytes_per_iter", "model bytes/iter"),
+    ("bytes_per_peer_iter", "bytes/peer-iter (all)"),
     ("bytes_total", "bytes sent"),
+    ("x_ideal", "time / ideal"),
 ]
 
 
@@ -72,8 +78,10 @@ COLUMNS = [  # (figure, markdown header; {t} is the equal time)
 def _cell(key: str, value) -> str:
     if value is None:
         return "-"
-    if key.endswith("_bytes_per_iter") or key == "bytes_total":
+    if key.endswith("_bytes_per_iter") or key in ("bytes_total", "bytes_per_peer_iter"):
         return f"{value:,.0f}"
+    if key == "x_ideal":
+        return f"{value:.2f}x"
     if "accuracy" in key:
         return f"{value:.4f}"
     if key == "time_to_target_s":
@@ -83,15 +91,20 @@ def _cell(key: str, value) -> str:
     return str(value)
 
 
-def markdown(scenario: str, figures: dict[str, dict], command: str) -> str:
+def markdown(scenario: str, figures: dict[str, dict], command: str, ideal: dict | None = None) -> str:
     """The table with the command that produced it and what its columns mean."""
     t_equal = next(iter(figures.values()), {}).get("equal_time_s")
     headers = [h.format(t=f"{t_equal:.1f} s" if t_equal is not None else "equal time") for _, h in COLUMNS]
     lines = [f"# {scenario}: {', '.join(figures)}", "", f"`{command}`", "",
              "| preset | " + " | ".join(headers) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines += [f"| {p} | " + " | ".join(_cell(k, f[k]) for k, _ in COLUMNS) + " |" for p, f in figures.items()]
+    lines += [f"| {p} | " + " | ".join(_cell(k, f.get(k)) for k, _ in COLUMNS) + " |" for p, f in figures.items()]
     lines += ["", "Medians and means over the repeats that finished; accuracy at a time is the peers' mean of their "
                   "latest evaluation-subset accuracy, at the latest training time that every run reached."]
+    if ideal is not None:
+        lines += ["", f"Ideal reference (`scripts/ideal.py`: one process, {ideal['threads']} threads, all the data, "
+                      f"no communication): time to target {_cell('time_to_target_s', ideal['time_to_target_s'])} s, "
+                      f"final accuracy {_cell('final_accuracy', ideal['final_accuracy'])}, "
+                      f"{_cell('samples_per_s', ideal['samples_per_s'])} samples/s."]
     missing = sum(f["runs_without_bytes_by_kind"] for f in figures.values())
     if missing:
         lines += ["", f"{missing} run(s) had no per-kind byte counts (`bytes_by_kind`): their grad and model bytes "
@@ -180,6 +193,32 @@ def run_one(scenario: str, preset: str, path: Path, overrides: list[str]) -> tup
     return proc.returncode, bool(interrupted)
 
 
+def run_ideal(scenario: str, overrides: list[str], out: Path) -> dict | None:
+    """The ideal reference of the scenario (`scripts/ideal.py`), kept in `out/ideal.json`; None if it failed."""
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, str(ROOT / "scripts" / "ideal.py"), scenario]
+    for item in overrides:
+        argv += ["--set", item]
+    print("== ideal reference", flush=True)
+    done = subprocess.run(argv, capture_output=True, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT)))
+    if done.returncode != 0:
+        print(f"FAILED: the ideal reference (exit status {done.returncode}): {done.stderr[-2000:]}", flush=True)
+        return None
+    (out / "ideal.json").write_text(done.stdout.strip().splitlines()[-1] + "\n")
+    ideal = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"ideal: time to target {ideal['time_to_target_s']} s, {ideal['samples_per_s']} samples/s", flush=True)
+    return ideal
+
+
+def ratio_to(ideal: dict | None, runs: list[dict]) -> float | None:
+    """The median time to target of `runs` over the ideal reference's (None where either is missing)."""
+    reached = sorted(r["summary"]["time_to_target_s"] for r in runs if r["summary"].get("time_to_target_s"))
+    if not ideal or not ideal.get("time_to_target_s") or not reached or 2 * len(reached) < len(runs):
+        return None
+    return round(statistics.median(reached) / ideal["time_to_target_s"], 3)
+
+
 def report_failure(preset: str, repeat: int, path: Path, code: int, interrupted: bool) -> None:
     why = (f"exit status {code}" + (", interrupted" if interrupted else "")
            + ("" if (path / "summary.json").exists() else ", no summary.json"))
@@ -204,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config key in every run (repeatable)")
+    parser.add_argument("--ideal", action="store_true",
+                        help="also run the ideal reference once (scripts/ideal.py) and give each preset's time as a "
+                             "ratio to it")
     args = parser.parse_args(argv)
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     if not presets or args.repeats < 1:
@@ -219,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     out = Path(args.out)
+    ideal = run_ideal(args.scenario, args.set, out) if args.ideal else None
     runs: dict[str, list[dict]] = {p: [] for p in presets}
     failed = dict.fromkeys(presets, 0)
     order = run_order(presets, args.repeats)
@@ -241,16 +284,18 @@ def main(argv: list[str] | None = None) -> int:
 
     curves = {p: [r["curve"] for r in runs[p]] for p in presets}
     t_equal = equal_time([c for cs in curves.values() for c in cs])
-    figures = {p: aggregate(runs[p], t_equal, failed[p]) for p in presets}
+    figures = {p: {**aggregate(runs[p], t_equal, failed[p]), "x_ideal": ratio_to(ideal, runs[p])} for p in presets}
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown(cfg.name, figures, shlex.join(["python3", "scripts/compare.py", *argv]))
+    table = markdown(cfg.name, figures, shlex.join(["python3", "scripts/compare.py", *argv]), ideal)
     (out / "compare.md").write_text(table)
     write_csv(out / "compare.csv", figures)
     plot(curves, cfg.training.target_accuracy, t_equal, out / "compare.png", f"{cfg.name}: {', '.join(presets)}")
     print(table)
     print(f"wrote {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'compare.png'}"
           + (f"; {sum(failed.values())} run(s) failed" if any(failed.values()) else ""), flush=True)
-    print(json.dumps({"scenario": cfg.name, "presets": figures}))
+    result = json.dumps({"scenario": cfg.name, "presets": figures, "ideal": ideal})
+    (out / "compare.json").write_text(result + "\n")
+    print(result)
     return 1 if any(failed.values()) else 0
 
 

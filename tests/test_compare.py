@@ -23,9 +23,13 @@ def test_markdown_csv_and_plot(tmp_path):
     runs = [load_run(fake_run(tmp_path / "a", evals_until(30), ttt=12.5, peers={0: PEER, 1: untagged}))]
     figures = {"bsp": aggregate(runs, 30.0), "dlion": aggregate([], 30.0, failed=1)}
     md = compare.markdown("hetero-4", figures, "python3 scripts/compare.py x.yaml")
+    ideal = {"threads": 2, "time_to_target_s": 5.0, "final_accuracy": 0.9, "samples_per_s": 8000.0}
+    assert compare.ratio_to(ideal, runs) == 2.5 and compare.ratio_to(None, runs) is None
+    assert "Ideal reference" in compare.markdown("hetero-4", figures, "x", ideal)
     assert "| preset | repeats | failed | reached target | time to target (s, median) |" in md
     assert "accuracy at 30.0 s" in md and "`python3 scripts/compare.py x.yaml`" in md
-    assert "| bsp | 1 | 0 | 1 | 12.5 | 0.8000 | 0.7800 | 0.8000 | 50 | 18 | 1 | 1,000 |" in md  # 2000 / 110, 100 / 110
+    # 2000 / 110 and 100 / 110 grad and model bytes per peer-iteration; no bytes_sent per peer here: 0 in all
+    assert "| bsp | 1 | 0 | 1 | 12.5 | 0.8000 | 0.7800 | 0.8000 | 50 | 18 | 1 | 0 | 1,000 | - |" in md
     assert "| dlion | 0 | 1 | 0 | - | - |" in md and "1 run(s) had no per-kind byte counts" in md
     compare.write_csv(tmp_path / "compare.csv", figures)
     rows = list(csv.DictReader(open(tmp_path / "compare.csv")))

@@ -65,6 +65,7 @@ MIN_QUOTA_US = 1000  # the kernel's floor for cfs_quota_us
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 CGROUP_V2 = Path("/sys/fs/cgroup")
 COMMAND_TIMEOUT_S = 30
+CGROUP_ENV = "DLION_CGROUP"  # the CPU cgroup a peer joins once it is ready to train
 
 
 # ---- running commands -------------------------------------------------------------------------------------------
@@ -348,11 +349,12 @@ class RealEmulation:
 
     def attach(self, peer_id: int, pid: int) -> None:
         """Move process `pid` (all its threads) into the peer's CPU cgroup."""
-        path = self._cgroup_dir(peer_id) / "cgroup.procs"
-        try:
-            path.write_text(f"{pid}\n")
-        except OSError as exc:
-            raise EmulationError(f"cannot move process {pid} into {path}: {exc.strerror}") from None
+        _join(self._cgroup_dir(peer_id), pid)
+
+    def peer_env(self, peer_id: int) -> dict[str, str]:
+        """What a peer process is told in its environment: the CPU cgroup it joins itself once it is ready to train
+        (`join_cgroup`), so that importing TensorFlow and building the model run before its CPU cap binds."""
+        return {CGROUP_ENV: str(self._cgroup_dir(peer_id))}
 
     def apply(self, at: float) -> list[Change]:
         """Apply the scheduled changes due by `at` seconds that are not applied yet; returns them in time order."""
@@ -514,6 +516,22 @@ class RealEmulation:
                 directory.rmdir()
             except OSError as exc:
                 raise EmulationError(f"cannot remove cgroup {directory}: {exc.strerror}") from None
+
+
+def join_cgroup() -> None:
+    """Move this process into the CPU cgroup the launcher named in its environment (`RealEmulation.peer_env`); nothing
+    without one (not under the real method, or in a container, whose limits the engine sets)."""
+    directory = os.environ.get(CGROUP_ENV)
+    if directory:
+        _join(Path(directory), os.getpid())
+
+
+def _join(directory: Path, pid: int) -> None:
+    path = directory / "cgroup.procs"
+    try:
+        path.write_text(f"{pid}\n")
+    except OSError as exc:
+        raise EmulationError(f"cannot move process {pid} into {path}: {exc.strerror}") from None
 
 
 def _write(path: Path, value: str) -> None:
