@@ -95,7 +95,7 @@ def _peer(cfg, peer_id: int, out_dir: str) -> int:
     from dlion.wiring import run_peer
     emulation = fallback.for_peer(cfg, peer_id, turns_dir=Path(out_dir))
     hooks = {} if emulation is None else {"clock": emulation, "link_policy": emulation.link_policy}
-    run_peer(cfg, peer_id, out_dir, ready=real.join_cgroup, **hooks)  # the CPU cap binds once the model is built
+    run_peer(cfg, peer_id, out_dir, ready=real.enter_cgroup, **hooks)  # the CPU cap binds once the model is built
     return 0
 
 

@@ -50,7 +50,8 @@ def prepare_out_dir(cfg: Config, out_dir: Path) -> Path:
     config."""
     out_dir.mkdir(parents=True, exist_ok=True)
     turns.remove_locks(out_dir)
-    for old in list(out_dir.glob("peer-*.jsonl")) + list(out_dir.glob("peer-*.log")) + [out_dir / "summary.json"]:
+    for old in [*out_dir.glob("peer-*.jsonl"), *out_dir.glob("peer-*.log"), *out_dir.glob(".peer-*.ready"),
+                out_dir / "summary.json"]:
         old.unlink(missing_ok=True)
     resolved = out_dir / "config.yaml"
     resolved.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -99,8 +100,8 @@ def start_peers(cfg: Config, argv_for: Callable[[int], list[str]], out_dir: Path
         with open(out_dir / f"peer-{peer.id}.log", "w") as console:
             procs[peer.id] = subprocess.Popen(
                 emulation.wrap(peer.id, argv) if emulation else argv, stdout=console, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env={**env, **(emulation.peer_env(peer.id) if emulation else {})},
-                preexec_fn=_die_with_parent)
+                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                env={**env, **(emulation.peer_env(peer.id, ready_file(out_dir, peer.id)) if emulation else {})})
 
 
 def stop_peers(procs: dict[int, subprocess.Popen], grace_s: float = TERM_GRACE_S) -> None:
@@ -169,15 +170,30 @@ def hard_limit_s(cfg: Config) -> float | None:
     return cfg.training.max_seconds + cfg.transport.startup_timeout_s + HARD_LIMIT_SLACK_S
 
 
+def ready_file(out_dir: Path, peer_id: int) -> Path:
+    """Where a peer under the real method says it is ready to train and to be moved into its CPU cgroup."""
+    return Path(out_dir) / f".peer-{peer_id}.ready"
+
+
 @dataclasses.dataclass
 class Launched:
     """Peer processes running under the config's emulation: the config they run with, their processes by peer id,
-    the real emulation around them (None if in-process), and when they were started (monotonic)."""
+    the real emulation around them (None if in-process), when they were started (monotonic), and where."""
 
     cfg: Config
     procs: dict[int, subprocess.Popen]
     emulation: object
     started: float
+    out_dir: Path
+
+    def attach_ready(self) -> None:
+        """Move every peer that said it is ready into its CPU cgroup (real method)."""
+        for peer_id, proc in self.procs.items():
+            path = ready_file(self.out_dir, peer_id)
+            if self.emulation and path.exists():
+                path.unlink()
+                if proc.poll() is None:
+                    self.emulation.attach(peer_id, proc.pid)  # `ip netns exec` execs the peer: same pid
 
 
 @contextlib.contextmanager
@@ -195,7 +211,7 @@ def launched(cfg: Config, out_dir: Path, write_config: Callable[[Config], Path],
         started = time.monotonic()
         start_peers(cfg, (argv_for or (lambda path: peer_argv(path, out_dir)))(config_path), out_dir, procs,
                     emulation)
-        yield Launched(cfg, procs, emulation, started)
+        yield Launched(cfg, procs, emulation, started, out_dir)
     finally:
         stop_peers(procs)
         turns.remove_locks(out_dir)
@@ -211,6 +227,7 @@ def supervise(run_: Launched, schedule_origin: Callable[[], float | None], limit
     try:
         while any(p.poll() is None for p in run_.procs.values()):
             time.sleep(poll_s)
+            run_.attach_ready()
             elapsed = time.monotonic() - run_.started
             tick(elapsed)
             if run_.emulation and (origin := schedule_origin()) is not None:

@@ -88,7 +88,7 @@ def probe(args) -> None:
     batch = max(1, cfg.training.global_batch // len(cfg.peers))
     x, y = ds.x_train[:batch], ds.y_train[:batch]
     tr.gradients(x, y)  # warm up outside the measurement
-    real.join_cgroup()  # as a peer does once it is built (under the real method)
+    real.enter_cgroup()  # as a peer does once it is built (under the real method)
     result: dict = {"id": args.id}
     if args.reference:
         result["rate"], _ = _compute(tr, x, y, None, time.time() + 0.5, args.seconds)

@@ -281,3 +281,19 @@ def test_each_config_has_its_own_emulation_and_setting_one_up_leaves_the_others_
     finally:
         a.down()
         b.down()
+
+
+def test_a_peer_says_it_is_ready_and_waits_for_its_cgroup(tmp_path, monkeypatch):
+    ready = tmp_path / ".peer-0.ready"
+    monkeypatch.delenv(real.READY_ENV, raising=False)
+    real.enter_cgroup()  # not under the real method: nothing to do
+    assert not ready.exists()
+    current = next(line.split(":", 2)[2].strip() for line in open("/proc/self/cgroup")
+                   if "cpu" in line.split(":", 2)[1].split(",") or line.startswith("0::"))
+    monkeypatch.setenv(real.READY_ENV, str(ready))
+    monkeypatch.setenv(real.CGROUP_ENV, current)
+    real.enter_cgroup()  # already there: returns at once, having said it is ready
+    assert ready.exists()
+    monkeypatch.setenv(real.CGROUP_ENV, "/nowhere")
+    with pytest.raises(EmulationError, match="not moved"):
+        real.enter_cgroup(timeout_s=0.1)

@@ -42,6 +42,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -65,7 +66,9 @@ MIN_QUOTA_US = 1000  # the kernel's floor for cfs_quota_us
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 CGROUP_V2 = Path("/sys/fs/cgroup")
 COMMAND_TIMEOUT_S = 30
-CGROUP_ENV = "DLION_CGROUP"  # the CPU cgroup a peer joins once it is ready to train
+READY_ENV = "DLION_READY"  # the file a peer creates once it is ready to train ...
+CGROUP_ENV = "DLION_CGROUP"  # ... and the CPU cgroup it then waits to be moved into
+ENTER_TIMEOUT_S = 60.0
 
 
 # ---- running commands -------------------------------------------------------------------------------------------
@@ -351,10 +354,11 @@ class RealEmulation:
         """Move process `pid` (all its threads) into the peer's CPU cgroup."""
         _join(self._cgroup_dir(peer_id), pid)
 
-    def peer_env(self, peer_id: int) -> dict[str, str]:
-        """What a peer process is told in its environment: the CPU cgroup it joins itself once it is ready to train
-        (`join_cgroup`), so that importing TensorFlow and building the model run before its CPU cap binds."""
-        return {CGROUP_ENV: str(self._cgroup_dir(peer_id))}
+    def peer_env(self, peer_id: int, ready_file: Path) -> dict[str, str]:
+        """What a peer process is told in its environment: the file to create once it is ready to train, and the CPU
+        cgroup it then waits to be moved into (`enter_cgroup`), so that importing TensorFlow and building the model
+        run before its CPU cap binds."""
+        return {READY_ENV: str(ready_file), CGROUP_ENV: f"/{self.tag}/p{peer_id}"}
 
     def apply(self, at: float) -> list[Change]:
         """Apply the scheduled changes due by `at` seconds that are not applied yet; returns them in time order."""
@@ -518,12 +522,29 @@ class RealEmulation:
                 raise EmulationError(f"cannot remove cgroup {directory}: {exc.strerror}") from None
 
 
-def join_cgroup() -> None:
-    """Move this process into the CPU cgroup the launcher named in its environment (`RealEmulation.peer_env`); nothing
-    without one (not under the real method, or in a container, whose limits the engine sets)."""
-    directory = os.environ.get(CGROUP_ENV)
-    if directory:
-        _join(Path(directory), os.getpid())
+def enter_cgroup(timeout_s: float = ENTER_TIMEOUT_S) -> None:
+    """Say this peer is ready (the file the launcher named in its environment, `RealEmulation.peer_env`) and wait
+    until the launcher has moved it into its CPU cgroup. Inside its network namespace a peer cannot do it itself:
+    `ip netns exec` mounts a /sys of its own, without the cgroup hierarchy. Nothing to do without the environment (not
+    under the real method, or in a container, whose limits the engine sets)."""
+    ready, group = os.environ.get(READY_ENV), os.environ.get(CGROUP_ENV)
+    if not ready or not group:
+        return
+    Path(ready).touch()
+    deadline = time.monotonic() + timeout_s
+    while not _in_cgroup(group):
+        if time.monotonic() > deadline:
+            raise EmulationError(f"not moved into CPU cgroup {group} within {timeout_s:.0f} s of saying so in {ready}")
+        time.sleep(0.02)
+
+
+def _in_cgroup(group: str) -> bool:
+    """Whether /proc/self/cgroup shows this process in `group` of the CPU controller (v1) or the unified tree (v2)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if path == group and (controllers == "" or "cpu" in controllers.split(",")):
+            return True
+    return False
 
 
 def _join(directory: Path, pid: int) -> None:
