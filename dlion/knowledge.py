@@ -3,7 +3,9 @@
 Every `every` iterations each peer scores its model (loss on a held-out slice of its own data, never trained on) and
 sends the score to every other peer. Once the scores of that round are in (or `patience` iterations later), a peer
 whose loss exceeds the best peer's by more than `margin` (relative) sends that peer a fetch; the best peer answers
-with its parameters when its loop next comes by, and the fetching peer merges them when they arrive:
+with its parameters when its loop next comes by, and the fetching peer merges them when they arrive. Only peers whose
+link to the fetching one carries the model within `transfer_budget_s` are fetched from, so a model never holds up
+the round messages behind it on a slow link for longer than that:
 
     x <- (1 - alpha) x + alpha x_best
 
@@ -13,6 +15,7 @@ answer within `timeout_s` is abandoned. Each merge is reported with its bytes an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -51,6 +54,10 @@ class KnowledgeTransfer(Strategy):
         patience: int = option(10, check=positive,
                                expect="a positive integer (iterations to wait for the other peers' scores)")
         timeout_s: float = option(30.0, check=positive, expect="a positive number of seconds to wait for a model")
+        transfer_budget_s: Optional[float] = option(
+            0.25, check=positive, expect="a positive number of seconds: fetch only from a peer whose link to this one "
+                                        "carries the model within it (its measured rate, else its configured one); "
+                                        "null for any peer")
 
     @classmethod
     def requires(cls, params: Params) -> Requirements:
@@ -64,6 +71,7 @@ class KnowledgeTransfer(Strategy):
         self._served: dict[int, int] = {}     # peer -> round of the last fetch we answered
         self._scoring: tuple[int, float] | None = None  # (round, own loss) waiting for the others' scores
         self._fetch: dict | None = None       # the outstanding fetch
+        self._model_bits: int | None = None
 
     def step(self, iteration: int) -> dict | None:
         """Serve fetches, score when due, decide, merge what arrived. Returns a `transfer` event when it merged."""
@@ -99,11 +107,25 @@ class KnowledgeTransfer(Strategy):
         self._scoring = None
         if not scores or self._fetch is not None:
             return
-        best = min(scores, key=lambda p: (scores[p], p))
+        reachable = [p for p in scores if self._deliverable(p)]
+        if not reachable:
+            return
+        best = min(reachable, key=lambda p: (scores[p], p))
         if own > scores[best] * (1 + self.params.margin):
             self.transport.send(best, messages.FETCH, round_)
             self._fetch = {"from": best, "round": round_, "sent": self.ctx.clock(), "own_loss": own,
                            "best_loss": scores[best]}
+
+    def _deliverable(self, peer: int) -> bool:
+        """Whether the link from `peer` carries our model within the transfer budget: a model that takes longer
+        would hold up the round messages behind it on that link."""
+        budget = self.params.transfer_budget_s
+        if budget is None:
+            return True
+        if self._model_bits is None:
+            self._model_bits = 32 * self.model.get().size
+        bps = self.transport.inbound_bandwidth(peer) or self.ctx.inbound_bandwidths.get(peer)
+        return bps is None or self._model_bits / bps <= budget
 
     def _merge(self) -> dict | None:
         fetch = self._fetch

@@ -13,6 +13,7 @@ BASELINE = {"batching": {"kind": "fixed"}, "exchange": {"kind": "dense"}, "knowl
 # push-sum gossip trains each peer on its own gradient and mixes models over a time-varying directed graph
 GOSSIP = {"batching": {"kind": "fixed"}, "exchange": {"kind": "none"}, "knowledge": {"kind": "none"}}
 ONE_PEER_EXPONENTIAL = {"kind": "one-peer-exponential"}
+FULL_STALENESS = 2
 
 PRESETS: dict[str, dict] = {
     # the reference without collaboration: each peer trains alone on its own data, nothing sent but evaluations
@@ -33,10 +34,13 @@ PRESETS: dict[str, dict] = {
     # Sparse-Push with skew compensation, for label-skewed (non-IID) partitions
     "sparse-push-skew": {"strategies": {**GOSSIP, "gossip": {"kind": "sparse-push", "skew_compensation": "logit-adjustment"}},
                          "topology": ONE_PEER_EXPONENTIAL},
-    # the four-part peer: weighted batching, prioritized gradient exchange with the round's out-neighbours,
-    # Sparse-Push gossip on the time-varying graph, direct knowledge transfer
-    "full": {"strategies": {"batching": {"kind": "weighted"}, "exchange": {"kind": "prioritized"},
-                            "knowledge": {"kind": "dkt"}, "gossip": {"kind": "sparse-push"}},
+    # the four-part peer: weighted batching, prioritized gradient exchange on every link every round (each link
+    # carries what its budget allows), Sparse-Push gossip on the time-varying graph, direct knowledge transfer over
+    # links fast enough for a model; rounds overlap: a neighbour may lag 2 rounds before anyone waits for it
+    "full": {"strategies": {"batching": {"kind": "weighted"},
+                            "exchange": {"kind": "prioritized", "graph": "full", "staleness": FULL_STALENESS},
+                            "knowledge": {"kind": "dkt"},
+                            "gossip": {"kind": "sparse-push", "staleness": FULL_STALENESS}},
              "topology": ONE_PEER_EXPONENTIAL},
 }
 

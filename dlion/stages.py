@@ -50,6 +50,7 @@ class StageContext:
     cores: dict[int, float]
     link_bandwidths: dict[int, float] = field(default_factory=dict)  # configured rate of each outgoing link (bit/s)
     model: ModelAccess | None = None
+    inbound_bandwidths: dict[int, float] = field(default_factory=dict)  # configured rate of each incoming link
     clock: Callable[[], float] = time.monotonic
 
     @property

@@ -130,8 +130,10 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
                         score=lambda: trainer.evaluate(x_hold, y_hold)[0])
     ids = tuple(sorted(cfg.peer_ids))
     graph = cfg.graph()
+    others = [p for p in ids if p != peer_id]
     ctx = StageContext(peer_id, ids, transport, graph, cfg.training.global_batch, {p: cfg.cores(p) for p in ids},
-                       {d: cfg.link(peer_id, d).bandwidth for d in graph.destinations(peer_id)}, model)
+                       {d: cfg.link(peer_id, d).bandwidth for d in others}, model,
+                       inbound_bandwidths={s: cfg.link(s, peer_id).bandwidth for s in others})
     stages = _make_stages(cfg, ctx)
     _warm_up(trainer, local, stages.batching.batch_size(0))
     clock = clock or Unpaced()

@@ -78,10 +78,11 @@ def inproc():
         t.close()
 
 
-def stage_context(transports, peer, topology=None, global_batch=96, cores=None, link_bandwidths=None, model=None):
+def stage_context(transports, peer, topology=None, global_batch=96, cores=None, link_bandwidths=None, model=None,
+                  inbound_bandwidths=None):
     """The `StageContext` of `peer` among `transports` (default graph: the full mesh, all peers of one core)."""
     from dlion.stages import StageContext
     from dlion.topology import Topology, TopologySpec
     ids = tuple(sorted(transports))
     return StageContext(peer, ids, transports[peer], topology or Topology(TopologySpec("full"), ids), global_batch,
-                        cores or dict.fromkeys(ids, 1.0), link_bandwidths or {}, model)
+                        cores or dict.fromkeys(ids, 1.0), link_bandwidths or {}, model, inbound_bandwidths or {})

@@ -1,4 +1,6 @@
 """Dense BSP exchange over the in-process transport: weighted mean, bad gradients rejected, dead peers cost a deadline."""
+import time
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,24 @@ def test_no_exchange_applies_the_peers_own_gradient_and_sends_nothing(transports
     result = ex.exchange(0, grads, 32)
     assert result.grads is grads and (result.received, result.wait_s) == (0, 0.0)
     assert all(s.msgs_sent == 0 for s in transports[0].stats().values())
+
+
+def test_staleness_weights_decay_polynomially():
+    from dlion.exchange.dense import staleness_weight
+    assert staleness_weight(0, 0.5) == 1.0 and staleness_weight(3, 0.5) == 0.5 and staleness_weight(3, 0.0) == 1.0
+
+
+def test_with_staleness_a_late_gradient_is_used_next_round_at_its_staleness_weight(transports):
+    params = DenseExchange.Params(deadline_s=2.0, staleness=1, staleness_exponent=1.0)
+    ex = {p: DenseExchange(params, stage_context(transports, p)) for p in PEERS}
+    ones = np.ones(4, np.float32)
+    ex[1].exchange(0, ones * 3, 1)
+    start = time.monotonic()
+    first = ex[0].exchange(0, ones * 0, 1)
+    assert time.monotonic() - start < 0.5, "peer 2 is not more than one round behind: nobody waits for it"
+    np.testing.assert_allclose(first.grads, 1.5)  # its own and peer 1's round 0
+    transports[2].send(0, "grad", 0, {"g": ones * 6}, {"w": 1.0})  # peer 2's round 0 comes in late
+    result = ex[0].exchange(1, ones * 0, 1)
+    # round 1: its own (weight 1) and peer 2's round 0 at weight 1 / (1 + 1); peer 1's round 1 is not there yet
+    np.testing.assert_allclose(result.grads, (6 * 0.5) / 1.5)
+    assert result.received == 1

@@ -166,19 +166,26 @@ def test_a_peer_that_skips_a_round_folds_it_in_later_and_nothing_is_lost(inproc,
 
 
 @pytest.mark.parametrize("cls,params", [(PushSum, {}), (SparsePush, SPARSE)], ids=["push-sum", "sparse-push"])
-def test_late_messages_are_dropped_and_their_weight_comes_with_the_next_message_of_the_link(inproc, cls, params):
+def test_a_message_after_its_round_is_folded_in_with_the_next_round_and_nothing_is_lost(inproc, cls, params):
     ids = [0, 1, 2, 3, 4]
     transports, gossips = network(inproc, ids, TopologySpec("one-peer-exponential"), cls, deadline_s=0.3, **params)
     starts = start_vectors(ids, 3)
 
     # peer 2 falls behind its out-neighbours' deadlines early on, while the models still differ
     results = gossip_only(gossips, starts, 220, delay(2, 3, 0.5))
-    assert sum(s.late for t in transports.values() for s in t.stats().values()) >= 1
-    assert sum(g.w for g in gossips.values()) == pytest.approx(5, abs=1e-12)  # weight restored exactly
+    late = [r.wait_s for r in results[gossips_after(2, 3, transports)][3:4]]
+    assert late and late[0] >= 0.25  # its out-neighbour gave up waiting for it in round 3 ...
+    assert sum(s.late for t in transports.values() for s in t.stats().values()) == 0  # ... and used it later
+    assert sum(g.w for g in gossips.values()) == pytest.approx(5, abs=1e-12)  # weight conserved exactly
     zs = finals(results)
     for z in zs.values():  # consensus, near the average: the restored weight came valued at the senders' newer models
         np.testing.assert_allclose(z, zs[0], atol=1e-5)
     assert np.abs(zs[0] - average(starts)).max() < 0.2
+
+
+def gossips_after(peer, round_, transports):
+    """The out-neighbour of `peer` in `round_` on the one-peer exponential graph of the transports' peers."""
+    return Topology(TopologySpec("one-peer-exponential"), list(transports)).out_neighbours(peer, round_)[0]
 
 
 def test_a_late_message_costs_nothing_once_the_models_agree(inproc):
@@ -186,7 +193,7 @@ def test_a_late_message_costs_nothing_once_the_models_agree(inproc):
     transports, gossips = network(inproc, ids, TopologySpec("one-peer-exponential"), PushSum, deadline_s=0.3)
     starts = start_vectors(ids, 4)
     results = gossip_only(gossips, starts, 12, delay(1, 5, 0.5))
-    assert sum(t.stats()[1].late for p, t in transports.items() if p != 1) >= 1
+    assert results[gossips_after(1, 5, transports)][5].wait_s >= 0.25  # its message of round 5 came too late
     for z in finals(results).values():
         np.testing.assert_allclose(z, average(starts), atol=1e-6)
 
@@ -310,3 +317,24 @@ def test_skew_compensation_through_gossip_brings_heterogeneous_peers_together(in
 
         spread[on] = max(np.abs(z - target).max() for z in in_threads(loop, ids).values())
     assert spread[True] < 0.2 * spread[False]
+
+
+@pytest.mark.parametrize("cls,params", [(PushSum, {}), (SparsePush, SPARSE)], ids=["push-sum", "sparse-push"])
+def test_with_staleness_no_one_waits_and_push_sum_mass_stays_exact(inproc, cls, params):
+    ids = [0, 1, 2, 3, 4]
+    transports, gossips = network(inproc, ids, TopologySpec("one-peer-exponential"), cls, deadline_s=2.0,
+                                  staleness=2, **params)
+    starts = start_vectors(ids, 6)
+    rng = np.random.default_rng(6)
+    jitter = {(p, r): rng.uniform(0, 0.004) for p in ids for r in range(150)}
+    results = gossip_only(gossips, starts, 150, lambda p, r: time.sleep(jitter[p, r]))
+    assert max(r.wait_s for rs in results.values() for r in rs) < 1.0  # nobody waited for a deadline
+    # what is still in flight: every message a peer has not collected yet, folded in now
+    for p, g in gossips.items():
+        for msgs in transports[p].mailbox.collect(KIND, 10**6, [], time.monotonic()).values():
+            for msg in msgs:
+                assert g._receive(msg) == 1
+    assert sum(g.w for g in gossips.values()) == pytest.approx(5, abs=1e-9)  # not one push-sum weight lost
+    x_total = sum(g.x for g in gossips.values())
+    debts = sum(link.debt for g in gossips.values() for link in g._out.values())
+    np.testing.assert_allclose(x_total + debts, sum(starts[p].astype(np.float64) for p in ids), atol=1e-6)

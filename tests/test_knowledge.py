@@ -102,3 +102,15 @@ def test_an_unanswered_fetch_is_abandoned_after_its_timeout(inproc):
     run(st, 1, start=7, peers=(1, 2))
     assert st[2]._fetch is None
     np.testing.assert_allclose(models[2].x, 5.0)
+
+
+def test_no_fetch_over_a_link_too_slow_to_carry_the_model_within_the_budget(inproc):
+    transports = inproc(PEERS)
+    models = {0: Model(1.0, loss=0.30), 1: Model(2.0, loss=0.32), 2: Model(5.0, loss=0.60)}
+    p = KnowledgeTransfer.Params(every=5, alpha=0.5, margin=0.1, transfer_budget_s=0.25)
+    slow = {0: 1e5, 1: 1e9}  # 32,000 bits of model: 0.32 s from peer 0, 32 us from peer 1
+    st = {i: KnowledgeTransfer(p, stage_context(transports, i, model=models[i].access(),
+                                                inbound_bandwidths=slow if i == 2 else None)) for i in PEERS}
+    events = run(st, 7)
+    (it, event), = events[2]
+    assert event["from"] == 1  # the best peer's link is too slow: the best one it can reach

@@ -1,51 +1,72 @@
-"""Dense synchronous gradient averaging among neighbours: the BSP baseline, and the combination rule all exchanges share.
+"""Dense gradient averaging among neighbours: the BSP baseline, and the rounds and combination rule all exchanges share.
 
 Each round a peer sends its full gradient, with its batch size as weight, to the round's out-neighbours (everyone, on
-the default full mesh), then waits for its in-neighbours' until the round deadline. The result is the batch-weighted
-mean of what arrived (its own always included), so with a full mesh and no losses every peer applies the same
-gradient as one large-batch step. A dead or slow neighbour costs at most the deadline; the mailbox stops waiting for
-it altogether after a few missed rounds.
+the default full mesh), then combines its own with every in-neighbour gradient that arrived for this round or an
+earlier one and was not used yet. How long it waits is the `staleness` bound: with 0 (the default, BSP) it waits
+until each in-neighbour's gradient of this very round is there (lockstep); with s > 0 it waits only for an
+in-neighbour that has sent nothing for round t - s or later, so the round's messages travel while the next gradients
+are computed. In either case it waits at most the round deadline, and a dead or slow neighbour costs at most that;
+the mailbox stops waiting for it altogether after a few missed rounds.
+
+The result is the weighted mean of the gradients used: a gradient of round r, used at round t, weighs its batch size
+times (1 + t - r)^(-staleness_exponent). A late gradient is still used, for less the staler it is (FedASMU's
+staleness-aware weighting; ours is the polynomial decay of asynchronous federated optimisation): it was computed on
+parameters that have moved on since, so it points less surely where the model should go now, but it still carries
+information from data no other peer holds. With a full mesh, no losses and staleness 0 every peer applies the same
+gradient as one large-batch step.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from dlion import messages
 from dlion.schema import option, positive
 from dlion.stages import ExchangeResult, StageContext, Strategy
+from dlion.topology import Topology, TopologySpec
 from dlion.transport.wire import Sparse
 
 
-def gather(ctx: StageContext, round_: int, deadline_s: float, own: np.ndarray, weight: float,
+def staleness_weight(staleness: int, exponent: float) -> float:
+    """The share of its batch weight a gradient keeps when used `staleness` rounds after it was computed."""
+    return (1.0 + staleness) ** -exponent
+
+
+def gather(ctx: StageContext, graph, round_: int, params, own: np.ndarray, weight: float,
            budgets: dict | None = None) -> ExchangeResult:
-    """Wait (until the round's deadline) for the in-neighbours' gradients of `round_` and combine them with ours."""
+    """Wait as the staleness bound says (at most the round deadline) for the in-neighbours' gradients, and combine
+    every one not used yet, up to this round, with ours (`params`: the exchange's deadline_s, staleness and
+    staleness_exponent)."""
     start = ctx.clock()
-    got = ctx.transport.mailbox.take(messages.GRAD, round_, ctx.topology.in_neighbours(ctx.peer_id, round_),
-                                     start + deadline_s)
+    expected = graph.in_neighbours(ctx.peer_id, max(0, round_ - params.staleness))
+    got = ctx.transport.mailbox.collect(messages.GRAD, round_, expected, start + params.deadline_s, params.staleness)
     wait_s = ctx.clock() - start
-    total, used = combine(ctx.transport, own, weight, got.values())
+    weighted = [(msg, staleness_weight(round_ - msg.round, params.staleness_exponent))
+                for msgs in got.values() for msg in msgs]
+    total, used = combine(ctx.transport, own, weight, weighted)
     return ExchangeResult(total, used, wait_s, budgets or {})
 
 
-def combine(transport, own: np.ndarray, weight: float, messages_) -> tuple[np.ndarray, int]:
-    """Batch-weighted mean of our gradient and the neighbours' (dense or sparse 'g', weight 'w' in meta).
+def combine(transport, own: np.ndarray, weight: float, weighted) -> tuple[np.ndarray, int]:
+    """Weighted mean of our gradient and the neighbours' (dense or sparse 'g', batch weight 'w' in meta, times the
+    factor each comes with in `weighted`: (message, factor) pairs).
 
     A message that cannot be combined (wrong size or dtype, non-finite values) is dropped and counted by the
     transport. Returns the mean and how many neighbour gradients went into it.
     """
-    usable = [msg for msg in messages_ if _usable(transport, msg, own)]
+    usable = [(msg, factor * msg.meta["w"]) for msg, factor in weighted if _usable(transport, msg, own)]
     if not usable:
         return own, 0
     total = own * np.float32(weight)
-    for msg in usable:
-        g, w = msg.tensors["g"], np.float32(msg.meta["w"])
+    for msg, w in usable:
+        g, w = msg.tensors["g"], np.float32(w)
         if isinstance(g, Sparse):
             total[g.indices] += g.values * w  # strictly increasing, so unique: fancy-index += is exact
         else:
             total += g * w
-    total /= np.float32(weight + sum(msg.meta["w"] for msg in usable))
+    total /= np.float32(weight + sum(w for _, w in usable))
     return total, len(usable)
 
 
@@ -67,11 +88,11 @@ def _usable(transport, msg, own: np.ndarray) -> bool:
     return False
 
 
-def send_to_out_neighbours(ctx: StageContext, round_: int, payload_for, weight: float) -> dict:
+def send_to_out_neighbours(ctx: StageContext, graph, round_: int, payload_for, weight: float) -> dict:
     """Send each live out-neighbour of `round_` its gradient message, `payload_for(dst)` -> (tensor 'g', budget
     figures or None); returns the budget figures per destination."""
     budgets = {}
-    for dst in ctx.live(ctx.topology.out_neighbours(ctx.peer_id, round_)):
+    for dst in ctx.live(graph.out_neighbours(ctx.peer_id, round_)):
         g, budget = payload_for(dst)
         ctx.transport.send(dst, messages.GRAD, round_, {"g": g}, {"w": float(weight)})
         if budget is not None:
@@ -79,17 +100,37 @@ def send_to_out_neighbours(ctx: StageContext, round_: int, payload_for, weight: 
     return budgets
 
 
+@dataclass(frozen=True)
+class RoundParams:
+    """What every exchange says about its rounds: which graph, how long to wait, how stale a gradient may be."""
+
+    deadline_s: float = option(5.0, check=positive, expect="a positive number of seconds")
+    staleness: int = option(0, check=lambda x: x >= 0,
+                            expect="a non-negative integer: rounds an in-neighbour may lag before the peer waits for "
+                                   "it (0: lockstep)")
+    staleness_exponent: float = option(0.5, check=lambda x: x >= 0,
+                                       expect="a non-negative number: a gradient used s rounds late weighs "
+                                              "(1 + s)^-exponent of its batch weight")
+    graph: Literal["topology", "full"] = option(
+        "topology", expect="topology (the round graph of the config's topology block) or full (every link, every "
+                           "round)")
+
+
+def exchange_graph(params: RoundParams, ctx: StageContext):
+    """The graph the gradients follow: the config's round graph, or every link every round."""
+    return ctx.topology if params.graph == "topology" else Topology(TopologySpec("full"), ctx.peer_ids)
+
+
 class DenseExchange(Strategy):
-    """Synchronous batch-weighted averaging of full gradients with the neighbours (BSP), with a round deadline."""
+    """Batch-weighted averaging of full gradients with the neighbours (BSP at staleness 0), with a round deadline."""
 
-    @dataclass(frozen=True)
-    class Params:
-        deadline_s: float = option(5.0, check=positive, expect="a positive number of seconds")
+    Params = RoundParams
 
-    def __init__(self, params: Params, ctx: StageContext):
+    def __init__(self, params: RoundParams, ctx: StageContext):
         self.params = params
         self.ctx = ctx
+        self.graph = exchange_graph(params, ctx)
 
     def exchange(self, round_: int, grads: np.ndarray, weight: float, compute_s: float = 0.0) -> ExchangeResult:
-        send_to_out_neighbours(self.ctx, round_, lambda dst: (grads, None), weight)
-        return gather(self.ctx, round_, self.params.deadline_s, grads, weight)
+        send_to_out_neighbours(self.ctx, self.graph, round_, lambda dst: (grads, None), weight)
+        return gather(self.ctx, self.graph, round_, self.params, grads, weight)

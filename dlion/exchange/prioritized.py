@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from dlion.compression import LinkResidual
-from dlion.exchange.dense import gather, send_to_out_neighbours
+from dlion.exchange.dense import RoundParams, exchange_graph, gather, send_to_out_neighbours
 from dlion.schema import option, positive
 from dlion.smoothing import Ema
 from dlion.stages import ExchangeResult, StageContext, Strategy
@@ -43,8 +43,7 @@ class PrioritizedExchange(Strategy):
     """Per-link budgeted top-k with error feedback; batch-weighted combination with a round deadline."""
 
     @dataclass(frozen=True)
-    class Params:
-        deadline_s: float = option(5.0, check=positive, expect="a positive number of seconds")
+    class Params(RoundParams):
         time_budget_s: Optional[float] = option(
             None, check=positive, expect="a positive number of seconds per iteration, or null for the peer's own "
                                          "compute time per iteration")
@@ -57,13 +56,15 @@ class PrioritizedExchange(Strategy):
     def __init__(self, params: Params, ctx: StageContext):
         self.params = params
         self.ctx = ctx
+        self.graph = exchange_graph(params, ctx)
         self.residuals: dict[int, LinkResidual] = {}
         self._compute_s = Ema(params.smoothing)
 
     def exchange(self, round_: int, grads: np.ndarray, weight: float, compute_s: float = 0.0) -> ExchangeResult:
         budget_s = self._time_budget(compute_s)
-        budgets = send_to_out_neighbours(self.ctx, round_, lambda dst: self._payload(dst, grads, budget_s), weight)
-        return gather(self.ctx, round_, self.params.deadline_s, grads, weight, budgets)
+        budgets = send_to_out_neighbours(self.ctx, self.graph, round_, lambda dst: self._payload(dst, grads, budget_s),
+                                         weight)
+        return gather(self.ctx, self.graph, round_, self.params, grads, weight, budgets)
 
     def _payload(self, dst: int, grads: np.ndarray, budget_s: float):
         """The link's message: its budget's worth of the largest entries of gradient + residual."""

@@ -13,17 +13,21 @@ One round t, `step(t, params)`:
    a * x: exactly SGP's column-stochastic mixing. Sparse-Push sends less and owes the rest (`sparse_push.py`).
    A departed out-neighbour's share simply stays with the sender (departed: it said bye, or its connection dropped,
    as a killed process's does; pushing on into a dead peer would drain the sender's weight towards zero).
-3. Receive: it takes the round's messages from its in-neighbours until `deadline_s` (the mailbox stops waiting for
-   departed and suspected peers) and adds each one's weight and numerator mass.
+3. Receive: it collects every message sent to it for this round or an earlier one that it has not used yet, in
+   round order per sender, and adds each one's weight and numerator mass. It waits (at most `deadline_s`; the
+   mailbox stops waiting for departed and suspected peers) only for an in-neighbour of round t - `staleness` that has
+   sent nothing for that round or later: with staleness 0 for this round's messages (lockstep); with more, the
+   round's messages are in flight while the next gradient is computed, and are folded in when they have arrived.
 4. It returns z = x / w (float32), the parameters to train on next.
 
 Missed rounds and lost messages: weight is restored, not lost. Every message carries a sequence number "n" and the
 running sum "w" of the weight pushed on its link so far; the receiver adds the growth of that sum since the last
 message it used on the link, valued at the model the message carries. So:
-- A receiver that skips rounds (calls `step` for a later round) first folds in what was sent to it for the rounds
-  it skipped (still in its mailbox, since it never took them): exact, nothing lost.
+- A receiver that skips rounds (calls `step` for a later round), or that receives a round's message after its own
+  round passed, folds it in with the next round's: the mailbox keeps what was not collected. Exact, nothing lost,
+  as every message is used once and in order.
 - A sender that skips a round sends nothing and keeps its share: nothing in flight, nothing lost.
-- A message the receiver cannot use (too late for its round, lost, rejected) leaves its weight in the running sum;
+- A message the receiver cannot use (lost, rejected) leaves its weight in the running sum;
   the link's next delivered message carries it, so the total weight is restored exactly at that delivery, and the
   numerator with it at the sender's newer model (off by the missed weight times how far that model moved meanwhile:
   nothing once the models agree). Until then the weight is in flight: sum(w) + in flight = number of peers, always.
@@ -82,6 +86,9 @@ class PushSum(Strategy):
     class Params:
         deadline_s: float = option(5.0, check=positive, expect="a positive number of seconds to wait for the "
                                                                  "round's in-neighbours")
+        staleness: int = option(0, check=lambda x: x >= 0,
+                                expect="a non-negative integer: rounds an in-neighbour may lag before the peer waits "
+                                       "for it (0: lockstep)")
         skew_compensation: Literal[SKEW_COMPENSATIONS] = option(
             "none", expect="one of: none; logit-adjustment (each peer trains with its logits shifted by the log of its "
                            "label frequencies: dlion/trainer.py); flow-integral (integral feedback on the gossip "
@@ -131,28 +138,18 @@ class PushSum(Strategy):
         if self.skew is not None:
             self.x += self.skew.correction()
         before_gossip = None if self.skew is None else self.x.copy()
-        received = self._fold_skipped(round_)
         sent = self._push(round_)
-        expected = self.topology.in_neighbours(self.peer_id, round_)
+        lag = self.params.staleness
+        expected = self.topology.in_neighbours(self.peer_id, max(0, round_ - lag))
         start = self.ctx.clock()
-        got = self.transport.mailbox.take(KIND, round_, expected, start + self.params.deadline_s)
+        got = self.transport.mailbox.collect(KIND, round_, expected, start + self.params.deadline_s, lag)
         wait_s = self.ctx.clock() - start
-        received += sum(self._receive(got[src]) for src in sorted(got))
+        received = sum(self._receive(msg) for src in sorted(got) for msg in got[src])
         if self.skew is not None:
             self.skew.observe(self.x - before_gossip)
         self.last_round = round_
         self.z = (self.x / self.w).astype(np.float32)
         return GossipResult(self.w, received, wait_s, sent, self.z)
-
-    def _fold_skipped(self, round_: int) -> int:
-        """Use what in-neighbours sent us for the rounds we skipped: still in the mailbox, as we never took them."""
-        used = 0
-        for r in range(self.last_round + 1, round_):
-            for src in self.topology.in_neighbours(self.peer_id, r):
-                msg = self.transport.mailbox.latest_before(KIND, src, r + 1)
-                if msg is not None and msg.round == r:
-                    used += self._receive(msg)
-        return used
 
     def _push(self, round_: int) -> dict[int, int]:
         for dst in self.transport.mailbox.departed & self._out.keys():  # what we owed a departed peer stays here

@@ -1,7 +1,8 @@
 """Mailbox: decoded messages keyed by (kind, round, sender), with waiting, staleness, lateness and suspicion.
 
-Stages never poll the network: they `take` what a round needs, and the mailbox wakes them the moment the last
-expected message is filed, or at their deadline.
+Stages never poll the network: they `take` what a round needs (lockstep: one message per sender for the round), or
+`collect` every message up to a round that they have not used yet (overlapped rounds with bounded staleness), and
+the mailbox wakes them the moment the last expected message is filed, or at their deadline.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Mailbox:
         self._store: dict[str, dict[int, dict[int, Message]]] = defaultdict(lambda: defaultdict(dict))
         self._low: dict[str, int] = {}
         self._latest: dict[tuple[str, int], Message] = {}
+        self._newest: dict[tuple[str, int], int] = {}  # the highest round filed per (kind, sender)
         self._misses: dict[int, int] = defaultdict(int)
         self._departed: set[int] = set()
 
@@ -43,8 +45,41 @@ class Mailbox:
             if len(rounds) > self.keep_rounds:
                 del rounds[min(rounds)]
             self._latest[(msg.kind, msg.sender)] = msg
+            key = (msg.kind, msg.sender)
+            self._newest[key] = max(msg.round, self._newest.get(key, msg.round))
             self._cond.notify_all()
             return True
+
+    def collect(self, kind: str, round: int, senders: Iterable[int], deadline: float,
+                staleness: int = 0) -> dict[int, list[Message]]:
+        """Every message of `kind` with a round up to `round` not collected before, per sender in round order; first
+        waiting (until `deadline`) only while an expected sender has sent nothing for `round - staleness` or later.
+
+        Collected messages leave the mailbox; later rounds stay for a later call, and a message that arrives after
+        its round was collected is collected next time: nothing is late. Departed and suspected senders are not
+        waited for (their messages are still collected), and a sender that did not meet the bound by the deadline
+        counts a miss, as with `take`.
+        """
+        senders = set(senders)
+        needed = round - staleness
+        with self._cond:
+            while True:
+                behind = {s for s in senders if self._newest.get((kind, s), -1) < needed}
+                remaining = deadline - time.monotonic()
+                if not behind - self._departed - self._suspected() or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            for s in senders - self._departed:
+                if s in behind:
+                    self._misses[s] += 1
+                else:
+                    self._misses.pop(s, None)
+            found = {}
+            for s, rounds in self._store.get(kind, {}).items():
+                ready = sorted(r for r in rounds if r <= round)
+                if ready:
+                    found[s] = [rounds.pop(r) for r in ready]
+            return found
 
     def take(self, kind: str, round: int, senders: Iterable[int], deadline: float,
              staleness: int = 0) -> dict[int, Message]:

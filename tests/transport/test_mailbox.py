@@ -170,3 +170,32 @@ def test_concurrent_takers_of_different_kinds(n_waiters):
     for t in threads:
         t.join(1)
     assert {k: list(v) for k, v in results.items()} == {k: [1] for k in kinds}
+
+
+def test_collect_waits_only_for_a_sender_more_than_staleness_rounds_behind():
+    mb = Mailbox()
+    mb.put(msg("grad", 1, 3))  # sender 1 is at round 3, sender 2 at round 2
+    mb.put(msg("grad", 2, 2))
+    got, elapsed = timed_take_all(mb, 5, [1, 2], time.monotonic() + 0.2, staleness=3)
+    assert elapsed < 0.05 and {s: [m.round for m in ms] for s, ms in got.items()} == {1: [3], 2: [2]}
+    mb.put(msg("grad", 2, 3))
+    got, elapsed = timed_take_all(mb, 6, [1, 2], time.monotonic() + 0.2, staleness=2)  # 2 is s + 1 behind
+    assert elapsed >= 0.2 and {s: [m.round for m in ms] for s, ms in got.items()} == {2: [3]}
+
+
+def test_collect_gives_every_message_once_in_order_and_keeps_later_rounds():
+    mb = Mailbox()
+    for r in (2, 0, 1, 5):
+        mb.put(msg("grad", 1, r))
+    got, _ = timed_take_all(mb, 3, [1], time.monotonic() + 1, staleness=1)
+    assert [m.round for m in got[1]] == [0, 1, 2]
+    mb.put(msg("grad", 1, 3))  # after its round was collected: not late, collected next time
+    got, _ = timed_take_all(mb, 5, [1], time.monotonic() + 1, staleness=1)
+    assert [m.round for m in got[1]] == [3, 5]
+    assert mb.put(msg("grad", 1, 4)) is True
+
+
+def timed_take_all(mb, round_, senders, deadline, staleness):
+    start = time.monotonic()
+    got = mb.collect("grad", round_, senders, deadline, staleness)
+    return got, time.monotonic() - start
