@@ -38,6 +38,10 @@ class LinkResidual:
     def __init__(self, size: int):
         self.residual = np.zeros(size, np.float32)
 
+    def add(self, vector: np.ndarray) -> None:
+        """Keep all of `vector` for later."""
+        self.residual += vector
+
     def take(self, vector: np.ndarray, k: int) -> np.ndarray | Sparse:
         """Add `vector`, remove and return the `k` largest entries (all of them, densely, if that is not larger)."""
         acc = self.residual

@@ -1,4 +1,5 @@
 """Dense BSP exchange over the in-process transport: weighted mean, bad gradients rejected, dead peers cost a deadline."""
+import threading
 import time
 
 import numpy as np
@@ -111,3 +112,15 @@ def test_with_staleness_a_late_gradient_is_used_next_round_at_its_staleness_weig
     # round 1: its own (weight 1) and peer 2's round 0 at weight 1 / (1 + 1); peer 1's round 1 is not there yet
     np.testing.assert_allclose(result.grads, (6 * 0.5) / 1.5)
     assert result.received == 1
+
+
+@pytest.mark.parametrize("compute_s,fresh", [(0.3, True), (0.005, False)])
+def test_with_staleness_a_gradient_about_to_arrive_is_waited_for_up_to_the_patience(transports, compute_s, fresh):
+    params = DenseExchange.Params(deadline_s=2.0, staleness=2, patience=1.0)
+    ex = DenseExchange(params, stage_context(transports, 0))
+    for peer in (1, 2):
+        threading.Timer(0.05, transports[peer].send, args=(0, "grad", 0, {"g": np.ones(4, np.float32)},
+                                                          {"w": 1.0})).start()
+    result = ex.exchange(0, np.zeros(4, np.float32), 1, compute_s)  # patience: 1 x the compute time
+    assert result.received == (2 if fresh else 0)
+    assert (0.04 <= result.wait_s < 0.25) if fresh else result.wait_s < 0.04

@@ -121,3 +121,20 @@ def test_on_a_time_varying_graph_each_link_carries_its_residual_to_its_next_roun
     np.testing.assert_allclose(r1[2].grads, 0)
     r2 = run_round(ex, 2, zeros, {p: 1 for p in PEERS})
     np.testing.assert_allclose(r2[1].grads, [0, 0, 0, 1.5, 0, 0, 0, 0])  # 0 -> 1's residual, sent in its next round
+
+
+def test_a_link_too_slow_for_min_entries_every_round_sends_them_every_few_rounds(inproc):
+    transports = inproc(PEERS)
+    # 64 bit/s for 1 s a round: one entry of credit per round, 4 entries at least per message
+    ex = exchanges(transports, configured_bps=64, time_budget_s=1.0, min_entries=4, deadline_s=1.0)
+    rng = np.random.default_rng(3)
+    total_in = np.zeros(100, np.float64)
+    sent_k = []
+    for r in range(12):
+        g = rng.integers(-100, 100, 100).astype(np.float32)
+        total_in += g
+        results = run_round(ex, r, {p: g if p == 0 else np.zeros(100, np.float32) for p in PEERS},
+                            {p: 1 for p in PEERS})
+        sent_k.append(results[0].budgets[1]["k"])
+    assert sent_k == [0, 0, 0, 4] * 3  # the credit reaches 4 entries every fourth round
+    assert ex[0].credits[1] == 0.0  # all the credit went into the last message

@@ -338,3 +338,17 @@ def test_with_staleness_no_one_waits_and_push_sum_mass_stays_exact(inproc, cls, 
     x_total = sum(g.x for g in gossips.values())
     debts = sum(link.debt for g in gossips.values() for link in g._out.values())
     np.testing.assert_allclose(x_total + debts, sum(starts[p].astype(np.float64) for p in ids), atol=1e-6)
+
+
+def test_gossip_every_few_rounds_leaves_the_model_alone_in_between(inproc):
+    transports, gossips = network(inproc, [0, 1], TopologySpec("full"), PushSum, every=3)
+    models = {p: np.full(DIM, float(p), np.float32) for p in (0, 1)}
+
+    def access(p):
+        return ModelAccess(get=lambda: models[p].copy(), set=lambda x: models.__setitem__(p, x), score=None)
+
+    def loop(p):
+        return [gossips[p].mix(r, access(p)).params is not None for r in range(7)]
+
+    assert in_threads(loop, [0, 1]) == {p: [True, False, False, True, False, False, True] for p in (0, 1)}
+    np.testing.assert_allclose(models[0], 0.5) and np.testing.assert_allclose(models[1], 0.5)

@@ -9,7 +9,10 @@ are computed. In either case it waits at most the round deadline, and a dead or 
 the mailbox stops waiting for it altogether after a few missed rounds.
 
 The result is the weighted mean of the gradients used: a gradient of round r, used at round t, weighs its batch size
-times (1 + t - r)^(-staleness_exponent). A late gradient is still used, for less the staler it is (FedASMU's
+times (1 + t - r)^(-staleness_exponent). With staleness, a peer first waits up to
+`patience` times its own compute time per round for this round's gradients: a gradient that is about to arrive is
+worth that wait (fresh gradients make every round count, as in lockstep), and only a neighbour later than that is
+left to a later round. A late gradient is still used, for less the staler it is (FedASMU's
 staleness-aware weighting; ours is the polynomial decay of asynchronous federated optimisation): it was computed on
 parameters that have moved on since, so it points less surely where the model should go now, but it still carries
 information from data no other peer holds. With a full mesh, no losses and staleness 0 every peer applies the same
@@ -24,6 +27,7 @@ import numpy as np
 
 from dlion import messages
 from dlion.schema import option, positive
+from dlion.smoothing import Ema
 from dlion.stages import ExchangeResult, StageContext, Strategy
 from dlion.topology import Topology, TopologySpec
 from dlion.transport.wire import Sparse
@@ -35,11 +39,14 @@ def staleness_weight(staleness: int, exponent: float) -> float:
 
 
 def gather(ctx: StageContext, graph, round_: int, params, own: np.ndarray, weight: float,
-           budgets: dict | None = None) -> ExchangeResult:
+           budgets: dict | None = None, patience_s: float = 0.0) -> ExchangeResult:
     """Wait as the staleness bound says (at most the round deadline) for the in-neighbours' gradients, and combine
     every one not used yet, up to this round, with ours (`params`: the exchange's deadline_s, staleness and
-    staleness_exponent)."""
+    staleness_exponent). With staleness, first wait up to `patience_s` for this round's gradients."""
     start = ctx.clock()
+    if params.staleness and patience_s > 0:  # fresh gradients are worth a short wait: see RoundParams.patience
+        ctx.transport.mailbox.wait_for(messages.GRAD, round_, graph.in_neighbours(ctx.peer_id, round_),
+                                       start + patience_s)
     expected = graph.in_neighbours(ctx.peer_id, max(0, round_ - params.staleness))
     got = ctx.transport.mailbox.collect(messages.GRAD, round_, expected, start + params.deadline_s, params.staleness)
     wait_s = ctx.clock() - start
@@ -100,6 +107,9 @@ def send_to_out_neighbours(ctx: StageContext, graph, round_: int, payload_for, w
     return budgets
 
 
+COMPUTE_SMOOTHING = 0.3  # weight of the newest compute time in the patience's average
+
+
 @dataclass(frozen=True)
 class RoundParams:
     """What every exchange says about its rounds: which graph, how long to wait, how stale a gradient may be."""
@@ -111,6 +121,10 @@ class RoundParams:
     staleness_exponent: float = option(0.5, check=lambda x: x >= 0,
                                        expect="a non-negative number: a gradient used s rounds late weighs "
                                               "(1 + s)^-exponent of its batch weight")
+    patience: float = option(0.0, check=lambda x: x >= 0,
+                             expect="a non-negative number: with staleness, how long to wait for this round's "
+                                    "gradients before using older ones, in multiples of the peer's compute time per "
+                                    "round")
     graph: Literal["topology", "full"] = option(
         "topology", expect="topology (the round graph of the config's topology block) or full (every link, every "
                            "round)")
@@ -130,7 +144,11 @@ class DenseExchange(Strategy):
         self.params = params
         self.ctx = ctx
         self.graph = exchange_graph(params, ctx)
+        self._compute_s = Ema(COMPUTE_SMOOTHING)
 
     def exchange(self, round_: int, grads: np.ndarray, weight: float, compute_s: float = 0.0) -> ExchangeResult:
         send_to_out_neighbours(self.ctx, self.graph, round_, lambda dst: (grads, None), weight)
-        return gather(self.ctx, self.graph, round_, self.params, grads, weight)
+        if compute_s > 0:
+            self._compute_s.update(compute_s)
+        patience_s = self.params.patience * (self._compute_s.value or 0.0)
+        return gather(self.ctx, self.graph, round_, self.params, grads, weight, patience_s=patience_s)

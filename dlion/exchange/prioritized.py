@@ -3,12 +3,15 @@
 Each round, for each outgoing link of the round's graph (to every other peer on the default full mesh), the peer
 sends the `k` largest-magnitude entries of (gradient + that link's residual) as a sparse vector and keeps the rest in
 the residual (error feedback: nothing is dropped, it waits for a later round; on a time-varying graph, for the link's
-next round). `k` is the link's budget for the round:
+next round). Each round adds the link's budget to its credit of entries:
 
-    k = bandwidth estimate x time budget / 64 bits per entry (uint32 index + float32 value), within [min_entries, n]
+    credit += bandwidth estimate x time budget / 64 bits per entry (uint32 index + float32 value), at most n
 
-(64 bits is the most an entry takes: the wire sends sorted indices as 16-bit gaps where they fit, 48 bits in all,
-so a message usually leaves a quarter of its time budget unused.)
+and the link sends k = its whole credit once that reaches `min_entries` (then the credit starts again from zero).
+A link too slow for `min_entries` every round so sends them every few rounds, never more than its rate allows; in the
+rounds between, its message carries no entries (it still tells the receiver the sender's round and batch weight,
+which the staleness bound and the weighted mean need). (64 bits is the most an entry takes: the wire sends sorted
+indices as 16-bit gaps where they fit, 48 bits in all, so a message usually leaves a quarter of its budget unused.)
 
 The time budget is `time_budget_s` or, by default, this peer's own compute time per iteration (smoothed), so the
 exchange takes about as long as the computation whatever the link. The bandwidth estimate is the transport's (the
@@ -58,25 +61,35 @@ class PrioritizedExchange(Strategy):
         self.ctx = ctx
         self.graph = exchange_graph(params, ctx)
         self.residuals: dict[int, LinkResidual] = {}
+        self.credits: dict[int, float] = {}  # entries each link may carry, accumulated over rounds
         self._compute_s = Ema(params.smoothing)
 
     def exchange(self, round_: int, grads: np.ndarray, weight: float, compute_s: float = 0.0) -> ExchangeResult:
         budget_s = self._time_budget(compute_s)
         budgets = send_to_out_neighbours(self.ctx, self.graph, round_, lambda dst: self._payload(dst, grads, budget_s),
                                          weight)
-        return gather(self.ctx, self.graph, round_, self.params, grads, weight, budgets)
+        patience_s = self.params.patience * (self._compute_s.value or 0.0)
+        return gather(self.ctx, self.graph, round_, self.params, grads, weight, budgets, patience_s)
 
     def _payload(self, dst: int, grads: np.ndarray, budget_s: float):
-        """The link's message: its budget's worth of the largest entries of gradient + residual."""
+        """The link's message: its credit's worth of the largest entries of gradient + residual, once the credit
+        reaches `min_entries`; no entries before."""
         bps = self.ctx.transport.link_bandwidth(dst) or self.ctx.link_bandwidths.get(dst) or math.inf
-        k = max(self.params.min_entries, min(grads.size, int(bps * budget_s / BITS_PER_ENTRY)))
-        payload = self.residuals.setdefault(dst, LinkResidual(grads.size)).take(grads, k)
+        credit = min(grads.size, self.credits.get(dst, 0.0) + bps * budget_s / BITS_PER_ENTRY)
+        residual = self.residuals.setdefault(dst, LinkResidual(grads.size))
+        if credit < min(self.params.min_entries, grads.size):
+            self.credits[dst] = credit
+            residual.add(grads)
+            payload = Sparse(np.empty(0, np.uint32), np.empty(0, np.float32), grads.size)
+        else:
+            self.credits[dst] = 0.0
+            payload = residual.take(grads, int(credit))
         sent = payload.indices.size if isinstance(payload, Sparse) else grads.size
         return payload, {"k": sent, "bps": None if math.isinf(bps) else round(bps)}
 
     def _time_budget(self, compute_s: float) -> float:
-        if self.params.time_budget_s is not None:
-            return self.params.time_budget_s
         if compute_s > 0:
             self._compute_s.update(compute_s)
+        if self.params.time_budget_s is not None:
+            return self.params.time_budget_s
         return self._compute_s.value or 0.0

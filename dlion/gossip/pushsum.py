@@ -87,8 +87,9 @@ class PushSum(Strategy):
         deadline_s: float = option(5.0, check=positive, expect="a positive number of seconds to wait for the "
                                                                  "round's in-neighbours")
         staleness: int = option(0, check=lambda x: x >= 0,
-                                expect="a non-negative integer: rounds an in-neighbour may lag before the peer waits "
-                                       "for it (0: lockstep)")
+                                expect="a non-negative integer: gossip rounds an in-neighbour may lag before the peer "
+                                       "waits for it (0: lockstep)")
+        every: int = option(1, check=positive, expect="a positive integer: training rounds per gossip round")
         skew_compensation: Literal[SKEW_COMPENSATIONS] = option(
             "none", expect="one of: none; logit-adjustment (each peer trains with its logits shifted by the log of its "
                            "label frequencies: dlion/trainer.py); flow-integral (integral feedback on the gossip "
@@ -119,8 +120,12 @@ class PushSum(Strategy):
         self._in: dict[int, _Link] = {}
 
     def mix(self, round_: int, model: ModelAccess) -> GossipResult:
-        """One round on the model's parameters: `step`, then the model continues from the de-biased result."""
-        result = self.step(round_, model.get())
+        """Every `every`-th training round, one gossip round on the model's parameters (`step`, numbered in gossip
+        rounds: the graph and the staleness bound count those), and the model continues from the de-biased result;
+        the rounds between leave the model alone (their updates reach x at the next gossip round)."""
+        if round_ % self.params.every:
+            return GossipResult(self.w, 0, 0.0)
+        result = self.step(round_ // self.params.every, model.get())
         model.set(result.params)
         return result
 

@@ -61,14 +61,8 @@ class Mailbox:
         counts a miss, as with `take`.
         """
         senders = set(senders)
-        needed = round - staleness
         with self._cond:
-            while True:
-                behind = {s for s in senders if self._newest.get((kind, s), -1) < needed}
-                remaining = deadline - time.monotonic()
-                if not behind - self._departed - self._suspected() or remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+            behind = self._wait_behind(kind, round - staleness, senders, deadline)
             for s in senders - self._departed:
                 if s in behind:
                     self._misses[s] += 1
@@ -107,6 +101,22 @@ class Mailbox:
                     self._misses[s] += 1
             self._raise_low(kind, oldest + 1)
             return found
+
+    def wait_for(self, kind: str, round: int, senders: Iterable[int], deadline: float) -> bool:
+        """Wait (until `deadline`) until every sender, but those departed or suspected, has sent `kind` for `round` or
+        later; True if they all have. Nothing is taken, and nobody counts a miss."""
+        with self._cond:
+            return not self._wait_behind(kind, round, set(senders), deadline) - self._departed - self._suspected()
+
+    def _wait_behind(self, kind: str, needed: int, senders: set[int], deadline: float) -> set[int]:
+        """Wait until no live sender is behind round `needed` of `kind`, or until `deadline`; the senders behind
+        (departed and suspected ones included). With the condition held."""
+        while True:
+            behind = {s for s in senders if self._newest.get((kind, s), -1) < needed}
+            remaining = deadline - time.monotonic()
+            if not behind - self._departed - self._suspected() or remaining <= 0:
+                return behind
+            self._cond.wait(remaining)
 
     def _collect(self, kind: str, senders: set[int], oldest: int, newest: int) -> dict[int, Message]:
         found = {}
