@@ -1,4 +1,6 @@
 """Per-link prioritized exchange: exact top-k, residual conservation, budgets that follow the links' measured rates."""
+import time
+
 import numpy as np
 import pytest
 
@@ -138,3 +140,21 @@ def test_a_link_too_slow_for_min_entries_every_round_sends_them_every_few_rounds
         sent_k.append(results[0].budgets[1]["k"])
     assert sent_k == [0, 0, 0, 4] * 3  # the credit reaches 4 entries every fourth round
     assert ex[0].credits[1] == 0.0  # all the credit went into the last message
+
+
+def test_under_overlap_every_entry_sent_is_collected_once_and_the_rest_stays_in_the_residual(inproc):
+    transports = inproc(PEERS)
+    ex = exchanges(transports, configured_bps=64, time_budget_s=10.0, min_entries=4, deadline_s=1.0, staleness=2)
+    rng = np.random.default_rng(5)
+    total_in = np.zeros(100, np.float64)
+    received = np.zeros(100, np.float64)
+    for r in range(30):  # peer 1 collects only every third round, so messages wait in its mailbox
+        g = rng.integers(-100, 100, 100).astype(np.float32)
+        total_in += g
+        ex[0].exchange(r, g, 1, 0.01)
+        if r % 3 == 2:
+            for msg in transports[1].mailbox.collect("grad", r, [], time.monotonic()).get(0, []):
+                np.add.at(received, msg.tensors["g"].indices, msg.tensors["g"].values)
+    for msg in transports[1].mailbox.collect("grad", 10**6, [], time.monotonic()).get(0, []):
+        np.add.at(received, msg.tensors["g"].indices, msg.tensors["g"].values)
+    np.testing.assert_array_equal(received + ex[0].residuals[1].residual, total_in)
