@@ -25,7 +25,8 @@ import yaml
 from dlion import data as datamod
 from dlion.config import Config, Emulation, to_dict
 from dlion.emulate import EmulationError, turns
-from dlion.metrics import peer_log_path, read_events, summarize
+from dlion.analysis import summarize
+from dlion.metrics import peer_log_path, read_events
 
 PROGRESS_EVERY_S = 2.0
 TERM_GRACE_S = 20.0

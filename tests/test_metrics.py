@@ -1,7 +1,8 @@
 """Run summary from the peers' JSONL events."""
 import json
 
-from dlion.metrics import EventLog, peer_log_path, read_events, summarize
+from dlion.analysis import summarize
+from dlion.metrics import EventLog, peer_log_path, read_events
 
 
 def test_summarize_counts_unfinished_peers_and_ignores_torn_lines(tmp_path):
