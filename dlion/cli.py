@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         print(f"dlion: config error: --id: {exc.args[0]}", file=sys.stderr)
         return EXIT_CONFIG
     out_dir = getattr(args, "out", None) or cfg.output.dir
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         if args.command == "validate":
             print(json.dumps(configmod.to_dict(cfg), indent=2))

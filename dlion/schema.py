@@ -11,7 +11,7 @@ import dataclasses
 import re
 import typing
 from collections.abc import Mapping
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Union
 
 Check = Callable[[Any], bool]
 
