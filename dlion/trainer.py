@@ -54,10 +54,12 @@ class _Input:
     consume their inputs synchronously and never return them.
     """
 
-    def __init__(self, spec: tf.TensorSpec):
+    def __init__(self, spec: tf.TensorSpec, scale_uint8: bool = False):
+        """`scale_uint8`: uint8 arrays are images of 0-255, staged as float32 in [0, 1]."""
         self.spec = spec
         self._dtype = np.dtype(spec.dtype.as_numpy_dtype)
         self._buf = np.empty(0, self._dtype)
+        self._scale_uint8 = scale_uint8
 
     def __call__(self, array) -> tf.Tensor:
         array = np.asarray(array)
@@ -70,6 +72,8 @@ class _Input:
             self._buf = raw[start:start + nbytes].view(self._dtype)
         view = self._buf[:array.size].reshape(array.shape)
         np.copyto(view, array, casting="same_kind")
+        if self._scale_uint8 and array.dtype == np.uint8:
+            np.divide(view, np.float32(255), out=view)
         return tf.experimental.dlpack.from_dlpack(view.__dlpack__())
 
 
@@ -105,7 +109,7 @@ class Trainer:
         self._sizes = [int(np.prod(v.shape)) for v in self._state]
         self.num_params = sum(self._sizes[:len(self._trainable)])
         self.num_state = sum(self._sizes)
-        self._x = _Input(tf.TensorSpec([None, *input_shape], tf.float32, name="x"))
+        self._x = _Input(tf.TensorSpec([None, *input_shape], tf.float32, name="x"), scale_uint8=True)
         self._y = _Input(tf.TensorSpec([None], tf.int32, name="y"))
         self._grads_in = _Input(tf.TensorSpec([self.num_params], tf.float32, name="flat_grads"))
         self._params_in = _Input(tf.TensorSpec([self.num_state], tf.float32, name="flat_params"))

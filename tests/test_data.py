@@ -78,9 +78,9 @@ def test_load_small_directory(tmp_path, gz):
     write_fake_fashion(tmp_path, gz=gz)
     ds = data.load_fashion_mnist(tmp_path)
     assert ds.x_train.shape == (12, 28, 28, 1) and ds.x_test.shape == (5, 28, 28, 1)
-    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32  # as stored: the trainer scales
     raw = data.load_idx(tmp_path / ("train-images-idx3-ubyte" + (".gz" if gz else "")))
-    np.testing.assert_allclose(ds.x_train[..., 0] * 255, raw, atol=1e-4)
+    np.testing.assert_array_equal(ds.x_train[..., 0], raw)
 
 
 def test_images_labels_count_mismatch(tmp_path):
@@ -94,8 +94,8 @@ def test_images_labels_count_mismatch(tmp_path):
 def test_real_fashion_mnist():
     ds = data.load_fashion_mnist(FASHION_DIR)
     assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
-    assert ds.x_train.dtype == np.float32 and ds.y_test.dtype == np.int32
-    assert ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0
+    assert ds.x_train.dtype == np.uint8 and ds.y_test.dtype == np.int32
+    assert ds.x_train.min() == 0 and ds.x_train.max() == 255
     np.testing.assert_array_equal(np.bincount(ds.y_train), np.full(10, 6000))
     np.testing.assert_array_equal(np.bincount(ds.y_test), np.full(10, 1000))
 

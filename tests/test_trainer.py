@@ -170,3 +170,13 @@ def test_label_prior_trains_on_logits_shifted_by_the_log_prior(ds):
     assert adjusted.evaluate(x, y) == pytest.approx(plain.evaluate(x, y))
     with pytest.raises(ValueError, match="label_prior"):
         Trainer("mlp", "adam", label_prior=np.zeros(10))
+
+
+def test_uint8_images_are_scaled_as_float_images_in_0_1(cnn, ds):
+    images = (ds.x_train[:16] * 255).round().astype(np.uint8)
+    as_float = images.astype(np.float32) / np.float32(255)
+    loss_u8, grads_u8 = cnn.gradients(images, ds.y_train[:16])
+    loss_f, grads_f = cnn.gradients(as_float, ds.y_train[:16])
+    assert loss_u8 == loss_f
+    np.testing.assert_array_equal(grads_u8, grads_f)
+    assert cnn.evaluate(images, ds.y_train[:16]) == cnn.evaluate(as_float, ds.y_train[:16])
