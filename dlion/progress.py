@@ -2,7 +2,8 @@
 
 What an event holds: the batch and the whole allocation, the measured compute rate, per outgoing link the exchange's
 budget, the gossip's weight and entries sent, averages of loss, compute and wait times, traffic counters, CPU and
-memory. The loop hands over each iteration's results (`add`); every `log_every` iterations an event is written.
+memory. The loop hands over each iteration's results (`add`); every `log_every` iterations an event is written, and
+each scheduled change the step clock applied is written as a `change` event with the iteration it came in.
 """
 from __future__ import annotations
 

@@ -95,18 +95,6 @@ def _usable(transport, msg, own: np.ndarray) -> bool:
     return False
 
 
-def send_to_out_neighbours(ctx: StageContext, graph, round_: int, payload_for, weight: float) -> dict:
-    """Send each live out-neighbour of `round_` its gradient message, `payload_for(dst)` -> (tensor 'g', budget
-    figures or None); returns the budget figures per destination."""
-    budgets = {}
-    for dst in ctx.live(graph.out_neighbours(ctx.peer_id, round_)):
-        g, budget = payload_for(dst)
-        ctx.transport.send(dst, messages.GRAD, round_, {"g": g}, {"w": float(weight)})
-        if budget is not None:
-            budgets[dst] = budget
-    return budgets
-
-
 COMPUTE_SMOOTHING = 0.3  # weight of the newest compute time in the patience's average
 
 
@@ -130,25 +118,45 @@ class RoundParams:
                            "round)")
 
 
-def exchange_graph(params: RoundParams, ctx: StageContext):
-    """The graph the gradients follow: the config's round graph, or every link every round."""
-    return ctx.topology if params.graph == "topology" else Topology(TopologySpec("full"), ctx.peer_ids)
-
-
-class DenseExchange(Strategy):
-    """Batch-weighted averaging of full gradients with the neighbours (BSP at staleness 0), with a round deadline."""
+class RoundExchange(Strategy):
+    """What every exchange shares: its graph (the config's round graph, or every link every round), the peer's
+    smoothed compute time per round (the patience's unit; the prioritized exchange's budgets), one gradient message
+    per live out-neighbour, and the wait and combination of `gather`."""
 
     Params = RoundParams
 
-    def __init__(self, params: RoundParams, ctx: StageContext):
+    def __init__(self, params: RoundParams, ctx: StageContext, smoothing: float = COMPUTE_SMOOTHING):
         self.params = params
         self.ctx = ctx
-        self.graph = exchange_graph(params, ctx)
-        self._compute_s = Ema(COMPUTE_SMOOTHING)
+        self.graph = ctx.topology if params.graph == "topology" else Topology(TopologySpec("full"), ctx.peer_ids)
+        self._compute_s = Ema(smoothing)
 
-    def exchange(self, round_: int, grads: np.ndarray, weight: float, compute_s: float = 0.0) -> ExchangeResult:
-        send_to_out_neighbours(self.ctx, self.graph, round_, lambda dst: (grads, None), weight)
+    def _observe(self, compute_s: float) -> float | None:
+        """Fold in this round's compute time; the smoothed one (None before the first)."""
         if compute_s > 0:
             self._compute_s.update(compute_s)
+        return self._compute_s.value
+
+    def _send(self, round_: int, payload_for, weight: float) -> dict:
+        """Send each live out-neighbour of `round_` its gradient message, `payload_for(dst)` -> (tensor 'g', budget
+        figures or None); returns the budget figures per destination."""
+        budgets = {}
+        for dst in self.ctx.live(self.graph.out_neighbours(self.ctx.peer_id, round_)):
+            g, budget = payload_for(dst)
+            self.ctx.transport.send(dst, messages.GRAD, round_, {"g": g}, {"w": float(weight)})
+            if budget is not None:
+                budgets[dst] = budget
+        return budgets
+
+    def _gather(self, round_: int, grads: np.ndarray, weight: float, budgets: dict | None = None) -> ExchangeResult:
         patience_s = self.params.patience * (self._compute_s.value or 0.0)
-        return gather(self.ctx, self.graph, round_, self.params, grads, weight, patience_s=patience_s)
+        return gather(self.ctx, self.graph, round_, self.params, grads, weight, budgets, patience_s)
+
+
+class DenseExchange(RoundExchange):
+    """Batch-weighted averaging of full gradients with the neighbours (BSP at staleness 0), with a round deadline."""
+
+    def exchange(self, round_: int, grads: np.ndarray, weight: float, compute_s: float = 0.0) -> ExchangeResult:
+        self._send(round_, lambda dst: (grads, None), weight)
+        self._observe(compute_s)
+        return self._gather(round_, grads, weight)

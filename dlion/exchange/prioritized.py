@@ -32,17 +32,16 @@ from typing import Optional
 import numpy as np
 
 from dlion.compression import LinkResidual
-from dlion.exchange.dense import RoundParams, exchange_graph, gather, send_to_out_neighbours
+from dlion.exchange.dense import RoundExchange, RoundParams
 from dlion.schema import option, positive
-from dlion.smoothing import Ema
-from dlion.stages import ExchangeResult, StageContext, Strategy
+from dlion.stages import ExchangeResult, StageContext
 from dlion.transport.estimate import MIN_SAMPLE_BYTES
 from dlion.transport.wire import Sparse
 
 BITS_PER_ENTRY = 64
 
 
-class PrioritizedExchange(Strategy):
+class PrioritizedExchange(RoundExchange):
     """Per-link budgeted top-k with error feedback; batch-weighted combination with a round deadline."""
 
     @dataclass(frozen=True)
@@ -57,19 +56,15 @@ class PrioritizedExchange(Strategy):
                                   expect="a number in (0, 1]: weight of the newest compute time in the budget")
 
     def __init__(self, params: Params, ctx: StageContext):
-        self.params = params
-        self.ctx = ctx
-        self.graph = exchange_graph(params, ctx)
+        super().__init__(params, ctx, params.smoothing)
         self.residuals: dict[int, LinkResidual] = {}
         self.credits: dict[int, float] = {}  # entries each link may carry, accumulated over rounds
-        self._compute_s = Ema(params.smoothing)
 
     def exchange(self, round_: int, grads: np.ndarray, weight: float, compute_s: float = 0.0) -> ExchangeResult:
-        budget_s = self._time_budget(compute_s)
-        budgets = send_to_out_neighbours(self.ctx, self.graph, round_, lambda dst: self._payload(dst, grads, budget_s),
-                                         weight)
-        patience_s = self.params.patience * (self._compute_s.value or 0.0)
-        return gather(self.ctx, self.graph, round_, self.params, grads, weight, budgets, patience_s)
+        smoothed = self._observe(compute_s)
+        budget_s = self.params.time_budget_s if self.params.time_budget_s is not None else smoothed or 0.0
+        budgets = self._send(round_, lambda dst: self._payload(dst, grads, budget_s), weight)
+        return self._gather(round_, grads, weight, budgets)
 
     def _payload(self, dst: int, grads: np.ndarray, budget_s: float):
         """The link's message: its credit's worth of the largest entries of gradient + residual, once the credit
@@ -86,10 +81,3 @@ class PrioritizedExchange(Strategy):
             payload = residual.take(grads, int(credit))
         sent = payload.indices.size if isinstance(payload, Sparse) else grads.size
         return payload, {"k": sent, "bps": None if math.isinf(bps) else round(bps)}
-
-    def _time_budget(self, compute_s: float) -> float:
-        if compute_s > 0:
-            self._compute_s.update(compute_s)
-        if self.params.time_budget_s is not None:
-            return self.params.time_budget_s
-        return self._compute_s.value or 0.0
