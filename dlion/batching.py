@@ -7,6 +7,7 @@ it received, so no coordinator is needed. A peer's gradient is weighted by its s
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Optional
 
@@ -14,6 +15,8 @@ from dlion import messages
 from dlion.schema import option, positive
 from dlion.smoothing import Ema
 from dlion.stages import StageContext, Strategy
+
+RATE_SPREAD = 16.0  # how far a peer's rate may be from the peers' median before it is clipped
 
 
 def split_evenly(total: int, peer_ids) -> dict[int, int]:
@@ -160,7 +163,14 @@ class WeightedBatching(Strategy):
             if rate is None:
                 return {p: self.cores[p] for p in live}
             rates[p] = rate
-        return rates
+        return self._plausible(rates)
+
+    def _plausible(self, rates: dict[int, float]) -> dict[int, float]:
+        """Rates clipped to within RATE_SPREAD of the peers' median: a peer that claims an absurd rate cannot take the
+        whole batch. The median is the same on every peer, and one peer's claim cannot move it far. (Not the
+        configured cores: measured rates are there to follow what the cores do not say, such as a slowed host.)"""
+        median = statistics.median(rates.values())
+        return {p: min(max(rate, median / RATE_SPREAD), median * RATE_SPREAD) for p, rate in rates.items()}
 
     def _allocate(self, rates: dict[int, float]) -> dict[int, int]:
         low = min(self.params.min_batch, self.global_batch // len(rates))

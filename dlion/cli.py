@@ -1,4 +1,5 @@
-"""`dlion run | peer | validate | emulate | compose`: every command that takes a config validates it first and exits 2 on a mistake."""
+"""`dlion run | peer | validate | keys | emulate | compose`: every command that takes a config validates it first and
+exits 2 on a mistake."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 from dlion import config as configmod
+from dlion import security
 from dlion.data import DataError
 from dlion.emulate import EmulationError
 from dlion.schema import ConfigError
@@ -33,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", parents=[overrides], help="check a config and print it resolved")
     validate.add_argument("config", help="YAML config file")
+
+    keys = sub.add_parser("keys", parents=[overrides],
+                          help="write CURVE key pairs for the peers of a config (peer-<id>.key, peer-<id>.key_secret)")
+    keys.add_argument("config", help="YAML config file")
+    keys.add_argument("-o", "--output", help="keys directory (default: security.keys_dir of the config)")
+    keys.add_argument("--peer", type=int, help="only this peer's pair (one site's)")
+    keys.add_argument("--force", action="store_true", help="replace existing pairs")
 
     emulate = sub.add_parser("emulate", parents=[overrides],
                              help="set up, inspect or remove the real emulation of a config by hand (root); "
@@ -60,8 +69,15 @@ def main(argv=None) -> int:
             cfg.peer(args.id)
         if args.command == "compose":
             return _compose(args, cfg)  # its own checks of the config are config errors too
+        if args.command == "keys":
+            return _keys(args, cfg)
+        if args.command == "peer" and cfg.security.mode == "curve":
+            security.load(cfg, args.id)  # before TensorFlow starts
     except ConfigError as exc:
         print(f"dlion: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except security.KeysError as exc:
+        print(f"dlion: keys error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyError as exc:
         print(f"dlion: config error: --id: {exc.args[0]}", file=sys.stderr)
@@ -78,11 +94,17 @@ def main(argv=None) -> int:
             summary = launch.run(cfg, out_dir)
             print(json.dumps({k: v for k, v in summary.items() if k != "peers"}))
             return 0 if summary["peers_finished"] == len(cfg.peers) else 1
+        if cfg.security.mode == "none":
+            logging.getLogger("dlion").warning("security.mode is none: links are not authenticated; anyone who "
+                                               "reaches a peer's port can speak as any peer")
         if args.command == "emulate":
             return _emulate(args, cfg)
         return _peer(cfg, args.id, out_dir)
     except DataError as exc:
         print(f"dlion: data error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except security.KeysError as exc:
+        print(f"dlion: keys error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except EmulationError as exc:
         print(f"dlion: emulation error: {exc}", file=sys.stderr)
@@ -110,6 +132,23 @@ def _compose(args, cfg) -> int:
               file=sys.stderr)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _keys(args, cfg) -> int:
+    """`dlion keys CONFIG [-o DIR] [--peer N] [--force]`: key pairs for the config's peers."""
+    keys_dir = args.output or cfg.security.keys_dir
+    if keys_dir is None:
+        raise ConfigError("security.keys_dir", "expected a keys directory, in the config or as -o DIR")
+    ids = [cfg.peer(args.peer).id] if args.peer is not None else list(cfg.peer_ids)
+    written = security.generate(keys_dir, ids, overwrite=args.force)
+    kept = len(ids) - len(written) // 2
+    print(f"{keys_dir}: {len(written) // 2} key pair(s) written" + (f", {kept} kept (--force replaces them)"
+                                                                      if kept else ""), file=sys.stderr)
+    for peer_id in ids:
+        public = security.public_path(keys_dir, peer_id).read_text()
+        key = next(line.split('"')[1] for line in public.splitlines() if line.strip().startswith("public-key"))
+        print(f"peer {peer_id}: public_key: {json.dumps(key)}")  # Z85 has no quotes: valid YAML as it is
     return 0
 
 

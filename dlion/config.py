@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from dlion import batching, exchange, gossip, knowledge, topology
+from dlion import batching, exchange, gossip, knowledge, security, topology
 from dlion.data import DEFAULT_DATA_DIR
 from dlion.presets import PRESETS, with_preset
 from dlion.schema import (BANDWIDTH, DURATION, ConfigError, at_least, between, build, join, non_negative, option,
@@ -35,6 +35,9 @@ class PeerSpec:
     downlink: Optional[float] = option(None, parse=parse_bandwidth, expect=BANDWIDTH + ", or null")
     latency: Optional[float] = option(None, parse=parse_duration, expect=DURATION + " (one-way, access link), "
                                                                                     "or null")
+    public_key: Optional[str] = option(None, check=security.is_z85_key,
+                                       expect="the peer's CURVE public key in Z85 (40 characters, the key line of "
+                                              "its peer-<id>.key), or null: read from security.keys_dir")
 
     @property
     def tf_threads(self) -> int:
@@ -212,6 +215,27 @@ class TransportSettings:
     sndhwm: int = option(16, check=positive, expect="a positive integer (messages queued per link)")
     suspect_after: int = option(2, check=positive, expect="a positive integer (missed rounds before a peer is "
                                                                  "no longer waited for)")
+    window_rounds: int = option(256, check=positive,
+                                expect="a positive integer: a message for a round more than this far ahead of the "
+                                       "peer's own is dropped (the mailbox's window)")
+    max_held_mb: float = option(64.0, check=positive,
+                                expect="a positive number of megabytes: the most a peer's mailbox holds from one "
+                                       "sender; beyond, that sender's messages are dropped until it has room")
+
+
+@dataclass(frozen=True)
+class Security:
+    mode: Literal["curve", "none"] = option(
+        "curve", expect="curve (every link encrypted, only the configured peers' keys accepted, a message's sender "
+                        "bound to its connection's key) or none (no authentication: anyone who reaches a port can "
+                        "speak as any peer; the peer warns at start-up)")
+    keys_dir: Optional[str] = option(None, expect="a directory with peer-<id>.key and peer-<id>.key_secret files "
+                                                  "(`dlion keys CONFIG -o DIR`), or null: `dlion run` makes fresh "
+                                                  "keys for the run in <output>/keys")
+    max_norm_ratio: float = option(
+        20.0, check=lambda x: x > 1,
+        expect="a number > 1: a received gradient or model whose RMS exceeds this many times the median RMS of "
+               "this peer's own recent messages of that kind is rejected (dlion/transport/guard.py)")
 
 
 @dataclass(frozen=True)
@@ -229,6 +253,7 @@ class Config:
     evaluation: Evaluation = Evaluation()
     output: Output = Output()
     transport: TransportSettings = TransportSettings()
+    security: Security = Security()
     emulation: Emulation = Emulation()
     schedule: tuple[Change, ...] = ()
 

@@ -3,8 +3,11 @@
 Every `evaluation.every_iterations` each peer scores the fixed evaluation subset, sends the figure to the others and
 waits (up to `evaluation.deadline_s`) for theirs of the same round: every peer evaluates at the same iteration counts,
 so only one round's figures are comparable. When every live peer reported and their mean reaches the target, the peer
-tells the others to stop. A peer also stops on a signal, at `max_iterations` or `max_seconds`, or when another peer
-said stop. Evaluation pauses are timed, so the run's training time can leave them out.
+tells the others to stop, with the figures it rests on. A peer also stops on a signal, at `max_iterations` or
+`max_seconds`, or when another peer's stop holds up: its figures agree with every figure of that round this peer
+has itself (its own among them, so a stop for a round this peer has not evaluated yet waits until it has), and
+their mean reaches the target. A stop that does not hold up is rejected and counted; a peer cannot end the run with
+a claim the others can check. Evaluation pauses are timed, so the run's training time can leave them out.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from typing import Callable
 from dlion import messages
 from dlion.config import Evaluation, Training
 from dlion.stages import StageContext
+
+KEEP_EVALUATIONS = 4  # evaluation rounds whose figures a peer keeps to check others' stops against
 
 
 class RunControl:
@@ -32,6 +37,8 @@ class RunControl:
         self.clock = ctx.clock
         self.started = self.clock()
         self.eval_s = 0.0  # time spent evaluating so far
+        self.figures: dict[int, dict[int, float]] = {}  # eval round -> {peer: accuracy} this peer has, recent rounds
+        self._judged: dict[int, object] = {}  # peer -> the last stop message of it already judged
 
     def start(self) -> None:
         self.started, self.eval_s = self.clock(), 0.0
@@ -49,15 +56,37 @@ class RunControl:
             return "max_iterations"
         if tr.max_seconds is not None and self.elapsed >= tr.max_seconds:
             return "max_seconds"
-        if any(self.transport.mailbox.latest(messages.STOP, p) is not None for p in self.ctx.others):
+        if any(self._stop_holds(p) for p in self.ctx.others):
             return "target"
         return None
+
+    def _stop_holds(self, peer: int) -> bool:
+        """Whether `peer`'s latest stop is borne out by the figures this peer has (see the module docstring)."""
+        msg = self.transport.mailbox.latest(messages.STOP, peer)
+        if msg is None or self._judged.get(peer) is msg:
+            return False
+        if msg.round not in self.figures and msg.round > max(self.figures, default=-1):
+            return False  # not evaluated that round yet: judge it then
+        self._judged[peer] = msg
+        claimed = messages.parse_figures(msg.meta["figures"])  # declared well-formed
+        known = self.figures.get(msg.round)
+        target = self.training.target_accuracy
+        if known is None:
+            problem = f"round {msg.round} is not among this peer's recent evaluations"
+        elif any(claimed.get(p) != acc for p, acc in known.items()):
+            problem = f"its figures {claimed} disagree with this peer's {known}"
+        elif peer not in claimed or target is None or sum(claimed.values()) / len(claimed) < target:
+            problem = f"its figures {claimed} do not reach the target {target}"
+        else:
+            return True
+        self.transport.reject(msg, "stop evidence", problem)
+        return False
 
     def after(self, iteration: int) -> str | None:
         """After `iteration` rounds: evaluate when due; "target" if the peers' mean met it and the run stops there."""
         if iteration % self.every or not self._evaluate(iteration) or not self.training.stop_at_target:
             return None
-        self._broadcast(messages.STOP, iteration)
+        self._broadcast(messages.STOP, iteration, {"figures": messages.format_figures(self.figures[iteration])})
         return "target"
 
     def _evaluate(self, iteration: int) -> bool:
@@ -68,7 +97,11 @@ class RunControl:
         self._broadcast(messages.EVAL, iteration, {"acc": float(acc)})
         waiting_for = self.ctx.live(self.ctx.others)
         got = self.transport.mailbox.take(messages.EVAL, iteration, waiting_for, self.clock() + self.deadline_s)
-        accs = [float(acc)] + [m.meta["acc"] for m in got.values()]  # declared a float in [0, 1]
+        figures = {self.ctx.peer_id: float(acc), **{p: m.meta["acc"] for p, m in got.items()}}  # floats in [0, 1]
+        self.figures[iteration] = figures
+        for old in sorted(self.figures)[:-KEEP_EVALUATIONS]:
+            del self.figures[old]
+        accs = list(figures.values())
         mean = sum(accs) / len(accs)
         self.eval_s += self.clock() - began
         self.emit("eval", it=iteration, acc=round(float(acc), 5), loss=round(float(loss), 5), mean_acc=round(mean, 5),

@@ -112,6 +112,7 @@ class KnowledgeTransfer(Strategy):
             return
         best = min(reachable, key=lambda p: (scores[p], p))
         if own > scores[best] * (1 + self.params.margin):
+            self.transport.guard.observe(messages.MODEL, {"x": self.model.get()})  # what the model is judged by
             self.transport.send(best, messages.FETCH, round_)
             self._fetch = {"from": best, "round": round_, "sent": self.ctx.clock(), "own_loss": own,
                            "best_loss": scores[best]}
@@ -137,9 +138,8 @@ class KnowledgeTransfer(Strategy):
         self._fetch = None
         own = self.model.get()
         theirs = msg.tensors["x"]
-        if not isinstance(theirs, np.ndarray) or theirs.shape != own.shape or theirs.dtype != own.dtype \
-                or not np.isfinite(theirs).all():
-            self.transport.reject(msg, f"expected finite float32 parameters 'x' of shape {own.shape}")
+        if not isinstance(theirs, np.ndarray) or theirs.shape != own.shape or theirs.dtype != own.dtype:
+            self.transport.reject(msg, "shape", f"expected float32 parameters 'x' of shape {own.shape}")
             return None
         self.model.set(merge(own, theirs, self.params.alpha))
         return {"from": fetch["from"], "round": fetch["round"], "bytes": msg.nbytes,

@@ -23,6 +23,7 @@ from typing import Callable
 import yaml
 
 from dlion import data as datamod
+from dlion import security
 from dlion.config import Config, Emulation, to_dict
 from dlion.emulate import EmulationError, turns
 from dlion.analysis import summarize
@@ -242,11 +243,26 @@ def supervise(run_: Launched, schedule_origin: Callable[[], float | None], limit
     return False
 
 
+def with_keys(cfg: Config, out_dir: Path) -> Config:
+    """The config with every peer's CURVE key pair in place (security.mode curve): `dlion run` starts every peer
+    itself, so it makes the pairs missing from security.keys_dir, or fresh ones for the run in <out_dir>/keys when the
+    config names no keys directory. Raises security.KeysError if a key still cannot be loaded."""
+    if cfg.security.mode != "curve":
+        return cfg
+    if cfg.security.keys_dir is None:
+        cfg = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, keys_dir=str((out_dir / "keys").resolve())))
+    security.generate(cfg.security.keys_dir, [p.id for p in cfg.peers if p.public_key is None])
+    for p in cfg.peers:
+        security.load(cfg, p.id)
+    return cfg
+
+
 def run(cfg: Config, out_dir: str | Path, stream=sys.stdout) -> dict:
     """Run all peers of `cfg` as local processes; returns (and writes) the summary."""
     if cfg.training.dataset == "fashion-mnist":
         datamod.require_fashion_mnist(cfg.training.data_dir)  # fail before any peer starts
     out_dir = Path(out_dir)
+    cfg = with_keys(cfg, out_dir)
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with launched(cfg, out_dir, lambda resolved: prepare_out_dir(resolved, out_dir)) as run_:

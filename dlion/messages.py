@@ -1,18 +1,22 @@
 """Every message kind a peer sends, with its metadata and tensors, declared once and checked in one place.
 
 The transport checks each inbound message against its kind's declaration (`problem`) before filing it, so a stage
-only ever sees metadata of the declared types and ranges; what depends on the stage's own state (a vector's length,
-a sequence number's progress) the stage checks itself. A message that fails is dropped and counted.
+only ever sees metadata of the declared types and ranges, and finite tensors; what depends on the stage's own state
+(a vector's length, a sequence number's progress) the stage checks itself. A message that fails is dropped and
+counted by kind and reason. Control kinds also declare how often one peer may send them (`Kind.rate`): a peer that
+sends more is not one running this code, and its excess is dropped.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, NamedTuple
+
+import numpy as np
 
 HELLO = "hello"      # the start-up barrier: who has heard from whom
 BYE = "bye"          # the last message on a connection
-STOP = "stop"        # the peers' mean evaluation accuracy reached the target
+STOP = "stop"        # the peers' mean evaluation accuracy reached the target, with the figures it rests on
 EVAL = "eval"        # a peer's evaluation accuracy at an evaluation round
 GRAD = "grad"        # gradient plane: a (sparse) gradient and its batch weight
 REPORT = "report"    # weighted batching: a peer's measured compute rate
@@ -20,6 +24,7 @@ GOSSIP = "gossip"    # model plane: push-sum mass and weight
 SCORE = "score"      # knowledge transfer: a peer's loss on its held-out data
 FETCH = "fetch"      # knowledge transfer: send me your parameters
 MODEL = "model"      # knowledge transfer: the parameters asked for
+CREDIT = "credit"    # model plane: the push-sum weight a receiver has used from a link so far
 PROBE = "probe"      # link measurement (scripts/check_emulation.py): payload or ping
 ACK = "ack"          # link measurement: the answer to a probe
 
@@ -44,6 +49,10 @@ def finite_float(v: Any) -> bool:
     return _is_float(v)
 
 
+def non_negative_float(v: Any) -> bool:
+    return _is_float(v) and v >= 0
+
+
 def count(v: Any) -> bool:
     """An integer >= 1."""
     return _is_int(v) and v >= 1
@@ -54,43 +63,95 @@ def peer_list(v: Any) -> bool:
     return isinstance(v, str) and all(p.isdigit() for p in v.split(",") if p) and len(v) < 4096
 
 
+def figure_list(v: Any) -> bool:
+    """Comma-separated `peer:accuracy` pairs, each accuracy a fraction (a stop's evidence)."""
+    return isinstance(v, str) and len(v) < 4096 and parse_figures(v) is not None
+
+
+def parse_figures(text: str) -> dict[int, float] | None:
+    """{peer: accuracy} from `figure_list` text, or None if it is not one (no repeats, accuracies in [0, 1])."""
+    figures = {}
+    for item in text.split(","):
+        peer, _, acc = item.partition(":")
+        try:
+            value = float(acc)
+        except ValueError:
+            return None
+        if not peer.isdigit() or int(peer) in figures or not 0.0 <= value <= 1.0:
+            return None
+        figures[int(peer)] = value
+    return figures
+
+
+def format_figures(figures: Mapping[int, float]) -> str:
+    return ",".join(f"{p}:{acc!r}" for p, acc in sorted(figures.items()))
+
+
+def epoch(v: Any) -> bool:
+    """A link epoch: an integer >= 0 that fits 63 bits."""
+    return _is_int(v) and 0 <= v < 1 << 63
+
+
 @dataclass(frozen=True)
 class Kind:
-    """What a kind carries: required metadata (name -> check), and the tensors it must and may have."""
+    """What a kind carries: required metadata (name -> check), the tensors it must and may have, and, for control
+    kinds, at most how many one sender may send per second (`rate`, with bursts of `burst`; None: unlimited)."""
 
     meta: dict[str, Callable[[Any], bool]] = field(default_factory=dict)
     tensors: frozenset[str] = frozenset()
     optional_tensors: frozenset[str] = frozenset()
+    rate: float | None = None
+    burst: int = 1
+    batch_weight: str | None = None  # the meta key that is a batch weight: at most the global batch
 
 
 KINDS: dict[str, Kind] = {
-    HELLO: Kind({"heard": peer_list}),
-    BYE: Kind(),
-    STOP: Kind(),
-    EVAL: Kind({"acc": fraction}),
-    GRAD: Kind({"w": positive_float}, frozenset({"g"})),
+    HELLO: Kind({"heard": peer_list}, rate=20.0, burst=40),  # a barrier says hello every 0.1 s
+    BYE: Kind(rate=0.2, burst=2),
+    STOP: Kind({"figures": figure_list}, rate=2.0, burst=4),
+    EVAL: Kind({"acc": fraction}, rate=50.0, burst=50),
+    GRAD: Kind({"w": positive_float}, frozenset({"g"}), batch_weight="w"),
     REPORT: Kind({"rate": positive_float}),
-    GOSSIP: Kind({"n": count, "w": positive_float}, frozenset({"x"}), frozenset({"owed"})),
-    SCORE: Kind({"loss": finite_float}),
-    FETCH: Kind(),
+    GOSSIP: Kind({"n": count, "w": positive_float, "e": epoch}, frozenset({"x"}), frozenset({"owed"})),
+    CREDIT: Kind({"w": positive_float, "e": epoch}),
+    SCORE: Kind({"loss": non_negative_float}, rate=50.0, burst=50),  # a cross-entropy
+    FETCH: Kind(rate=5.0, burst=5),
     MODEL: Kind({}, frozenset({"x"})),
     PROBE: Kind({}, frozenset(), frozenset({"payload"})),
     ACK: Kind(),
 }
 
 
-def problem(kind: str, meta: dict, tensor_names) -> str | None:
-    """Why a message of `kind` with this metadata and these tensors is not as declared; None if it is."""
+COLLECTED = frozenset({GRAD, GOSSIP})  # kinds stages collect round by round: every message counts, none is evicted
+
+
+class Rejection(NamedTuple):
+    """Why a message was dropped: a short `reason` to count by, and the `detail` to log."""
+
+    reason: str
+    detail: str
+
+
+def problem(kind: str, meta: dict, tensors: Mapping[str, Any], max_batch_weight: float = math.inf) -> Rejection | None:
+    """Why a message of `kind` with this metadata and these tensors (arrays or `wire.Sparse`) is not as declared:
+    keys, types and ranges, batch weights up to `max_batch_weight`, finite tensors. None if it is."""
     declared = KINDS.get(kind)
     if declared is None:
-        return f"unknown kind {kind!r}"
+        return Rejection("unknown kind", f"unknown kind {kind!r}")
     if meta.keys() != declared.meta.keys():
-        return f"{kind}: expected meta keys {sorted(declared.meta)}, got {sorted(meta)}"
+        return Rejection("meta", f"{kind}: expected meta keys {sorted(declared.meta)}, got {sorted(meta)}")
     for key, check in declared.meta.items():
         if not check(meta[key]):
-            return f"{kind}: meta {key}={meta[key]!r} is out of range or of the wrong type"
-    names = set(tensor_names)
+            return Rejection("meta", f"{kind}: meta {key}={meta[key]!r} is out of range or of the wrong type")
+    if declared.batch_weight is not None and meta[declared.batch_weight] > max_batch_weight:
+        return Rejection("batch weight", f"{kind}: batch weight {meta[declared.batch_weight]!r} exceeds the global "
+                                         f"batch {max_batch_weight:g}")
+    names = set(tensors)
     if not declared.tensors <= names <= declared.tensors | declared.optional_tensors:
-        return (f"{kind}: expected tensors {sorted(declared.tensors)} (optional {sorted(declared.optional_tensors)}), "
-                f"got {sorted(names)}")
+        return Rejection("tensors", f"{kind}: expected tensors {sorted(declared.tensors)} (optional "
+                                    f"{sorted(declared.optional_tensors)}), got {sorted(names)}")
+    for name, tensor in tensors.items():
+        values = getattr(tensor, "values", tensor)  # a Sparse's values, or the array itself
+        if np.asarray(values).dtype.kind == "f" and not np.isfinite(values).all():
+            return Rejection("non-finite", f"{kind}: non-finite entries in {name!r}")
     return None

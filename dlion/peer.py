@@ -78,5 +78,5 @@ class Peer:
         return self.log.emit("final", stop_reason=reason, it=iteration, samples=samples,
                              train_s=round(train_s, 3), samples_per_s=round(samples / max(train_s, 1e-9), 2),
                              acc=round(float(acc), 5), loss=round(float(loss), 5), **traffic(self.transport),
-                             bytes_by_kind=self.transport.bytes_by_kind(),
+                             bytes_by_kind=self.transport.bytes_by_kind(), rejected=self.transport.rejections(),
                              links={str(k): v.as_dict() for k, v in self.transport.stats().items()})

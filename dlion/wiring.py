@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dlion import data as datamod
+from dlion import security
 from dlion.clock import StepClock, Unpaced
 from dlion.config import STAGE_REGISTRIES, Config
 from dlion.control import RunControl
@@ -91,12 +92,20 @@ def _make_trainer(cfg: Config, peer_id: int, local: LocalData, needs: Requiremen
 
 
 def make_transport(cfg: Config, peer_id: int, num_values: int, link_policy=None, **settings) -> ZmqTransport:
-    """The peer's ZeroMQ transport, accepting messages up to the largest a model of `num_values` entries needs;
-    `settings` override the config's transport settings (sndhwm, suspect_after)."""
-    limits = WireLimits(frozenset(cfg.peer_ids), max_message_bytes(num_values))
-    options = {"sndhwm": cfg.transport.sndhwm, "suspect_after": cfg.transport.suspect_after, **settings}
+    """The peer's ZeroMQ transport, accepting messages up to the largest a model of `num_values` entries needs, with
+    the config's security (CURVE keys unless `security.mode` is none; raises security.KeysError if they are
+    missing); `settings` override the config's transport settings (sndhwm, suspect_after)."""
+    limits = WireLimits(frozenset(cfg.peer_ids), max_message_bytes(num_values),
+                        max_batch_weight=float(cfg.training.global_batch))
+    tr = cfg.transport
+    # a peer whose stages collect nothing moves its window at evaluations only
+    window = max(tr.window_rounds, 2 * cfg.evaluation.every_iterations)
+    options = {"sndhwm": tr.sndhwm, "suspect_after": tr.suspect_after, "window_rounds": window,
+               "max_held_bytes": int(tr.max_held_mb * 2 ** 20), "max_norm_ratio": cfg.security.max_norm_ratio,
+               **settings}
+    keys = security.load(cfg, peer_id) if cfg.security.mode == "curve" else None
     return ZmqTransport(peer_id, {p.id: (p.address, p.port) for p in cfg.peers}, limits, link_policy=link_policy,
-                        **options)
+                        keys=keys, **options)
 
 
 def _make_stages(cfg: Config, ctx: StageContext) -> Stages:

@@ -11,15 +11,17 @@ import yaml
 import zmq
 
 from conftest import PYTHON, ROOT, free_ports, python_env, requires_fashion
+from dlion import config, security
 from dlion.metrics import read_events
 from dlion.transport import Sparse, WireLimits, ZmqTransport, encode
+from dlion.transport.zmq import routing_id
 
 pytestmark = [pytest.mark.integration, requires_fashion]
 
 DEADLINE_S = 2.0
 
 
-def write_config(tmp_path, n_peers, **training):
+def write_config(tmp_path, n_peers, security_block=None, **training):
     ports = free_ports(n_peers)
     cfg = {
         "name": "it",
@@ -31,6 +33,7 @@ def write_config(tmp_path, n_peers, **training):
         "evaluation": {"every_iterations": 40},
         "output": {"dir": str(tmp_path / "out")},
         "transport": {"startup_timeout_s": 40},
+        **({"security": security_block} if security_block else {}),
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -116,37 +119,38 @@ def test_sigkilled_peer_costs_the_others_at_most_a_deadline_per_round(tmp_path):
 
 
 def test_live_peer_drops_and_counts_bad_messages_and_keeps_training(tmp_path):
-    """Peers 0 and 1 run as processes; the test plays peer 2: it joins, leaves, then sends garbage as peer 2 and as
-    an unknown sender. Every bad message is dropped and counted, and both peers train to the end."""
-    path, cfg = write_config(tmp_path, 3, max_iterations=400)
+    """Peers 0 and 1 run as processes with CURVE keys; the test plays peer 2, with its key: it joins, leaves, then
+    sends garbage as peer 2, and a stranger with a key no peer knows tries to connect. Every bad message is dropped
+    and counted by kind and reason, the stranger is refused, and both peers train to the end."""
+    keys_dir = tmp_path / "keys"
+    path, cfg = write_config(tmp_path, 3, max_iterations=400, security_block={"keys_dir": str(keys_dir)})
+    security.generate(keys_dir, range(3))
     out = tmp_path / "out"
     procs = [subprocess.Popen(dlion_cmd("peer", "--config", str(path), "--id", str(i)), cwd=ROOT, env=python_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in (0, 1)]
     endpoints = {p["id"]: ("127.0.0.1", p["port"]) for p in cfg["peers"]}
-    me = ZmqTransport(2, endpoints, WireLimits(frozenset(endpoints), 1 << 20))
+    keys = security.load(config.load(path), 2)
+    me = ZmqTransport(2, endpoints, WireLimits(frozenset(endpoints), 1 << 20), keys=keys)
     try:
         me.start()
         assert me.wait_for_peers(90) == {0, 1}
         me.close()  # says bye: the peers stop waiting for peer 2
         wait_for_event(out / "peer-0.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 20, 60)
         ctx = zmq.Context.instance()
-        bad = []
-        for identity in (b"2", b"99"):
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.IDENTITY, identity)
-            sock.setsockopt(zmq.LINGER, 5000)  # deliver before close, then give up
-            sock.connect(f"tcp://127.0.0.1:{endpoints[0][1]}")
-            bad.append(sock)
+        stranger_public, stranger_secret = zmq.curve_keypair()
+        bad = [curve_dealer(ctx, routing_id(2, 1), keys.public, keys.secret, keys.peers[0], endpoints[0]),
+               curve_dealer(ctx, routing_id(1, 1), stranger_public, stranger_secret, keys.peers[0], endpoints[0])]
         good_header = encode("grad", 2, 5, {"g": np.zeros(4, "float32")})
         messages = [
             [b"\xc1not msgpack"],                                    # malformed header
             [good_header[0], b"\x00" * 7],                           # frame size does not match the header
             _sparse_index_out_of_range(),                            # index out of range
             [good_header[0], b"\x00" * 16, b"extra frame"],          # frame count does not match the header
+            encode("grad", 1, 5, {"g": np.zeros(4, "float32")}, {"w": 1.0}),  # peer 2 speaking as peer 1
         ]
         for frames in messages:
             bad[0].send_multipart(frames)
-        bad[1].send_multipart(encode("grad", 99, 5, {"g": np.zeros(4, "float32")}))  # unknown
+        bad[1].send_multipart(encode("grad", 1, 5, {"g": np.zeros(4, "float32")}, {"w": 1.0}))  # never connects
         for sock in bad:
             sock.close()
         for p in procs:
@@ -157,9 +161,20 @@ def test_live_peer_drops_and_counts_bad_messages_and_keeps_training(tmp_path):
                 p.kill()
     assert [p.returncode for p in procs] == [0, 0]
     final = next(e for e in read_events(out / "peer-0.jsonl") if e["ev"] == "final")
-    assert final["messages_dropped"] >= len(messages) + 1, final
-    assert final["links"]["unknown"]["dropped"] >= 1
+    assert final["messages_dropped"] >= len(messages), final
+    assert final["rejected"]["?"]["malformed"] == 4 and final["rejected"]["grad"]["sender mismatch"] == 1, final
+    assert final["links"]["unknown"]["refused"] >= 1 and final["links"]["unknown"]["msgs_received"] == 0
     assert final["it"] == 400 and final["acc"] > 0.7
+
+
+def curve_dealer(ctx, identity, public, secret, server_public, endpoint):
+    """A DEALER that connects to `endpoint` over CURVE with the given key pair and routing id."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_public
+    sock.setsockopt(zmq.LINGER, 5000)  # deliver before close, then give up
+    sock.connect("tcp://%s:%d" % endpoint)
+    return sock
 
 
 def _sparse_index_out_of_range():

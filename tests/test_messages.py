@@ -16,10 +16,12 @@ def test_the_wire_knows_exactly_the_declared_kinds():
     ("eval", {"acc": 0.5}, ()),
     ("eval", {"acc": 1.0}, ()),
     ("grad", {"w": 32.0}, ("g",)),
-    ("gossip", {"n": 1, "w": 0.25}, ("x",)),
-    ("gossip", {"n": 7, "w": 2.5}, ("x", "owed")),
+    ("gossip", {"e": 3, "n": 1, "w": 0.25}, ("x",)),
+    ("gossip", {"e": 3, "n": 7, "w": 2.5}, ("x", "owed")),
+    ("credit", {"e": 3, "w": 2.5}, ()),
+    ("stop", {"figures": "0:0.875,1:0.9,2:0.5"}, ()),
     ("report", {"rate": 1234.5}, ()),
-    ("score", {"loss": -0.5}, ()),
+    ("score", {"loss": 0.5}, ()),
     ("hello", {"heard": "0,2"}, ()),
     ("hello", {"heard": ""}, ()),
     ("model", {}, ("x",)),
@@ -27,7 +29,11 @@ def test_the_wire_knows_exactly_the_declared_kinds():
     ("probe", {}, ("payload",)),
 ])
 def test_well_formed_messages_pass(kind, meta, tensors):
-    assert messages.problem(kind, meta, tensors) is None
+    assert messages.problem(kind, meta, tensors_named(tensors), max_batch_weight=32.0) is None
+
+
+def tensors_named(names, value=1.0):
+    return {name: np.full(3, value, np.float32) for name in names}
 
 
 @pytest.mark.parametrize("kind,meta,tensors", [
@@ -41,17 +47,30 @@ def test_well_formed_messages_pass(kind, meta, tensors):
     ("grad", {"w": math.inf}, ("g",)),
     ("grad", {"w": 1.0}, ()),                # no gradient
     ("grad", {"w": 1.0}, ("g", "h")),        # a tensor the kind does not carry
-    ("gossip", {"n": 0, "w": 1.0}, ("x",)),
-    ("gossip", {"n": True, "w": 1.0}, ("x",)),
-    ("gossip", {"n": 1}, ("x",)),
+    ("grad", {"w": 33.0}, ("g",)),           # more than the global batch
+    ("gossip", {"e": 1, "n": 0, "w": 1.0}, ("x",)),
+    ("gossip", {"e": 1, "n": True, "w": 1.0}, ("x",)),
+    ("gossip", {"e": 1, "n": 1}, ("x",)),
+    ("gossip", {"n": 1, "w": 1.0}, ("x",)),  # no epoch
+    ("gossip", {"e": -1, "n": 1, "w": 1.0}, ("x",)),
+    ("stop", {}, ()),                        # a stop without its evidence
+    ("stop", {"figures": "0:0.9,0:0.9"}, ()),
+    ("stop", {"figures": "0:1.5"}, ()),
+    ("stop", {"figures": "0:nan"}, ()),
     ("report", {"rate": 0.0}, ()),
     ("score", {"loss": "low"}, ()),
+    ("score", {"loss": -1e30}, ()),          # no cross-entropy is negative
     ("hello", {"heard": "0,x"}, ()),
     ("stop", {"acc": 1.0}, ()),
     ("nonsense", {}, ()),
 ])
 def test_malformed_messages_are_named(kind, meta, tensors):
-    assert messages.problem(kind, meta, tensors)
+    assert messages.problem(kind, meta, tensors_named(tensors), max_batch_weight=32.0)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_tensors_are_named(value):
+    assert messages.problem("grad", {"w": 1.0}, tensors_named(["g"], value)).reason == "non-finite"
 
 
 def test_a_forged_evaluation_never_reaches_the_mailbox(inproc):

@@ -20,9 +20,9 @@ One round t, `step(t, params)`:
    round's messages are in flight while the next gradient is computed, and are folded in when they have arrived.
 4. It returns z = x / w (float32), the parameters to train on next.
 
-Missed rounds and lost messages: weight is restored, not lost. Every message carries a sequence number "n" and the
-running sum "w" of the weight pushed on its link so far; the receiver adds the growth of that sum since the last
-message it used on the link, valued at the model the message carries. So:
+Missed rounds and lost messages: weight is restored, not lost. Every message carries its link's epoch "e", a
+sequence number "n" and the running sum "w" of the weight pushed on the link in that epoch; the receiver adds the
+growth of that sum since the last message it used on the link, valued at the model the message carries. So:
 - A receiver that skips rounds (calls `step` for a later round), or that receives a round's message after its own
   round passed, folds it in with the next round's: the mailbox keeps what was not collected. Exact, nothing lost,
   as every message is used once and in order.
@@ -31,16 +31,27 @@ message it used on the link, valued at the model the message carries. So:
   the link's next delivered message carries it, so the total weight is restored exactly at that delivery, and the
   numerator with it at the sender's newer model (off by the missed weight times how far that model moved meanwhile:
   nothing once the models agree). Until then the weight is in flight: sum(w) + in flight = number of peers, always.
-- Only a departed peer takes mass out of the system (its own and what was in flight to it); push-sum's ratio keeps
-  every survivor's z a convex combination, and they converge to the average of what remains.
+
+A link that delivers nothing: the receiver answers every round in which it used a link's messages with a `credit`
+(the running sum it has used, and the epoch). Weight pushed but not credited is in flight; when the link's receiver
+departs, or `dead_after` pushes in a row bring no new credit (a link that swallows messages: a peer that no longer
+reads, a connection that went nowhere), the sender takes that weight back, valued at its current model (so its z
+does not move), and starts the link afresh in a new epoch (dense first message, running sums from zero). The
+receiver drops messages of an older epoch than its link's: their weight is back with the sender. So weight never
+drains into a dead link, and z = x / w stays well defined. Only a departed peer takes mass out of the system (its own
+and what it had used); push-sum's ratio keeps every survivor's z a convex combination, and they converge to the
+average of what remains. Epochs start at the sender process's start time in microseconds, so a restarted sender's
+links are always newer than its predecessor's.
 
 Messages are `gossip` messages: tensor "x" (float32: dense, or `wire.Sparse` for Sparse-Push, with "owed") and meta
-n, w. A message with a wrong size or dtype, non-finite values, a weight sum that did not grow plausibly, or a
-sequence number that did not advance is dropped with `transport.reject`. A message with n = 1 (always dense) starts
-the link afresh: the first message of a link, or of a restarted sender.
+e, n, w. A message with a wrong size or dtype, a weight sum that did not grow plausibly, a weight that would take
+the receiver's beyond twice the number of peers, a sequence number that did not advance or an old epoch is dropped
+with `transport.reject` (non-finite values never get this far: the transport drops them).
 """
 from __future__ import annotations
 
+import itertools
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,13 +79,22 @@ class NoGossip(Strategy):
 
 @dataclass
 class _Link:
-    """One directed link's state, alike at both ends: messages so far, the running sum of the weight pushed, and
-    (Sparse-Push) the public copy of the sender's model; the sender also keeps the link's debt."""
+    """One directed link's state, alike at both ends: its epoch, messages so far, the running sum of the weight
+    pushed, and (Sparse-Push) the public copy of the sender's model; the sender also keeps the link's debt, the
+    running sum its receiver credited, and the pushes since that credit last grew."""
 
+    epoch: int = 0
     seq: int = 0
     weight: float = 0.0
     copy: np.ndarray | None = None
     debt: np.ndarray | float = 0.0  # numerator mass owed on the link, not sent yet (Sparse-Push)
+    credited: float = 0.0
+    uncredited_pushes: int = 0
+
+    @property
+    def in_flight(self) -> float:
+        """Weight pushed on the link that its receiver has not credited (yet)."""
+        return self.weight - self.credited
 
 
 class PushSum(Strategy):
@@ -90,6 +110,9 @@ class PushSum(Strategy):
                                 expect="a non-negative integer: gossip rounds an in-neighbour may lag before the peer "
                                        "waits for it (0: lockstep)")
         every: int = option(1, check=positive, expect="a positive integer: training rounds per gossip round")
+        dead_after: int = option(32, check=positive,
+                                 expect="a positive integer: pushes on a link without a new credit from its receiver "
+                                        "before the sender takes the link's weight in flight back and restarts it")
         skew_compensation: Literal[SKEW_COMPENSATIONS] = option(
             "none", expect="one of: none; logit-adjustment (each peer trains with its logits shifted by the log of its "
                            "label frequencies: dlion/trainer.py); flow-integral (integral feedback on the gossip "
@@ -118,6 +141,8 @@ class PushSum(Strategy):
         self.skew: SkewCompensation | None = None
         self._out: dict[int, _Link] = {}
         self._in: dict[int, _Link] = {}
+        self._epochs = itertools.count(time.time_ns() // 1000)  # above every epoch of an earlier process of ours
+        self.reclaimed = 0.0  # weight taken back from links that delivered nothing, so far
 
     def mix(self, round_: int, model: ModelAccess) -> GossipResult:
         """Every `every`-th training round, one gossip round on the model's parameters (`step`, numbered in gossip
@@ -149,16 +174,41 @@ class PushSum(Strategy):
         start = self.ctx.clock()
         got = self.transport.mailbox.collect(KIND, round_, expected, start + self.params.deadline_s, lag)
         wait_s = self.ctx.clock() - start
-        received = sum(self._receive(msg) for src in sorted(got) for msg in got[src])
+        received = 0
+        for src in sorted(got):
+            used = sum(self._receive(msg) for msg in got[src])
+            if used:
+                link = self._in[src]
+                self.transport.send(src, messages.CREDIT, round_, None, {"w": link.weight, "e": link.epoch})
+            received += used
         if self.skew is not None:
             self.skew.observe(self.x - before_gossip)
         self.last_round = round_
         self.z = (self.x / self.w).astype(np.float32)
         return GossipResult(self.w, received, wait_s, sent, self.z)
 
+    def _take_back(self, dst: int) -> None:
+        """Take the weight in flight on the link to `dst` back, valued at the current model, and what it owes."""
+        link = self._out.pop(dst)
+        z = self.x / self.w
+        self.x += link.in_flight * z + link.debt
+        self.w += link.in_flight
+        self.reclaimed += link.in_flight
+
+    def _check_links(self) -> None:
+        """Credits in; links to departed peers, and links that swallow what is pushed, given up (module docstring)."""
+        for dst in self.transport.mailbox.departed & self._out.keys():
+            self._take_back(dst)
+        for dst, link in list(self._out.items()):
+            credit = self.transport.mailbox.latest(messages.CREDIT, dst)
+            if (credit is not None and credit.meta["e"] == link.epoch
+                    and link.credited < credit.meta["w"] <= link.weight * (1 + 1e-12)):
+                link.credited, link.uncredited_pushes = credit.meta["w"], 0
+            if link.uncredited_pushes >= self.params.dead_after and link.in_flight > 0:
+                self._take_back(dst)
+
     def _push(self, round_: int) -> dict[int, int]:
-        for dst in self.transport.mailbox.departed & self._out.keys():  # what we owed a departed peer stays here
-            self.x += self._out.pop(dst).debt
+        self._check_links()
         out = self.ctx.live(self.topology.out_neighbours(self.peer_id, round_))
         if not out:
             return {}
@@ -166,15 +216,16 @@ class PushSum(Strategy):
         z32 = (self.x / self.w).astype(np.float32)  # fresh each round: messages may alias it until they leave
         sent = {}
         for dst in out:
-            link = self._out.setdefault(dst, _Link())
+            link = self._out.get(dst) or self._out.setdefault(dst, _Link(epoch=next(self._epochs)))
             link.seq += 1
+            link.uncredited_pushes += 1
             before = link.weight
             link.weight += share
             dw = np.float64(link.weight - before)  # exactly what the receiver will compute from the running sums
             tensors, withdrawn = self._outgoing(link, z32, dw)
             self.x -= withdrawn
             self.w -= dw
-            self.transport.send(dst, KIND, round_, tensors, {"n": link.seq, "w": link.weight})
+            self.transport.send(dst, KIND, round_, tensors, {"n": link.seq, "w": link.weight, "e": link.epoch})
             x = tensors["x"]
             sent[dst] = len(x.indices) if isinstance(x, Sparse) else x.size
         return sent
@@ -186,14 +237,14 @@ class PushSum(Strategy):
 
     def _receive(self, msg) -> int:
         """Fold one in-neighbour message into x and w; 1 if used, 0 if rejected."""
-        link = self._in.get(msg.sender, _Link())
-        n, w_sum = msg.meta["n"], msg.meta["w"]  # declared: an int >= 1 and a positive finite float
-        problem = self._meta_problem(n, w_sum, link) or self._tensor_problem(msg, link)
-        if problem:
-            self.transport.reject(msg, problem)
+        epoch, n, w_sum = msg.meta["e"], msg.meta["n"], msg.meta["w"]  # declared: ints >= 0, >= 1; finite float > 0
+        link = self._in.get(msg.sender, _Link(epoch=-1))
+        if epoch > link.epoch:
+            link = _Link(epoch=epoch)  # a new link: the first of its sender, a restarted sender, or a restart
+        rejected = self._meta_problem(epoch, n, w_sum, link) or self._tensor_problem(msg, link)
+        if rejected:
+            self.transport.reject(msg, *rejected)
             return 0
-        if n == 1:
-            link = _Link()  # the first message of a link (always dense), or of a restarted sender
         dw = np.float64(w_sum - link.weight)  # a numpy scalar: products with float32 arrays stay float64
         self.x += self._incoming(link, msg, dw)
         self.w += dw
@@ -201,21 +252,23 @@ class PushSum(Strategy):
         self._in[msg.sender] = link
         return 1
 
-    def _meta_problem(self, n: int, w_sum: float, link: _Link) -> str | None:
-        if n != 1 and n <= link.seq:
-            return f"sequence number {n} does not advance past {link.seq}"
-        base = _Link() if n == 1 else link
+    def _meta_problem(self, epoch: int, n: int, w_sum: float, link: _Link) -> tuple[str, str] | None:
+        if epoch < link.epoch:
+            return "old epoch", f"epoch {epoch} is older than the link's {link.epoch}: its weight went back"
+        if n <= link.seq:
+            return "sequence", f"sequence number {n} does not advance past {link.seq}"
         # a message carries at most its sender's whole weight, and no weight exceeds the number of peers
-        if not 0 < w_sum - base.weight <= (n - base.seq) * len(self.topology.ids):
-            return f"weight sum went from {base.weight} to {w_sum} in {n - base.seq} message(s)"
+        peers = len(self.topology.ids)
+        if not 0 < w_sum - link.weight <= (n - link.seq) * peers:
+            return "weight", f"weight sum went from {link.weight} to {w_sum} in {n - link.seq} message(s)"
+        if self.w + w_sum - link.weight > 2 * peers:
+            return "weight", f"it would take this peer's weight to {self.w + w_sum - link.weight} (2 x {peers} peers)"
         return None
 
-    def _tensor_problem(self, msg, link: _Link) -> str | None:
+    def _tensor_problem(self, msg, link: _Link) -> tuple[str, str] | None:
         x = msg.tensors["x"]
         if not (isinstance(x, np.ndarray) and x.shape == self.x.shape and x.dtype == np.float32):
-            return f"expected a dense float32 'x' of {self.x.size} entries"
-        if not np.isfinite(x).all():
-            return "non-finite entries in 'x'"
+            return "shape", f"expected a dense float32 'x' of {self.x.size} entries"
         return None
 
     def _incoming(self, link: _Link, msg, dw: float) -> np.ndarray:

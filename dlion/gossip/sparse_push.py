@@ -117,22 +117,20 @@ class SparsePush(PushSum):
         overflow float16."""
         return owed.astype(np.float16 if self.params.half_precision and fits_half(owed) else np.float32)
 
-    def _tensor_problem(self, msg, link: _Link) -> str | None:
+    def _tensor_problem(self, msg, link: _Link) -> tuple[str, str] | None:
         x, owed = msg.tensors["x"], msg.tensors.get("owed")
         if not isinstance(x, Sparse):
             if owed is not None and not (isinstance(owed, np.ndarray) and owed.shape == self.x.shape
-                                         and owed.dtype == np.float32 and np.isfinite(owed).all()):
-                return f"expected 'owed' as finite float32 of {self.x.size} entries with a dense 'x'"
+                                         and owed.dtype == np.float32):
+                return "shape", f"expected 'owed' as float32 of {self.x.size} entries with a dense 'x'"
             return super()._tensor_problem(msg, link)
         if (x.size != self.x.size or x.values.dtype not in SPARSE_DTYPES
                 or not bool((x.indices[1:] > x.indices[:-1]).all())):
-            return f"expected a float16/32 sparse 'x' of size {self.x.size} with strictly increasing indices"
+            return "shape", f"expected a float16/32 sparse 'x' of size {self.x.size} with strictly increasing indices"
         if not (isinstance(owed, np.ndarray) and owed.shape == x.values.shape and owed.dtype in SPARSE_DTYPES):
-            return "expected 'owed' as float16/32 with one entry per index of 'x'"
-        if not (np.isfinite(x.values).all() and np.isfinite(owed).all()):
-            return "non-finite entries in 'x' or 'owed'"
-        if link.copy is None or msg.meta["n"] == 1:
-            return "a sparse update on a link whose public copy we lack (we missed its dense message)"
+            return "shape", "expected 'owed' as float16/32 with one entry per index of 'x'"
+        if link.copy is None:
+            return "no copy", "a sparse update on a link whose public copy we lack (we missed its dense message)"
         return None
 
     def _incoming(self, link: _Link, msg, dw: float) -> np.ndarray:

@@ -5,9 +5,12 @@ Bandwidth: each inbound link is estimated at its receiving end from every messag
 every message a peer sends carries its estimate of the reverse link, so each peer learns the rate of its outgoing
 links as their receivers measure them (`link_bandwidth`).
 
-Every inbound message is decoded and checked by `wire`, then against its kind's declaration (`dlion.messages`), before
-it is filed: stages see only well-formed messages of known peers. When a message may leave is the `link_policy`'s
-say (`LinkPolicy`: at once by default; an emulation attaches one that holds messages as a slower link would)."""
+Every inbound message is decoded and checked by `wire`, then against its kind's declaration (`dlion.messages`:
+types, ranges, batch weights, finite tensors) and its kind's rate limit, before the mailbox files it within its
+window: stages see only well-formed messages of known peers. When a stage takes a gradient or a model, the norm guard
+(`guard`) judges its size against this peer's own. Every message dropped anywhere on this path, or rejected by a
+stage (`reject`), is counted by kind and reason (`rejections`). When a message may leave is the `link_policy`'s say
+(`LinkPolicy`: at once by default; an emulation attaches one that holds messages as a slower link would)."""
 from __future__ import annotations
 
 import abc
@@ -19,10 +22,12 @@ from collections import defaultdict
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from dlion import messages
+from dlion.messages import KINDS
 
 from . import wire
-from .mailbox import Mailbox
 from .estimate import LinkEstimator
+from .guard import NormGuard
+from .mailbox import Mailbox
 from .stats import LinkStats
 
 log = logging.getLogger("dlion.transport")
@@ -31,6 +36,22 @@ UNKNOWN = "unknown"
 HELLO_INTERVAL_S = 0.1
 _LOG_FIRST_DROPS = 5
 _LOG_EVERY_DROPS = 100
+
+
+class _Bucket:
+    """A token bucket: `rate` tokens per second, at most `burst` saved up."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def _heard(msg: wire.Message) -> frozenset[int]:
@@ -56,13 +77,18 @@ class Transport(abc.ABC):
     """A peer's endpoint: `send` to any other peer, receive into `mailbox`."""
 
     def __init__(self, peer_id: int, peers: Iterable[int], limits: wire.WireLimits, suspect_after: int = 2,
-                 link_policy: LinkPolicy | None = None):
+                 link_policy: LinkPolicy | None = None, window_rounds: int = 256, max_held_bytes: int = 64 << 20,
+                 max_norm_ratio: float = 20.0):
         self.peer_id = peer_id
         self.peers = frozenset(peers) - {peer_id}
         self.limits = limits
-        self.mailbox = Mailbox(suspect_after=suspect_after)
+        self.guard = NormGuard(max_norm_ratio)
+        self.mailbox = Mailbox(suspect_after=suspect_after, window=window_rounds, max_held_bytes=max_held_bytes,
+                               screen=self._screen)
         self._stats: dict[int | str, LinkStats] = {p: LinkStats() for p in self.peers}
         self._drops: dict[int | str, int] = defaultdict(int)
+        self._rejections: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._buckets: dict[tuple[int, str], _Bucket] = {}
         self._stats_lock = threading.Lock()
         self._close_lock = threading.Lock()
         self._closing = False
@@ -89,6 +115,7 @@ class Transport(abc.ABC):
         if dst not in self.peers:
             raise ValueError(f"peer {self.peer_id}: {dst} is not another peer of this transport")
         frames = wire.encode(kind, self.peer_id, round, tensors, meta, time.time(), self.inbound_bandwidth(dst))
+        self.guard.observe(kind, tensors)
         nbytes = sum(memoryview(f).nbytes for f in frames)
         if nbytes > self.limits.max_message_bytes:
             raise ValueError(f"{kind} message of {nbytes} bytes exceeds max_message_bytes "
@@ -113,6 +140,11 @@ class Transport(abc.ABC):
         """A snapshot per link; `"unknown"` collects traffic from routing ids that are no peer."""
         with self._stats_lock:
             return {k: dataclasses.replace(v) for k, v in self._stats.items()}
+
+    def rejections(self) -> dict[str, dict[str, int]]:
+        """Messages dropped or rejected so far: {kind: {reason: count}} ("?" for a message that did not decode)."""
+        with self._stats_lock:
+            return {kind: dict(reasons) for kind, reasons in self._rejections.items()}
 
     def bytes_by_kind(self) -> dict[str, int]:
         """Bytes handed over per message kind (gradient plane, model plane, control)."""
@@ -142,19 +174,21 @@ class Transport(abc.ABC):
         link = routing_sender if routing_sender in self.peers else UNKNOWN
         self._count(link, msgs_received=1, bytes_received=sum(memoryview(f).nbytes for f in frames))
         if link == UNKNOWN:
-            self._drop(link, f"routing id {routing_sender!r} is not a peer")
+            self._drop(link, "?", "unknown sender", f"routing id or key of {routing_sender!r} is no peer's")
             return
         try:
             msg = wire.decode(frames, self.limits, time.time())
         except wire.WireError as e:
-            self._drop(link, e.reason)
+            self._drop(link, "?", "malformed", e.reason)
             return
         if msg.sender != link:
-            self._drop(link, f"header sender {msg.sender} != routing id {link}")
+            self._drop(link, msg.kind, "sender mismatch", f"header sender {msg.sender} != connection's peer {link}")
             return
-        problem = messages.problem(msg.kind, msg.meta, msg.tensors)
-        if problem:
-            self._drop(link, problem)
+        if rejected := messages.problem(msg.kind, msg.meta, msg.tensors, self.limits.max_batch_weight):
+            self._drop(link, msg.kind, *rejected)
+            return
+        if not self._within_rate(link, msg.kind):
+            self._drop(link, msg.kind, "rate", f"more {msg.kind} messages than {KINDS[msg.kind].rate:g}/s")
             return
         with self._stats_lock:
             self._inbound[link].observe(msg.nbytes, msg.sent_at, msg.received_at)
@@ -163,23 +197,44 @@ class Transport(abc.ABC):
         if msg.kind == messages.BYE:
             self.mailbox.mark_departed(link)
             return
-        if not self.mailbox.put(msg):
-            self._count(link, late=1)
+        if refused := self.mailbox.put(msg):
+            if refused == "late":
+                self._count(link, late=1)
+            else:
+                self._drop(link, msg.kind, refused, f"{msg.kind} round {msg.round}: {refused}")
+            return
         if msg.kind == messages.HELLO and self.peer_id not in _heard(msg):
             # Answer at once, also after our own barrier: lets a late or restarted peer finish its barrier.
             self._hello([link])
 
-    def reject(self, msg: wire.Message, reason: str) -> None:
-        """A stage found a well-formed message unusable (e.g. a gradient of the wrong length): drop and count it."""
-        self._drop(msg.sender, f"{msg.kind} round {msg.round}: {reason}")
+    def _within_rate(self, link: int, kind: str) -> bool:
+        declared = KINDS[kind]
+        if declared.rate is None:
+            return True
+        with self._stats_lock:
+            bucket = self._buckets.setdefault((link, kind), _Bucket(declared.rate, declared.burst))
+            return bucket.take(time.monotonic())
 
-    def _drop(self, link: int | str, reason: str) -> None:
+    def _screen(self, msg: wire.Message) -> bool:
+        """The mailbox's last check as a stage takes `msg`: the norm guard. False (counted) if it is rejected."""
+        if detail := self.guard.problem(msg):
+            self._drop(msg.sender, msg.kind, "norm", f"{msg.kind} round {msg.round}: {detail}")
+            return False
+        return True
+
+    def reject(self, msg: wire.Message, reason: str, detail: str = "") -> None:
+        """A stage found a well-formed message unusable (e.g. a gradient of the wrong length): drop and count it
+        under `reason` (short, to count by; `detail` says more in the log)."""
+        self._drop(msg.sender, msg.kind, reason, f"{msg.kind} round {msg.round}: {detail or reason}")
+
+    def _drop(self, link: int | str, kind: str, reason: str, detail: str) -> None:
         with self._stats_lock:
             self._stats.setdefault(link, LinkStats()).dropped += 1
+            self._rejections[kind][reason] += 1
             self._drops[link] += 1
             n = self._drops[link]
         if n <= _LOG_FIRST_DROPS or n % _LOG_EVERY_DROPS == 0:
-            log.warning("peer %s dropped message #%d from %s: %s", self.peer_id, n, link, reason)
+            log.warning("peer %s dropped message #%d from %s: %s", self.peer_id, n, link, detail)
 
     # ---- hello barrier -------------------------------------------------------------------------------------
 

@@ -45,8 +45,10 @@ class InprocHub:
 class InprocTransport(Transport):
     """Talks to the other `limits.known_senders` on `hub`."""
 
-    def __init__(self, peer_id: int, hub: InprocHub, limits: WireLimits, link_policy: LinkPolicy | None = None):
-        super().__init__(peer_id, limits.known_senders, limits, link_policy=link_policy)
+    def __init__(self, peer_id: int, hub: InprocHub, limits: WireLimits, link_policy: LinkPolicy | None = None,
+                 **bounds):
+        """`bounds`: the mailbox's and the norm guard's (`Transport`)."""
+        super().__init__(peer_id, limits.known_senders, limits, link_policy=link_policy, **bounds)
         self.hub = hub
         self._held = Holdback()
         self._held_cond = threading.Condition(threading.Lock())

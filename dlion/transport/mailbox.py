@@ -3,13 +3,21 @@
 Stages never poll the network: they `take` what a round needs (lockstep: one message per sender for the round), or
 `collect` every message up to a round that they have not used yet (overlapped rounds with bounded staleness), and
 the mailbox wakes them the moment the last expected message is filed, or at their deadline.
+
+Hostile traffic cannot crowd it out: a message for a round more than `window` ahead of the peer's own round (the
+highest round a stage has asked for) is refused, as is one that would take a sender's held bytes over `max_held_bytes`; nothing already held
+is ever evicted for a newer message, except old rounds of kinds that are not collected (read with `latest`). Only a message that is
+filed is a sign of life (it re-admits a departed sender); a stage's screen (`screen`, the transport's norm guard)
+judges collected messages before they are handed out.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import defaultdict
-from typing import Iterable
+from typing import Callable, Iterable
+
+from dlion.messages import COLLECTED
 
 from .wire import Message
 
@@ -17,38 +25,59 @@ from .wire import Message
 class Mailbox:
     """Thread-safe; `put` is called by the transport, `take`/`latest` by the stages."""
 
-    def __init__(self, suspect_after: int = 2, keep_rounds: int = 64):
-        """`keep_rounds` bounds the rounds held per (kind, sender), for kinds that are only read with `latest`."""
+    def __init__(self, suspect_after: int = 2, keep_rounds: int = 64, window: int = 256,
+                 max_held_bytes: int = 64 << 20, screen: Callable[[Message], bool] = lambda msg: True):
+        """`keep_rounds` bounds the rounds held per (kind, sender) of the kinds stages do not collect (those read
+        with `latest`); `screen(msg)` is False for a message a stage must not get (`collect` and `latest` apply it;
+        `take` serves kinds without tensors)."""
         self.suspect_after = suspect_after
         self.keep_rounds = keep_rounds
+        self.window = window
+        self.max_held_bytes = max_held_bytes
+        self.screen = screen
+        self._round = 0
+        self._held: dict[int, int] = defaultdict(int)  # bytes held per sender
         self._cond = threading.Condition()
         self._store: dict[str, dict[int, dict[int, Message]]] = defaultdict(lambda: defaultdict(dict))
         self._low: dict[str, int] = {}
         self._latest: dict[tuple[str, int], Message] = {}
+        self._screened: dict[tuple[str, int], Message] = {}  # the latest message per key once it passed the screen
         self._newest: dict[tuple[str, int], int] = {}  # the highest round filed per (kind, sender)
         self._misses: dict[int, int] = defaultdict(int)
         self._departed: set[int] = set()
 
-    def put(self, msg: Message) -> bool:
-        """File `msg`; False if it was late (below the kind's low-water mark) and discarded.
+    def put(self, msg: Message) -> str | None:
+        """File `msg`; None if filed, else why not: "late" (below the kind's low-water mark), "beyond window" or
+        "sender memory" (the bounds in the module docstring).
 
-        Any message proves its sender is alive: it clears suspicion and re-admits a sender that had departed
-        (a restarted peer; `bye` is the last message on a connection, so nothing older can follow it).
+        A filed message proves its sender is alive: it clears suspicion and re-admits a sender that had departed (a
+        restarted peer; `bye` is the last message on a connection, so nothing older can follow it). One that is not
+        filed proves nothing.
         """
         with self._cond:
-            self._misses.pop(msg.sender, None)
-            self._departed.discard(msg.sender)
             if msg.round < self._low.get(msg.kind, 0):
-                return False
+                return "late"
+            if msg.round > self._round + self.window:
+                return "beyond window"
             rounds = self._store[msg.kind][msg.sender]
+            replaced = rounds.get(msg.round)
+            growth = msg.nbytes - (replaced.nbytes if replaced is not None else 0)
+            if self._held[msg.sender] + growth > self.max_held_bytes:
+                return "sender memory"
+            self._departed.discard(msg.sender)
+            self._misses.pop(msg.sender, None)
             rounds[msg.round] = msg
-            if len(rounds) > self.keep_rounds:
-                del rounds[min(rounds)]
+            self._held[msg.sender] += growth
+            if len(rounds) > self.keep_rounds and msg.kind not in COLLECTED:
+                self._forget(msg.sender, rounds.pop(min(rounds)))
             self._latest[(msg.kind, msg.sender)] = msg
             key = (msg.kind, msg.sender)
             self._newest[key] = max(msg.round, self._newest.get(key, msg.round))
             self._cond.notify_all()
-            return True
+            return None
+
+    def _forget(self, sender: int, msg: Message) -> None:
+        self._held[sender] -= msg.nbytes
 
     def collect(self, kind: str, round: int, senders: Iterable[int], deadline: float,
                 staleness: int = 0) -> dict[int, list[Message]]:
@@ -62,6 +91,7 @@ class Mailbox:
         """
         senders = set(senders)
         with self._cond:
+            self._round = max(self._round, round)
             behind = self._wait_behind(kind, round - staleness, senders, deadline)
             for s in senders - self._departed:
                 if s in behind:
@@ -71,8 +101,11 @@ class Mailbox:
             found = {}
             for s, rounds in self._store.get(kind, {}).items():
                 ready = sorted(r for r in rounds if r <= round)
-                if ready:
-                    found[s] = [rounds.pop(r) for r in ready]
+                for r in ready:
+                    self._forget(s, rounds[r])
+                passed = [m for m in (rounds.pop(r) for r in ready) if self.screen(m)]
+                if passed:
+                    found[s] = passed
             return found
 
     def take(self, kind: str, round: int, senders: Iterable[int], deadline: float,
@@ -87,6 +120,7 @@ class Mailbox:
         senders = set(senders)
         oldest = round - staleness
         with self._cond:
+            self._round = max(self._round, round)
             while True:
                 found = self._collect(kind, senders, oldest, round)
                 waiting = senders - found.keys() - self._departed - self._suspected()
@@ -131,14 +165,22 @@ class Mailbox:
         if low <= self._low.get(kind, 0):
             return
         self._low[kind] = low
-        for rounds in self._store.get(kind, {}).values():
+        for sender, rounds in self._store.get(kind, {}).items():
             for r in [r for r in rounds if r < low]:
-                del rounds[r]
+                self._forget(sender, rounds.pop(r))
 
     def latest(self, kind: str, sender: int) -> Message | None:
-        """The most recently filed message of `kind` from `sender`, whatever its round."""
+        """The most recently filed message of `kind` from `sender`, whatever its round, if it passes the screen
+        (one that does not is forgotten)."""
         with self._cond:
-            return self._latest.get((kind, sender))
+            msg = self._latest.get((kind, sender))
+            if msg is None or msg is self._screened.get((kind, sender)):
+                return msg
+            if not self.screen(msg):
+                del self._latest[(kind, sender)]
+                return None
+            self._screened[(kind, sender)] = msg
+            return msg
 
     def latest_before(self, kind: str, sender: int, round: int) -> Message | None:
         """The newest message of `kind` from `sender` with a round below `round` (among the last `keep_rounds`):

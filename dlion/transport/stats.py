@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 class LinkStats:
     """Counters for one link. `msgs_received`/`bytes_received` count everything that arrived on the link;
     `dropped` (failed validation) and `late` (discarded by the mailbox) are subsets of it. `msgs_sent`/`bytes_sent`
-    count messages handed to the link, `send_failed` those it refused (down or congested)."""
+    count messages handed to the link, `send_failed` those it refused (down or congested). `refused` counts connections
+whose key is no peer's (CURVE; on the link "unknown")."""
 
     msgs_sent: int = 0
     bytes_sent: int = 0
@@ -17,6 +18,7 @@ class LinkStats:
     dropped: int = 0
     late: int = 0
     send_failed: int = 0
+    refused: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

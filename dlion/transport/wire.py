@@ -41,11 +41,13 @@ class WireError(ValueError):
 
 @dataclass(frozen=True)
 class WireLimits:
-    """What a receiver accepts: who may send, and how big a message and its meta may be."""
+    """What a receiver accepts: who may send, how big a message and its meta may be, and the largest batch weight a
+    gradient may carry (the global batch)."""
 
     known_senders: frozenset[int]
     max_message_bytes: int
     max_meta_entries: int = 32
+    max_batch_weight: float = math.inf
 
 
 class Sparse(NamedTuple):

@@ -10,6 +10,14 @@ pushing weight to it (which would otherwise drain every sender's push-sum weight
 from the peer re-admits it. A host that vanishes without closing its connections is only suspected by the mailbox
 after missed rounds (ZeroMQ heartbeats are not used: on a slow shaped link they queue behind data and would cut
 healthy connections).
+
+Identity. Each DEALER announces the routing id `<peer id>.<incarnation>` (`routing_id`), the incarnation being its
+process's start time, so a restarted peer's connection never collides with its predecessor's lingering one. Routing
+ids are not handed over: a second connection claiming an id that is connected is refused by the ROUTER, so nobody
+can capture a live peer's link by reusing its id. With `keys` (`dlion.security`, CURVE) the ROUTER is a CURVE
+server whose ZAP handler, run by this same thread, admits only the configured peers' public keys and names the
+peer each key belongs to; every message is then attributed to that peer, whatever its routing id or header says:
+a peer can speak only as itself. Without keys the routing id names the sender, unauthenticated.
 """
 from __future__ import annotations
 
@@ -22,12 +30,13 @@ import time
 from typing import NamedTuple
 
 import zmq
-
+import zmq.utils.z85
 from zmq.utils.monitor import recv_monitor_message
 
-from .base import LinkPolicy, Transport
+from .base import UNKNOWN, LinkPolicy, Transport
 from .shaping import Holdback
 from .wire import WireLimits
+from ..security import PeerKeys
 
 log = logging.getLogger("dlion.transport")
 
@@ -35,24 +44,39 @@ _RECV_BATCH = 64       # inbound messages per loop turn, so queued sends are not
 _BYE_GRACE_MS = 100    # at close: how long byes may wait for room behind a full queue, then linger to leave
 
 
-def _routing_id(raw: bytes) -> int | None:
-    """The peer id a DEALER announced, or None if it is not a canonical decimal id."""
+_ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks a context's authenticator (ZAP, RFC 27)
+_ZAP_DOMAIN = b"dlion"
+
+
+def routing_id(peer_id: int, incarnation: int) -> bytes:
+    """The routing id a peer's DEALERs announce: its id and its process's incarnation."""
+    return f"{peer_id}.{incarnation}".encode()
+
+
+def _routing_peer(raw: bytes) -> int | None:
+    """The peer id in a routing id `<id>.<incarnation>`, or None if it is not of that form."""
     try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
+        peer, incarnation = raw.decode("ascii").split(".")
+    except (UnicodeDecodeError, ValueError):
         return None
-    return int(text) if text.isdigit() and str(int(text)) == text else None
+    canonical = peer.isdigit() and str(int(peer)) == peer and incarnation.isdigit()
+    return int(peer) if canonical else None
 
 
 class ZmqTransport(Transport):
     """TCP transport between the peers of `endpoints` (peer id -> (host, port)); binds its own endpoint."""
 
     def __init__(self, peer_id: int, endpoints: dict[int, tuple[str, int]], limits: WireLimits,
-                 sndhwm: int = 16, poll_ms: int = 50, suspect_after: int = 2, link_policy: LinkPolicy | None = None):
+                 sndhwm: int = 16, poll_ms: int = 50, suspect_after: int = 2, link_policy: LinkPolicy | None = None,
+                 keys: PeerKeys | None = None, **bounds):
+        """`keys`: CURVE keys (None: plain TCP, unauthenticated); `bounds`: the mailbox's and the norm guard's
+        (`Transport`)."""
         if peer_id not in endpoints:
             raise ValueError(f"peer {peer_id} has no endpoint")
-        super().__init__(peer_id, endpoints, limits, suspect_after, link_policy)
+        super().__init__(peer_id, endpoints, limits, suspect_after, link_policy, **bounds)
         self.endpoints = dict(endpoints)
+        self.keys = keys
+        self.incarnation = time.time_ns() // 1000
         self.sndhwm = sndhwm
         self.poll_ms = poll_ms
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -111,39 +135,52 @@ class ZmqTransport(Transport):
     def _run(self) -> None:
         ctx = zmq.Context()
         router, dealers, monitors = ctx.socket(zmq.ROUTER), {}, {}
+        zap = ctx.socket(zmq.REP) if self.keys else None
         try:
-            self._open(router, dealers, monitors)
+            self._open(router, dealers, monitors, zap)
         except Exception as e:  # start() raises it in the caller's thread
             self._start_error = e
-            _close(ctx, router, dealers, monitors)
+            _close(ctx, router, dealers, monitors, zap)
             self._ready.set()
             return
         self._ready.set()
         try:
-            self._farewell(dealers, self._loop(router, dealers, monitors))
+            self._farewell(dealers, self._loop(router, dealers, monitors, zap))
         finally:
-            _close(ctx, router, dealers, monitors)
+            _close(ctx, router, dealers, monitors, zap)
 
-    def _open(self, router: zmq.Socket, dealers: dict[int, zmq.Socket], monitors: dict[zmq.Socket, int]) -> None:
+    def _open(self, router: zmq.Socket, dealers: dict[int, zmq.Socket], monitors: dict[zmq.Socket, int],
+              zap: zmq.Socket | None) -> None:
         router.setsockopt(zmq.LINGER, 0)
-        router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer may reuse its id while the old link lingers
         # Twice the app limit: messages in between reach us and are dropped and counted; beyond, libzmq cuts.
         router.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_message_bytes)
+        if self.keys:
+            zap.setsockopt(zmq.LINGER, 0)
+            zap.bind(_ZAP_ENDPOINT)  # before any connection can arrive
+            router.curve_server = True
+            router.curve_secretkey, router.curve_publickey = self.keys.secret, self.keys.public
+            router.setsockopt(zmq.ZAP_DOMAIN, _ZAP_DOMAIN)
         router.bind(self._address(self.peer_id))
         for p in sorted(self.peers):
             d = dealers[p] = router.context.socket(zmq.DEALER)
-            d.setsockopt(zmq.IDENTITY, str(self.peer_id).encode())
+            d.setsockopt(zmq.IDENTITY, routing_id(self.peer_id, self.incarnation))
+            if self.keys:
+                d.curve_secretkey, d.curve_publickey = self.keys.secret, self.keys.public
+                d.curve_serverkey = self.keys.peers[p]
             d.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a peer that is not connected: Again instead
             d.setsockopt(zmq.SNDHWM, self.sndhwm)
             d.setsockopt(zmq.LINGER, 0)
             monitors[d.get_monitor_socket(zmq.EVENT_DISCONNECTED)] = p
             d.connect(self._address(p))
 
-    def _loop(self, router: zmq.Socket, dealers: dict[int, zmq.Socket], monitors: dict[zmq.Socket, int]) -> _Stop:
+    def _loop(self, router: zmq.Socket, dealers: dict[int, zmq.Socket], monitors: dict[zmq.Socket, int],
+              zap: zmq.Socket | None) -> _Stop:
         """Move traffic until close() asks to stop; returns its request. Held messages are then lost."""
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if zap is not None:
+            poller.register(zap, zmq.POLLIN)
         for monitor in monitors:
             poller.register(monitor, zmq.POLLIN)
         held = Holdback()
@@ -152,6 +189,8 @@ class ZmqTransport(Transport):
             if (release := held.next_release()) is not None:
                 timeout_ms = min(timeout_ms, _poll_ms_until(release))
             events = dict(poller.poll(timeout_ms))
+            if zap is not None and zap in events:
+                self._authenticate(zap)
             if router in events:
                 self._receive(router)
             for monitor in events.keys() & monitors.keys():
@@ -185,9 +224,38 @@ class ZmqTransport(Transport):
             except zmq.Again:
                 return
             try:
-                self._deliver([p.buffer for p in parts[1:]], _routing_id(parts[0].bytes))
+                self._deliver([p.buffer for p in parts[1:]], self._sender(parts))
             except Exception:  # a bug in a handler must not kill the thread that carries all traffic
                 log.exception("peer %s: failed to handle an inbound message", self.peer_id)
+
+    def _sender(self, parts: list[zmq.Frame]) -> int | None:
+        """The peer a message comes from: the one whose key authenticated the connection (CURVE), or, without
+        keys, the one its routing id names. None (unknown) if the routing id claims another peer than the key."""
+        claimed = _routing_peer(parts[0].bytes)
+        if not self.keys:
+            return claimed
+        if len(parts) < 2:
+            return None
+        user = parts[1].get("User-Id")  # set by our ZAP handler: the key's peer id
+        keyed = int(user) if user and user.isdigit() else None
+        return keyed if claimed == keyed else None
+
+    def _authenticate(self, zap: zmq.Socket) -> None:
+        """Answer one ZAP request: admit a CURVE client whose public key is a configured peer's, as that peer."""
+        try:
+            request = zap.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        version, request_id, mechanism = request[0], request[1], request[5] if len(request) > 5 else b""
+        peer = None
+        if version == b"1.0" and mechanism == b"CURVE" and len(request) == 7:
+            peer = self.keys.peer_of(zmq.utils.z85.encode(request[6]))
+        if peer is None or peer == self.peer_id:
+            self._count(UNKNOWN, refused=1)
+            reply = [b"1.0", request_id, b"400", b"unknown key", b"", b""]
+        else:
+            reply = [b"1.0", request_id, b"200", b"OK", str(peer).encode(), b""]
+        zap.send_multipart(reply)
 
     def _disconnected(self, monitor: zmq.Socket, peer: int) -> None:
         """The connection to `peer` closed under us: its process is gone (or restarting)."""
@@ -227,9 +295,11 @@ class ZmqTransport(Transport):
 
 
 def _close(ctx: zmq.Context, router: zmq.Socket, dealers: dict[int, zmq.Socket],
-           monitors: dict[zmq.Socket, int]) -> None:
+           monitors: dict[zmq.Socket, int], zap: zmq.Socket | None) -> None:
     for monitor in monitors:
         monitor.close(linger=0)
+    if zap is not None:
+        zap.close(linger=0)
     for d in dealers.values():
         d.close(linger=_BYE_GRACE_MS)  # lets the byes leave; bounded, and IMMEDIATE queues nothing for a dead peer
     router.close()

@@ -44,11 +44,11 @@ def test_dense_and_sparse_roundtrip_copies_frames(make):
     a, b = make(0), make(1)
     g = np.arange(6, dtype=np.float32)
     a.send(1, "gossip", 2, {"owed": g, "x": Sparse(np.array([1], np.uint32), np.array([9.0], np.float32), 6)},
-           {"n": 1, "w": 0.5})
+           {"e": 1, "n": 1, "w": 0.5})
     g[:] = -1  # the receiver holds its own copy, as over TCP
     got = b.mailbox.take("gossip", 2, [0], time.monotonic() + 1)[0]
     np.testing.assert_array_equal(got.tensors["owed"], np.arange(6, dtype=np.float32))
-    assert got.tensors["x"].indices.tolist() == [1] and got.meta == {"n": 1, "w": 0.5}
+    assert got.tensors["x"].indices.tolist() == [1] and got.meta == {"e": 1, "n": 1, "w": 0.5}
     sent, received = a.stats()[1], b.stats()[0]
     assert sent.msgs_sent == received.msgs_received == 1
     assert sent.bytes_sent == received.bytes_received == got.nbytes
@@ -115,8 +115,9 @@ def test_invalid_spoofed_and_unknown_messages_are_dropped_and_counted(hub, make,
     assert stats["unknown"].dropped == 1
     assert a.mailbox.latest("probe", 1) is None and a.mailbox.latest("probe", 2) is None
     reasons = " ".join(r.getMessage() for r in caplog.records)
-    assert "header sender 2 != routing id 1" in reasons and "out of range" in reasons
-    assert "routing id 99" in reasons
+    assert "header sender 2 != connection's peer 1" in reasons and "out of range" in reasons
+    assert "key of 99 is no peer" in reasons
+    assert a.rejections() == {"probe": {"sender mismatch": 1}, "?": {"malformed": 2, "unknown sender": 1}}
 
 
 def test_drop_warnings_are_rate_limited(hub, make, caplog):

@@ -68,10 +68,10 @@ def test_staleness_window_newest_wins():
 def test_late_messages_below_the_low_water_mark_are_discarded():
     mb = Mailbox()
     mb.take("grad", 5, [], time.monotonic(), staleness=1)  # the next take (6, staleness 1) can use rounds >= 5
-    assert mb.put(msg("grad", 1, 4)) is False
-    assert mb.put(msg("grad", 1, 2)) is False
-    assert mb.put(msg("grad", 2, 5)) is True
-    assert mb.put(msg("eval", 1, 0)) is True, "the mark is per kind"
+    assert mb.put(msg("grad", 1, 4)) == "late"
+    assert mb.put(msg("grad", 1, 2)) == "late"
+    assert mb.put(msg("grad", 2, 5)) is None
+    assert mb.put(msg("eval", 1, 0)) is None, "the mark is per kind"
     assert mb.latest("grad", 1) is None, "late messages are not filed"
     assert mb.take("grad", 6, [2], time.monotonic(), staleness=1)[2].round == 5
 
@@ -192,7 +192,7 @@ def test_collect_gives_every_message_once_in_order_and_keeps_later_rounds():
     mb.put(msg("grad", 1, 3))  # after its round was collected: not late, collected next time
     got, _ = timed_take_all(mb, 5, [1], time.monotonic() + 1, staleness=1)
     assert [m.round for m in got[1]] == [3, 5]
-    assert mb.put(msg("grad", 1, 4)) is True
+    assert mb.put(msg("grad", 1, 4)) is None
 
 
 def timed_take_all(mb, round_, senders, deadline, staleness):

@@ -10,6 +10,7 @@ import zmq
 
 from conftest import in_threads
 from dlion.transport import Sparse, WireLimits, ZmqTransport, encode
+from dlion.transport.zmq import routing_id
 
 LIMIT = 1 << 16
 PEERS = frozenset({0, 1, 2})
@@ -78,13 +79,13 @@ def test_three_peers_exchange_dense_and_sparse(make):
             t.send(dst, "gossip", 1, {"owed": g * t.peer_id,
                                       "x": Sparse(np.array([t.peer_id, 999], np.uint32),
                                                   np.array([1.0, 2.0], np.float16), 1000)},
-                   {"n": 1, "w": float(t.peer_id + 1)})
+                   {"e": 1, "n": 1, "w": float(t.peer_id + 1)})
     for t in ts:
         got = t.mailbox.take("gossip", 1, t.peers, time.monotonic() + 3)
         assert sorted(got) == sorted(t.peers)
         for s, m in got.items():
             np.testing.assert_array_equal(m.tensors["owed"], g * s)
-            assert m.tensors["x"].indices.tolist() == [s, 999] and m.meta == {"n": 1, "w": float(s + 1)}
+            assert m.tensors["x"].indices.tolist() == [s, 999] and m.meta == {"e": 1, "n": 1, "w": float(s + 1)}
     st = ts[0].stats()[1]
     assert st.msgs_sent >= 2 and st.msgs_received >= 2 and st.dropped == 0
 
@@ -119,7 +120,7 @@ FAULTS = {
 @pytest.mark.parametrize("fault", FAULTS)
 def test_fault_is_dropped_counted_and_the_link_survives(make, raw_dealer, fault):
     t = make(0)
-    dealer = raw_dealer(b"1")
+    dealer = raw_dealer(routing_id(1, 7))
     frames = FAULTS[fault]()
     assert sum(len(bytes(f)) for f in frames) < 2 * LIMIT
     dealer.send_multipart(frames, copy=True)
@@ -130,13 +131,13 @@ def test_fault_is_dropped_counted_and_the_link_survives(make, raw_dealer, fault)
     assert t.stats()[1].msgs_received == 2
 
 
-@pytest.mark.parametrize("identity", [b"99", b"01", b"0", b"\x00abc"])
+@pytest.mark.parametrize("identity", [b"99.1", b"01.1", b"0.1", b"1", b"1.x", b"\x00abc"])
 def test_unknown_routing_id_is_dropped_as_unknown(make, raw_dealer, identity):
     t = make(0)
     raw_dealer(identity).send_multipart(_probe(1))
     wait_until(lambda: "unknown" in t.stats() and t.stats()["unknown"].dropped == 1)
     assert t.mailbox.latest("probe", 1) is None
-    raw_dealer(b"1").send_multipart(_probe(1))
+    raw_dealer(routing_id(1, 7)).send_multipart(_probe(1))
     wait_until(lambda: t.mailbox.latest("probe", 1) is not None)
 
 
@@ -203,13 +204,27 @@ def test_restart_while_the_old_connection_still_looks_alive(make, raw_dealer):
     """A crashed peer's TCP connection may linger; without ROUTER_HANDOVER its successor would be refused."""
     pair = frozenset({0, 1})
     a = make(0, peers=pair)
-    old = raw_dealer(b"1")
+    old = raw_dealer(routing_id(1, 1))  # an earlier incarnation of peer 1
     old.send_multipart(_probe(1))
     wait_until(lambda: a.mailbox.latest("probe", 1) is not None)
     b = make(1, peers=pair)
     assert b.wait_for_peers(3) == {0}
     b.send(0, "probe", 5)
     assert 1 in a.mailbox.take("probe", 5, [1], time.monotonic() + 3)
+
+
+def test_a_connection_reusing_a_live_peers_routing_id_cannot_take_its_link_over(make, raw_dealer):
+    pair = frozenset({0, 1})
+    a, b = make(0, peers=pair), make(1, peers=pair)
+    assert barrier_all([a, b], 3) == {0: {1}, 1: {0}}
+    intruder = raw_dealer(routing_id(1, b.incarnation))  # connects with peer 1's exact id, and stays silent
+    intruder.send_multipart(_probe(1, payload=np.full(1, 66.0, np.float32)))
+    time.sleep(0.3)
+    for r in range(3):
+        b.send(0, "probe", 10 + r, {"payload": np.full(1, float(r), np.float32)})
+        assert a.mailbox.take("probe", 10 + r, [1], time.monotonic() + 3)[1].tensors["payload"].tolist() == [r]
+    assert a.mailbox.latest("probe", 1).round == 12  # the intruder's probe (round 0) never arrived
+    assert 1 not in a.mailbox.departed
 
 
 def test_bind_failure_is_reported(make, endpoints):
