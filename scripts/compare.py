@@ -3,6 +3,9 @@
 
     python3 scripts/compare.py SCENARIO --presets bsp,dlion --repeats R --out DIR [--set KEY.PATH=VALUE ...] [--ideal]
 
+A column may also be a preset with overrides of its own, in brackets and separated by semicolons:
+`--presets "full,full[security.mode=none]"` runs the full peer with and without CURVE side by side.
+
 The claims of issue 4 are relative (dlion against the dense BSP baseline on the same machine), and this machine is
 noisy, so every preset runs in one invocation, one run after another, R times, the order alternating between repeats
 (bsp, dlion; dlion, bsp; ...) so that machine drift hits every preset alike. Each run is
@@ -37,6 +40,7 @@ JSON object {"scenario": NAME, "presets": {PRESET: {...}}, "ideal": {...} or nul
 from __future__ import annotations
 
 import argparse
+import re
 import csv
 import json
 import os
@@ -154,11 +158,32 @@ def run_order(presets: list[str], repeats: int) -> list[tuple[int, str]]:
     return [(k, p) for k in range(1, repeats + 1) for p in (presets if k % 2 else presets[::-1])]
 
 
-def run_dir(out: Path, preset: str, repeat: int) -> Path:
-    return Path(out) / "runs" / f"{preset}-r{repeat}"
+def columns(text: str) -> list[str]:
+    """The comma-separated columns of --presets; commas inside brackets belong to a column's overrides."""
+    items, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    return [c for c in [*items, current.strip()] if c]
 
 
-def run_one(scenario: str, preset: str, path: Path, overrides: list[str]) -> tuple[int, bool]:
+def column_runs(column: str) -> tuple[str, list[str]]:
+    """(preset, the column's own overrides) of a column `preset` or `preset[KEY=VALUE;KEY=VALUE]`."""
+    preset, _, rest = column.partition("[")
+    own = [item.strip() for item in rest.rstrip("]").split(";") if item.strip()] if rest else []
+    return preset.strip(), own
+
+
+def run_dir(out: Path, column: str, repeat: int) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", column).strip("-")
+    return Path(out) / "runs" / f"{safe}-r{repeat}"
+
+
+def run_one(scenario: str, column: str, path: Path, overrides: list[str]) -> tuple[int, bool]:
     """`dlion run` of one preset into a fresh directory, its console relayed here and kept in `run.log`.
 
     SIGINT or SIGTERM to this script (or Ctrl-C, which reaches the whole process group) is passed on to the run as
@@ -167,8 +192,9 @@ def run_one(scenario: str, preset: str, path: Path, overrides: list[str]) -> tup
     """
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
+    preset, own = column_runs(column)
     argv = [sys.executable, "-m", "dlion", "run", scenario, "--out", str(path), "--set", f"preset={preset}"]
-    for item in overrides:
+    for item in [*overrides, *own]:
         argv += ["--set", item]
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
@@ -247,15 +273,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the ideal reference once (scripts/ideal.py) and give each preset's time as a "
                              "ratio to it")
     args = parser.parse_args(argv)
-    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    presets = columns(args.presets)
     if not presets or args.repeats < 1:
         parser.error("expected at least one preset and one repeat")
     if any(item.split("=", 1)[0].strip() == "preset" for item in args.set):
         parser.error("the preset is chosen by --presets, not --set preset=...")
     try:
         cfg = configmod.load(args.scenario, args.set)
-        for preset in presets:  # a mistake stops here, before any run
-            configmod.load(args.scenario, [*args.set, f"preset={preset}"])
+        for column in presets:  # a mistake stops here, before any run
+            preset, own = column_runs(column)
+            configmod.load(args.scenario, [*args.set, f"preset={preset}", *own])
     except ConfigError as exc:
         print(f"compare: config error: {exc}", file=sys.stderr)
         return 2

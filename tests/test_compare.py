@@ -2,6 +2,7 @@
 import csv
 import importlib.util
 import json
+from pathlib import Path
 
 from conftest import ROOT
 from dlion.analysis import aggregate, load_run
@@ -64,3 +65,11 @@ def test_main_runs_interleaved_counts_failures_and_ends_with_json(tmp_path, monk
     assert (bsp["repeats"], bsp["failed"], bsp["time_to_target_s"]) == (1, 1, None)
     assert (dlion["repeats"], dlion["time_to_target_s"], dlion["equal_time_s"]) == (2, 15.0, 20.0)
     assert all((out / name).exists() for name in ("compare.md", "compare.csv", "compare.png"))
+
+
+def test_a_column_is_a_preset_with_its_own_overrides():
+    assert compare.columns("full,full[security.mode=none;transport.sndhwm=4],bsp") == [
+        "full", "full[security.mode=none;transport.sndhwm=4]", "bsp"]
+    assert compare.column_runs("full[security.mode=none;a.b=1]") == ("full", ["security.mode=none", "a.b=1"])
+    assert compare.column_runs("bsp") == ("bsp", [])
+    assert compare.run_dir(Path("o"), "full[security.mode=none]", 2) == Path("o/runs/full-security.mode-none-r2")
