@@ -126,6 +126,13 @@ def _compose(args, cfg) -> int:
     from dlion import compose
     out_dir = Path(args.output).parent if args.output else Path.cwd()
     text = compose.render(cfg, args.config, out_dir, args.set)
+    if cfg.security.mode == "curve":
+        keys = compose.keys_dir(cfg)
+        if args.output:
+            security.generate(keys, [p.id for p in cfg.peers if p.public_key is None])
+        elif not all(security.secret_path(keys, p.id).exists() for p in cfg.peers):
+            print(f"dlion compose: the services mount key pairs from {keys}: make them with `dlion keys "
+                  f"{args.config} -o {keys}` before docker-compose up", file=sys.stderr)
     if args.output:
         Path(args.output).write_text(text)
         print(f"{args.output}: {len(cfg.peers)} peer services; build the image, then docker-compose up",

@@ -10,6 +10,9 @@ is mounted read-only and read by the peers at run time:
   (`dlion emulate shape`, HTB classes; NET_ADMIN), and the peers add the one-way latency in their transports
   (`emulation.transport_latency`), so the same file works on kernels without netem, such as this project's machines;
 - the data directory (read-only) and the results directory (`output.dir`, the peers' JSONL files), bind-mounted;
+- the link keys (`security.mode: curve`, dlion.security): every peer's public key, and each container its own key
+  pair only, bind-mounted read-only from the keys directory (`security.keys_dir`, by default keys/<name>; `dlion
+  compose -o` makes missing pairs there), as Docker mounts file secrets;
 - a healthcheck (the peer's ROUTER port accepts connections), `init: true` and the launcher's stop grace period.
 Nothing applies scheduled changes of cores or bandwidth inside containers, so configs with such changes are refused.
 Compose file format 2.4: docker-compose 1.x honours `cpus` and `init` there (3.x puts limits under swarm's `deploy`).
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from dlion import security
 from dlion.config import Config
 from dlion.launch import TERM_GRACE_S
 from dlion.schema import ConfigError
@@ -32,6 +36,7 @@ SUBNET = "10.78.0"
 MAX_PEER_ID = 252  # addresses SUBNET.2 .. SUBNET.254
 DEVICE = "eth0"  # the container's interface on the network, shaped on egress
 CONFIG_MOUNT = "/etc/dlion/config.yaml"
+KEYS_MOUNT = "/etc/dlion/keys"
 DATA_MOUNT = "/data"
 RESULTS_MOUNT = "/results"
 HEALTHCHECK = {"interval": "10s", "timeout": "5s", "retries": 3,
@@ -63,6 +68,21 @@ def _host_path(path: str, out_dir: Path) -> str:
     return relative if relative.startswith("..") else "./" + relative  # "./": a path, not a named volume
 
 
+def keys_dir(cfg: Config) -> str:
+    """Where the deployment's key pairs are on the host (relative paths: to the current directory)."""
+    return cfg.security.keys_dir or str(Path("keys") / cfg.name)
+
+
+def _key_volumes(cfg: Config, peer_id: int, out_dir: Path) -> list[str]:
+    """Every peer's public key and this peer's own pair, read-only; nothing without CURVE."""
+    if cfg.security.mode != "curve":
+        return []
+    host = keys_dir(cfg)
+    files = [security.public_path(host, p.id) for p in cfg.peers if p.public_key is None]
+    files.append(security.secret_path(host, peer_id))
+    return [f"{_host_path(str(f), out_dir)}:{KEYS_MOUNT}/{f.name}:ro" for f in files]
+
+
 def _service(cfg: Config, peer_id: int, command: list[str], volumes: list[str]) -> dict:
     ip, port = address(peer_id), cfg.peer(peer_id).port
     probe = f"import socket; socket.create_connection(('{ip}', {port}), 3).close()"
@@ -85,6 +105,8 @@ def render(cfg: Config, config_path: str, out_dir: Path, overrides=()) -> str:
     _check(cfg)
     container_sets = [*overrides, *(f"peers.{i}.address={address(p.id)}" for i, p in enumerate(cfg.peers)),
                       "emulation.method=real", "emulation.transport_latency=true"]
+    if cfg.security.mode == "curve":
+        container_sets.append(f"security.keys_dir={KEYS_MOUNT}")
     config_on_host = _host_path(config_path, out_dir)
     volumes = [f"{config_on_host}:{CONFIG_MOUNT}:ro",
                f"{_host_path(cfg.output.dir, out_dir)}:{RESULTS_MOUNT}"]
@@ -94,7 +116,8 @@ def render(cfg: Config, config_path: str, out_dir: Path, overrides=()) -> str:
     command = [arg for s in container_sets for arg in ("--set", s)]
     document = {
         "version": FORMAT_VERSION,
-        "services": {f"peer-{p.id}": _service(cfg, p.id, command, volumes) for p in cfg.peers},
+        "services": {f"peer-{p.id}": _service(cfg, p.id, command, volumes + _key_volumes(cfg, p.id, out_dir))
+                     for p in cfg.peers},
         "networks": {NETWORK: {"driver": "bridge", "ipam": {"config": [{"subnet": f"{SUBNET}.0/24"}]}}},
     }
     header = f"# Generated from {config_on_host} by `dlion compose`: regenerate rather than edit (README: Docker).\n"

@@ -69,6 +69,7 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: until COMMAND succeeds
 python3 -c 'import yaml, psutil' 2>/dev/null || fail "python3 lacks PyYAML or psutil: run scripts/install.sh first"
 mkdir -p "$LOGS" "$CACHE"
 need_debs docker-compose dataset-fashion-mnist
+python3 -m dlion keys configs/quickstart.yaml -o keys/quickstart >/dev/null  # the link keys the services mount
 t_start=$(date +%s.%N)
 
 # ---- an engine --------------------------------------------------------------------------------------------------

@@ -71,14 +71,19 @@ def test_services_carry_each_peers_capacity_address_shaping_and_mounts(tmp_path)
         assert service["environment"] == {"PEER_ID": str(peer["id"]), "DLION_SHAPE": "eth0"}
         assert service["cap_add"] == ["NET_ADMIN"] and service["init"] is True
         assert service["stop_grace_period"] == "20s" and f"('{ip}', {peer['port']})" in service["healthcheck"]["test"][3]
-        # paths are relative to the compose file; no data mount for the synthetic set
-        assert service["volumes"] == ["../four.yaml:/etc/dlion/config.yaml:ro", "../results/four:/results"]
+        # paths are relative to the compose file; no data mount for the synthetic set; every public key and the
+        # service's own key pair only (made by `dlion compose -o`)
+        keys = [f"../keys/four/peer-{p['id']}.key:/etc/dlion/keys/peer-{p['id']}.key:ro" for p in FOUR["peers"]]
+        own = f"../keys/four/peer-{peer['id']}.key_secret:/etc/dlion/keys/peer-{peer['id']}.key_secret:ro"
+        assert service["volumes"] == ["../four.yaml:/etc/dlion/config.yaml:ro", "../results/four:/results", *keys, own]
+        assert (tmp_path / "keys" / "four" / f"peer-{peer['id']}.key_secret").exists()
         # what the container's peer reads: the config file with the service's overrides
         sets = service["command"][1::2]
         assert service["command"][::2] == ["--set"] * len(sets)
         seen = config.load(path, sets)
         assert seen.peer(peer["id"]).address == ip and seen.training.max_seconds == 30
         assert (seen.emulation.method, seen.emulation.transport_latency) == ("real", True)
+        assert seen.security.keys_dir == "/etc/dlion/keys"
         assert {p.id: p.address for p in seen.peers} == {0: "10.78.0.2", 3: "10.78.0.5", 7: "10.78.0.9",
                                                          9: "10.78.0.11"}
 

@@ -7,8 +7,8 @@ the mailbox wakes them the moment the last expected message is filed, or at thei
 Hostile traffic cannot crowd it out: a message for a round more than `window` ahead of the peer's own round (the
 highest round a stage has asked for) is refused, as is one that would take a sender's held bytes over `max_held_bytes`; nothing already held
 is ever evicted for a newer message, except old rounds of kinds that are not collected (read with `latest`). Only a message that is
-filed is a sign of life (it re-admits a departed sender); a stage's screen (`screen`, the transport's norm guard)
-judges collected messages before they are handed out.
+filed is a sign of life (it re-admits a departed sender), and only delivering a round's messages clears suspicion; a
+stage's screen (`screen`, the transport's norm guard) judges collected messages before they are handed out.
 """
 from __future__ import annotations
 
@@ -50,9 +50,10 @@ class Mailbox:
         """File `msg`; None if filed, else why not: "late" (below the kind's low-water mark), "beyond window" or
         "sender memory" (the bounds in the module docstring).
 
-        A filed message proves its sender is alive: it clears suspicion and re-admits a sender that had departed (a
-        restarted peer; `bye` is the last message on a connection, so nothing older can follow it). One that is not
-        filed proves nothing.
+        A filed message proves its sender is alive: it re-admits a sender that had departed (a restarted peer, a
+        connection that came back; `bye` is the last message on a connection, so nothing older can follow it). One
+        that is not filed proves nothing. Suspicion is cleared only by a `take` or `collect` that finds what it waited
+        for: a sender that sends anything else, but not its round's messages, is still not waited for.
         """
         with self._cond:
             if msg.round < self._low.get(msg.kind, 0):
@@ -65,7 +66,6 @@ class Mailbox:
             if self._held[msg.sender] + growth > self.max_held_bytes:
                 return "sender memory"
             self._departed.discard(msg.sender)
-            self._misses.pop(msg.sender, None)
             rounds[msg.round] = msg
             self._held[msg.sender] += growth
             if len(rounds) > self.keep_rounds and msg.kind not in COLLECTED:
