@@ -181,3 +181,34 @@ def _sparse_index_out_of_range():
     """A well-formed sparse message whose index frame is swapped for one pointing past the vector's end."""
     header, _, values = encode("grad", 2, 5, {"g": Sparse(np.array([1, 2], np.uint32), np.ones(2, np.float32), 4)})
     return [header, np.array([1, 400], np.uint32).tobytes(), values]
+
+
+def test_a_flood_of_hostile_messages_at_a_live_peer_is_dropped_counted_and_harmless(tmp_path):
+    """Peers 0 and 1 train without authentication (security.mode none: the harshest case, a stranger can claim any
+    id); scripts/attack.py sends 2,500 malformed and hostile messages at peer 0 as peer 2, which never started.
+    Neither peer crashes, every malformed one is dropped and counted, and training ends where a clean run does."""
+    path, cfg = write_config(tmp_path, 3, max_iterations=300, security_block={"mode": "none"})
+    out = tmp_path / "out"
+    procs = [subprocess.Popen(dlion_cmd("peer", "--config", str(path), "--id", str(i)), cwd=ROOT, env=python_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in (0, 1)]
+    try:
+        start = wait_for_event(out / "peer-0.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 10, 120)
+        num_params = next(e for e in read_events(out / "peer-0.jsonl") if e["ev"] == "start")["num_params"]
+        attack = subprocess.run([PYTHON, "scripts/attack.py", "--config", str(path), "--target", "0", "--as-peer", "2",
+                                 "--count", "2500", "--num-params", str(num_params), "--max-seconds", "60"],
+                                cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=120)
+        assert attack.returncode == 0, attack.stderr[-2000:]
+        for p in procs:
+            p.wait(timeout=240)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    sent = json.loads(attack.stdout.strip().splitlines()[-1])["sent"]
+    assert sum(sent.values()) >= 2000 and start
+    assert [p.returncode for p in procs] == [0, 0]
+    finals = [next(e for e in read_events(out / f"peer-{i}.jsonl") if e["ev"] == "final") for i in (0, 1)]
+    assert all(f["it"] == 300 and f["acc"] > 0.7 for f in finals), finals
+    malformed = sum(sent[c] for c in ("garbage", "bad_header", "wrong_size", "non_finite", "far_future"))
+    counted = sum(n for reasons in finals[0]["rejected"].values() for n in reasons.values())
+    assert counted >= 0.9 * malformed, (finals[0]["rejected"], sent)

@@ -33,12 +33,15 @@ growth of that sum since the last message it used on the link, valued at the mod
   nothing once the models agree). Until then the weight is in flight: sum(w) + in flight = number of peers, always.
 
 A link that delivers nothing: the receiver answers every round in which it used a link's messages with a `credit`
-(the running sum it has used, and the epoch). Weight pushed but not credited is in flight; when the link's receiver
-departs, or `dead_after` pushes in a row bring no new credit (a link that swallows messages: a peer that no longer
-reads, a connection that went nowhere), the sender takes that weight back, valued at its current model (so its z
-does not move), and starts the link afresh in a new epoch (dense first message, running sums from zero). The
-receiver drops messages of an older epoch than its link's: their weight is back with the sender. So weight never
-drains into a dead link, and z = x / w stays well defined. Only a departed peer takes mass out of the system (its own
+(the running sum it has used, and the epoch). Weight pushed but not credited is in flight. After `suspend_after`
+pushes in a row without a new credit (a link that swallows messages: a peer that no longer reads, a connection that
+went nowhere, or just a slow receiver) the sender stops pushing on the link, so no more weight drains into it, and
+resumes when a credit comes. When the link's receiver departs, or no credit has come for `reclaim_after_s`, the
+sender takes the weight in flight back, valued at its current model (so its z does not move), and starts the link
+afresh in a new epoch (dense first message, running sums from zero); the receiver drops messages of an older epoch
+than its link's: their weight is back with the sender. (Were a receiver silent that long and then to use old
+messages before the new epoch's first, that weight would count twice: a slower drift of the ratio, not a loss.) So
+weight never drains into a dead link, and z = x / w stays well defined. Only a departed peer takes mass out of the system (its own
 and what it had used); push-sum's ratio keeps every survivor's z a convex combination, and they converge to the
 average of what remains. Epochs start at the sender process's start time in microseconds, so a restarted sender's
 links are always newer than its predecessor's.
@@ -90,6 +93,7 @@ class _Link:
     debt: np.ndarray | float = 0.0  # numerator mass owed on the link, not sent yet (Sparse-Push)
     credited: float = 0.0
     uncredited_pushes: int = 0
+    credited_at: float = 0.0  # when the receiver's credit last grew (or the link started), by the stage's clock
 
     @property
     def in_flight(self) -> float:
@@ -110,9 +114,12 @@ class PushSum(Strategy):
                                 expect="a non-negative integer: gossip rounds an in-neighbour may lag before the peer "
                                        "waits for it (0: lockstep)")
         every: int = option(1, check=positive, expect="a positive integer: training rounds per gossip round")
-        dead_after: int = option(32, check=positive,
-                                 expect="a positive integer: pushes on a link without a new credit from its receiver "
-                                        "before the sender takes the link's weight in flight back and restarts it")
+        suspend_after: int = option(16, check=positive,
+                                    expect="a positive integer: pushes on a link without a new credit from its "
+                                           "receiver before the sender stops pushing on it (until a credit comes)")
+        reclaim_after_s: float = option(30.0, check=positive,
+                                        expect="a positive number of seconds without a credit on a link before the "
+                                               "sender takes its weight in flight back and restarts the link")
         skew_compensation: Literal[SKEW_COMPENSATIONS] = option(
             "none", expect="one of: none; logit-adjustment (each peer trains with its logits shifted by the log of its "
                            "label frequencies: dlion/trainer.py); flow-integral (integral feedback on the gossip "
@@ -195,28 +202,35 @@ class PushSum(Strategy):
         self.w += link.in_flight
         self.reclaimed += link.in_flight
 
-    def _check_links(self) -> None:
-        """Credits in; links to departed peers, and links that swallow what is pushed, given up (module docstring)."""
+    def _check_links(self) -> frozenset[int]:
+        """Credits in; links to departed peers, and links without a credit for long, given up; returns the links
+        suspended (module docstring)."""
+        now = self.ctx.clock()
         for dst in self.transport.mailbox.departed & self._out.keys():
             self._take_back(dst)
+        suspended = set()
         for dst, link in list(self._out.items()):
             credit = self.transport.mailbox.latest(messages.CREDIT, dst)
             if (credit is not None and credit.meta["e"] == link.epoch
                     and link.credited < credit.meta["w"] <= link.weight * (1 + 1e-12)):
-                link.credited, link.uncredited_pushes = credit.meta["w"], 0
-            if link.uncredited_pushes >= self.params.dead_after and link.in_flight > 0:
+                link.credited, link.uncredited_pushes, link.credited_at = credit.meta["w"], 0, now
+            if link.in_flight > 0 and now - link.credited_at > self.params.reclaim_after_s:
                 self._take_back(dst)
+            elif link.uncredited_pushes >= self.params.suspend_after:
+                suspended.add(dst)
+        return frozenset(suspended)
 
     def _push(self, round_: int) -> dict[int, int]:
-        self._check_links()
-        out = self.ctx.live(self.topology.out_neighbours(self.peer_id, round_))
+        suspended = self._check_links()
+        out = [p for p in self.ctx.live(self.topology.out_neighbours(self.peer_id, round_)) if p not in suspended]
         if not out:
             return {}
         share = self.gamma / (len(out) + 1) * self.w
         z32 = (self.x / self.w).astype(np.float32)  # fresh each round: messages may alias it until they leave
         sent = {}
         for dst in out:
-            link = self._out.get(dst) or self._out.setdefault(dst, _Link(epoch=next(self._epochs)))
+            link = self._out.get(dst) or self._out.setdefault(dst, _Link(epoch=next(self._epochs),
+                                                                          credited_at=self.ctx.clock()))
             link.seq += 1
             link.uncredited_pushes += 1
             before = link.weight

@@ -47,8 +47,9 @@ class Mailbox:
         self._departed: set[int] = set()
 
     def put(self, msg: Message) -> str | None:
-        """File `msg`; None if filed, else why not: "late" (below the kind's low-water mark), "beyond window" or
-        "sender memory" (the bounds in the module docstring).
+        """File `msg`; None if filed, else why not: "late" (below the kind's low-water mark), "beyond window",
+        "sender memory" (the bounds in the module docstring), or "duplicate" (a second message of a collected kind for
+        the same round from the same sender).
 
         A filed message proves its sender is alive: it re-admits a sender that had departed (a restarted peer, a
         connection that came back; `bye` is the last message on a connection, so nothing older can follow it). One
@@ -62,6 +63,8 @@ class Mailbox:
                 return "beyond window"
             rounds = self._store[msg.kind][msg.sender]
             replaced = rounds.get(msg.round)
+            if replaced is not None and msg.kind in COLLECTED:
+                return "duplicate"  # a sender sends one per round: a second is forged, and replacing would lose mass
             growth = msg.nbytes - (replaced.nbytes if replaced is not None else 0)
             if self._held[msg.sender] + growth > self.max_held_bytes:
                 return "sender memory"

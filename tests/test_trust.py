@@ -1,0 +1,282 @@
+"""Trust (issue 16), TF-free: CURVE admits only the configured keys and binds senders to them, a routing id cannot be
+taken over (tests/transport/test_zmq.py), forged control is refused, finite poison is rejected by the norm guard and
+the bounds, the mailbox cannot be crowded out, and push-sum weight comes back from a link that swallows everything.
+The flood of hostile messages at live peers is tests/test_integration.py's."""
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from conftest import in_threads, stage_context
+from dlion import config, messages, security
+from dlion.batching import WeightedBatching
+from dlion.config import Evaluation, Training
+from dlion.control import RunControl
+from dlion.exchange import DenseExchange
+from dlion.gossip import PushSum
+from dlion.topology import Topology, TopologySpec
+from dlion.transport import (InprocHub, InprocTransport, LinkStats, Mailbox, Message, WireLimits, ZmqTransport,
+                             encode)
+from dlion.transport.zmq import routing_id
+
+DIM = 64
+
+
+def transports_for(ids, global_batch=96, policies=None, **bounds):
+    hub = InprocHub()
+    limits = WireLimits(frozenset(ids), 1 << 22, max_batch_weight=float(global_batch))
+    made = {p: InprocTransport(p, hub, limits, (policies or {}).get(p), **bounds) for p in ids}
+    for t in made.values():
+        t.start()
+    return made
+
+
+@pytest.fixture
+def trio():
+    made = transports_for([0, 1, 2])
+    yield made
+    for t in made.values():
+        t.close()
+
+
+# ---- authenticated links --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def keyed(tmp_path, ports):
+    """Peers 0 and 1 on loopback with CURVE keys (peer 2 has a pair too, but no transport: the test plays it)."""
+    keys_dir = tmp_path / "keys"
+    security.generate(keys_dir, range(3))
+    cfg = config.parse({"peers": [{"id": i, "port": p} for i, p in enumerate(ports(3))],
+                        "training": {"dataset": "synthetic", "max_seconds": 1},
+                        "security": {"keys_dir": str(keys_dir)}})
+    endpoints = {p.id: ("127.0.0.1", p.port) for p in cfg.peers}
+    keys = {p: security.load(cfg, p) for p in range(3)}
+    made = [ZmqTransport(p, endpoints, WireLimits(frozenset(endpoints), 1 << 16), keys=keys[p]) for p in (0, 1)]
+    for t in made:
+        t.start()
+    ctx = zmq.Context()
+    yield made, keys, endpoints, ctx
+    for t in made:
+        t.close()
+    ctx.destroy(linger=0)
+
+
+def curve_dealer(ctx, identity, public, secret, server_public, endpoint):
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_public
+    sock.connect("tcp://%s:%d" % endpoint)
+    return sock
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_curve_links_carry_traffic_between_configured_peers(keyed):
+    (a, b), *_ = keyed
+    assert in_threads(lambda t: t.wait_for_peers(1.0), [a, b]) == {a: {1}, b: {0}}  # peer 2 never starts
+    b.send(0, "probe", 3, {"payload": np.ones(2, np.float32)})
+    a.send(1, "probe", 4)
+    assert a.mailbox.take("probe", 3, [1], time.monotonic() + 5)[1].tensors["payload"].tolist() == [1.0, 1.0]
+    assert 0 in b.mailbox.take("probe", 4, [0], time.monotonic() + 5)
+
+
+def test_an_unknown_key_gets_nothing_in(keyed):
+    (a, _), keys, endpoints, ctx = keyed
+    public, secret = zmq.curve_keypair()
+    stranger = curve_dealer(ctx, routing_id(1, 1), public, secret, keys[0].peers[0], endpoints[0])
+    for r in range(20):
+        stranger.send_multipart(encode("probe", 1, r), zmq.NOBLOCK) if stranger.poll(0, zmq.POLLOUT) else None
+    plain = ctx.socket(zmq.DEALER)  # no CURVE at all
+    plain.setsockopt(zmq.IDENTITY, routing_id(1, 2))
+    plain.setsockopt(zmq.LINGER, 0)
+    plain.connect("tcp://%s:%d" % endpoints[0])
+    plain.send_multipart(encode("probe", 1, 99), zmq.NOBLOCK)
+    wait_until(lambda: a.stats().get("unknown") is not None and a.stats()["unknown"].refused >= 1)
+    time.sleep(0.3)
+    assert a.mailbox.latest("probe", 1) is None
+    assert sum(s.msgs_received for s in a.stats().values()) == 0
+
+
+def test_a_key_speaks_only_as_its_own_peer(keyed):
+    (a, _), keys, endpoints, ctx = keyed
+    k2 = keys[2]
+    as_peer_1 = curve_dealer(ctx, routing_id(1, 5), k2.public, k2.secret, k2.peers[0], endpoints[0])
+    as_peer_1.send_multipart(encode("probe", 1, 7))  # peer 2's key, peer 1's routing id and header
+    honest_id = curve_dealer(ctx, routing_id(2, 5), k2.public, k2.secret, k2.peers[0], endpoints[0])
+    honest_id.send_multipart(encode("probe", 1, 8))  # its own routing id, but the header claims peer 1
+    unknown = LinkStats()
+    wait_until(lambda: a.stats().get("unknown", unknown).dropped >= 1 and a.stats()[2].dropped >= 1)
+    assert a.mailbox.latest("probe", 1) is None
+    assert a.rejections() == {"?": {"unknown sender": 1}, "probe": {"sender mismatch": 1}}
+    honest_id.send_multipart(encode("probe", 2, 9))
+    wait_until(lambda: a.mailbox.latest("probe", 2) is not None)
+
+
+# ---- control --------------------------------------------------------------------------------------------------------
+
+def control_of(transports, peer, target, evaluate):
+    return RunControl(Training(dataset="synthetic", max_seconds=60, target_accuracy=target),
+                      Evaluation(every_iterations=20, deadline_s=0.3), stage_context(transports, peer), evaluate,
+                      lambda *a, **k: None,
+                      threading.Event())
+
+
+def test_a_stop_must_agree_with_what_the_peer_has_seen(trio):
+    control = control_of(trio, 0, 0.9, lambda: (0.3, 0.92))
+    control.start()
+    trio[1].send(0, "eval", 20, None, {"acc": 0.9})  # peer 2 never reports: peer 0 cannot decide by itself
+    assert control.after(20) is None
+    forged = [{"figures": "0:0.99,1:0.99,2:0.99"},   # disagrees with peer 0's own figure and peer 1's
+              {"figures": "1:0.9,2:0.7"},             # leaves out peer 0's own figure
+              {"figures": "0:0.92,1:0.9,2:0.7"}]      # agrees, but the mean is below the target
+    for meta in forged:
+        trio[1].send(0, "stop", 20, None, meta)
+        assert control.stop_reason(21) is None
+    assert trio[0].rejections()["stop"] == {"stop evidence": 3}
+    trio[2].send(0, "stop", 40, None, {"figures": "0:0.92,1:0.9,2:0.95"})
+    assert control.stop_reason(21) is None, "round 40 is not evaluated here yet: judged then"
+    trio[1].send(0, "stop", 20, None, {"figures": "0:0.92,1:0.9,2:0.95"})  # the truth, with peer 2's figure
+    assert control.stop_reason(21) == "target"
+
+
+def test_a_forged_sender_or_a_flood_of_control_is_refused(trio):
+    trio[1]._send_frames(0, encode("stop", 2, 20, None, {"figures": "0:1.0"}), 50)  # as peer 2, on peer 1's link
+    for _ in range(20):
+        trio[1].send(0, "bye", 0)
+        trio[1].send(0, "fetch", 5)
+    rejected = trio[0].rejections()
+    assert rejected["stop"] == {"sender mismatch": 1}
+    assert rejected["bye"]["rate"] >= 17 and rejected["fetch"]["rate"] >= 14
+    for kind, meta in [("eval", {"acc": 2.0}), ("eval", {"acc": True}), ("score", {"loss": -1.0}),
+                       ("report", {"rate": -1.0})]:
+        trio[1].send(0, kind, 7, None, meta)
+    assert trio[0].mailbox.latest("eval", 1) is None and trio[0].mailbox.latest("score", 1) is None
+
+
+def test_an_absurd_rate_cannot_take_the_batch(trio):
+    stages = {p: WeightedBatching(WeightedBatching.Params(retune_every=1), stage_context(trio, p, global_batch=96))
+              for p in trio}
+    for p in (0, 2):
+        stages[p].observe(0, 32, 32 / 300.0)
+    trio[1].send(0, "report", 0, None, {"rate": 1e30})
+    stages[0].batch_size(1)
+    sizes = stages[0].sizes  # peer 1's claim counts as 16 times the median rate at most
+    assert sizes[1] <= 96 * 16 / 18 + 1 and sizes[0] >= 3 and sizes[2] >= 3
+
+
+# ---- finite poison --------------------------------------------------------------------------------------------------
+
+def test_a_finite_poison_gradient_is_rejected(trio):
+    exchanges = {p: DenseExchange(DenseExchange.Params(deadline_s=1.0), stage_context(trio, p)) for p in (0, 1)}
+    rng = np.random.default_rng(0)
+    grads = {p: rng.normal(0, 0.01, DIM).astype(np.float32) for p in (0, 1)}
+    in_threads(lambda p: exchanges[p].exchange(0, grads[p], 32), (0, 1))  # peer 0 learns its own scale
+    trio[2].send(0, "grad", 1, {"g": np.full(DIM, 1e10, np.float32)}, {"w": 1.0})
+    trio[2].send(0, "grad", 2, {"g": grads[1]}, {"w": 1e30})
+    results = in_threads(lambda p: exchanges[p].exchange(1, grads[p], 32), (0, 1))
+    assert np.abs(results[0].grads).max() < 1.0
+    assert trio[0].rejections()["grad"] == {"norm": 1, "batch weight": 1}
+
+
+def test_a_finite_poison_model_is_rejected(trio):
+    topology = Topology(TopologySpec("full"), [0, 1, 2])
+    gossips = {p: PushSum(PushSum.Params(deadline_s=0.3), stage_context(trio, p, topology)) for p in (0, 1)}
+    z = {p: np.random.default_rng(p).normal(0, 0.1, DIM).astype(np.float32) for p in (0, 1)}
+    in_threads(lambda p: gossips[p].step(0, z[p]), (0, 1))  # peer 2 stays silent; its id is the attacker's
+    trio[2].send(0, "gossip", 1, {"x": np.full(DIM, 1e10, np.float32)}, {"e": 1 << 62, "n": 1, "w": 0.3})
+    results = in_threads(lambda p: gossips[p].step(1, z[p]), (0, 1))
+    assert np.abs(results[0].params).max() < 1.0
+    assert trio[0].rejections() == {"gossip": {"norm": 1}}
+
+
+# ---- mailbox --------------------------------------------------------------------------------------------------------
+
+def message(kind, sender, round_, nbytes=100):
+    return Message(kind, sender, round_, {}, {}, nbytes)
+
+
+def test_far_future_rounds_and_a_sender_over_its_memory_bound_crowd_nothing_out():
+    mb = Mailbox(window=64, max_held_bytes=1000)
+    assert mb.put(message("grad", 1, 0)) is None
+    assert mb.put(message("grad", 1, 65)) == "beyond window"
+    assert mb.put(message("grad", 2, 1, nbytes=950)) is None
+    assert mb.put(message("grad", 2, 2, nbytes=100)) == "sender memory"
+    for r in range(1, 10):  # the other sender's messages still go in, and nothing held was evicted
+        assert mb.put(message("grad", 1, r)) is None
+    got = mb.collect("grad", 9, [1, 2], time.monotonic())
+    assert [m.round for m in got[1]] == list(range(10)) and [m.round for m in got[2]] == [1]
+    assert mb.put(message("grad", 2, 3, nbytes=900)) is None, "collected messages free their sender's bound"
+    mb.collect("grad", 40, [1], time.monotonic())
+    assert mb.put(message("grad", 1, 104)) is None, "the window moves with the rounds the stages ask for"
+
+
+def test_a_second_message_for_a_collected_round_is_refused_not_swapped_in():
+    mb = Mailbox()
+    first = message("gossip", 1, 3)
+    assert mb.put(first) is None and mb.put(message("gossip", 1, 3)) == "duplicate"
+    assert mb.collect("gossip", 3, [1], time.monotonic())[1] == [first]
+    assert mb.put(message("report", 1, 3)) is None and mb.put(message("report", 1, 3)) is None
+
+
+def test_a_refused_message_is_no_sign_of_life():
+    mb = Mailbox(window=8)
+    mb.mark_departed(1)
+    assert mb.put(message("grad", 1, 100)) == "beyond window"
+    assert 1 in mb.departed
+    assert mb.put(message("hello", 1, 0)) is None
+    assert 1 not in mb.departed
+
+
+# ---- push-sum weight through a dead link ----------------------------------------------------------------------------
+
+class BlackHole:
+    """A link policy that holds every message to `dst` forever: sends succeed, nothing arrives, nothing disconnects."""
+
+    def __init__(self, dst):
+        self.dst = dst
+
+    def release_at(self, dst, nbytes, handed_over):
+        return handed_over + 1e9 if dst == self.dst else None
+
+
+def test_push_sum_weight_comes_back_from_a_link_that_swallows_everything():
+    ids = [0, 1, 2, 3]
+    transports = transports_for(ids, policies={0: BlackHole(1)})
+    try:
+        topology = Topology(TopologySpec("one-peer-exponential"), ids)
+        gossips = {p: PushSum(PushSum.Params(deadline_s=0.2, staleness=4, suspend_after=8, reclaim_after_s=0.5),
+                              stage_context(transports, p, topology)) for p in ids}
+        starts = {p: np.random.default_rng(p).uniform(-1, 1, DIM).astype(np.float32) for p in ids}
+        lowest = {}
+
+        def loop(p):
+            z = starts[p]
+            for r in range(150):
+                z = gossips[p].step(r, z).params
+                lowest[p] = min(lowest.get(p, 1.0), gossips[p].w)
+                time.sleep(0.01)  # 1.5 s in all: the dead link is given up (reclaim_after_s) at least once
+            return z
+
+        finals = in_threads(loop, ids)
+        assert gossips[0].reclaimed > 0
+        assert lowest[0] > 1e-3, "without suspension it would halve on every push into the dead link"
+        for z in finals.values():
+            assert np.isfinite(z).all() and np.abs(z).max() <= 1.0
+        # every unit of weight is with a peer or in flight on a link of the current epoch
+        in_flight = 0.0
+        for p, g in gossips.items():
+            for dst, link in g._out.items():
+                used = gossips[dst]._in.get(p)
+                in_flight += link.weight - (used.weight if used is not None and used.epoch == link.epoch else 0.0)
+        assert sum(g.w for g in gossips.values()) + in_flight == pytest.approx(len(ids), abs=1e-9)
+    finally:
+        for t in transports.values():
+            t.close()
