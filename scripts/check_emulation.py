@@ -288,6 +288,7 @@ def main() -> int:
     seconds = max(c.at for c in cfg.schedule) + args.after if timeline else args.seconds
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        cfg = launch.with_keys(cfg, tmp)  # the probes' links are authenticated as the peers' are
         plain_path = tmp / "plain.yaml"
         plain_path.write_text(yaml.safe_dump(configmod.to_dict(cfg)))
         references = reference_rates(cfg, plain_path, tmp, args.seconds)
