@@ -86,3 +86,15 @@ def stage_context(transports, peer, topology=None, global_batch=96, cores=None, 
     ids = tuple(sorted(transports))
     return StageContext(peer, ids, transports[peer], topology or Topology(TopologySpec("full"), ids), global_batch,
                         cores or dict.fromkeys(ids, 1.0), link_bandwidths or {}, model, inbound_bandwidths or {})
+
+
+def curve_dealer(ctx, identity, public, secret, server_public, endpoint, linger_ms=0):
+    """A raw DEALER that connects to `endpoint` (host, port) over CURVE with the given key pair and routing id: a
+    peer's key in the wrong hands, or a stranger's."""
+    import zmq
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_public
+    sock.connect("tcp://%s:%d" % endpoint)
+    return sock

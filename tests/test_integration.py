@@ -1,4 +1,5 @@
 """Real peer processes on loopback: training on Fashion-MNIST, a peer killed mid-run, garbage sent to a live peer."""
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import pytest
 import yaml
 import zmq
 
-from conftest import PYTHON, ROOT, free_ports, python_env, requires_fashion
+from conftest import PYTHON, ROOT, curve_dealer, free_ports, python_env, requires_fashion
 from dlion import config, security
 from dlion.metrics import read_events
 from dlion.transport import Sparse, WireLimits, ZmqTransport, encode
@@ -42,6 +43,22 @@ def write_config(tmp_path, n_peers, security_block=None, **training):
 
 def dlion_cmd(*args):
     return [PYTHON, "-m", "dlion", *args]
+
+
+@contextlib.contextmanager
+def peers_0_and_1(path):
+    """`dlion peer` processes for peers 0 and 1 of the config at `path` (the test plays peer 2); waits for both to
+    end on leaving, killing what is still alive after 240 s or on an error."""
+    procs = [subprocess.Popen(dlion_cmd("peer", "--config", str(path), "--id", str(i)), cwd=ROOT, env=python_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in (0, 1)]
+    try:
+        yield procs
+        for p in procs:
+            p.wait(timeout=240)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
 
 
 def wait_for_event(path, predicate, timeout):
@@ -126,20 +143,19 @@ def test_live_peer_drops_and_counts_bad_messages_and_keeps_training(tmp_path):
     path, cfg = write_config(tmp_path, 3, max_iterations=400, security_block={"keys_dir": str(keys_dir)})
     security.generate(keys_dir, range(3))
     out = tmp_path / "out"
-    procs = [subprocess.Popen(dlion_cmd("peer", "--config", str(path), "--id", str(i)), cwd=ROOT, env=python_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in (0, 1)]
     endpoints = {p["id"]: ("127.0.0.1", p["port"]) for p in cfg["peers"]}
     keys = security.load(config.load(path), 2)
     me = ZmqTransport(2, endpoints, WireLimits(frozenset(endpoints), 1 << 20), keys=keys)
-    try:
+    with peers_0_and_1(path) as procs:
         me.start()
         assert me.wait_for_peers(90) == {0, 1}
         me.close()  # says bye: the peers stop waiting for peer 2
         wait_for_event(out / "peer-0.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 20, 60)
         ctx = zmq.Context.instance()
         stranger_public, stranger_secret = zmq.curve_keypair()
-        bad = [curve_dealer(ctx, routing_id(2, 1), keys.public, keys.secret, keys.peers[0], endpoints[0]),
-               curve_dealer(ctx, routing_id(1, 1), stranger_public, stranger_secret, keys.peers[0], endpoints[0])]
+        bad = [curve_dealer(ctx, routing_id(2, 1), keys.public, keys.secret, keys.peers[0], endpoints[0], 5000),
+               curve_dealer(ctx, routing_id(1, 1), stranger_public, stranger_secret, keys.peers[0], endpoints[0],
+                            5000)]  # linger: deliver before close, then give up
         good_header = encode("grad", 2, 5, {"g": np.zeros(4, "float32")})
         messages = [
             [b"\xc1not msgpack"],                                    # malformed header
@@ -153,28 +169,12 @@ def test_live_peer_drops_and_counts_bad_messages_and_keeps_training(tmp_path):
         bad[1].send_multipart(encode("grad", 1, 5, {"g": np.zeros(4, "float32")}, {"w": 1.0}))  # never connects
         for sock in bad:
             sock.close()
-        for p in procs:
-            p.wait(timeout=180)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
     assert [p.returncode for p in procs] == [0, 0]
     final = next(e for e in read_events(out / "peer-0.jsonl") if e["ev"] == "final")
     assert final["messages_dropped"] >= len(messages), final
     assert final["rejected"]["?"]["malformed"] == 4 and final["rejected"]["grad"]["sender mismatch"] == 1, final
     assert final["links"]["unknown"]["refused"] >= 1 and final["links"]["unknown"]["msgs_received"] == 0
     assert final["it"] == 400 and final["acc"] > 0.7
-
-
-def curve_dealer(ctx, identity, public, secret, server_public, endpoint):
-    """A DEALER that connects to `endpoint` over CURVE with the given key pair and routing id."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.IDENTITY, identity)
-    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_public
-    sock.setsockopt(zmq.LINGER, 5000)  # deliver before close, then give up
-    sock.connect("tcp://%s:%d" % endpoint)
-    return sock
 
 
 def _sparse_index_out_of_range():
@@ -189,21 +189,13 @@ def test_a_flood_of_hostile_messages_at_a_live_peer_is_dropped_counted_and_harml
     Neither peer crashes, every malformed one is dropped and counted, and training ends where a clean run does."""
     path, cfg = write_config(tmp_path, 3, max_iterations=300, security_block={"mode": "none"})
     out = tmp_path / "out"
-    procs = [subprocess.Popen(dlion_cmd("peer", "--config", str(path), "--id", str(i)), cwd=ROOT, env=python_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in (0, 1)]
-    try:
+    with peers_0_and_1(path) as procs:
         start = wait_for_event(out / "peer-0.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 10, 120)
         num_params = next(e for e in read_events(out / "peer-0.jsonl") if e["ev"] == "start")["num_params"]
         attack = subprocess.run([PYTHON, "scripts/attack.py", "--config", str(path), "--target", "0", "--as-peer", "2",
                                  "--count", "2500", "--num-params", str(num_params), "--max-seconds", "60"],
                                 cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=120)
         assert attack.returncode == 0, attack.stderr[-2000:]
-        for p in procs:
-            p.wait(timeout=240)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
     sent = json.loads(attack.stdout.strip().splitlines()[-1])["sent"]
     assert sum(sent.values()) >= 2000 and start
     assert [p.returncode for p in procs] == [0, 0]

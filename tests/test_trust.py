@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import in_threads, stage_context
-from dlion import config, messages, security
+from conftest import curve_dealer, in_threads, stage_context
+from dlion import config, security
 from dlion.batching import WeightedBatching
 from dlion.config import Evaluation, Training
 from dlion.control import RunControl
@@ -61,15 +61,6 @@ def keyed(tmp_path, ports):
     for t in made:
         t.close()
     ctx.destroy(linger=0)
-
-
-def curve_dealer(ctx, identity, public, secret, server_public, endpoint):
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.IDENTITY, identity)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_public
-    sock.connect("tcp://%s:%d" % endpoint)
-    return sock
 
 
 def wait_until(predicate, timeout=5.0):
