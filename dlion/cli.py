@@ -3,11 +3,13 @@ exits 2 on a mistake."""
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import sys
 from pathlib import Path
 
+import dlion
 from dlion import config as configmod
 from dlion import security
 from dlion.data import DataError
@@ -17,8 +19,17 @@ from dlion.schema import ConfigError
 EXIT_CONFIG = 2
 
 
+def version() -> str:
+    """The installed distribution's version, or the source tree's where dlion runs without being installed."""
+    try:
+        return importlib.metadata.version("dlion")
+    except importlib.metadata.PackageNotFoundError:
+        return dlion.__version__
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlion", description="Decentralized P2P training for micro-clouds")
+    parser.add_argument("--version", action="version", version=f"dlion {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     overrides = argparse.ArgumentParser(add_help=False)
     overrides.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -33,8 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     peer.add_argument("--id", type=int, required=True, help="this peer's id in the config")
     peer.add_argument("--out", help="output directory (default: output.dir of the config)")
 
-    validate = sub.add_parser("validate", parents=[overrides], help="check a config and print it resolved")
+    validate = sub.add_parser("validate", parents=[overrides],
+                              help="check a config, its data and its model, and print it resolved")
     validate.add_argument("config", help="YAML config file")
+    validate.add_argument("--no-model", action="store_true", help="skip loading the data and building the model")
 
     keys = sub.add_parser("keys", parents=[overrides],
                           help="write CURVE key pairs for the peers of a config (peer-<id>.key, peer-<id>.key_secret)")
@@ -87,6 +100,10 @@ def main(argv=None) -> int:
     try:
         if args.command == "validate":
             print(json.dumps(configmod.to_dict(cfg), indent=2))
+            if not args.no_model:
+                from dlion.wiring import check_model
+                for line in check_model(cfg):
+                    print(line, file=sys.stderr)
             print(f"{args.config}: valid ({len(cfg.peers)} peers)", file=sys.stderr)
             return 0
         if args.command == "run":
@@ -102,6 +119,9 @@ def main(argv=None) -> int:
         return _peer(cfg, args.id, out_dir)
     except DataError as exc:
         print(f"dlion: data error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        print(f"dlion: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except security.KeysError as exc:
         print(f"dlion: keys error: {exc}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 `load(path, overrides)` returns a validated, frozen `Config` or raises one `ConfigError` that names the key path and
 the expected form; nothing starts on an invalid config. `overrides` are `a.b.c=value` strings (`--set` on the command
-line); list items are addressed by index (`peers.1.cores=0.5`) and values are parsed as YAML scalars.
+line); list items are addressed by index (`peers.1.cores=0.5`) and values are parsed as YAML, by the same loader as
+the file (`dlion/yamlio.py`: YAML 1.2 numbers such as 1e-3, no duplicate keys).
 """
 from __future__ import annotations
 
@@ -12,13 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-
-from dlion import batching, exchange, gossip, knowledge, security, topology
+from dlion import batching, exchange, gossip, knowledge, security, topology, yamlio
 from dlion.data import DEFAULT_DATA_DIR
 from dlion.presets import PRESETS, with_preset
 from dlion.schema import (BANDWIDTH, DURATION, ConfigError, at_least, between, build, join, non_negative, option,
-                          parse_bandwidth, parse_duration, positive, reference)
+                          parse_bandwidth, parse_duration, positive, reference, written)
 
 STAGE_REGISTRIES = {"batching": batching.STRATEGIES, "exchange": exchange.STRATEGIES,
                     "gossip": gossip.STRATEGIES, "knowledge": knowledge.STRATEGIES}
@@ -35,6 +34,10 @@ class PeerSpec:
     downlink: Optional[float] = option(None, parse=parse_bandwidth, expect=BANDWIDTH + ", or null")
     latency: Optional[float] = option(None, parse=parse_duration, expect=DURATION + " (one-way, access link), "
                                                                                     "or null")
+    data: Optional[str] = option(None, expect="this peer's own data source (a .npz file, a directory of IDX files or "
+                                              "of images in class folders, or a hook package.module:fn; "
+                                              "dlion/sources.py), read by this peer only and not partitioned; or "
+                                              "null: its part of training.data or training.dataset")
     public_key: Optional[str] = option(None, check=security.is_z85_key,
                                        expect="the peer's CURVE public key in Z85 (40 characters, the key line of "
                                               "its peer-<id>.key), or null: read from security.keys_dir")
@@ -144,6 +147,12 @@ class Partition:
 class Training:
     dataset: Literal["fashion-mnist", "synthetic"] = "fashion-mnist"
     data_dir: str = DEFAULT_DATA_DIR
+    data: Optional[str] = option(None, expect="a data source shared by the peers and partitioned among them (a .npz "
+                                              "file, a directory of IDX files or of images in class folders, or a "
+                                              "hook package.module:fn; dlion/sources.py), or null: training.dataset")
+    num_classes: Optional[int] = option(None, check=positive,
+                                        expect="a positive integer, or null: from the data (required when peers "
+                                               "bring their own data, which may not hold every class)")
     partition: Partition = Partition()
     model: str = option("cnn", expect="a model name (mlp, cnn, cnn-bn) or an import path package.module:callable")
     global_batch: int = option(96, check=positive, expect="a positive integer")
@@ -343,21 +352,30 @@ class Config:
             self.graph().check_strongly_connected()
         except topology.TopologyError as exc:
             raise ConfigError(join("topology", exc.where) if exc.where else "topology", exc.problem) from None
+        own_data = [i for i, p in enumerate(self.peers) if p.data is not None]
+        if own_data and self.training.num_classes is None:
+            raise ConfigError("training.num_classes", f"expected the number of classes: peers[{own_data[0]}] brings "
+                                                      f"its own data, which need not hold every class")
         if self.training.global_batch < len(self.peers):
             raise ConfigError("training.global_batch", f"expected at least the number of peers ({len(self.peers)})",
                               self.training.global_batch)
 
 
 def apply_overrides(raw: dict, overrides) -> dict:
-    """Apply `a.b.c=value` overrides to a parsed YAML mapping (value parsed as a YAML scalar)."""
+    """Apply `a.b.c=value` overrides to a parsed YAML mapping (value parsed as YAML, as in a config file).
+
+    An empty value is refused rather than read as null: `--set training.max_seconds=` would silently lift a limit.
+    """
     for item in overrides or ():
         if "=" not in item:
             raise ConfigError("--set", "expected KEY.PATH=VALUE", item)
         dotted, text = item.split("=", 1)
-        keys = [k for k in dotted.strip().split(".")]
+        dotted = dotted.strip()
+        keys = dotted.split(".")
         if not all(keys):
             raise ConfigError("--set", "expected KEY.PATH=VALUE with a non-empty dotted key", item)
-        value = yaml.safe_load(text) if text.strip() else None
+        if not text.strip():
+            raise ConfigError("--set", f"expected a value after = in {item!r}; to clear a key write {dotted}=null")
         node: Any = raw
         path = ""
         for i, key in enumerate(keys):
@@ -368,13 +386,13 @@ def apply_overrides(raw: dict, overrides) -> dict:
                 key = int(key)
             elif not isinstance(node, dict):
                 raise ConfigError(path, "expected a mapping or list to set a key in", node)
+            path = join(path, key)
             if last:
-                node[key] = value
+                node[key] = yamlio.loads(text, f"--set {dotted}", path)
             else:
                 if isinstance(node, dict) and node.get(key) is None:
                     node[key] = {}
                 node = node[key]
-            path = join(path, key)
     return raw
 
 
@@ -393,27 +411,17 @@ def parse(raw: Any, overrides=()) -> Config:
 
 def load(path: str | Path, overrides=()) -> Config:
     """Read, override and validate a YAML config file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(str(path), f"expected a readable YAML file ({exc.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(str(path), f"expected valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse(raw, overrides)
+    return parse(yamlio.load_file(path), overrides)
 
 
 def to_dict(cfg: Config) -> dict:
-    """A plain mapping of the resolved config (written next to a run's results)."""
+    """A plain mapping of the resolved config (written next to a run's results; it reloads to the same config, so
+    durations and bandwidths keep their units)."""
     def plain(obj):
         if isinstance(obj, Stage):
             return {"kind": obj.kind, **plain(obj.params)}
         if dataclasses.is_dataclass(obj):
-            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+            return {f.name: plain(written(f.metadata, getattr(obj, f.name))) for f in dataclasses.fields(obj)}
         if isinstance(obj, tuple):
             return [plain(v) for v in obj]
         return obj
@@ -424,7 +432,9 @@ def reference_markdown() -> str:
     """docs/config.md: every key with its default and expected form, and each strategy's parameters."""
     lines = ["# Config reference", "",
              "Generated from `dlion/config.py` by `python3 scripts/gen_config_doc.py`; a test keeps it in sync.",
-             "Durations take `s`, `ms`, `us`; bandwidths take `bit`, `kbit`, `mbit`, `gbit` (decimal, as `tc`).", "",
+             "Durations take `s`, `ms`, `us`; bandwidths take `bit`, `kbit`, `mbit`, `gbit` (decimal, as `tc`).",
+             "The unit is required: a bare number (`latency: 10`) is refused as ambiguous, 0 aside. Numbers read as",
+             "in YAML 1.2 (`1e-3` is a number), and a key given twice in a mapping is an error.", "",
              "| key | default | expected |", "|---|---|---|"]
     lines += [f"| `{k}` | {d} | {e} |" for k, d, e in reference(Config)]
     for stage, registry in STAGE_REGISTRIES.items():

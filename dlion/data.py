@@ -32,8 +32,8 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images [N, 28, 28, 1], uint8 0-255 as the files store them or float32 in [0, 1] (the synthetic set); the
-    trainer takes either, scaling uint8 batch by batch. Labels int32 [N]."""
+    """Samples [N, ...] (images [N, H, W, C]), uint8 0-255 as files store them or float32 (the synthetic set: in
+    [0, 1]); the trainer takes either, scaling uint8 batch by batch. Labels int32 [N]. The test split may be empty."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -213,6 +213,15 @@ def eval_subset(n_test, size=2000, seed=0) -> np.ndarray:
     """Fixed sorted subset of test indices: the same seed gives every peer the same evaluation set."""
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n_test, min(size, n_test), replace=False))
+
+
+def with_validation(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+    """A dataset without a test split, with `fraction` of its training samples moved into one."""
+    train, validation = holdout_split(np.arange(len(dataset.y_train)), fraction, seed)
+    if len(validation) == 0 or len(train) == 0:
+        raise DataError(f"{len(dataset.y_train)} samples are too few to hold {fraction:.0%} out for evaluation")
+    return Dataset(dataset.x_train[train], dataset.y_train[train], dataset.x_train[validation],
+                   dataset.y_train[validation])
 
 
 def holdout_split(indices, fraction, seed) -> tuple[np.ndarray, np.ndarray]:

@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import yaml
 
 from dlion import data as datamod
-from dlion import security
+from dlion import security, yamlio
 from dlion.config import Config, Emulation, to_dict
 from dlion.emulate import EmulationError, turns
 from dlion.analysis import summarize
@@ -53,10 +52,11 @@ def prepare_out_dir(cfg: Config, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     turns.remove_locks(out_dir)
     for old in [*out_dir.glob("peer-*.jsonl"), *out_dir.glob("peer-*.log"), *out_dir.glob(".peer-*.ready"),
+                *out_dir.glob("peer-*.keras"),
                 out_dir / "summary.json"]:
         old.unlink(missing_ok=True)
     resolved = out_dir / "config.yaml"
-    resolved.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    resolved.write_text(yamlio.dump(to_dict(cfg)))  # quoted where a string would read back as a number
     return resolved
 
 

@@ -1,10 +1,10 @@
 """Keras models by name or by import path; every model outputs logits."""
 from __future__ import annotations
 
-import importlib
-
 import keras
 from keras import layers
+
+from dlion import hooks
 
 MODEL_NAMES = ("mlp", "cnn", "cnn-bn")
 
@@ -45,33 +45,33 @@ _BUILDERS = {
 }
 
 
-def _import(spec):
-    module_name, _, attr = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(f"model {spec!r}: cannot import {attr!r} from {module_name!r}: {e}") from e
-    if not callable(fn):
-        raise ValueError(f"model {spec!r}: {attr!r} is not callable")
-    return fn
-
-
 def build_model(spec, input_shape=(28, 28, 1), num_classes=10, seed=0) -> keras.Model:
     """Build a model; the same seed gives the same initial weights on every peer.
 
-    spec is one of MODEL_NAMES or "package.module:callable", called as callable(input_shape=..., num_classes=...).
+    spec is one of MODEL_NAMES or a hook `package.module:fn` / `file.py:fn` (`dlion.hooks`), called as
+    fn(input_shape=..., num_classes=...) and returning a keras.Model whose output is (batch, num_classes) logits.
+    Raises ValueError naming what is wrong: an unknown name, a hook that does not import, another output shape, a
+    final softmax (the trainer's loss takes logits).
     """
     if spec in _BUILDERS:
         builder = _BUILDERS[spec]
-    elif isinstance(spec, str) and ":" in spec:
-        builder = _import(spec)
+    elif hooks.is_hook(spec):
+        builder = hooks.import_hook(spec)
     else:
         raise ValueError(f"unknown model {spec!r}: use one of {', '.join(MODEL_NAMES)} "
-                         f"or an import path 'package.module:callable'")
+                         f"or a hook 'package.module:fn' or 'path/to/file.py:fn'")
     keras.utils.set_random_seed(seed)
     model = builder(input_shape=tuple(input_shape), num_classes=num_classes)
     if not isinstance(model, keras.Model):
         raise ValueError(f"model {spec!r} returned {type(model).__name__}, not a keras.Model")
     if not model.built:
         model.build((None, *input_shape))
+    output = tuple(model.output_shape) if hasattr(model, "output_shape") else None
+    if output is not None and output[1:] != (num_classes,):
+        raise ValueError(f"model {spec!r} outputs {output}, expected (None, {num_classes}): one logit per class "
+                         f"for input {tuple(input_shape)}")
+    last = model.layers[-1] if model.layers else None
+    if getattr(last, "activation", None) is keras.activations.softmax or isinstance(last, layers.Softmax):
+        raise ValueError(f"model {spec!r} ends in a softmax; return logits (drop the final activation): the "
+                         f"trainer's loss applies the softmax itself")
     return model

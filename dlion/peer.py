@@ -18,8 +18,9 @@ from dlion.progress import traffic
 class Peer:
     """One peer process's loop over its wired parts (`dlion.wiring.build`)."""
 
-    def __init__(self, cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log):
+    def __init__(self, cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log, model_path):
         self.cfg, self.ctx, self.local, self.trainer, self.sampler = cfg, ctx, local, trainer, sampler
+        self.model_path = model_path  # where the final model is saved
         self.batching, self.exchange = stages.batching, stages.exchange
         self.gossip, self.knowledge = stages.gossip, stages.knowledge
         self.clock, self.control, self.progress, self.log = clock, control, progress, log
@@ -75,7 +76,8 @@ class Peer:
     def _finish(self, reason: str, iteration: int) -> dict:
         train_s, samples = self.control.elapsed, self.progress.samples
         loss, acc = self.trainer.evaluate(self.local.dataset.x_test, self.local.dataset.y_test)
-        return self.log.emit("final", stop_reason=reason, it=iteration, samples=samples,
+        self.trainer.save(self.model_path)
+        return self.log.emit("final", stop_reason=reason, it=iteration, samples=samples, model=str(self.model_path),
                              train_s=round(train_s, 3), samples_per_s=round(samples / max(train_s, 1e-9), 2),
                              acc=round(float(acc), 5), loss=round(float(loss), 5), **traffic(self.transport),
                              bytes_by_kind=self.transport.bytes_by_kind(), rejected=self.transport.rejections(),

@@ -87,6 +87,8 @@ def convert(tp: Any, value: Any, path: str, meta: Mapping | None = None):
             return None
         try:
             result = meta["parse"](value)
+        except Refused as exc:
+            raise ConfigError(path, exc.expected) from None
         except (TypeError, ValueError):
             raise ConfigError(path, f"expected {expect}", value) from None
     else:
@@ -153,41 +155,90 @@ def describe(tp: Any, meta: Mapping | None = None) -> str:
 
 # ---- value parsers with units ---------------------------------------------------------------------------------------
 
+class Refused(ValueError):
+    """A parser's own account of what is wrong with a value; it replaces the field's generic expected form."""
+
+    def __init__(self, expected: str):
+        super().__init__(expected)
+        self.expected = expected
+
+
 _NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
-_BANDWIDTH_UNITS = {"": 1.0, "bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 
-def _with_unit(value: Any, units: Mapping[str, float]) -> float:
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, (int, float)):
-        number = float(value)
-    else:
-        match = _NUMBER_UNIT.match(str(value))
-        if not match or match.group(2).lower() not in units:
+class Quantity:
+    """A number with a unit, such as a duration or a bandwidth: called, it parses '25ms' into 0.025; `format` writes
+    a value back with its unit, so that a resolved config reloads to the same values.
+
+    A bare number is refused (0 aside, the same in every unit): `latency: 10` used to mean 10 seconds and
+    `bandwidth: 100` 100 bit/s, never what was meant.
+    """
+
+    def __init__(self, what: str, units: Mapping[str, tuple[int, int]], examples: str, positive: bool):
+        self.what = what
+        self.units = units  # unit -> (multiplier, divisor) to the base unit, exact integers: one rounding per parse
+        self.examples = examples
+        self.positive = positive
+
+    def __call__(self, value: Any) -> float:
+        if isinstance(value, bool):
             raise ValueError(value)
-        number = float(match.group(1)) * units[match.group(2).lower()]
-    if number < 0:
-        raise ValueError(value)
-    return number
+        if isinstance(value, (int, float)):
+            number, unit = float(value), ""
+        else:
+            match = _NUMBER_UNIT.match(str(value))
+            if not match:
+                raise ValueError(value)
+            number, unit = float(match.group(1)), match.group(2).lower()
+        if unit == "" and number != 0:
+            shown = value if isinstance(value, str) else f"{value:g}"
+            raise Refused(f"expected a {self.what} with a unit such as {self.examples}; a bare number is ambiguous "
+                          f"({shown.strip()} what?)")
+        if unit and unit not in self.units:
+            raise ValueError(value)
+        multiplier, divisor = self.units.get(unit, (1, 1))
+        result = number * multiplier / divisor
+        if result < 0 or (self.positive and result == 0):
+            raise ValueError(value)
+        return result
+
+    def format(self, value: float) -> str:
+        """The shortest text in the largest unit that reads back as exactly `value` ('50mbit', '25ms')."""
+        if value == 0:
+            return "0" + self.base
+        by_size = sorted(self.units.items(), key=lambda u: u[1][0] / u[1][1], reverse=True)
+        for i, (unit, (multiplier, divisor)) in enumerate(by_size):
+            number = value * divisor / multiplier
+            if abs(number) < 1 and i < len(by_size) - 1:
+                continue
+            for text in (f"{number:g}", repr(number)):
+                try:
+                    if self(text + unit) == value:
+                        return text + unit
+                except ValueError:
+                    pass
+        return repr(value) + self.base
+
+    @property
+    def base(self) -> str:
+        return next(unit for unit, scale in self.units.items() if scale == (1, 1))
 
 
-def parse_bandwidth(value: Any) -> float:
-    """'50mbit' -> 5e7 bit/s (decimal units as in tc: bit, kbit, mbit, gbit; a bare number is bit/s)."""
-    bps = _with_unit(value, _BANDWIDTH_UNITS)
-    if bps <= 0:
-        raise ValueError(value)
-    return bps
-
-
-def parse_duration(value: Any) -> float:
-    """'25ms' -> 0.025 s (units s, ms, us; a bare number is seconds)."""
-    return _with_unit(value, _DURATION_UNITS)
-
+parse_bandwidth = Quantity("bandwidth", {"bit": (1, 1), "kbit": (10**3, 1), "mbit": (10**6, 1), "gbit": (10**9, 1)},
+                           "50mbit, 1gbit or 100kbit", positive=True)
+parse_duration = Quantity("duration", {"s": (1, 1), "ms": (1, 10**3), "us": (1, 10**6)}, "10ms, 1.5s or 200us",
+                          positive=False)
 
 BANDWIDTH = "a positive bandwidth such as 50mbit, 1gbit or 100kbit (bit/s)"
 DURATION = "a non-negative duration such as 25ms, 1.5s or 500us"
+
+
+def written(meta: Mapping, value: Any) -> Any:
+    """A field's value as a config file writes it: with its unit where the field takes one."""
+    parser = meta.get("parse")
+    if isinstance(parser, Quantity) and value is not None:
+        return parser.format(value)
+    return value
 
 
 def positive(x) -> bool:
@@ -224,5 +275,6 @@ def reference(cls: type, path: str = "") -> list[tuple[str, str, str]]:
             rows.append((key_path, "(required)", describe(tp, f.metadata)))
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((key_path, f"`{_show(default)}`", describe(tp, f.metadata)))
+            shown = written(f.metadata, default)  # a unit's text as written ('1gbit'), else the Python value
+            rows.append((key_path, f"`{shown if shown is not default else _show(default)}`", describe(tp, f.metadata)))
     return rows

@@ -212,6 +212,11 @@ class Trainer:
         """Overwrite all model variables from a flat vector [num_state] (e.g. after parameter sync)."""
         self._set(self._params_in(flat))
 
+    def save(self, path) -> None:
+        """The model as a `.keras` file: `keras.models.load_model(path)` gives it back, logits out, for inputs as
+        the trainer takes them (uint8 images scaled to [0, 1], float inputs as they are)."""
+        self.model.save(path)
+
     def evaluate(self, x, y, batch=1000) -> tuple[float, float]:
         """Mean loss and accuracy in inference mode, in chunks of `batch` to bound memory."""
         n = len(x)

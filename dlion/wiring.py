@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from dlion import data as datamod
-from dlion import security
+from dlion import hooks, security, sources
 from dlion.clock import StepClock, Unpaced
 from dlion.config import STAGE_REGISTRIES, Config
+from dlion.schema import ConfigError
 from dlion.control import RunControl
 from dlion.metrics import EventLog, peer_log_path
 from dlion.peer import Peer
@@ -24,7 +25,7 @@ from dlion.stages import ModelAccess, Requirements, StageContext
 from dlion.transport import WireLimits, ZmqTransport
 
 HEADER_ALLOWANCE = 1 << 20  # bytes on top of the largest tensor payload
-NUM_CLASSES = 10  # the datasets' (Fashion-MNIST and the synthetic set) and the trainer's default
+VALIDATION_FRACTION = 0.1  # of a peer's own data, evaluated on where its source has no test set
 
 
 def max_message_bytes(num_values: int) -> int:
@@ -32,23 +33,68 @@ def max_message_bytes(num_values: int) -> int:
     return 8 * num_values + HEADER_ALLOWANCE
 
 
-def load_dataset(cfg: Config) -> datamod.Dataset:
+def load_dataset(cfg: Config, peer_id: int | None = None) -> datamod.Dataset:
+    """What peer `peer_id` reads: its own source if it has one, else the shared one (None: the shared one). A source
+    without a test set gets one: VALIDATION_FRACTION of its training samples, held out."""
+    own = cfg.peer(peer_id).data if peer_id is not None else None
+    if own is not None or cfg.training.data is not None:
+        dataset = sources.load(own or cfg.training.data)
+        return dataset if len(dataset.y_test) else datamod.with_validation(dataset, VALIDATION_FRACTION, cfg.seed)
     if cfg.training.dataset == "synthetic":
         return datamod.synthetic(seed=cfg.seed)
     return datamod.load_fashion_mnist(cfg.training.data_dir)
 
 
+def shape_and_classes(cfg: Config, dataset: datamod.Dataset) -> tuple[tuple[int, ...], int]:
+    """The model's input shape (the data's) and number of classes (training.num_classes, else the data's); a
+    DataError if the data has labels beyond the configured classes."""
+    shape, seen = sources.shape_and_classes(dataset)
+    classes = cfg.training.num_classes or seen
+    if seen > classes:
+        raise datamod.DataError(f"the data has labels up to {seen - 1}, beyond training.num_classes {classes}")
+    return shape, classes
+
+
+def check_model(cfg: Config) -> list[str]:
+    """`dlion validate`: load the data each peer reads here (a peer's own source on another host is skipped), build
+    the model on its shape and say its size. Raises DataError, or ConfigError naming training.model."""
+    from dlion.models import build_model  # TensorFlow
+    seen, lines = {}, []
+    for p in cfg.peers:
+        source = p.data or cfg.training.data
+        if p.data is not None and not hooks.is_hook(p.data) and not Path(p.data).exists():
+            lines.append(f"peers[{cfg.peers.index(p)}].data: {p.data} is not on this host; not checked here")
+            continue
+        if source in seen:
+            continue
+        shape, classes = shape_and_classes(cfg, load_dataset(cfg, p.id))
+        seen[source] = (shape, classes)
+        if len(set(seen.values())) > 1:
+            raise datamod.DataError(f"the peers' data differ in shape or classes: {sorted(set(seen.values()))}")
+        try:
+            model = build_model(cfg.training.model, shape, classes, cfg.seed)
+        except ValueError as exc:
+            raise ConfigError("training.model", str(exc)) from None
+        params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        lines.append(f"training.model: {cfg.training.model}: {params:,} parameters, input {shape}, {classes} classes"
+                     + (f" (data: {source})" if source else ""))
+    return lines
+
+
 @dataclass(frozen=True)
 class LocalData:
-    """A peer's view of the data: the dataset, the indices it trains on, its held-out slice, the evaluation subset."""
+    """A peer's view of the data: the dataset, the indices it trains on, its held-out slice, the evaluation subset,
+    the model's input shape and number of classes."""
 
     dataset: datamod.Dataset
     train_idx: np.ndarray
     holdout_idx: np.ndarray
     eval_idx: np.ndarray
+    input_shape: tuple[int, ...]
+    num_classes: int
 
     def label_counts(self) -> np.ndarray:
-        return np.bincount(self.dataset.y_train[self.train_idx], minlength=NUM_CLASSES)
+        return np.bincount(self.dataset.y_train[self.train_idx], minlength=self.num_classes)
 
 
 @dataclass(frozen=True)
@@ -69,15 +115,19 @@ def requirements(cfg: Config) -> Requirements:
 
 
 def _make_data(cfg: Config, peer_id: int, dataset, needs: Requirements) -> LocalData:
-    dataset = dataset if dataset is not None else load_dataset(cfg)
+    """A peer's data: its own source whole, or its part of the shared one (`training.partition`)."""
+    dataset = dataset if dataset is not None else load_dataset(cfg, peer_id)
     tr = cfg.training
-    ids = sorted(cfg.peer_ids)
-    parts = datamod.partition(dataset.y_train, len(ids), tr.partition.kind, seed=cfg.seed,
-                              alpha=tr.partition.alpha, fraction=tr.partition.fraction)
-    train_idx, holdout_idx = datamod.holdout_split(parts[ids.index(peer_id)], needs.holdout,
-                                                   seed=cfg.seed * 31 + peer_id)
+    if cfg.peer(peer_id).data is not None:
+        mine = np.arange(len(dataset.y_train))
+    else:
+        ids = sorted(cfg.peer_ids)
+        parts = datamod.partition(dataset.y_train, len(ids), tr.partition.kind, seed=cfg.seed,
+                                  alpha=tr.partition.alpha, fraction=tr.partition.fraction)
+        mine = parts[ids.index(peer_id)]
+    train_idx, holdout_idx = datamod.holdout_split(mine, needs.holdout, seed=cfg.seed * 31 + peer_id)
     eval_idx = datamod.eval_subset(len(dataset.y_test), cfg.evaluation.subset, seed=cfg.seed)
-    return LocalData(dataset, train_idx, holdout_idx, eval_idx)
+    return LocalData(dataset, train_idx, holdout_idx, eval_idx, *shape_and_classes(cfg, dataset))
 
 
 def _make_trainer(cfg: Config, peer_id: int, local: LocalData, needs: Requirements):
@@ -88,7 +138,8 @@ def _make_trainer(cfg: Config, peer_id: int, local: LocalData, needs: Requiremen
     # skew compensation by logit adjustment: this peer's label frequencies (+1 each: none is 0)
     prior = local.label_counts() + 1.0 if needs.label_prior else None
     return trainer_mod.Trainer(model=tr.model, optimizer=tr.optimizer, learning_rate=tr.learning_rate,
-                               seed=cfg.seed, momentum=tr.momentum, label_prior=prior)
+                               seed=cfg.seed, input_shape=local.input_shape, num_classes=local.num_classes,
+                               momentum=tr.momentum, label_prior=prior)
 
 
 def make_transport(cfg: Config, peer_id: int, num_values: int, link_policy=None, **settings) -> ZmqTransport:
@@ -151,7 +202,8 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
                          stop_event or threading.Event())
     progress = ProgressReport(log, cfg.output.log_every, transport, stages.batching, clock, cfg.peer(peer_id).cores)
     sampler = datamod.BatchSampler(local.train_idx, seed=cfg.seed * 7919 + peer_id + 1)
-    return Peer(cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log)
+    return Peer(cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log,
+                model_path=Path(out_dir) / f"peer-{peer_id}.keras")
 
 
 def run_peer(cfg: Config, peer_id: int, out_dir: str | Path, clock: StepClock | None = None,

@@ -125,7 +125,8 @@ def routing_id(peer_id: int, incarnation: int | None = None) -> bytes:
 def model_sizes(cfg) -> tuple[int, int]:
     """(trainable parameters, all variables) of the configured model, built as the trainer builds it (TensorFlow)."""
     from dlion.models import build_model
-    model = build_model(cfg.training.model, num_classes=wiring.NUM_CLASSES, seed=cfg.seed)
+    input_shape, num_classes = wiring.shape_and_classes(cfg, wiring.load_dataset(cfg, cfg.peer_ids[0]))
+    model = build_model(cfg.training.model, input_shape, num_classes, seed=cfg.seed)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     return trainable, trainable + sum(int(np.prod(v.shape)) for v in model.non_trainable_variables)
 

@@ -40,12 +40,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dlion import config as configmod  # noqa: E402
+from dlion import yamlio  # noqa: E402
 from dlion.config import Emulation  # noqa: E402
 
 PING_ROUNDS = 500  # a slot's pings: rounds above its burst's, below the next slot's (slots are 1000 apart)
@@ -290,12 +289,12 @@ def main() -> int:
         tmp = Path(tmp_name)
         cfg = launch.with_keys(cfg, tmp)  # the probes' links are authenticated as the peers' are
         plain_path = tmp / "plain.yaml"
-        plain_path.write_text(yaml.safe_dump(configmod.to_dict(cfg)))
+        plain_path.write_text(yamlio.dump(configmod.to_dict(cfg)))
         references = reference_rates(cfg, plain_path, tmp, args.seconds)
 
         def write_config(resolved) -> Path:
             path = tmp / "config.yaml"
-            path.write_text(yaml.safe_dump(configmod.to_dict(resolved)))
+            path.write_text(yamlio.dump(configmod.to_dict(resolved)))
             return path
 
         t0 = time.time() + STARTUP_S

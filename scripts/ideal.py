@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dlion import config as configmod  # noqa: E402
 from dlion import data as datamod  # noqa: E402
 from dlion.schema import ConfigError  # noqa: E402
-from dlion.wiring import load_dataset  # noqa: E402
+from dlion.wiring import load_dataset, shape_and_classes  # noqa: E402
 
 
 def ideal(cfg: configmod.Config, threads: int) -> dict:
@@ -32,8 +32,10 @@ def ideal(cfg: configmod.Config, threads: int) -> dict:
     trainer_mod.configure_threads(threads)
     tr = cfg.training
     dataset = load_dataset(cfg)
+    input_shape, num_classes = shape_and_classes(cfg, dataset)
     trainer = trainer_mod.Trainer(model=tr.model, optimizer=tr.optimizer, learning_rate=tr.learning_rate,
-                                  seed=cfg.seed, momentum=tr.momentum)
+                                  seed=cfg.seed, input_shape=input_shape, num_classes=num_classes,
+                                  momentum=tr.momentum)
     step = trainer.fused_step()
     sampler = datamod.BatchSampler(datamod.partition(dataset.y_train, 1, "iid", seed=cfg.seed)[0], seed=cfg.seed)
     eval_idx = datamod.eval_subset(len(dataset.y_test), cfg.evaluation.subset, seed=cfg.seed)

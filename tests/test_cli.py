@@ -13,10 +13,12 @@ def dlion(*args, timeout=60):
 
 
 def test_validate_prints_resolved_config():
-    result = dlion("validate", QUICKSTART, "--set", "training.max_seconds=30")
+    result = dlion("validate", QUICKSTART, "--set", "training.max_seconds=30", "--set", "training.learning_rate=1e-3")
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)
     assert resolved["training"]["max_seconds"] == 30.0 and len(resolved["peers"]) == 3
+    assert resolved["training"]["learning_rate"] == 0.001  # YAML 1.2 numbers: 1e-3 is no string
+    assert resolved["links"]["default"] == {"bandwidth": "1gbit", "latency": "0s"}  # units kept: it reloads the same
 
 
 def test_validate_rejects_bad_value_with_key_path():
@@ -43,3 +45,51 @@ def test_run_without_dataset_names_package_and_key(tmp_path):
 def test_peer_with_unknown_id_is_a_config_error():
     result = dlion("peer", "--config", QUICKSTART, "--id", "9")
     assert result.returncode == 2 and "--id" in result.stderr
+
+
+def test_version_prints_the_package_version():
+    import dlion as package
+    result = dlion("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"dlion {package.__version__}", result
+
+
+def config_error(*args) -> str:
+    """The one line a config mistake prints; it must exit 2."""
+    result = dlion(*args)
+    assert result.returncode == 2 and result.stdout == "", result
+    return result.stderr.strip()
+
+
+def test_a_bare_number_where_a_unit_belongs_is_refused():
+    assert config_error("validate", QUICKSTART, "--set", "peers.0.latency=10") == (
+        "dlion: config error: peers[0].latency: expected a duration with a unit such as 10ms, 1.5s or 200us; "
+        "a bare number is ambiguous (10 what?)")
+    assert config_error("validate", QUICKSTART, "--set", "links.default.bandwidth=100") == (
+        "dlion: config error: links.default.bandwidth: expected a bandwidth with a unit such as 50mbit, 1gbit or "
+        "100kbit; a bare number is ambiguous (100 what?)")
+
+
+def test_an_empty_set_value_is_refused(tmp_path):
+    out = tmp_path / "out"
+    assert config_error("run", QUICKSTART, "--out", str(out), "--set", "training.max_seconds=") == (
+        "dlion: config error: --set: expected a value after = in 'training.max_seconds='; to clear a key write "
+        "training.max_seconds=null")
+    assert not out.exists()
+
+
+def test_a_duplicate_key_is_refused_with_its_path_and_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text((ROOT / "configs" / "quickstart.yaml").read_text() + "training: {max_seconds: 5}\n")
+    line = path.read_text().count("\n")
+    first = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.startswith("training:"))
+    assert config_error("validate", str(path)) == (
+        f"dlion: config error: training: expected each key once in a mapping; this key is given twice, at lines "
+        f"{first} and {line} of {path}")
+
+
+def test_a_file_that_is_not_utf8_is_refused(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    assert config_error("validate", str(path)) == (
+        f"dlion: config error: {path}: expected a UTF-8 text file; byte 0xe9 at line 1 is not UTF-8 (save the file "
+        f"as UTF-8)")

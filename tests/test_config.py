@@ -94,11 +94,48 @@ def test_link_overrides_and_units():
                        "overrides": [{"src": 0, "dst": 1, "bandwidth": "10mbit"}]})
     assert cfg.link(0, 1).bandwidth == 1e7 and cfg.link(0, 1).latency == pytest.approx(0.005)
     assert cfg.link(1, 0).bandwidth == 1e8
-    assert parse_bandwidth("1gbit") == 1e9 and parse_bandwidth("250kbit") == 2.5e5 and parse_bandwidth(1000) == 1000
-    assert parse_duration("25ms") == pytest.approx(0.025) and parse_duration("1.5s") == 1.5
-    for bad in ("0mbit", "fast", "10mbps", True):
+    assert parse_bandwidth("1gbit") == 1e9 and parse_bandwidth("250kbit") == 2.5e5
+    assert parse_bandwidth("1000bit") == 1000 and parse_bandwidth("1e3kbit") == 1e6
+    assert parse_duration("25ms") == 0.025 and parse_duration("1.5s") == 1.5 and parse_duration("200us") == 0.0002
+    assert parse_duration(0) == 0 and parse_duration("0") == 0  # zero is the same in every unit
+    for bad in ("0mbit", "fast", "10mbps", True, 100, "100"):
         with pytest.raises(ValueError):
             parse_bandwidth(bad)
+
+
+@pytest.mark.parametrize("overrides, sections, expected", [
+    (["peers.0.latency=10"], {},
+     "peers[0].latency: expected a duration with a unit such as 10ms, 1.5s or 200us; a bare number is ambiguous "
+     "(10 what?)"),
+    (["links.default.bandwidth=100"], {},
+     "links.default.bandwidth: expected a bandwidth with a unit such as 50mbit, 1gbit or 100kbit; a bare number is "
+     "ambiguous (100 what?)"),
+    (["links.default.latency='2.5'"], {}, "links.default.latency: expected a duration with a unit"),  # quoted too
+    (["peers.1.uplink=1e6"], {}, "peers[1].uplink: expected a bandwidth with a unit such as 50mbit, 1gbit or 100kbit; "
+                                 "a bare number is ambiguous (1e+06 what?)"),
+    ([], {"links": {"overrides": [{"src": 0, "dst": 1, "latency": 0.5}]}},
+     "links.overrides[0].latency: expected a duration with a unit such as 10ms, 1.5s or 200us; a bare number is "
+     "ambiguous (0.5 what?)"),
+    ([], {"schedule": [{"at": 30, "peer": 0, "cores": 0.5}]},
+     "schedule[0].at: expected a duration with a unit such as 10ms, 1.5s or 200us; a bare number is ambiguous "
+     "(30 what?)"),
+])
+def test_a_bare_number_where_a_unit_belongs_is_refused_with_a_hint(overrides, sections, expected):
+    assert error(overrides, **sections).startswith(expected)
+
+
+def test_a_zero_duration_needs_no_unit():
+    assert parse(["links.default.latency=0"]).link(0, 1).latency == 0.0
+
+
+def test_resolved_config_writes_units_and_reloads_to_the_same():
+    cfg = parse(["peers.0.latency=200us", "peers.0.uplink=50mbit", "links.default.latency=1.5ms"],
+                schedule=[{"at": "2.5s", "src": 0, "dst": 1, "bandwidth": "1.5gbit"}])
+    resolved = config.to_dict(cfg)
+    assert (resolved["peers"][0]["latency"], resolved["peers"][0]["uplink"]) == ("200us", "50mbit")
+    assert resolved["links"]["default"] == {"bandwidth": "1gbit", "latency": "1.5ms"}
+    assert resolved["schedule"][0]["at"] == "2.5s" and resolved["schedule"][0]["bandwidth"] == "1.5gbit"
+    assert config.parse(resolved) == cfg
 
 
 def test_access_links_take_the_smaller_end_and_add_latencies_then_overrides_win():
@@ -111,7 +148,8 @@ def test_access_links_take_the_smaller_end_and_add_latencies_then_overrides_win(
 
 
 def test_schedule_changes_cores_and_links_from_their_time_on():
-    cfg = parse(schedule=[{"at": "30s", "peer": 0, "cores": 0.2}, {"at": 30, "src": 0, "dst": 1, "bandwidth": "10mbit"},
+    cfg = parse(schedule=[{"at": "30s", "peer": 0, "cores": 0.2},
+                          {"at": "30s", "src": 0, "dst": 1, "bandwidth": "10mbit"},
                           {"at": "40s", "peer": 0, "cores": 0.5}], emulation={"method": "fallback"})
     assert cfg.cores(0) == 1.0 and cfg.cores(0, at=29.9) == 1.0 and cfg.cores(0, at=30) == 0.2
     assert cfg.cores(0, at=45) == 0.5 and cfg.cores(1, at=45) == 1.0
@@ -120,11 +158,11 @@ def test_schedule_changes_cores_and_links_from_their_time_on():
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"at": 5, "peer": 0}, "schedule[0]: expected either {at, peer, cores} or {at, src, dst"),
-    ({"at": 5, "peer": 0, "cores": 0.5, "src": 1}, "schedule[0]: expected either"),
-    ({"at": 5, "src": 0, "dst": 1}, "schedule[0]: expected either"),
-    ({"at": 5, "peer": 8, "cores": 0.5}, "schedule[0].peer: expected the id of a configured peer"),
-    ({"at": 5, "src": 1, "dst": 1, "latency": "3ms"}, "schedule[0]: expected a link between two different peers"),
+    ({"at": "5s", "peer": 0}, "schedule[0]: expected either {at, peer, cores} or {at, src, dst"),
+    ({"at": "5s", "peer": 0, "cores": 0.5, "src": 1}, "schedule[0]: expected either"),
+    ({"at": "5s", "src": 0, "dst": 1}, "schedule[0]: expected either"),
+    ({"at": "5s", "peer": 8, "cores": 0.5}, "schedule[0].peer: expected the id of a configured peer"),
+    ({"at": "5s", "src": 1, "dst": 1, "latency": "3ms"}, "schedule[0]: expected a link between two different peers"),
     ({"at": "soon", "peer": 0, "cores": 0.5}, "schedule[0].at: expected a time from the start of training"),
     ({"peer": 0, "cores": 0.5}, "schedule[0].at: required key is missing"),
 ])

@@ -48,6 +48,11 @@ def test_import_path(tmp_path, monkeypatch):
         "                             keras.layers.Dense(num_classes)])\n"
         "def not_a_model(input_shape, num_classes):\n"
         "    return 42\n"
+        "def wrong_output(input_shape, num_classes):\n"
+        "    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(3)])\n"
+        "def softmax(input_shape, num_classes):\n"
+        "    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),\n"
+        "                             keras.layers.Dense(num_classes, activation='softmax')])\n"
         "NOT_CALLABLE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "tinynets", raising=False)
@@ -55,10 +60,18 @@ def test_import_path(tmp_path, monkeypatch):
     assert count(model.trainable_variables) == 784 * 4 + 4
     with pytest.raises(ValueError, match="not a keras.Model"):
         build_model("tinynets:not_a_model")
-    with pytest.raises(ValueError, match="not callable"):
+    with pytest.raises(ValueError, match="no callable 'NOT_CALLABLE'"):
         build_model("tinynets:NOT_CALLABLE")
-    with pytest.raises(ValueError, match="cannot import"):
+    with pytest.raises(ValueError, match="no callable 'missing'"):
         build_model("tinynets:missing")
+    with pytest.raises(ValueError, match="cannot import"):
+        build_model("no_such_tinynets:linear")
+    with pytest.raises(ValueError, match=r"outputs \(None, 3\), expected \(None, 4\)"):
+        build_model("tinynets:wrong_output", num_classes=4)
+    with pytest.raises(ValueError, match="ends in a softmax"):
+        build_model("tinynets:softmax", num_classes=4)
+    by_file = build_model(f"{tmp_path / 'tinynets.py'}:linear", input_shape=(32, 32, 3), num_classes=10)
+    assert count(by_file.trainable_variables) == 32 * 32 * 3 * 10 + 10
 
 
 @pytest.mark.parametrize("spec", ["resnet", "no_such_module_xyz:build", "dlion.models:"])
