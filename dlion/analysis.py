@@ -67,13 +67,61 @@ def mean_curve(curves: list[list[tuple[float, float]]]) -> tuple[list[float], li
     return grid, [sum(value_at(c, t) for c in curves) / len(curves) for t in grid]
 
 
-def load_run(path: Path) -> dict:
-    """A finished run's summary and its accuracy curve."""
-    summary = json.loads((Path(path) / "summary.json").read_text())
+def accuracy_by_bytes(events: list[dict], peer_ids) -> list[tuple[float, float]]:
+    """(bytes sent so far by all peers, the peers' mean evaluation accuracy) at every point of the accuracy curve.
+
+    A peer's bytes are those of its latest progress event (`iter`) before the evaluation, added up over the processes
+    it ran in (the counters of a resumed peer start again from zero)."""
+    latest: dict[int, float] = {}
+    sent: dict[int, int] = {}  # per peer: bytes_sent of its latest iter event in its current process
+    before: dict[int, int] = {}  # per peer: bytes its earlier processes sent
+    curve = []
+    for e in sorted(events, key=lambda e: e["t"]):
+        peer = e["peer"]
+        if e["ev"] == "start":
+            before[peer] = before.get(peer, 0) + sent.pop(peer, 0)
+        elif e["ev"] == "iter" and e.get("bytes_sent") is not None:
+            sent[peer] = e["bytes_sent"]
+        elif e["ev"] == "eval":
+            latest[peer] = e["acc"]
+            if len(latest) == len(peer_ids):
+                curve.append((float(sum(before.values()) + sum(sent.values())), sum(latest.values()) / len(latest)))
+    return curve
+
+
+def loss_curves(events: list[dict]) -> dict[int, list[tuple[float, float]]]:
+    """Per peer, (training seconds, mean training loss of its `iter` event), on the accuracy curve's clock (evaluation
+    pauses left out): an iter event's time is the `train_s` of the peer's latest evaluation before it plus the wall
+    time since; before its first one, the wall time since the peer started (a resumed peer: since it started again,
+    counted from its latest evaluation at or before the iteration it resumed from)."""
+    anchor: dict[int, tuple[float, float]] = {}  # peer -> (wall time, training seconds at that time)
+    evaluated: dict[int, list[tuple[int, float]]] = {}  # peer -> (iteration, train_s) of its evaluations
+    curves: dict[int, list[tuple[float, float]]] = {}
+    for e in sorted(events, key=lambda e: e["t"]):
+        peer = e["peer"]
+        if e["ev"] == "start":
+            resumed = e.get("resumed_from")
+            anchor[peer] = (e["t"], 0.0 if resumed is None else max(
+                (s for it, s in evaluated.get(peer, []) if it <= resumed), default=0.0))
+        elif e["ev"] == "eval" and e.get("train_s") is not None:
+            anchor[peer] = (e["t"], e["train_s"])
+            evaluated.setdefault(peer, []).append((e.get("it", 0), e["train_s"]))
+        elif e["ev"] == "iter" and e.get("loss") is not None and peer in anchor:
+            t, train_s = anchor[peer]
+            curves.setdefault(peer, []).append((round(train_s + e["t"] - t, 3), e["loss"]))
+    return curves
+
+
+def load_run(path: Path, summary: dict | None = None) -> dict:
+    """A run's summary (its `summary.json` unless given), its accuracy curve (`accuracy_curve`), its accuracy against
+    the bytes sent (`bytes_curve`: `accuracy_by_bytes`) and each peer's loss (`loss`: `loss_curves`)."""
+    if summary is None:
+        summary = json.loads((Path(path) / "summary.json").read_text())
     events = [e for pid in summary["peers"] for e in read_events(peer_log_path(path, int(pid)))]
     t0 = min((e["t"] for e in events if e["ev"] == "start"), default=0.0)
     curve = accuracy_curve([e for e in events if e["ev"] == "eval"], summary["peers"], t0)
-    return {"summary": summary, "curve": curve}
+    return {"summary": summary, "curve": curve, "bytes_curve": accuracy_by_bytes(events, summary["peers"]),
+            "loss": loss_curves(events)}
 
 
 def bytes_per_iteration(summary: dict) -> dict:
@@ -128,7 +176,7 @@ def summarize(out_dir: str | Path, peer_ids, target: float | None, wall_s: float
     for pid in peer_ids:
         events = read_events(peer_log_path(out_dir, pid))
         start = next((e for e in events if e["ev"] == "start"), None)
-        final = next((e for e in events if e["ev"] == "final"), None)
+        final = next((e for e in reversed(events) if e["ev"] == "final"), None)  # a resumed run's is the last
         last_iter = next((e for e in reversed(events) if e["ev"] == "iter"), None)
         evals += [e for e in events if e["ev"] == "eval"]
         if start:

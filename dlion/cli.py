@@ -1,11 +1,12 @@
-"""`dlion run | peer | validate | keys | emulate | compose`: every command that takes a config validates it first and
-exits 2 on a mistake."""
+"""`dlion run | peer | validate | keys | emulate | compose | report`: every command that takes a config validates it
+first and exits 2 on a mistake."""
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -36,13 +37,18 @@ def _parser() -> argparse.ArgumentParser:
                            help="override a config key, e.g. --set training.max_seconds=30 (repeatable)")
 
     run = sub.add_parser("run", parents=[overrides], help="run every peer of a config as local processes")
-    run.add_argument("config", help="YAML config file")
+    run.add_argument("config", nargs="?", help="YAML config file (with --resume: default DIR/config.yaml)")
     run.add_argument("--out", help="output directory (default: output.dir of the config)")
+    run.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in the output "
+                                                              "directory (refused otherwise)")
+    run.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR from its latest checkpoint")
 
     peer = sub.add_parser("peer", parents=[overrides], help="run one peer of a config in this process")
     peer.add_argument("--config", required=True, help="YAML config file")
     peer.add_argument("--id", type=int, required=True, help="this peer's id in the config")
     peer.add_argument("--out", help="output directory (default: output.dir of the config)")
+    peer.add_argument("--resume-at", type=int, metavar="N", help="continue from this peer's checkpoint of iteration N "
+                                                                 "in the output directory")
 
     validate = sub.add_parser("validate", parents=[overrides],
                               help="check a config, its data and its model, and print it resolved")
@@ -69,11 +75,29 @@ def _parser() -> argparse.ArgumentParser:
     compose.add_argument("config", help="YAML config file")
     compose.add_argument("-o", "--output", help="compose file to write (default: standard output, paths relative "
                                                 "to the current directory)")
+
+    report = sub.add_parser("report", help="a table (markdown, CSV) and plots of runs that already exist")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="a run's output directory, or a directory of run directories (as compare.py's runs/)")
+    report.add_argument("-o", "--output", default="report", help="directory for report.md, report.csv and the "
+                                                                 "plots (default: report)")
+    report.add_argument("--target", type=float, metavar="ACC",
+                        help="time every run to this accuracy (default: each run's own target)")
+    report.add_argument("--no-plots", action="store_true", help="only the table (no matplotlib needed)")
     return parser
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "report":  # runs, not a config
+        from dlion import report
+        return report.main(args, shlex.join(["dlion", *(sys.argv[1:] if argv is None else argv)]))
+    if args.command == "run" and args.resume:
+        args.config = args.config or str(Path(args.resume) / "config.yaml")
+        args.out = args.resume
+    if args.command == "run" and not args.config:
+        print("dlion: run needs a config file (or --resume DIR)", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         cfg = configmod.load(args.config, args.set)
         if args.command == "peer" or getattr(args, "action", None) == "shape":
@@ -108,7 +132,11 @@ def main(argv=None) -> int:
             return 0
         if args.command == "run":
             from dlion import launch
-            summary = launch.run(cfg, out_dir)
+            try:
+                summary = launch.run(cfg, out_dir, resume=bool(args.resume), overwrite=args.overwrite)
+            except launch.LaunchError as exc:
+                print(f"dlion: {exc}", file=sys.stderr)
+                return EXIT_CONFIG
             print(json.dumps({k: v for k, v in summary.items() if k != "peers"}))
             return 0 if summary["peers_finished"] == len(cfg.peers) else 1
         if cfg.security.mode == "none":
@@ -116,7 +144,7 @@ def main(argv=None) -> int:
                                                "reaches a peer's port can speak as any peer")
         if args.command == "emulate":
             return _emulate(args, cfg)
-        return _peer(cfg, args.id, out_dir)
+        return _peer(cfg, args.id, out_dir, args.resume_at)
     except DataError as exc:
         print(f"dlion: data error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -131,13 +159,14 @@ def main(argv=None) -> int:
         return EXIT_CONFIG
 
 
-def _peer(cfg, peer_id: int, out_dir: str) -> int:
+def _peer(cfg, peer_id: int, out_dir: str, resume_at: int | None = None) -> int:
     """`dlion peer`: one peer in this process, with what it emulates itself attached to its hooks."""
     from dlion.emulate import fallback, real
     from dlion.wiring import run_peer
     emulation = fallback.for_peer(cfg, peer_id, turns_dir=Path(out_dir))
     hooks = {} if emulation is None else {"clock": emulation, "link_policy": emulation.link_policy}
-    run_peer(cfg, peer_id, out_dir, ready=real.enter_cgroup, **hooks)  # the CPU cap binds once the model is built
+    run_peer(cfg, peer_id, out_dir, ready=real.enter_cgroup, resume_at=resume_at,  # the CPU cap binds once the
+             **hooks)                                                           # model is built
     return 0
 
 

@@ -10,6 +10,9 @@ is mounted read-only and read by the peers at run time:
   (`dlion emulate shape`, HTB classes; NET_ADMIN), and the peers add the one-way latency in their transports
   (`emulation.transport_latency`), so the same file works on kernels without netem, such as this project's machines;
 - the data directory (read-only) and the results directory (`output.dir`, the peers' JSONL files), bind-mounted;
+- users' own data and code, read-only: each service mounts only its own peer's `peers[i].data`, the shared
+  `training.data` where given, and a model or data hook given as a file (`path/to/file.py:fn`: that file),
+  with the config's paths pointed at them (a hook given as a module must be installed in the image);
 - the link keys (`security.mode: curve`, dlion.security): every peer's public key, and each container its own key
   pair only, bind-mounted read-only from the keys directory (`security.keys_dir`, by default keys/<name>; `dlion
   compose -o` makes missing pairs there), as Docker mounts file secrets;
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from dlion import security
+from dlion import hooks, security
 from dlion.config import Config
 from dlion.launch import TERM_GRACE_S
 from dlion.schema import ConfigError
@@ -37,6 +40,7 @@ MAX_PEER_ID = 252  # addresses SUBNET.2 .. SUBNET.254
 DEVICE = "eth0"  # the container's interface on the network, shaped on egress
 CONFIG_MOUNT = "/etc/dlion/config.yaml"
 KEYS_MOUNT = "/etc/dlion/keys"
+USER_MOUNT = "/srv/dlion"  # users' own data and code
 DATA_MOUNT = "/data"
 RESULTS_MOUNT = "/results"
 HEALTHCHECK = {"interval": "10s", "timeout": "5s", "retries": 3,
@@ -83,6 +87,33 @@ def _key_volumes(cfg: Config, peer_id: int, out_dir: Path) -> list[str]:
     return [f"{_host_path(str(f), out_dir)}:{KEYS_MOUNT}/{f.name}:ro" for f in files]
 
 
+def _mounted(spec: str | None, key: str, where: str, out_dir: Path) -> tuple[list[str], list[str]]:
+    """(volume, `--set`) that put a data source or hook given as a host path into the container, or nothing for a
+    hook given as a module."""
+    if spec is None or (hooks.is_hook(spec) and not spec.rpartition(":")[0].endswith(".py")):
+        return [], []
+    if hooks.is_hook(spec):  # the file alone: its directory may hold what this container must not see
+        file, _, fn = spec.rpartition(":")
+        inside = f"{USER_MOUNT}/{where}/{Path(file).name}"
+        return [f"{_host_path(file, out_dir)}:{inside}:ro"], [f"{key}={inside}:{fn}"]
+    inside = f"{USER_MOUNT}/{where}/{Path(spec).name}"
+    return [f"{_host_path(spec, out_dir)}:{inside}:ro"], [f"{key}={inside}"]
+
+
+def _user_files(cfg: Config, peer_id: int, out_dir: Path) -> tuple[list[str], list[str]]:
+    """The volumes and `--set`s of one service for users' own data and code (module docstring)."""
+    index = cfg.peer_ids.index(peer_id)
+    volumes, sets = [], []
+    model = cfg.training.model if hooks.is_hook(cfg.training.model) else None  # a built-in model is no file
+    for spec, key, where in ((cfg.peer(peer_id).data, f"peers.{index}.data", "own-data"),
+                             (cfg.training.data, "training.data", "data"),
+                             (model, "training.model", "model")):
+        more_volumes, more_sets = _mounted(spec, key, where, out_dir)
+        volumes += more_volumes
+        sets += more_sets
+    return volumes, sets
+
+
 def _service(cfg: Config, peer_id: int, command: list[str], volumes: list[str]) -> dict:
     ip, port = address(peer_id), cfg.peer(peer_id).port
     probe = f"import socket; socket.create_connection(('{ip}', {port}), 3).close()"
@@ -110,14 +141,18 @@ def render(cfg: Config, config_path: str, out_dir: Path, overrides=()) -> str:
     config_on_host = _host_path(config_path, out_dir)
     volumes = [f"{config_on_host}:{CONFIG_MOUNT}:ro",
                f"{_host_path(cfg.output.dir, out_dir)}:{RESULTS_MOUNT}"]
-    if cfg.training.dataset == "fashion-mnist":
+    if cfg.training.dataset == "fashion-mnist" and cfg.training.data is None:
         volumes.insert(1, f"{_host_path(cfg.training.data_dir, out_dir)}:{DATA_MOUNT}:ro")
         container_sets.append(f"training.data_dir={DATA_MOUNT}")
-    command = [arg for s in container_sets for arg in ("--set", s)]
+    services = {}
+    for p in cfg.peers:
+        user_volumes, user_sets = _user_files(cfg, p.id, out_dir)
+        command = [arg for s in [*container_sets, *user_sets] for arg in ("--set", s)]
+        services[f"peer-{p.id}"] = _service(cfg, p.id, command,
+                                            volumes + user_volumes + _key_volumes(cfg, p.id, out_dir))
     document = {
         "version": FORMAT_VERSION,
-        "services": {f"peer-{p.id}": _service(cfg, p.id, command, volumes + _key_volumes(cfg, p.id, out_dir))
-                     for p in cfg.peers},
+        "services": services,
         "networks": {NETWORK: {"driver": "bridge", "ipam": {"config": [{"subnet": f"{SUBNET}.0/24"}]}}},
     }
     header = f"# Generated from {config_on_host} by `dlion compose`: regenerate rather than edit (README: Docker).\n"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from dlion import batching, exchange, gossip, knowledge, security, topology, yamlio
+from dlion import optimizers
 from dlion.data import DEFAULT_DATA_DIR
 from dlion.presets import PRESETS, with_preset
 from dlion.schema import (BANDWIDTH, DURATION, ConfigError, at_least, between, build, join, non_negative, option,
@@ -156,15 +157,22 @@ class Training:
     partition: Partition = Partition()
     model: str = option("cnn", expect="a model name (mlp, cnn, cnn-bn) or an import path package.module:callable")
     global_batch: int = option(96, check=positive, expect="a positive integer")
-    optimizer: Literal["sgd", "adam", "rmsprop"] = "adam"
-    learning_rate: float = option(1e-3, check=positive, expect="a positive number")
-    momentum: float = option(0.9, check=between(0.0, 0.999), expect="a number in [0, 0.999]")
+    optimizer: str = option("adam", parse=optimizers.parse_name, expect=optimizers.NAME_EXPECT)
+    optimizer_params: dict = option({}, parse=optimizers.parse_params, expect=optimizers.PARAMS_EXPECT)
+    learning_rate: float = option(1e-3, check=positive, expect="a positive number (the peak rate of "
+                                                               "training.lr_schedule)")
+    lr_schedule: optimizers.LRSchedule = optimizers.LRSchedule()
+    momentum: float = option(0.9, check=between(0.0, 0.999), expect="a number in [0, 0.999] (sgd's momentum)")
+    loss_from_logits: bool = option(True, expect="true: the model outputs logits (no final softmax); false: it "
+                                                 "outputs probabilities (ends in a softmax), kept 1e-7 away from 0 "
+                                                 "and 1 in the loss")
     max_iterations: Optional[int] = option(None, check=positive, expect="a positive integer or null")
     max_seconds: Optional[float] = option(None, check=positive, expect="a positive number of seconds or null")
     target_accuracy: Optional[float] = option(None, check=between(0.0, 1.0), expect="an accuracy in [0, 1] or null")
     stop_at_target: bool = True
 
     def validate(self, path: str) -> None:
+        optimizers.check_params(self.optimizer, self.optimizer_params, path or "training")
         stops_at_target = self.target_accuracy is not None and self.stop_at_target
         if self.max_iterations is None and self.max_seconds is None and not stops_at_target:
             raise ConfigError(path or "training",
@@ -216,6 +224,11 @@ class Evaluation:
 class Output:
     dir: str = "runs/latest"
     log_every: int = option(10, check=positive, expect="a positive integer (iterations between progress events)")
+    tensorboard: bool = option(True, expect="true or false: each peer also writes its progress, evaluation and final "
+                                            "figures as TensorBoard scalars in <output>/tensorboard/peer-<id>")
+    checkpoint_every: Optional[int] = option(
+        500, check=positive, expect="a positive number of iterations between checkpoints (parameters, optimizer "
+                                    "state, iteration; `dlion run --resume DIR` continues from them), or null: none")
 
 
 @dataclass(frozen=True)

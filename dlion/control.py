@@ -40,8 +40,9 @@ class RunControl:
         self.figures: dict[int, dict[int, float]] = {}  # eval round -> {peer: accuracy} this peer has, recent rounds
         self._judged: dict[int, object] = {}  # peer -> the last stop message of it already judged
 
-    def start(self) -> None:
-        self.started, self.eval_s = self.clock(), 0.0
+    def start(self, elapsed: float = 0.0, eval_s: float = 0.0) -> None:
+        """Start the clock; a resumed run starts with the time its checkpoint had already spent."""
+        self.started, self.eval_s = self.clock() - elapsed, eval_s
 
     @property
     def elapsed(self) -> float:

@@ -13,6 +13,7 @@ import ctypes
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 
+from dlion import checkpoint
 from dlion import data as datamod
 from dlion import security, yamlio
 from dlion.config import Config, Emulation, to_dict
@@ -46,14 +48,27 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def prepare_out_dir(cfg: Config, out_dir: Path) -> Path:
-    """Create the output directory, drop results (and CPU turn locks) of an earlier run there, write the resolved
-    config."""
+class LaunchError(Exception):
+    """An output directory that holds an earlier run, or a resume with nothing to resume from."""
+
+
+def earlier_results(out_dir: Path) -> list[Path]:
+    """What an earlier run left in `out_dir`: event logs, its summary, checkpoints."""
+    found = [*out_dir.glob("peer-*.jsonl"), out_dir / "summary.json", checkpoint.directory(out_dir)]
+    return [p for p in found if p.exists()]
+
+
+def prepare_out_dir(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
+    """Create the output directory, write the resolved config; for a fresh run, drop results of an earlier one
+    there (the caller asked: `--overwrite`), while a resumed run appends to them. CPU turn locks go either way."""
     out_dir.mkdir(parents=True, exist_ok=True)
     turns.remove_locks(out_dir)
-    for old in [*out_dir.glob("peer-*.jsonl"), *out_dir.glob("peer-*.log"), *out_dir.glob(".peer-*.ready"),
-                *out_dir.glob("peer-*.keras"),
-                out_dir / "summary.json"]:
+    stale = [*out_dir.glob(".peer-*.ready")]
+    if not resume:
+        stale += [*out_dir.glob("peer-*.jsonl"), *out_dir.glob("peer-*.log"), *out_dir.glob("peer-*.keras"),
+                  out_dir / "summary.json"]
+        shutil.rmtree(checkpoint.directory(out_dir), ignore_errors=True)
+    for old in stale:
         old.unlink(missing_ok=True)
     resolved = out_dir / "config.yaml"
     resolved.write_text(yamlio.dump(to_dict(cfg)))  # quoted where a string would read back as a number
@@ -85,10 +100,12 @@ def bring_up(cfg: Config, emulation) -> Config:
     return cfg
 
 
-def peer_argv(config_path: Path, out_dir: Path) -> Callable[[int], list[str]]:
-    """The command line of each peer: `dlion peer` with the resolved config."""
+def peer_argv(config_path: Path, out_dir: Path, resume_at: int | None = None) -> Callable[[int], list[str]]:
+    """The command line of each peer: `dlion peer` with the resolved config (continuing from the checkpoint of
+    iteration `resume_at`, if given)."""
+    resume = [] if resume_at is None else ["--resume-at", str(resume_at)]
     return lambda peer_id: [sys.executable, "-m", "dlion", "peer", "--config", str(config_path), "--id",
-                            str(peer_id), "--out", str(out_dir)]
+                            str(peer_id), "--out", str(out_dir), *resume]
 
 
 def start_peers(cfg: Config, argv_for: Callable[[int], list[str]], out_dir: Path, procs: dict[int, subprocess.Popen],
@@ -99,7 +116,7 @@ def start_peers(cfg: Config, argv_for: Callable[[int], list[str]], out_dir: Path
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), PYTHONUNBUFFERED="1")
     for peer in cfg.peers:
         argv = argv_for(peer.id)
-        with open(out_dir / f"peer-{peer.id}.log", "w") as console:
+        with open(out_dir / f"peer-{peer.id}.log", "a") as console:  # a resumed run's peers continue the log
             procs[peer.id] = subprocess.Popen(
                 emulation.wrap(peer.id, argv) if emulation else argv, stdout=console, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
@@ -257,15 +274,28 @@ def with_keys(cfg: Config, out_dir: Path) -> Config:
     return cfg
 
 
-def run(cfg: Config, out_dir: str | Path, stream=sys.stdout) -> dict:
-    """Run all peers of `cfg` as local processes; returns (and writes) the summary."""
-    if cfg.training.dataset == "fashion-mnist":
+def run(cfg: Config, out_dir: str | Path, stream=sys.stdout, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run all peers of `cfg` as local processes; returns (and writes) the summary. An output directory holding an
+    earlier run is refused (LaunchError) unless `overwrite` (its results are dropped) or `resume` (its peers continue
+    from their latest common checkpoint)."""
+    if cfg.training.dataset == "fashion-mnist" and cfg.training.data is None:
         datamod.require_fashion_mnist(cfg.training.data_dir)  # fail before any peer starts
     out_dir = Path(out_dir)
+    resume_at = None
+    if resume:
+        resume_at = checkpoint.common_iteration(out_dir, cfg.peer_ids)
+        if resume_at is None:
+            raise LaunchError(f"{out_dir}: no checkpoint that every peer has ({checkpoint.directory(out_dir)}); "
+                              f"nothing to resume")
+        print(f"resuming {out_dir} at iteration {resume_at}", file=stream, flush=True)
+    elif (earlier := earlier_results(out_dir)) and not overwrite:
+        raise LaunchError(f"{out_dir} holds an earlier run ({', '.join(p.name for p in earlier)}): use --overwrite to "
+                          f"replace it, --resume to continue it, or another --out")
     cfg = with_keys(cfg, out_dir)
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with launched(cfg, out_dir, lambda resolved: prepare_out_dir(resolved, out_dir)) as run_:
+        with launched(cfg, out_dir, lambda resolved: prepare_out_dir(resolved, out_dir, resume),
+                      lambda path: peer_argv(path, out_dir, resume_at)) as run_:
             progress = Progress(out_dir, cfg.peer_ids, stream)
             shown = [0.0]
 

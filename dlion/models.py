@@ -1,4 +1,4 @@
-"""Keras models by name or by import path; every model outputs logits."""
+"""Keras models by name or by import path; the built-in models output logits."""
 from __future__ import annotations
 
 import keras
@@ -45,13 +45,14 @@ _BUILDERS = {
 }
 
 
-def build_model(spec, input_shape=(28, 28, 1), num_classes=10, seed=0) -> keras.Model:
+def build_model(spec, input_shape=(28, 28, 1), num_classes=10, seed=0, from_logits=True) -> keras.Model:
     """Build a model; the same seed gives the same initial weights on every peer.
 
     spec is one of MODEL_NAMES or a hook `package.module:fn` / `file.py:fn` (`dlion.hooks`), called as
-    fn(input_shape=..., num_classes=...) and returning a keras.Model whose output is (batch, num_classes) logits.
-    Raises ValueError naming what is wrong: an unknown name, a hook that does not import, another output shape, a
-    final softmax (the trainer's loss takes logits).
+    fn(input_shape=..., num_classes=...) and returning a keras.Model whose output is (batch, num_classes) logits, or
+    probabilities where `from_logits` is False (`training.loss_from_logits`). Raises ValueError naming what is wrong:
+    an unknown name, a hook that does not import, another output shape, a final softmax where the loss takes logits,
+    a final layer without activation (logits, surely) where it takes probabilities.
     """
     if spec in _BUILDERS:
         builder = _BUILDERS[spec]
@@ -71,7 +72,12 @@ def build_model(spec, input_shape=(28, 28, 1), num_classes=10, seed=0) -> keras.
         raise ValueError(f"model {spec!r} outputs {output}, expected (None, {num_classes}): one logit per class "
                          f"for input {tuple(input_shape)}")
     last = model.layers[-1] if model.layers else None
-    if getattr(last, "activation", None) is keras.activations.softmax or isinstance(last, layers.Softmax):
+    softmax = getattr(last, "activation", None) is keras.activations.softmax or isinstance(last, layers.Softmax)
+    if from_logits and softmax:
         raise ValueError(f"model {spec!r} ends in a softmax; return logits (drop the final activation): the "
-                         f"trainer's loss applies the softmax itself")
+                         f"trainer's loss applies the softmax itself (or set training.loss_from_logits: false to "
+                         f"train on the probabilities)")
+    if not from_logits and getattr(last, "activation", None) is keras.activations.linear:
+        raise ValueError(f"model {spec!r} ends in a layer without activation, whose outputs are logits, but "
+                         f"training.loss_from_logits is false: end the model in a softmax, or set it to true")
     return model

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
+from dlion import checkpoint
 from dlion.progress import traffic
 
 
 class Peer:
     """One peer process's loop over its wired parts (`dlion.wiring.build`)."""
 
-    def __init__(self, cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log, model_path):
+    def __init__(self, cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log, out_dir,
+                 resumed: dict | None = None):
+        """`resumed`: the checkpoint (dlion.checkpoint.load) this peer continues from, already in its trainer."""
         self.cfg, self.ctx, self.local, self.trainer, self.sampler = cfg, ctx, local, trainer, sampler
-        self.model_path = model_path  # where the final model is saved
+        self.out_dir, self.resumed = out_dir, resumed
         self.batching, self.exchange = stages.batching, stages.exchange
         self.gossip, self.knowledge = stages.gossip, stages.knowledge
         self.clock, self.control, self.progress, self.log = clock, control, progress, log
@@ -35,7 +39,8 @@ class Peer:
         self.log.emit("start", pid=os.getpid(), cores=spec.cores, threads=spec.tf_threads,
                       num_params=self.trainer.num_params, train_samples=len(self.local.train_idx),
                       barrier_s=round(time.monotonic() - barrier_start, 3), reachable=sorted(reachable),
-                      neighbours=list(self.ctx.topology.destinations(self.ctx.peer_id)), emulation=self.clock.method)
+                      neighbours=list(self.ctx.topology.destinations(self.ctx.peer_id)), emulation=self.clock.method,
+                      resumed_from=self.resumed["iteration"] if self.resumed else None)
         self.clock.start()
         try:
             reason, iteration = self._train()
@@ -47,8 +52,12 @@ class Peer:
         return final
 
     def _train(self) -> tuple[str, int]:
-        iteration = 0
-        self.control.start()
+        iteration, every = 0, self.cfg.output.checkpoint_every
+        if self.resumed:
+            iteration, self.progress.samples = self.resumed["iteration"], self.resumed["samples"]
+            self.control.start(self.resumed["train_s"], self.resumed["eval_s"])
+        else:
+            self.control.start()
         while not (reason := self.control.stop_reason(iteration)):
             batch = self.batching.batch_size(iteration)
             loss, grads, compute_s = self._gradients(batch)
@@ -62,6 +71,10 @@ class Peer:
             self.progress.add(iteration, batch, loss, compute_s, exchanged, mixed, self.control.elapsed)
             if reason := self.control.after(iteration):
                 break
+            if every and iteration % every == 0:
+                checkpoint.save(self.out_dir, self.ctx.peer_id, iteration, self.trainer.get_params(),
+                                self.trainer.optimizer_state(), self.control.elapsed, self.control.eval_s,
+                                self.progress.samples)
         return reason, iteration
 
     def _gradients(self, batch: int):
@@ -76,8 +89,9 @@ class Peer:
     def _finish(self, reason: str, iteration: int) -> dict:
         train_s, samples = self.control.elapsed, self.progress.samples
         loss, acc = self.trainer.evaluate(self.local.dataset.x_test, self.local.dataset.y_test)
-        self.trainer.save(self.model_path)
-        return self.log.emit("final", stop_reason=reason, it=iteration, samples=samples, model=str(self.model_path),
+        model_path = Path(self.out_dir) / f"peer-{self.ctx.peer_id}.keras"
+        self.trainer.save(model_path)
+        return self.log.emit("final", stop_reason=reason, it=iteration, samples=samples, model=str(model_path),
                              train_s=round(train_s, 3), samples_per_s=round(samples / max(train_s, 1e-9), 2),
                              acc=round(float(acc), 5), loss=round(float(loss), 5), **traffic(self.transport),
                              bytes_by_kind=self.transport.bytes_by_kind(), rejected=self.transport.rejections(),

@@ -10,9 +10,10 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from dlion import optimizers
 from dlion.models import build_model
 
-OPTIMIZERS = ("sgd", "adam", "rmsprop")
+OPTIMIZERS = tuple(optimizers.OPTIMIZERS)  # Keras optimizers by name
 
 
 def configure_threads(intra: int) -> None:
@@ -32,14 +33,61 @@ def configure_threads(intra: int) -> None:
             raise
 
 
-def _make_optimizer(name, learning_rate, momentum):
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=momentum)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate)
-    raise ValueError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+@keras.saving.register_keras_serializable(package="dlion")
+class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then the rate times `factor` every `every` steps
+    (`every` None: constant). Keras has no step decay with warmup; CosineDecay covers the cosine."""
+
+    def __init__(self, learning_rate, warmup_steps=0, every=None, factor=1.0):
+        super().__init__()
+        self.learning_rate, self.warmup_steps, self.every, self.factor = learning_rate, warmup_steps, every, factor
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        rate = keras.ops.convert_to_tensor(self.learning_rate, "float32")
+        if self.every:
+            after = keras.ops.maximum(step - self.warmup_steps, 0.0)
+            rate = rate * keras.ops.power(keras.ops.convert_to_tensor(self.factor, "float32"),
+                                          keras.ops.floor(after / self.every))
+        if self.warmup_steps:
+            rate = keras.ops.where(step < self.warmup_steps, self.learning_rate * step / self.warmup_steps, rate)
+        return rate
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps, "every": self.every,
+                "factor": self.factor}
+
+
+def _learning_rate(learning_rate, schedule):
+    """The optimizer's learning rate: a float, or a Keras schedule over its iterations (`optimizers.LRSchedule`)."""
+    learning_rate = float(learning_rate)
+    if schedule is None or (schedule.kind == "constant" and not schedule.warmup_steps):
+        return learning_rate
+    if schedule.kind == "cosine":
+        warm = schedule.warmup_steps > 0
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warm else learning_rate, schedule.decay_steps, alpha=schedule.final_fraction,
+            warmup_target=learning_rate if warm else None, warmup_steps=schedule.warmup_steps)
+    every = schedule.every if schedule.kind == "step" else None
+    return WarmupStepDecay(learning_rate, schedule.warmup_steps, every, schedule.factor if every else 1.0)
+
+
+def _make_optimizer(name, learning_rate, momentum, params=None, schedule=None):
+    """A Keras optimizer by name (its class's in lower case: `optimizers.OPTIMIZERS`) with keyword arguments `params`
+    (checked as the config checks them; ValueError naming the key otherwise), `momentum` for sgd, and the
+    learning-rate schedule."""
+    try:
+        name = optimizers.parse_name(name)
+    except optimizers.Refused as exc:
+        raise ValueError(f"optimizer {name!r}: {exc.expected}") from None
+    except ValueError:
+        raise ValueError(f"unknown optimizer {name!r}: use one of {', '.join(optimizers.OPTIMIZERS)}") from None
+    params = dict(params or {})
+    optimizers.check_params(name, params)
+    classes = {key.lower(): cls for key, cls in vars(keras.optimizers).items()
+               if isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer)}
+    return classes[name](learning_rate=_learning_rate(learning_rate, schedule),
+                         **optimizers.keyword_arguments(name, params, momentum))
 
 
 _ALIGN = 64  # bytes; TF kernels assume buffers at least this aligned
@@ -84,24 +132,28 @@ def _flat(tensors):
 class Trainer:
     """A Keras model plus optimizer driven through flat float32 vectors.
 
-    `momentum` only applies to sgd (0 = plain SGD). Parameters ("state") are the trainable variables followed by
-    the non-trainable ones (BatchNorm statistics); gradients cover the trainable ones only. Not thread-safe: one
-    thread drives a trainer.
+    `optimizer` is a Keras optimizer's name (dlion.optimizers.OPTIMIZERS), `optimizer_params` its keyword
+    arguments, `momentum` sgd's (0 = plain SGD), `lr_schedule` a `dlion.optimizers.LRSchedule` over the optimizer's
+    iterations (None: constant `learning_rate`); `loss_from_logits` False takes the model's outputs as probabilities
+    (a final softmax). Parameters ("state") are the trainable variables followed by the non-trainable ones
+    (BatchNorm statistics); gradients cover the trainable ones only. Not thread-safe: one thread drives a trainer.
     """
 
     def __init__(self, model="cnn", optimizer="adam", learning_rate=1e-3, seed=0, input_shape=(28, 28, 1),
-                 num_classes=10, momentum=0.9, label_prior=None):
+                 num_classes=10, momentum=0.9, label_prior=None, optimizer_params=None, lr_schedule=None,
+                 loss_from_logits=True):
         """`label_prior` (class frequencies of this peer's data, or None): train with logit adjustment, the training
         logits shifted by log(prior), so that the raw logits learn class scores as if the classes were balanced
         (a skewed peer's model then does not favour its own classes; evaluation uses the raw logits)."""
-        self.model = build_model(model, input_shape, num_classes, seed)
+        self.model = build_model(model, input_shape, num_classes, seed, from_logits=loss_from_logits)
+        self._from_logits = bool(loss_from_logits)
         self._logit_shift = None
         if label_prior is not None:
             prior = np.asarray(label_prior, np.float64)
             if prior.shape != (num_classes,) or not (prior > 0).all():
                 raise ValueError(f"label_prior must be {num_classes} positive frequencies, got {label_prior!r}")
             self._logit_shift = tf.constant(np.log(prior / prior.sum()), tf.float32)
-        self.optimizer = _make_optimizer(optimizer, learning_rate, momentum)
+        self.optimizer = _make_optimizer(optimizer, learning_rate, momentum, optimizer_params, lr_schedule)
         self._trainable = list(self.model.trainable_variables)
         self._state = self._trainable + list(self.model.non_trainable_variables)
         # Created here, not on the first apply inside a tf.function.
@@ -135,8 +187,16 @@ class Trainer:
         self._get = compile_(lambda: _flat(self._state), [])
 
     # --- graph bodies -------------------------------------------------------------------------------------------
+    def _logits(self, outputs):
+        """The model's outputs as logits: as they are, or for probabilities their logs, kept epsilon (1e-7) away
+        from 0 and 1 as Keras's crossentropy keeps them (a softmax's 0 would give an infinite loss)."""
+        if self._from_logits:
+            return outputs
+        eps = keras.config.epsilon()
+        return tf.math.log(tf.clip_by_value(outputs, eps, 1 - eps))
+
     def _loss(self, x, y):
-        logits = self.model(x, training=True)
+        logits = self._logits(self.model(x, training=True))
         if self._logit_shift is not None:
             logits = logits + self._logit_shift
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
@@ -162,9 +222,9 @@ class Trainer:
             v.assign(value)
 
     def _eval_fn(self, x, y):
-        logits = self.model(x, training=False)
-        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.int32))
+        outputs = self.model(x, training=False)
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=self._logits(outputs)))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(outputs, axis=1, output_type=tf.int32), y), tf.int32))
         return loss, correct
 
     # --- public API ---------------------------------------------------------------------------------------------
@@ -204,6 +264,18 @@ class Trainer:
         step = self._compile(step_fn, [self._x, self._y])
         return lambda x, y: float(step(*self._batch(x, y)))
 
+    def optimizer_state(self) -> list[np.ndarray]:
+        """The optimizer's variables (its step count, moments, ...), as arrays, for a checkpoint."""
+        return [np.array(v.numpy()) for v in self.optimizer.variables]
+
+    def set_optimizer_state(self, arrays) -> None:
+        """Restore what `optimizer_state` gave, on a trainer of the same model and optimizer."""
+        variables = self.optimizer.variables
+        if len(arrays) != len(variables) or any(tuple(a.shape) != tuple(v.shape) for a, v in zip(arrays, variables)):
+            raise ValueError("the checkpoint's optimizer state does not fit this model and optimizer")
+        for v, a in zip(variables, arrays):
+            v.assign(a)
+
     def get_params(self) -> np.ndarray:
         """All model variables as one fresh float32 vector [num_state]."""
         return self._get().numpy()
@@ -213,8 +285,9 @@ class Trainer:
         self._set(self._params_in(flat))
 
     def save(self, path) -> None:
-        """The model as a `.keras` file: `keras.models.load_model(path)` gives it back, logits out, for inputs as
-        the trainer takes them (uint8 images scaled to [0, 1], float inputs as they are)."""
+        """The model as a `.keras` file: `keras.models.load_model(path)` gives it back (logits out, or probabilities
+        with `loss_from_logits` false), for inputs as the trainer takes them (uint8 images scaled to [0, 1], float
+        inputs as they are)."""
         self.model.save(path)
 
     def evaluate(self, x, y, batch=1000) -> tuple[float, float]:

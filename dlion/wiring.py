@@ -13,15 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from dlion import data as datamod
-from dlion import hooks, security, sources
+from dlion import checkpoint, hooks, security, sources
 from dlion.clock import StepClock, Unpaced
 from dlion.config import STAGE_REGISTRIES, Config
 from dlion.schema import ConfigError
 from dlion.control import RunControl
 from dlion.metrics import EventLog, peer_log_path
+from dlion.optimizers import training_options
 from dlion.peer import Peer
 from dlion.progress import ProgressReport
 from dlion.stages import ModelAccess, Requirements, StageContext
+from dlion.tensorboard import tensorboard_sinks
 from dlion.transport import WireLimits, ZmqTransport
 
 HEADER_ALLOWANCE = 1 << 20  # bytes on top of the largest tensor payload
@@ -72,13 +74,29 @@ def check_model(cfg: Config) -> list[str]:
         if len(set(seen.values())) > 1:
             raise datamod.DataError(f"the peers' data differ in shape or classes: {sorted(set(seen.values()))}")
         try:
-            model = build_model(cfg.training.model, shape, classes, cfg.seed)
+            model = build_model(cfg.training.model, shape, classes, cfg.seed,
+                                from_logits=cfg.training.loss_from_logits)
         except ValueError as exc:
             raise ConfigError("training.model", str(exc)) from None
         params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
         lines.append(f"training.model: {cfg.training.model}: {params:,} parameters, input {shape}, {classes} classes"
                      + (f" (data: {source})" if source else ""))
-    return lines
+    return lines + [check_optimizer(cfg)]
+
+
+def check_optimizer(cfg: Config) -> str:
+    """`dlion validate`: build the configured Keras optimizer, so that Keras's own checks of its arguments run before
+    anything starts; a ConfigError naming training.optimizer_params if they fail."""
+    from dlion import trainer as trainer_mod  # TensorFlow
+    tr = cfg.training
+    try:
+        optimizer = trainer_mod._make_optimizer(tr.optimizer, tr.learning_rate, tr.momentum, tr.optimizer_params,
+                                                tr.lr_schedule)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("training.optimizer_params", f"{tr.optimizer} refuses them: {exc}") from None
+    rate = (f"{tr.learning_rate:g}" if tr.lr_schedule.kind == "constant" and not tr.lr_schedule.warmup_steps
+            else f"{tr.lr_schedule.kind} schedule peaking at {tr.learning_rate:g}")
+    return f"training.optimizer: {type(optimizer).__name__}, learning rate {rate}"
 
 
 @dataclass(frozen=True)
@@ -137,9 +155,8 @@ def _make_trainer(cfg: Config, peer_id: int, local: LocalData, needs: Requiremen
     tr = cfg.training
     # skew compensation by logit adjustment: this peer's label frequencies (+1 each: none is 0)
     prior = local.label_counts() + 1.0 if needs.label_prior else None
-    return trainer_mod.Trainer(model=tr.model, optimizer=tr.optimizer, learning_rate=tr.learning_rate,
-                               seed=cfg.seed, input_shape=local.input_shape, num_classes=local.num_classes,
-                               momentum=tr.momentum, label_prior=prior)
+    return trainer_mod.Trainer(model=tr.model, seed=cfg.seed, input_shape=local.input_shape,
+                               num_classes=local.num_classes, label_prior=prior, **training_options(tr))
 
 
 def make_transport(cfg: Config, peer_id: int, num_values: int, link_policy=None, **settings) -> ZmqTransport:
@@ -176,10 +193,12 @@ def _warm_up(trainer, local: LocalData, batch: int) -> None:
 
 
 def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dataset=None,
-          clock: StepClock | None = None, link_policy=None, stop_event: threading.Event | None = None):
+          clock: StepClock | None = None, link_policy=None, stop_event: threading.Event | None = None,
+          resume_at: int | None = None):
     """A ready peer. `transport` and `dataset` can be injected (tests, benchmarks); `clock` and `link_policy` are
-    the emulation's hooks (none: unpaced compute, links as they are)."""
-    log = EventLog(peer_log_path(out_dir, peer_id), peer_id)
+    the emulation's hooks (none: unpaced compute, links as they are); `resume_at`: continue from this peer's
+    checkpoint of that iteration (dlion.checkpoint)."""
+    log = EventLog(peer_log_path(out_dir, peer_id), peer_id, sinks=tensorboard_sinks(cfg.output, out_dir, peer_id))
     needs = requirements(cfg)
     local = _make_data(cfg, peer_id, dataset, needs)
     trainer = _make_trainer(cfg, peer_id, local, needs)
@@ -196,18 +215,22 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
                        inbound_bandwidths={s: cfg.link(s, peer_id).bandwidth for s in others})
     stages = _make_stages(cfg, ctx)
     _warm_up(trainer, local, stages.batching.batch_size(0))
+    resumed = None
+    if resume_at is not None:
+        resumed = checkpoint.load(out_dir, peer_id, resume_at)
+        trainer.set_params(resumed["params"])
+        trainer.set_optimizer_state(resumed["optimizer"])
     clock = clock or Unpaced()
     x_eval, y_eval = local.dataset.x_test[local.eval_idx], local.dataset.y_test[local.eval_idx]
     control = RunControl(cfg.training, cfg.evaluation, ctx, lambda: trainer.evaluate(x_eval, y_eval), log.emit,
                          stop_event or threading.Event())
     progress = ProgressReport(log, cfg.output.log_every, transport, stages.batching, clock, cfg.peer(peer_id).cores)
-    sampler = datamod.BatchSampler(local.train_idx, seed=cfg.seed * 7919 + peer_id + 1)
-    return Peer(cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log,
-                model_path=Path(out_dir) / f"peer-{peer_id}.keras")
+    sampler = datamod.BatchSampler(local.train_idx, seed=(cfg.seed * 7919 + peer_id + 1, resume_at or 0))
+    return Peer(cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log, out_dir, resumed)
 
 
 def run_peer(cfg: Config, peer_id: int, out_dir: str | Path, clock: StepClock | None = None,
-             link_policy=None, ready=lambda: None) -> dict:
+             link_policy=None, ready=lambda: None, resume_at: int | None = None) -> dict:
     """Run one peer in this process until it stops; SIGTERM and SIGINT end it cleanly after the current step.
     `ready()` is called once the peer is built (TensorFlow imported, model traced), before it meets the others."""
     stop = threading.Event()
@@ -218,6 +241,6 @@ def run_peer(cfg: Config, peer_id: int, out_dir: str | Path, clock: StepClock | 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    peer = build(cfg, peer_id, out_dir, clock=clock, link_policy=link_policy, stop_event=stop)
+    peer = build(cfg, peer_id, out_dir, clock=clock, link_policy=link_policy, stop_event=stop, resume_at=resume_at)
     ready()
     return peer.run()

@@ -126,7 +126,8 @@ def model_sizes(cfg) -> tuple[int, int]:
     """(trainable parameters, all variables) of the configured model, built as the trainer builds it (TensorFlow)."""
     from dlion.models import build_model
     input_shape, num_classes = wiring.shape_and_classes(cfg, wiring.load_dataset(cfg, cfg.peer_ids[0]))
-    model = build_model(cfg.training.model, input_shape, num_classes, seed=cfg.seed)
+    model = build_model(cfg.training.model, input_shape, num_classes, seed=cfg.seed,
+                        from_logits=getattr(cfg.training, "loss_from_logits", True))
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     return trainable, trainable + sum(int(np.prod(v.shape)) for v in model.non_trainable_variables)
 

@@ -127,7 +127,8 @@ def dlion_argv(args, out_dir: Path) -> list[str]:
     if args.security != "default":
         sets.append(f"security.mode={args.security}")
     sets += args.extra_set
-    return [sys.executable, "-m", "dlion", "run", str(args.config), *[a for s in sets for a in ("--set", s)]]
+    return [sys.executable, "-m", "dlion", "run", str(args.config), "--overwrite",
+            *[a for s in sets for a in ("--set", s)]]
 
 
 def attack_argv(args, out_dir: Path, start: dict) -> list[str]:

@@ -35,13 +35,14 @@ faint, their mean bold, the target dashed). A failed run (non-zero exit or no su
 of its peer logs and left out of the figures; the rest is still written, and the exit status is 1. Ctrl-C, or SIGINT
 or SIGTERM sent to the script alone, stops the current run cleanly and starts no other. A config mistake, in a
 `--set` or a preset name, exits 2 before any run. The plot needs matplotlib (the `bench` extra). The last line is a
-JSON object {"scenario": NAME, "presets": {PRESET: {...}}, "ideal": {...} or null}.
+JSON object {"scenario": NAME, "presets": {PRESET: {...}}, "ideal": {...} or null}. The table, CSV and plot are
+drawn by dlion/report.py; `dlion report DIR/runs` tabulates and plots the same runs one by one (accuracy against
+time and bytes, loss).
 """
 from __future__ import annotations
 
 import argparse
 import re
-import csv
 import json
 import os
 import shlex
@@ -56,7 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dlion import config as configmod  # noqa: E402
-from dlion.analysis import aggregate, equal_time, load_run, mean_curve  # noqa: E402
+from dlion import report  # noqa: E402
+from dlion.analysis import aggregate, equal_time, load_run  # noqa: E402
 from dlion.schema import ConfigError  # noqa: E402
 
 TAIL_LINES = 5
@@ -77,38 +79,24 @@ COLUMNS = [  # (figure, markdown header; {t} is the equal time)
 ]
 
 
-# ---- outputs ---------------------------------------------------------------------------------------------------------
+# ---- outputs (the table, CSV and plot functions are dlion.report's) ------------------------------------------------
 
-def _cell(key: str, value) -> str:
-    if value is None:
-        return "-"
-    if key.endswith("_bytes_per_iter") or key in ("bytes_total", "bytes_per_peer_iter"):
-        return f"{value:,.0f}"
-    if key == "x_ideal":
-        return f"{value:.2f}x"
-    if "accuracy" in key:
-        return f"{value:.4f}"
-    if key == "time_to_target_s":
-        return f"{value:.1f}"
-    if key == "samples_per_s":
-        return f"{value:.0f}"
-    return str(value)
+plot = report.plot_accuracy  # (curves per preset, target, equal time, path, title)
 
 
 def markdown(scenario: str, figures: dict[str, dict], command: str, ideal: dict | None = None) -> str:
     """The table with the command that produced it and what its columns mean."""
     t_equal = next(iter(figures.values()), {}).get("equal_time_s")
-    headers = [h.format(t=f"{t_equal:.1f} s" if t_equal is not None else "equal time") for _, h in COLUMNS]
     lines = [f"# {scenario}: {', '.join(figures)}", "", f"`{command}`", "",
-             "| preset | " + " | ".join(headers) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines += [f"| {p} | " + " | ".join(_cell(k, f.get(k)) for k, _ in COLUMNS) + " |" for p, f in figures.items()]
+             *report.table("preset", figures, COLUMNS, t_equal)]
     lines += ["", "Medians and means over the repeats that finished; accuracy at a time is the peers' mean of their "
                   "latest evaluation-subset accuracy, at the latest training time that every run reached."]
     if ideal is not None:
+        cell = report.cell
         lines += ["", f"Ideal reference (`scripts/ideal.py`: one process, {ideal['threads']} threads, all the data, "
-                      f"no communication): time to target {_cell('time_to_target_s', ideal['time_to_target_s'])} s, "
-                      f"final accuracy {_cell('final_accuracy', ideal['final_accuracy'])}, "
-                      f"{_cell('samples_per_s', ideal['samples_per_s'])} samples/s."]
+                      f"no communication): time to target {cell('time_to_target_s', ideal['time_to_target_s'])} s, "
+                      f"final accuracy {cell('final_accuracy', ideal['final_accuracy'])}, "
+                      f"{cell('samples_per_s', ideal['samples_per_s'])} samples/s."]
     missing = sum(f["runs_without_bytes_by_kind"] for f in figures.values())
     if missing:
         lines += ["", f"{missing} run(s) had no per-kind byte counts (`bytes_by_kind`): their grad and model bytes "
@@ -117,38 +105,7 @@ def markdown(scenario: str, figures: dict[str, dict], command: str, ideal: dict 
 
 
 def write_csv(path: Path, figures: dict[str, dict]) -> None:
-    keys = list(next(iter(figures.values()), {}))
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["preset", *keys])
-        for preset, fig in figures.items():
-            writer.writerow([preset, *("" if fig[k] is None else fig[k] for k in keys)])
-
-
-def plot(curves: dict[str, list[list]], target: float | None, t_equal: float | None, path: Path, title: str) -> None:
-    """Mean evaluation accuracy against training time (evaluation pauses left out): each repeat faint, their mean bold, the
-    target dashed, the equal time dotted."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (preset, runs) in enumerate(curves.items()):
-        for curve in filter(None, runs):
-            ax.step(*zip(*curve), where="post", color=f"C{i}", alpha=0.3, linewidth=0.8)
-        grid, mean = mean_curve(runs)
-        if grid:
-            ax.step(grid, mean, where="post", color=f"C{i}", linewidth=2, label=f"{preset} (n={len(runs)})")
-    if target is not None:
-        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:g}")
-    if t_equal is not None:
-        ax.axvline(t_equal, color="gray", linestyle=":", linewidth=1, label=f"equal time {t_equal:.1f} s")
-    ax.set(title=title, xlabel="training time, evaluation pauses left out (s)", ylabel="mean evaluation accuracy")
-    ax.set_xlim(left=0)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    report.write_csv(path, figures, "preset")
 
 
 # ---- running ---------------------------------------------------------------------------------------------------------

@@ -3,12 +3,13 @@
 
     python3 scripts/ideal.py SCENARIO [--set KEY.PATH=VALUE ...] [--threads N]
 
-Same model, optimizer, learning rate, seed and global batch as the scenario's peers, the whole training set in one
-place, a plain fused TensorFlow step (`Trainer.fused_step`), TensorFlow threads = this machine's CPUs. It evaluates on
-the scenario's evaluation subset every `evaluation.every_iterations` iterations and stops at the scenario's target
-(or its `max_seconds` / `max_iterations`); training time leaves the evaluation pauses out, as a run's time to target
-does. No emulation: this is what the CPUs that a scenario shares out among its peers do when nothing is shared. The
-last line is a JSON object: time_to_target_s, iterations, samples_per_s, final_accuracy (full test set), threads.
+Same model, optimizer (with its parameters and learning-rate schedule), loss, seed and global batch as the scenario's
+peers, the whole training set in one place, a plain fused TensorFlow step (`Trainer.fused_step`), TensorFlow threads =
+this machine's CPUs. It evaluates on the scenario's evaluation subset every `evaluation.every_iterations` iterations
+and stops at the scenario's target (or its `max_seconds` / `max_iterations`); training time leaves the evaluation
+pauses out, as a run's time to target does. No emulation: this is what the CPUs that a scenario shares out among its
+peers do when nothing is shared. The last line is a JSON object: time_to_target_s, iterations, samples_per_s,
+final_accuracy (full test set), threads.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlion import config as configmod  # noqa: E402
 from dlion import data as datamod  # noqa: E402
+from dlion.optimizers import training_options  # noqa: E402
 from dlion.schema import ConfigError  # noqa: E402
 from dlion.wiring import load_dataset, shape_and_classes  # noqa: E402
 
@@ -33,9 +35,8 @@ def ideal(cfg: configmod.Config, threads: int) -> dict:
     tr = cfg.training
     dataset = load_dataset(cfg)
     input_shape, num_classes = shape_and_classes(cfg, dataset)
-    trainer = trainer_mod.Trainer(model=tr.model, optimizer=tr.optimizer, learning_rate=tr.learning_rate,
-                                  seed=cfg.seed, input_shape=input_shape, num_classes=num_classes,
-                                  momentum=tr.momentum)
+    trainer = trainer_mod.Trainer(model=tr.model, seed=cfg.seed, input_shape=input_shape, num_classes=num_classes,
+                                  **training_options(tr))
     step = trainer.fused_step()
     sampler = datamod.BatchSampler(datamod.partition(dataset.y_train, 1, "iid", seed=cfg.seed)[0], seed=cfg.seed)
     eval_idx = datamod.eval_subset(len(dataset.y_test), cfg.evaluation.subset, seed=cfg.seed)

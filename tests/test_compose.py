@@ -137,3 +137,17 @@ def test_shape_in_place_gives_each_destination_its_class_and_replaces_earlier_sh
         assert qdiscs.count("pfifo") == 3 and "netem" not in qdiscs  # latency: in the transports
     finally:
         subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+def test_each_service_mounts_only_its_own_data_and_the_model_file(tmp_path):
+    result = dlion("compose", "examples/own-data.yaml")
+    assert result.returncode == 0, result.stderr
+    doc = yaml.safe_load(result.stdout)
+    for peer in range(3):
+        service = doc["services"][f"peer-{peer}"]
+        mounts = [v for v in service["volumes"] if "/srv/dlion/" in v]
+        assert mounts == [f"./examples/data/peer-{peer}.npz:/srv/dlion/own-data/peer-{peer}.npz:ro",
+                          "./examples/custom_model.py:/srv/dlion/model/custom_model.py:ro"]
+        seen = config.load(ROOT / "examples" / "own-data.yaml", service["command"][1::2])
+        assert seen.peer(peer).data == f"/srv/dlion/own-data/peer-{peer}.npz"
+        assert seen.training.model == "/srv/dlion/model/custom_model.py:build"

@@ -53,7 +53,10 @@ def test_shipped_configs_are_valid():
     (["peers.1.port=47000"], "peers[1].port: expected a unique address and port; 127.0.0.1:47000 is already used"),
     (["peers.2.id=0"], "peers[2].id: expected a unique id; 0 is already used by peers[0]"),
     (["training.global_batch=2"], "training.global_batch: expected at least the number of peers (3), got 2"),
-    (["training.optimizer=adamw"], "training.optimizer: expected one of: sgd, adam, rmsprop, got 'adamw'"),
+    (["training.optimizer=adamx"], "training.optimizer: expected a Keras optimizer name, one of: adadelta, adagrad, "
+                                   "adam, adamax, adamw"),
+    (["training.optimizer_params.beta1=0.9"], "training.optimizer_params.beta1: unknown keyword argument of "
+                                              "optimizer adam; expected one of: beta_1"),
     (["training.max_iterations=null"], "training: no stop condition"),
     (["training.target_accuracy=1.5"], "training.target_accuracy: expected an accuracy in [0, 1]"),
     (["training.partition.kind=shards"], "training.partition.kind: expected one of: iid, dirichlet, label-sorted"),

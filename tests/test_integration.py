@@ -204,3 +204,36 @@ def test_a_flood_of_hostile_messages_at_a_live_peer_is_dropped_counted_and_harml
     malformed = sum(sent[c] for c in ("garbage", "bad_header", "wrong_size", "non_finite", "far_future"))
     counted = sum(n for reasons in finals[0]["rejected"].values() for n in reasons.values())
     assert counted >= 0.9 * malformed, (finals[0]["rejected"], sent)
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_and_reaches_the_target(tmp_path):
+    """SIGTERM halfway: every peer stops cleanly, with checkpoints every 50 iterations; `dlion run --resume` continues
+    all peers from their latest common checkpoint, the iterations and the training time going on from there."""
+    path, cfg = write_config(tmp_path, 3, max_iterations=1500, target_accuracy=0.84)
+    out = tmp_path / "out"
+    first = subprocess.Popen(dlion_cmd("run", str(path), "--set", "output.checkpoint_every=50"), cwd=ROOT,
+                             env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_event(out / "peer-0.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 130, 120)
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert all(e["stop_reason"] == "signal" for i in range(3) for e in read_events(out / f"peer-{i}.jsonl")
+               if e["ev"] == "final")
+    refused = subprocess.run(dlion_cmd("run", str(path)), cwd=ROOT, env=python_env(), capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr, "an earlier run is never wiped unasked"
+    resumed = subprocess.run(dlion_cmd("run", "--resume", str(out)), cwd=ROOT, env=python_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["time_to_target_s"] is not None and summary["final_accuracy"] > 0.8, summary
+    for i in range(3):
+        events = read_events(out / f"peer-{i}.jsonl")
+        starts = [e for e in events if e["ev"] == "start"]
+        resumed_from = starts[-1]["resumed_from"]
+        assert len(starts) == 2 and resumed_from >= 100 and resumed_from % 50 == 0
+        later = [e for e in events[events.index(starts[-1]):] if e["ev"] == "iter"]
+        assert later and min(e["it"] for e in later) > resumed_from
+        assert summary["peers"][str(i)]["stop_reason"] == "target"

@@ -1,4 +1,5 @@
-"""dlion.trainer: flat gradients/params, optimizer apply, no retracing, evaluation, thread configuration."""
+"""dlion.trainer: flat gradients/params, optimizer apply, no retracing, evaluation, thread configuration (the training
+options, optimizers by name, schedules and the loss from probabilities: tests/test_training_options.py)."""
 import subprocess
 
 import numpy as np
@@ -54,7 +55,7 @@ def test_apply_lowers_loss():
     assert tr.gradients(x, y)[0] < first * 0.8
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop", "adamw", "lion"])
 @pytest.mark.parametrize("xla_update", [False, True])
 def test_gradients_apply_matches_a_fused_step(optimizer, xla_update, ds):
     """The flat split/concat order is right: the pipeline does what either fused step does."""
@@ -121,8 +122,8 @@ def test_bad_inputs(cnn, ds):
 
 
 def test_unknown_optimizer():
-    with pytest.raises(ValueError, match="sgd, adam, rmsprop"):
-        Trainer("mlp", "adagrad")
+    with pytest.raises(ValueError, match="unknown optimizer 'adagradx': use one of .*adagrad, adam, adamax, adamw"):
+        Trainer("mlp", "adagradx")
 
 
 def test_training_beats_chance(ds):
@@ -180,3 +181,18 @@ def test_uint8_images_are_scaled_as_float_images_in_0_1(cnn, ds):
     assert loss_u8 == loss_f
     np.testing.assert_array_equal(grads_u8, grads_f)
     assert cnn.evaluate(images, ds.y_train[:16]) == cnn.evaluate(as_float, ds.y_train[:16])
+
+
+def test_optimizer_state_carries_over_to_a_fresh_trainer(cnn, ds):
+    x, y = ds.x_train[:32], ds.y_train[:32]
+    for _ in range(3):
+        cnn.apply(cnn.gradients(x, y)[1])
+    other = Trainer("cnn", "adam", seed=0)
+    other.set_params(cnn.get_params())
+    other.set_optimizer_state(cnn.optimizer_state())
+    grads = cnn.gradients(x, y)[1]
+    cnn.apply(grads)
+    other.apply(grads)  # the same step from the same moments: the same parameters
+    np.testing.assert_allclose(other.get_params(), cnn.get_params(), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="does not fit"):
+        Trainer("mlp", "adam", seed=0).set_optimizer_state(cnn.optimizer_state())
