@@ -216,7 +216,13 @@ class Strategies:
 @dataclass(frozen=True)
 class Evaluation:
     every_iterations: int = option(50, check=positive, expect="a positive integer")
-    subset: int = option(2000, check=between(1, 10000), expect="an integer in 1..10000 (test images)")
+    on: Literal["validation", "test"] = option(
+        "validation", expect="validation (the stop rule's evaluations use samples held out of the training data, "
+                             "never trained on and never the test set) or test (a subset of the test set, as runs "
+                             "before 2026-12-02 did)")
+    subset: int = option(2000, check=between(1, 10000),
+                         expect="an integer in 1..10000: samples per evaluation (at most a tenth of the training "
+                                "data with evaluation.on validation)")
     deadline_s: float = option(2.0, check=positive, expect="a positive number of seconds")
 
 

@@ -99,17 +99,36 @@ def check_optimizer(cfg: Config) -> str:
     return f"training.optimizer: {type(optimizer).__name__}, learning rate {rate}"
 
 
+def evaluation_split(cfg: Config, dataset: datamod.Dataset, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the indices the stop rule evaluates on, the training indices left to train on). `evaluation.on:
+    validation`: `evaluation.subset` training samples (at most VALIDATION_FRACTION of them), drawn with `seed`, held
+    out of training; `test`: a subset of the test set, and all training samples stay."""
+    n = len(dataset.y_train)
+    if cfg.evaluation.on == "test":
+        return datamod.eval_subset(len(dataset.y_test), cfg.evaluation.subset, seed=cfg.seed), np.arange(n)
+    size = max(1, min(cfg.evaluation.subset, int(n * VALIDATION_FRACTION)))
+    held = datamod.eval_subset(n, size, seed=seed)
+    return held, np.setdiff1d(np.arange(n), held, assume_unique=True)
+
+
 @dataclass(frozen=True)
 class LocalData:
-    """A peer's view of the data: the dataset, the indices it trains on, its held-out slice, the evaluation subset,
-    the model's input shape and number of classes."""
+    """A peer's view of the data: the dataset, the indices it trains on, its held-out slice (quality scores), what
+    the stop rule evaluates on (`evaluation`), the model's input shape and number of classes."""
 
     dataset: datamod.Dataset
     train_idx: np.ndarray
     holdout_idx: np.ndarray
     eval_idx: np.ndarray
+    eval_on_test: bool
     input_shape: tuple[int, ...]
     num_classes: int
+
+    def evaluation(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of the stop rule's evaluations."""
+        x, y = ((self.dataset.x_test, self.dataset.y_test) if self.eval_on_test
+                else (self.dataset.x_train, self.dataset.y_train))
+        return x[self.eval_idx], y[self.eval_idx]
 
     def label_counts(self) -> np.ndarray:
         return np.bincount(self.dataset.y_train[self.train_idx], minlength=self.num_classes)
@@ -136,16 +155,19 @@ def _make_data(cfg: Config, peer_id: int, dataset, needs: Requirements) -> Local
     """A peer's data: its own source whole, or its part of the shared one (`training.partition`)."""
     dataset = dataset if dataset is not None else load_dataset(cfg, peer_id)
     tr = cfg.training
-    if cfg.peer(peer_id).data is not None:
-        mine = np.arange(len(dataset.y_train))
+    own = cfg.peer(peer_id).data is not None
+    # the shared data's evaluation samples are the same on every peer (the seed); a peer's own are its own
+    eval_idx, pool = evaluation_split(cfg, dataset, seed=cfg.seed * 31 + peer_id if own else cfg.seed)
+    if own:
+        mine = pool
     else:
         ids = sorted(cfg.peer_ids)
-        parts = datamod.partition(dataset.y_train, len(ids), tr.partition.kind, seed=cfg.seed,
+        parts = datamod.partition(dataset.y_train[pool], len(ids), tr.partition.kind, seed=cfg.seed,
                                   alpha=tr.partition.alpha, fraction=tr.partition.fraction)
-        mine = parts[ids.index(peer_id)]
+        mine = pool[parts[ids.index(peer_id)]]
     train_idx, holdout_idx = datamod.holdout_split(mine, needs.holdout, seed=cfg.seed * 31 + peer_id)
-    eval_idx = datamod.eval_subset(len(dataset.y_test), cfg.evaluation.subset, seed=cfg.seed)
-    return LocalData(dataset, train_idx, holdout_idx, eval_idx, *shape_and_classes(cfg, dataset))
+    return LocalData(dataset, train_idx, holdout_idx, eval_idx, cfg.evaluation.on == "test",
+                     *shape_and_classes(cfg, dataset))
 
 
 def _make_trainer(cfg: Config, peer_id: int, local: LocalData, needs: Requirements):
@@ -221,7 +243,7 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
         trainer.set_params(resumed["params"])
         trainer.set_optimizer_state(resumed["optimizer"])
     clock = clock or Unpaced()
-    x_eval, y_eval = local.dataset.x_test[local.eval_idx], local.dataset.y_test[local.eval_idx]
+    x_eval, y_eval = local.evaluation()
     control = RunControl(cfg.training, cfg.evaluation, ctx, lambda: trainer.evaluate(x_eval, y_eval), log.emit,
                          stop_event or threading.Event())
     progress = ProgressReport(log, cfg.output.log_every, transport, stages.batching, clock, cfg.peer(peer_id).cores)

@@ -26,7 +26,7 @@ from dlion import config as configmod  # noqa: E402
 from dlion import data as datamod  # noqa: E402
 from dlion.optimizers import training_options  # noqa: E402
 from dlion.schema import ConfigError  # noqa: E402
-from dlion.wiring import load_dataset, shape_and_classes  # noqa: E402
+from dlion.wiring import evaluation_split, load_dataset, shape_and_classes  # noqa: E402
 
 
 def ideal(cfg: configmod.Config, threads: int) -> dict:
@@ -38,9 +38,11 @@ def ideal(cfg: configmod.Config, threads: int) -> dict:
     trainer = trainer_mod.Trainer(model=tr.model, seed=cfg.seed, input_shape=input_shape, num_classes=num_classes,
                                   **training_options(tr))
     step = trainer.fused_step()
-    sampler = datamod.BatchSampler(datamod.partition(dataset.y_train, 1, "iid", seed=cfg.seed)[0], seed=cfg.seed)
-    eval_idx = datamod.eval_subset(len(dataset.y_test), cfg.evaluation.subset, seed=cfg.seed)
-    x_eval, y_eval = dataset.x_test[eval_idx], dataset.y_test[eval_idx]
+    eval_idx, pool = evaluation_split(cfg, dataset, seed=cfg.seed)  # the peers' evaluation samples, held out
+    sampler = datamod.BatchSampler(pool, seed=cfg.seed)
+    x_eval, y_eval = ((dataset.x_test, dataset.y_test) if cfg.evaluation.on == "test"
+                      else (dataset.x_train, dataset.y_train))
+    x_eval, y_eval = x_eval[eval_idx], y_eval[eval_idx]
     warm = sampler.next(tr.global_batch)
     trainer.gradients(dataset.x_train[warm], dataset.y_train[warm])  # first-call work, as a peer's wiring does
     train_s, iterations, reached, accuracy = 0.0, 0, None, None

@@ -103,7 +103,8 @@ def test_a_peer_with_its_own_file_reads_that_file_only(tmp_path):
     cfg = own_data_config(tmp_path)
     write_npz(tmp_path / "peer-1.npz", n=30, seed=1)  # peers 0 and 2 have no file on this host
     local = wiring._make_data(cfg, 1, None, Requirements(holdout=0.1))
-    assert len(local.train_idx) + len(local.holdout_idx) == 30, "its whole file, not a third of it"
+    assert len(local.train_idx) + len(local.holdout_idx) + len(local.eval_idx) == 30, "its whole file, not a third"
+    assert not set(local.eval_idx) & set(local.train_idx), "the stop rule's samples are never trained on"
     assert (local.input_shape, local.num_classes) == ((8, 8, 3), 4)
     with pytest.raises(DataError, match="peer-0.npz"):
         wiring._make_data(cfg, 0, None, Requirements())
@@ -124,3 +125,20 @@ def test_own_data_needs_the_number_of_classes_and_labels_within_it(tmp_path):
     cfg = own_data_config(tmp_path, num_classes=3)
     with pytest.raises(DataError, match="beyond training.num_classes 3"):
         wiring._make_data(cfg, 0, None, Requirements())
+
+
+def test_the_stop_rules_samples_are_held_out_of_training_and_shared_by_the_peers(tmp_path):
+    write_npz(tmp_path / "shared.npz", n=300)
+    peers = [{"id": i, "port": 47600 + i} for i in range(3)]
+    cfg = config.parse({"peers": peers, "training": {"max_seconds": 10, "data": str(tmp_path / "shared.npz")},
+                        "evaluation": {"subset": 20}})
+    locals_ = [wiring._make_data(cfg, p, None, Requirements()) for p in range(3)]
+    trained = set().union(*(set(local.train_idx) for local in locals_))
+    assert len(trained) == 280 and not trained & set(locals_[0].eval_idx)
+    assert all(np.array_equal(local.eval_idx, locals_[0].eval_idx) for local in locals_)
+    x, y = locals_[0].evaluation()
+    assert len(x) == 20 and np.array_equal(y, locals_[0].dataset.y_train[locals_[0].eval_idx])
+    on_test = config.parse({"peers": peers, "training": {"max_seconds": 10, "data": str(tmp_path / "shared.npz")},
+                            "evaluation": {"subset": 5, "on": "test"}})
+    local = wiring._make_data(on_test, 0, None, Requirements())
+    assert np.array_equal(local.evaluation()[1], local.dataset.y_test[local.eval_idx]) and len(local.eval_idx) == 5
