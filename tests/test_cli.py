@@ -93,3 +93,20 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path):
     assert config_error("validate", str(path)) == (
         f"dlion: config error: {path}: expected a UTF-8 text file; byte 0xe9 at line 1 is not UTF-8 (save the file "
         f"as UTF-8)")
+
+
+def test_validate_builds_the_model_on_the_data_and_names_a_bad_one(tmp_path):
+    subprocess.run([PYTHON, "examples/make_data.py", "--out", str(tmp_path), "--train", "50", "--test", "10"],
+                   cwd=ROOT, check=True, capture_output=True)
+    data = [arg for i in range(3) for arg in ("--set", f"peers.{i}.data={tmp_path / f'peer-{i}.npz'}")]
+    good = dlion("validate", "examples/own-data.yaml", *data)
+    assert good.returncode == 0 and "17,098 parameters, input (32, 32, 3), 10 classes" in good.stderr, good.stderr
+    (tmp_path / "wrong.py").write_text(
+        "import keras\n"
+        "def build(input_shape, num_classes):\n"
+        "    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(3)])\n")
+    for model, problem in ((f"{tmp_path / 'absent.py'}:build", "cannot import"),
+                           (f"{tmp_path / 'wrong.py'}:build", "outputs (None, 3), expected (None, 10)")):
+        bad = dlion("validate", "examples/own-data.yaml", *data, "--set", f"training.model={model}")
+        assert bad.returncode == 2 and "config error: training.model:" in bad.stderr and problem in bad.stderr, \
+            bad.stderr
