@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from dlion import checkpoint
+from dlion import checkpoint, hooks
 from dlion import data as datamod
 from dlion import security, yamlio
 from dlion.config import Config, Emulation, to_dict
@@ -280,6 +280,10 @@ def run(cfg: Config, out_dir: str | Path, stream=sys.stdout, resume: bool = Fals
     from their latest common checkpoint)."""
     if cfg.training.dataset == "fashion-mnist" and cfg.training.data is None:
         datamod.require_fashion_mnist(cfg.training.data_dir)  # fail before any peer starts
+    for key, spec in [("training.data", cfg.training.data),
+                      *((f"peers[{i}].data", p.data) for i, p in enumerate(cfg.peers))]:
+        if spec is not None and not hooks.is_hook(spec) and not Path(spec).exists():
+            raise datamod.DataError(f"{key}: {spec} does not exist (every peer runs on this host)")
     out_dir = Path(out_dir)
     resume_at = None
     if resume:

@@ -110,3 +110,10 @@ def test_validate_builds_the_model_on_the_data_and_names_a_bad_one(tmp_path):
         bad = dlion("validate", "examples/own-data.yaml", *data, "--set", f"training.model={model}")
         assert bad.returncode == 2 and "config error: training.model:" in bad.stderr and problem in bad.stderr, \
             bad.stderr
+
+
+def test_run_with_a_missing_data_file_starts_nothing(tmp_path):
+    result = dlion("run", "examples/own-data.yaml", "--out", str(tmp_path / "out"), "--set",
+                   f"peers.1.data={tmp_path / 'absent.npz'}")
+    assert result.returncode == 2 and "peers[1].data:" in result.stderr and "does not exist" in result.stderr
+    assert not (tmp_path / "out").exists()
