@@ -113,7 +113,9 @@ def test_validate_builds_the_model_on_the_data_and_names_a_bad_one(tmp_path):
 
 
 def test_run_with_a_missing_data_file_starts_nothing(tmp_path):
-    result = dlion("run", "examples/own-data.yaml", "--out", str(tmp_path / "out"), "--set",
-                   f"peers.1.data={tmp_path / 'absent.npz'}")
+    for present in (0, 2):
+        (tmp_path / f"peer-{present}.npz").write_bytes(b"")
+    sets = [arg for i in range(3) for arg in ("--set", f"peers.{i}.data={tmp_path / f'peer-{i}.npz'}")]
+    result = dlion("run", "examples/own-data.yaml", "--out", str(tmp_path / "out"), *sets)
     assert result.returncode == 2 and "peers[1].data:" in result.stderr and "does not exist" in result.stderr
     assert not (tmp_path / "out").exists()
