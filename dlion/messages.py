@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-HELLO = "hello"      # the start-up barrier: who has heard from whom
+HELLO = "hello"      # the start-up barrier: who has heard from whom, and the sender's current round
 BYE = "bye"          # the last message on a connection
 STOP = "stop"        # the peers' mean evaluation accuracy reached the target, with the figures it rests on
 EVAL = "eval"        # a peer's evaluation accuracy at an evaluation round
@@ -25,6 +25,7 @@ SCORE = "score"      # knowledge transfer: a peer's loss on its held-out data
 FETCH = "fetch"      # knowledge transfer: send me your parameters
 MODEL = "model"      # knowledge transfer: the parameters asked for
 CREDIT = "credit"    # model plane: the push-sum weight a receiver has used from a link so far
+REJOIN = "rejoin"    # a restarted peer asks for the parameters to continue from (answered with a model)
 PROBE = "probe"      # link measurement (scripts/check_emulation.py): payload or ping
 ACK = "ack"          # link measurement: the answer to a probe
 
@@ -87,6 +88,11 @@ def format_figures(figures: Mapping[int, float]) -> str:
     return ",".join(f"{p}:{acc!r}" for p, acc in sorted(figures.items()))
 
 
+def round_number(v: Any) -> bool:
+    """A round (iteration) number: an integer >= 0 that fits 63 bits."""
+    return _is_int(v) and 0 <= v < 1 << 63
+
+
 def epoch(v: Any) -> bool:
     """A link epoch: an integer >= 0 that fits 63 bits."""
     return _is_int(v) and 0 <= v < 1 << 63
@@ -106,7 +112,7 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    HELLO: Kind({"heard": peer_list}, rate=20.0, burst=40),  # a barrier says hello every 0.1 s
+    HELLO: Kind({"heard": peer_list, "at": round_number}, rate=20.0, burst=40),  # a barrier: every 0.1 s
     BYE: Kind(rate=0.2, burst=2),
     STOP: Kind({"figures": figure_list}, rate=2.0, burst=4),
     EVAL: Kind({"acc": fraction}, rate=50.0, burst=50),
@@ -116,6 +122,7 @@ KINDS: dict[str, Kind] = {
     CREDIT: Kind({"w": positive_float, "e": epoch}),
     SCORE: Kind({"loss": non_negative_float}, rate=50.0, burst=50),  # a cross-entropy
     FETCH: Kind(rate=5.0, burst=5),
+    REJOIN: Kind(rate=1.0, burst=2),
     MODEL: Kind({}, frozenset({"x"})),
     PROBE: Kind({}, frozenset(), frozenset({"payload"})),
     ACK: Kind(),

@@ -13,8 +13,10 @@ import os
 import time
 from pathlib import Path
 
-from dlion import checkpoint
+from dlion import checkpoint, messages
 from dlion.progress import traffic
+
+REJOIN_WAIT_S = 10.0  # how long a restarted peer looks out for the parameters it asked for
 
 
 class Peer:
@@ -29,6 +31,9 @@ class Peer:
         self.gossip, self.knowledge = stages.gossip, stages.knowledge
         self.clock, self.control, self.progress, self.log = clock, control, progress, log
         self.transport = ctx.transport
+        self._answered: dict[int, int] = {}  # peer -> round of the last rejoin request answered
+        self._awaiting: tuple | None = None  # a rejoining peer's request: (source, round, when asked)
+        self._start = resumed["iteration"] if resumed else 0
 
     def run(self) -> dict:
         """Train until a stop condition, evaluate on the full test set, say goodbye. Returns the final event."""
@@ -41,6 +46,8 @@ class Peer:
                       barrier_s=round(time.monotonic() - barrier_start, 3), reachable=sorted(reachable),
                       neighbours=list(self.ctx.topology.destinations(self.ctx.peer_id)), emulation=self.clock.method,
                       resumed_from=self.resumed["iteration"] if self.resumed else None)
+        if rejoined := self._rejoin():
+            self.log.emit("rejoin", **rejoined)
         self.clock.start()
         try:
             reason, iteration = self._train()
@@ -51,14 +58,59 @@ class Peer:
             self.log.close()
         return final
 
+    def _rejoin(self) -> dict | None:
+        """A peer restarted while the others train (its round far behind theirs) re-enters at once at their round,
+        and asks the peer furthest ahead for its parameters (a `rejoin` message); they replace its own when they
+        arrive (`_take_parameters`), so nobody waits for it meanwhile. None if the others are not ahead."""
+        ahead = self.transport.others_round()
+        if ahead <= self._start + self.cfg.evaluation.every_iterations:
+            return None
+        sources = [p for p in self.ctx.live(self.ctx.others)
+                   if (m := self.transport.mailbox.latest(messages.HELLO, p)) is not None and m.meta["at"] == ahead]
+        was_at, self._start = self._start, max(ahead, self.transport.mailbox.newest_round())
+        self.transport.mailbox.advance(self._start)
+        if sources:
+            self.transport.send(sources[0], messages.REJOIN, self._start)
+            self._awaiting = (sources[0], self._start, time.monotonic())
+        return {"at": self._start, "was_at": was_at, "asked": sources[0] if sources else None}
+
+    def _take_parameters(self, iteration: int) -> None:
+        """The parameters a rejoining peer asked for, taken when they arrive (or given up after REJOIN_WAIT_S)."""
+        source, round_, asked = self._awaiting
+        msg = self.transport.mailbox.latest(messages.MODEL, source)
+        waited = time.monotonic() - asked
+        if msg is None or msg.round != round_:
+            if waited > REJOIN_WAIT_S:
+                self._awaiting = None
+                self.log.emit("rejoin_params", it=iteration, source=source, taken=False, wait_s=round(waited, 3))
+            return
+        self._awaiting = None
+        own = self.trainer.get_params()
+        if getattr(msg.tensors["x"], "shape", None) != own.shape:
+            self.transport.reject(msg, "shape", f"expected parameters of shape {own.shape}")
+            return
+        self.trainer.set_params(msg.tensors["x"])
+        self.log.emit("rejoin_params", it=iteration, source=source, taken=True, wait_s=round(waited, 3))
+
+    def _answer_rejoins(self) -> None:
+        """Send a restarted peer that asks the parameters to continue from."""
+        for p in self.ctx.live(self.ctx.others):
+            msg = self.transport.mailbox.latest(messages.REJOIN, p)
+            if msg is not None and self._answered.get(p) != msg.round:
+                self._answered[p] = msg.round
+                self.transport.send(p, messages.MODEL, msg.round, {"x": self.trainer.get_params()})
+
     def _train(self) -> tuple[str, int]:
-        iteration, every = 0, self.cfg.output.checkpoint_every
+        iteration, every = self._start, self.cfg.output.checkpoint_every
         if self.resumed:
-            iteration, self.progress.samples = self.resumed["iteration"], self.resumed["samples"]
+            self.progress.samples = self.resumed["samples"]
             self.control.start(self.resumed["train_s"], self.resumed["eval_s"])
         else:
             self.control.start()
         while not (reason := self.control.stop_reason(iteration)):
+            self._answer_rejoins()
+            if self._awaiting:
+                self._take_parameters(iteration)
             batch = self.batching.batch_size(iteration)
             loss, grads, compute_s = self._gradients(batch)
             self.batching.observe(iteration, batch, compute_s)  # may report its rate: before this round's gradients

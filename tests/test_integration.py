@@ -237,3 +237,44 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_reaches_the_target(tmp_pa
         later = [e for e in events[events.index(starts[-1]):] if e["ev"] == "iter"]
         assert later and min(e["it"] for e in later) > resumed_from
         assert summary["peers"][str(i)]["stop_reason"] == "target"
+
+
+def test_a_killed_peer_restarted_by_hand_rejoins_at_the_current_round(tmp_path):
+    """SIGKILL peer 2 mid-run, restart it 3 s later with the same command: it re-enters at the others' round with the
+    parameters of a peer that kept training, so its next evaluation is close to theirs, and nobody waits for it
+    longer than the deadline a round."""
+    path, cfg = write_config(tmp_path, 3, max_iterations=5000)  # long enough to restart within: ~40 s
+    out = tmp_path / "out"
+    run = subprocess.Popen(dlion_cmd("run", str(path)), cwd=ROOT, env=python_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    restarted = None
+    try:
+        victim = wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "start", 90)
+        wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 150, 90)
+        os.kill(victim["pid"], signal.SIGKILL)
+        time.sleep(3)
+        resolved = out / "config.yaml"
+        restarted = subprocess.Popen(dlion_cmd("peer", "--config", str(resolved), "--id", "2", "--out", str(out)),
+                                     cwd=ROOT, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        restarted.wait(timeout=240)
+        run.wait(timeout=240)
+    finally:
+        for proc in (run, restarted):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    events = read_events(out / "peer-2.jsonl")
+    rejoin = next(e for e in events if e["ev"] == "rejoin")
+    taken = next(e for e in events if e["ev"] == "rejoin_params")
+    assert rejoin["at"] >= 150 and rejoin["asked"] in (0, 1) and taken["taken"] and taken["wait_s"] < 2.0, taken
+    after = events[events.index(rejoin):]
+    first_iter = next(e for e in after if e["ev"] == "iter")
+    assert first_iter["it"] > rejoin["at"] >= 150
+    first_eval = next(e for e in after if e["ev"] == "eval")
+    others = [e for i in (0, 1) for e in read_events(out / f"peer-{i}.jsonl")
+              if e["ev"] == "eval" and e["it"] == first_eval["it"]]
+    assert others and all(abs(first_eval["acc"] - e["acc"]) <= 0.03 for e in others), (first_eval, others)
+    final = next(e for e in reversed(events) if e["ev"] == "final")
+    assert final["it"] == 5000 and final["acc"] > 0.7
+    for i in (0, 1):
+        waits = [e["max_wait_s"] for e in read_events(out / f"peer-{i}.jsonl") if e["ev"] == "iter"]
+        assert max(waits) <= DEADLINE_S + 0.5, waits

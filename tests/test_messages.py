@@ -22,8 +22,9 @@ def test_the_wire_knows_exactly_the_declared_kinds():
     ("stop", {"figures": "0:0.875,1:0.9,2:0.5"}, ()),
     ("report", {"rate": 1234.5}, ()),
     ("score", {"loss": 0.5}, ()),
-    ("hello", {"heard": "0,2"}, ()),
-    ("hello", {"heard": ""}, ()),
+    ("hello", {"heard": "0,2", "at": 0}, ()),
+    ("rejoin", {}, ()),
+    ("hello", {"heard": "", "at": 550}, ()),
     ("model", {}, ("x",)),
     ("probe", {}, ()),
     ("probe", {}, ("payload",)),
@@ -60,7 +61,8 @@ def tensors_named(names, value=1.0):
     ("report", {"rate": 0.0}, ()),
     ("score", {"loss": "low"}, ()),
     ("score", {"loss": -1e30}, ()),          # no cross-entropy is negative
-    ("hello", {"heard": "0,x"}, ()),
+    ("hello", {"heard": "0,x", "at": 0}, ()),
+    ("hello", {"heard": "0", "at": -1}, ()),
     ("stop", {"acc": 1.0}, ()),
     ("nonsense", {}, ()),
 ])

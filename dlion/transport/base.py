@@ -203,9 +203,11 @@ class Transport(abc.ABC):
             else:
                 self._drop(link, msg.kind, refused, f"{msg.kind} round {msg.round}: {refused}")
             return
-        if msg.kind == messages.HELLO and self.peer_id not in _heard(msg):
-            # Answer at once, also after our own barrier: lets a late or restarted peer finish its barrier.
-            self._hello([link])
+        if msg.kind == messages.HELLO:
+            self.mailbox.advance(msg.meta["at"])  # a rejoining peer takes the others' rounds in
+            if self.peer_id not in _heard(msg):
+                # Answer at once, also after our own barrier: lets a late or restarted peer finish its barrier.
+                self._hello([link])
 
     def _within_rate(self, link: int, kind: str) -> bool:
         declared = KINDS[kind]
@@ -241,12 +243,18 @@ class Transport(abc.ABC):
     def _hello(self, dsts: Iterable[int]) -> None:
         heard = ",".join(str(p) for p in sorted(self.peers) if self.mailbox.latest(messages.HELLO, p) is not None)
         for p in dsts:
-            self.send(p, messages.HELLO, 0, meta={"heard": heard})
+            self.send(p, messages.HELLO, 0, meta={"heard": heard, "at": self.mailbox.round})
 
     def _confirmed(self) -> set[int]:
         """Peers we heard from whose latest hello says they heard from us: reachable both ways."""
         return {p for p in self.peers
                 if (m := self.mailbox.latest(messages.HELLO, p)) is not None and self.peer_id in _heard(m)}
+
+    def others_round(self) -> int:
+        """The highest round another peer's latest hello says it is at (0 before any): where a rejoining peer
+        starts."""
+        hellos = [self.mailbox.latest(messages.HELLO, p) for p in self.peers]
+        return max((m.meta["at"] for m in hellos if m is not None), default=0)
 
     def wait_for_peers(self, timeout_s: float) -> set[int]:
         """Hello barrier: returns the peers reachable both ways; the others are marked departed."""

@@ -46,6 +46,22 @@ class Mailbox:
         self._misses: dict[int, int] = defaultdict(int)
         self._departed: set[int] = set()
 
+    @property
+    def round(self) -> int:
+        """The highest round a stage has asked for (or that `advance` moved the window to)."""
+        with self._cond:
+            return self._round
+
+    def newest_round(self) -> int:
+        """The highest round of any message filed so far (0 before any): how far the others have got."""
+        with self._cond:
+            return max(self._newest.values(), default=0)
+
+    def advance(self, round_: int) -> None:
+        """Move the window to at least `round_`: a rejoining peer accepts the rounds the others are at."""
+        with self._cond:
+            self._round = max(self._round, round_)
+
     def put(self, msg: Message) -> str | None:
         """File `msg`; None if filed, else why not: "late" (below the kind's low-water mark), "beyond window",
         "sender memory" (the bounds in the module docstring), or "duplicate" (a second message of a collected kind for
