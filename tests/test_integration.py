@@ -265,16 +265,19 @@ def test_a_killed_peer_restarted_by_hand_rejoins_at_the_current_round(tmp_path):
     events = read_events(out / "peer-2.jsonl")
     rejoin = next(e for e in events if e["ev"] == "rejoin")
     taken = next(e for e in events if e["ev"] == "rejoin_params")
-    assert rejoin["at"] >= 150 and rejoin["asked"] in (0, 1) and taken["taken"] and taken["wait_s"] < 2.0, taken
+    assert rejoin["at"] >= 150 and rejoin["asked"] in (0, 1) and taken["taken"] and taken["wait_s"] < 5.0, taken
     after = events[events.index(rejoin):]
     first_iter = next(e for e in after if e["ev"] == "iter")
     assert first_iter["it"] > rejoin["at"] >= 150
-    first_eval = next(e for e in after if e["ev"] == "eval")
+    # with the parameters it starts from fresh optimizer moments: its first evaluation after taking them is near the
+    # others' (a fresh model scores far below), its final one with theirs
+    first_eval = next(e for e in events[events.index(taken):] if e["ev"] == "eval")
     others = [e for i in (0, 1) for e in read_events(out / f"peer-{i}.jsonl")
               if e["ev"] == "eval" and e["it"] == first_eval["it"]]
-    assert others and all(abs(first_eval["acc"] - e["acc"]) <= 0.03 for e in others), (first_eval, others)
+    assert others and all(abs(first_eval["acc"] - e["acc"]) <= 0.08 for e in others), (first_eval, others)
     final = next(e for e in reversed(events) if e["ev"] == "final")
-    assert final["it"] == 5000 and final["acc"] > 0.7
+    finals = [next(e for e in reversed(read_events(out / f"peer-{i}.jsonl")) if e["ev"] == "final") for i in (0, 1)]
+    assert final["it"] == 5000 and all(abs(final["acc"] - f["acc"]) <= 0.03 for f in finals), (final, finals)
     for i in (0, 1):
         waits = [e["max_wait_s"] for e in read_events(out / f"peer-{i}.jsonl") if e["ev"] == "iter"]
         assert max(waits) <= DEADLINE_S + 0.5, waits
