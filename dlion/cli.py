@@ -110,12 +110,8 @@ def main(argv=None) -> int:
             return _keys(args, cfg)
         if args.command == "peer" and cfg.security.mode == "curve":
             security.load(cfg, args.id)  # before TensorFlow starts
-    except ConfigError as exc:
-        print(f"dlion: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except security.KeysError as exc:
-        print(f"dlion: keys error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    except (ConfigError, security.KeysError) as exc:
+        return _refused(exc)
     except KeyError as exc:
         print(f"dlion: config error: --id: {exc.args[0]}", file=sys.stderr)
         return EXIT_CONFIG
@@ -145,18 +141,19 @@ def main(argv=None) -> int:
         if args.command == "emulate":
             return _emulate(args, cfg)
         return _peer(cfg, args.id, out_dir, args.resume_at)
-    except DataError as exc:
-        print(f"dlion: data error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ConfigError as exc:
-        print(f"dlion: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except security.KeysError as exc:
-        print(f"dlion: keys error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except EmulationError as exc:
-        print(f"dlion: emulation error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    except (DataError, ConfigError, security.KeysError, EmulationError) as exc:
+        return _refused(exc)
+
+
+_KINDS_OF_ERROR = {DataError: "data error", ConfigError: "config error", security.KeysError: "keys error",
+                   EmulationError: "emulation error"}
+
+
+def _refused(exc: Exception) -> int:
+    """One line naming what kind of mistake stopped the command, and the exit status of a mistake."""
+    kind = next(label for cls, label in _KINDS_OF_ERROR.items() if isinstance(exc, cls))
+    print(f"dlion: {kind}: {exc}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def _peer(cfg, peer_id: int, out_dir: str, resume_at: int | None = None) -> int:
