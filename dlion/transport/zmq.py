@@ -42,6 +42,7 @@ log = logging.getLogger("dlion.transport")
 
 _RECV_BATCH = 64       # inbound messages per loop turn, so queued sends are not starved
 _BYE_GRACE_MS = 100    # at close: how long byes may wait for room behind a full queue, then linger to leave
+_CLOSE_WAIT_S = 10     # at close: how long the caller waits for the thread to take the sockets down (see _shutdown)
 
 
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks a context's authenticator (ZAP, RFC 27)
@@ -124,7 +125,15 @@ class ZmqTransport(Transport):
             self._queue.put(_Stop(bye, nbytes))
             self._wake()
         if self._thread is not None:
-            self._thread.join()
+            # libzmq can hang for good in ctx.term() when a CURVE handshake was waiting for its ZAP answer
+            # (libzmq#2733); the sockets are closed by then, so the caller goes on and the daemon thread is left.
+            self._thread.join(_BYE_GRACE_MS / 1000 + _CLOSE_WAIT_S)
+            if self._thread.is_alive():
+                log.warning("peer %s: the transport did not finish closing within %d s; leaving it", self.peer_id,
+                            _CLOSE_WAIT_S)
+                with self._pipe_lock:
+                    self._pipe_open = False
+                return
         with self._pipe_lock:
             self._pipe_open = False
             os.close(self._wake_r)
@@ -298,11 +307,11 @@ def _close(ctx: zmq.Context, router: zmq.Socket, dealers: dict[int, zmq.Socket],
            monitors: dict[zmq.Socket, int], zap: zmq.Socket | None) -> None:
     for monitor in monitors:
         monitor.close(linger=0)
-    if zap is not None:
-        zap.close(linger=0)
     for d in dealers.values():
         d.close(linger=_BYE_GRACE_MS)  # lets the byes leave; bounded, and IMMEDIATE queues nothing for a dead peer
-    router.close()
+    router.close()  # before the authenticator: no handshake may start that no one would answer
+    if zap is not None:
+        zap.close(linger=0)
     ctx.term()
 
 
