@@ -249,6 +249,17 @@ class TransportSettings:
     max_held_mb: float = option(64.0, check=positive,
                                 expect="a positive number of megabytes: the most a peer's mailbox holds from one "
                                        "sender; beyond, that sender's messages are dropped until it has room")
+    heartbeat_s: Optional[float] = option(
+        1.0, check=positive, expect="a positive number of seconds between liveness pings on each link's own "
+                                    "connection, or null: a peer is only known gone when its connections close")
+    heartbeat_timeout_s: float = option(
+        5.0, check=positive, expect="a positive number of seconds without an answer to a ping after which a peer "
+                                    "counts as gone (a frozen or vanished host) and is no longer waited for")
+
+    def validate(self, path: str) -> None:
+        if self.heartbeat_s is not None and self.heartbeat_timeout_s <= self.heartbeat_s:
+            raise ConfigError(f"{path}.heartbeat_timeout_s", f"expected more than heartbeat_s ({self.heartbeat_s} s): "
+                                                             f"a peer must get the chance to answer a ping")
 
 
 @dataclass(frozen=True)

@@ -194,8 +194,9 @@ def make_transport(cfg: Config, peer_id: int, num_values: int, link_policy=None,
                "max_held_bytes": int(tr.max_held_mb * 2 ** 20), "max_norm_ratio": cfg.security.max_norm_ratio,
                **settings}
     keys = security.load(cfg, peer_id) if cfg.security.mode == "curve" else None
+    heartbeat = (tr.heartbeat_s, tr.heartbeat_timeout_s) if tr.heartbeat_s else None
     return ZmqTransport(peer_id, {p.id: (p.address, p.port) for p in cfg.peers}, limits, link_policy=link_policy,
-                        keys=keys, **options)
+                        keys=keys, heartbeat=heartbeat, **options)
 
 
 def _make_stages(cfg: Config, ctx: StageContext) -> Stages:

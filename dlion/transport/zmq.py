@@ -69,14 +69,16 @@ class ZmqTransport(Transport):
 
     def __init__(self, peer_id: int, endpoints: dict[int, tuple[str, int]], limits: WireLimits,
                  sndhwm: int = 16, poll_ms: int = 50, suspect_after: int = 2, link_policy: LinkPolicy | None = None,
-                 keys: PeerKeys | None = None, **bounds):
-        """`keys`: CURVE keys (None: plain TCP, unauthenticated); `bounds`: the mailbox's and the norm guard's
-        (`Transport`)."""
+                 keys: PeerKeys | None = None, heartbeat: tuple[float, float] | None = None, **bounds):
+        """`keys`: CURVE keys (None: plain TCP, unauthenticated); `heartbeat`: (interval, timeout) in seconds of the
+        liveness check on each link's own connection (None: only closed connections are noticed); `bounds`: the
+        mailbox's and the norm guard's (`Transport`)."""
         if peer_id not in endpoints:
             raise ValueError(f"peer {peer_id} has no endpoint")
         super().__init__(peer_id, endpoints, limits, suspect_after, link_policy, **bounds)
         self.endpoints = dict(endpoints)
         self.keys = keys
+        self.heartbeat = heartbeat
         self.incarnation = time.time_ns() // 1000
         self.sndhwm = sndhwm
         self.poll_ms = poll_ms
@@ -143,23 +145,23 @@ class ZmqTransport(Transport):
 
     def _run(self) -> None:
         ctx = zmq.Context()
-        router, dealers, monitors = ctx.socket(zmq.ROUTER), {}, {}
+        router, dealers, beats, monitors = ctx.socket(zmq.ROUTER), {}, [], {}
         zap = ctx.socket(zmq.REP) if self.keys else None
         try:
-            self._open(router, dealers, monitors, zap)
+            self._open(router, dealers, beats, monitors, zap)
         except Exception as e:  # start() raises it in the caller's thread
             self._start_error = e
-            _close(ctx, router, dealers, monitors, zap)
+            _close(ctx, router, dealers, beats, monitors, zap)
             self._ready.set()
             return
         self._ready.set()
         try:
             self._farewell(dealers, self._loop(router, dealers, monitors, zap))
         finally:
-            _close(ctx, router, dealers, monitors, zap)
+            _close(ctx, router, dealers, beats, monitors, zap)
 
-    def _open(self, router: zmq.Socket, dealers: dict[int, zmq.Socket], monitors: dict[zmq.Socket, int],
-              zap: zmq.Socket | None) -> None:
+    def _open(self, router: zmq.Socket, dealers: dict[int, zmq.Socket], beats: list[zmq.Socket],
+              monitors: dict[zmq.Socket, int], zap: zmq.Socket | None) -> None:
         router.setsockopt(zmq.LINGER, 0)
         # Twice the app limit: messages in between reach us and are dropped and counted; beyond, libzmq cuts.
         router.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_message_bytes)
@@ -171,16 +173,30 @@ class ZmqTransport(Transport):
             router.setsockopt(zmq.ZAP_DOMAIN, _ZAP_DOMAIN)
         router.bind(self._address(self.peer_id))
         for p in sorted(self.peers):
-            d = dealers[p] = router.context.socket(zmq.DEALER)
-            d.setsockopt(zmq.IDENTITY, routing_id(self.peer_id, self.incarnation))
-            if self.keys:
-                d.curve_secretkey, d.curve_publickey = self.keys.secret, self.keys.public
-                d.curve_serverkey = self.keys.peers[p]
+            d = dealers[p] = self._dealer(router.context, p, routing_id(self.peer_id, self.incarnation), monitors)
             d.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a peer that is not connected: Again instead
             d.setsockopt(zmq.SNDHWM, self.sndhwm)
-            d.setsockopt(zmq.LINGER, 0)
-            monitors[d.get_monitor_socket(zmq.EVENT_DISCONNECTED)] = p
             d.connect(self._address(p))
+            if self.heartbeat:
+                # A host that vanished keeps its TCP connections open: ZMTP PINGs tell, on a connection of their own
+                # that no data queues in on (it never carries a message), so a saturated link raises no false alarm.
+                # When no PONG comes back within the timeout, libzmq drops the connection: a departure, as any other.
+                beat = self._dealer(router.context, p, routing_id(self.peer_id, self.incarnation) + b".hb", monitors)
+                beat.setsockopt(zmq.HEARTBEAT_IVL, int(self.heartbeat[0] * 1000))
+                beat.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self.heartbeat[1] * 1000))
+                beat.connect(self._address(p))
+                beats.append(beat)
+
+    def _dealer(self, ctx: zmq.Context, peer: int, identity: bytes, monitors: dict[zmq.Socket, int]) -> zmq.Socket:
+        """A DEALER towards `peer` (not yet connected), over CURVE when there are keys, its disconnections watched."""
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.IDENTITY, identity)
+        if self.keys:
+            d.curve_secretkey, d.curve_publickey = self.keys.secret, self.keys.public
+            d.curve_serverkey = self.keys.peers[peer]
+        d.setsockopt(zmq.LINGER, 0)
+        monitors[d.get_monitor_socket(zmq.EVENT_DISCONNECTED)] = peer
+        return d
 
     def _loop(self, router: zmq.Socket, dealers: dict[int, zmq.Socket], monitors: dict[zmq.Socket, int],
               zap: zmq.Socket | None) -> _Stop:
@@ -274,7 +290,8 @@ class ZmqTransport(Transport):
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_DISCONNECTED:
-                log.info("peer %s: lost the connection to peer %s; no longer waiting for it", self.peer_id, peer)
+                log.info("peer %s: lost the connection to peer %s (closed, or no heartbeat); no longer waiting for "
+                         "it", self.peer_id, peer)
                 self.mailbox.mark_departed(peer)
 
     def _count_send(self, dst: int, nbytes: int, ok: bool) -> None:
@@ -303,10 +320,10 @@ class ZmqTransport(Transport):
             self._count_send(p, stop.nbytes, False)
 
 
-def _close(ctx: zmq.Context, router: zmq.Socket, dealers: dict[int, zmq.Socket],
+def _close(ctx: zmq.Context, router: zmq.Socket, dealers: dict[int, zmq.Socket], beats: list[zmq.Socket],
            monitors: dict[zmq.Socket, int], zap: zmq.Socket | None) -> None:
-    for monitor in monitors:
-        monitor.close(linger=0)
+    for sock in [*monitors, *beats]:
+        sock.close(linger=0)
     for d in dealers.values():
         d.close(linger=_BYE_GRACE_MS)  # lets the byes leave; bounded, and IMMEDIATE queues nothing for a dead peer
     router.close()  # before the authenticator: no handshake may start that no one would answer

@@ -1,4 +1,5 @@
 """ZeroMQ transport on 127.0.0.1: exchange, barrier, fault injection, dead peers, restart with handover."""
+import signal
 import socket
 import threading
 import time
@@ -32,8 +33,9 @@ def endpoints(ports):
 def make(endpoints):
     made = []
 
-    def make(peer_id, start=True, peers=PEERS, limit=LIMIT, sndhwm=16):
-        t = ZmqTransport(peer_id, {p: endpoints[p] for p in peers}, WireLimits(peers, limit), sndhwm=sndhwm)
+    def make(peer_id, start=True, peers=PEERS, limit=LIMIT, sndhwm=16, heartbeat=None):
+        t = ZmqTransport(peer_id, {p: endpoints[p] for p in peers}, WireLimits(peers, limit), sndhwm=sndhwm,
+                         heartbeat=heartbeat)
         made.append(t)
         if start:
             t.start()
@@ -269,6 +271,61 @@ def test_a_peer_whose_connection_drops_without_a_bye_is_departed_until_it_speaks
     wait_until(lambda: 1 in t0.mailbox.departed)
     t1 = make(1, peers=pair)  # the restarted peer: its first message re-admits it
     wait_until(lambda: (t1.send(0, "ack", 1), time.sleep(0.05), 1 not in t0.mailbox.departed)[2])
+
+
+STAND_IN = """
+import sys, time, zmq
+router = zmq.Context().socket(zmq.ROUTER)
+router.bind(sys.argv[1])
+print("up", flush=True)
+while True:
+    if router.poll(100):
+        router.recv_multipart()
+"""
+
+
+def test_a_frozen_peer_whose_connections_stay_open_is_departed_within_the_heartbeat_timeout(make, endpoints):
+    """SIGSTOP stands in for a host that vanished: the kernel keeps its TCP connections open, no disconnect comes;
+    only the missing answers to the pings tell."""
+    import subprocess
+    import sys
+    pair = frozenset({0, 1})
+    stand_in = subprocess.Popen([sys.executable, "-c", STAND_IN, f"tcp://127.0.0.1:{endpoints[1][1]}"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert stand_in.stdout.readline().strip() == "up"
+        t0 = make(0, peers=pair, heartbeat=(0.1, 0.6))
+        wait_until(lambda: t0.send(1, "ack", 0) or t0.stats()[1].msgs_sent > 0)
+        time.sleep(1.5)  # more than twice the timeout: a live peer is never suspected
+        assert 1 not in t0.mailbox.departed
+        stand_in.send_signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        wait_until(lambda: 1 in t0.mailbox.departed, timeout=5)
+        assert time.monotonic() - frozen < 0.6 + 0.1 + 1.0  # timeout + interval + scheduling slack
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
+def test_a_live_peer_behind_a_saturated_link_is_not_suspected(make, endpoints):
+    """Peer 1 stops reading: every buffer between the two fills and peer 0's sends back up. The pings travel on a
+    connection of their own, so nothing queues in front of them and peer 1 still answers."""
+    pair = frozenset({0, 1})
+    stand_in = zmq.Context.instance().socket(zmq.ROUTER)  # peer 1, too busy to read
+    stand_in.setsockopt(zmq.RCVHWM, 1)
+    stand_in.setsockopt(zmq.RCVBUF, 4096)
+    stand_in.bind(f"tcp://127.0.0.1:{endpoints[1][1]}")
+    try:
+        t0 = make(0, peers=pair, limit=1 << 20, sndhwm=4, heartbeat=(0.1, 0.5))
+        payload = {"g": np.ones(200_000, np.float32)}
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            t0.send(1, "grad", 0, payload)
+            time.sleep(0.005)
+        assert t0.stats()[1].send_failed > 0  # the link is saturated: the queue towards peer 1 was full
+        assert 1 not in t0.mailbox.departed
+    finally:
+        stand_in.close(linger=0)
 
 
 def test_a_held_message_is_polled_for_in_whole_milliseconds_and_its_last_fraction_is_slept():
