@@ -42,6 +42,11 @@ def iterations(out_dir, peer_id: int) -> list[int]:
     return sorted(found)
 
 
+def latest(out_dir, peer_id: int) -> int | None:
+    """The latest iteration a peer has a checkpoint of, or None."""
+    return max(iterations(out_dir, peer_id), default=None)
+
+
 def common_iteration(out_dir, peer_ids) -> int | None:
     """The latest iteration every peer has a checkpoint of, or None if there is none."""
     shared = None

@@ -128,6 +128,8 @@ def _service(cfg: Config, peer_id: int, command: list[str], volumes: list[str]) 
         "networks": {NETWORK: {"ipv4_address": ip}},
         "healthcheck": {"test": ["CMD", "python3", "-c", probe], **HEALTHCHECK},
         "stop_grace_period": f"{TERM_GRACE_S:g}s",
+        # the config's restart policy, as docker applies it (no backoff setting: docker doubles from 100 ms)
+        "restart": f"on-failure:{cfg.restart.max_restarts}" if cfg.restart.policy == "on-failure" else "no",
     }
 
 

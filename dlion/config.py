@@ -278,6 +278,17 @@ class Security:
 
 
 @dataclass(frozen=True)
+class Restart:
+    policy: Literal["never", "on-failure"] = option(
+        "never", expect="never, or on-failure: `dlion run` starts a peer again that ended with an error or was killed "
+                        "while others still train (it rejoins at their round), as docker-compose's restart policy")
+    max_restarts: int = option(3, check=lambda n: n >= 0, expect="a whole number >= 0: restarts per peer at most")
+    backoff_s: float = option(2.0, check=lambda x: x >= 0,
+                              expect="a number of seconds >= 0 before a restart, doubled at each further restart of "
+                                     "the same peer")
+
+
+@dataclass(frozen=True)
 class Config:
     peers: tuple[PeerSpec, ...]
     name: str = "dlion"
@@ -294,6 +305,7 @@ class Config:
     transport: TransportSettings = TransportSettings()
     security: Security = Security()
     emulation: Emulation = Emulation()
+    restart: Restart = Restart()
     schedule: tuple[Change, ...] = ()
 
     @property

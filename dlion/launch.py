@@ -25,7 +25,7 @@ from typing import Callable
 from dlion import checkpoint, hooks
 from dlion import data as datamod
 from dlion import security, yamlio
-from dlion.config import Config, Emulation, to_dict
+from dlion.config import Config, Emulation, Restart, to_dict
 from dlion.emulate import EmulationError, turns
 from dlion.analysis import summarize
 from dlion.metrics import peer_log_path, read_events
@@ -111,16 +111,60 @@ def peer_argv(config_path: Path, out_dir: Path, resume_at: int | None = None) ->
 def start_peers(cfg: Config, argv_for: Callable[[int], list[str]], out_dir: Path, procs: dict[int, subprocess.Popen],
                 emulation=None) -> None:
     """Start one process per peer, `argv_for(peer_id)`, into `procs` (filled as they start, so that a failure midway
-    still leaves the caller every started process to stop); under real emulation, inside the peer's namespace, told
-    which CPU cgroup to join once it is ready to train. Each one's console goes to `out_dir/peer-<id>.log`."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), PYTHONUNBUFFERED="1")
+    still leaves the caller every started process to stop)."""
     for peer in cfg.peers:
-        argv = argv_for(peer.id)
-        with open(out_dir / f"peer-{peer.id}.log", "a") as console:  # a resumed run's peers continue the log
-            procs[peer.id] = subprocess.Popen(
-                emulation.wrap(peer.id, argv) if emulation else argv, stdout=console, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-                env={**env, **(emulation.peer_env(peer.id, ready_file(out_dir, peer.id)) if emulation else {})})
+        procs[peer.id] = start_peer(peer.id, argv_for(peer.id), out_dir, emulation)
+
+
+def start_peer(peer_id: int, argv: list[str], out_dir: Path, emulation=None) -> subprocess.Popen:
+    """Start one peer's process; under real emulation, inside the peer's namespace, told which CPU cgroup to join
+    once it is ready to train. Its console goes to `out_dir/peer-<id>.log`, appended to (a resumed or restarted
+    peer continues it)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), PYTHONUNBUFFERED="1")
+    with open(out_dir / f"peer-{peer_id}.log", "a") as console:
+        return subprocess.Popen(
+            emulation.wrap(peer_id, argv) if emulation else argv, stdout=console, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            env={**env, **(emulation.peer_env(peer_id, ready_file(out_dir, peer_id)) if emulation else {})})
+
+
+class Restarts:
+    """`restart.policy: on-failure`: a peer that ended with an error or was killed, while another still trains, is
+    started again (`relaunch(peer_id)`) after `backoff_s`, doubled at each further restart of it, at most
+    `max_restarts` times. A peer that wrote its final event, or whose run is over for everyone, is left alone."""
+
+    def __init__(self, policy: Restart, relaunch: Callable[[int], subprocess.Popen], out_dir: Path,
+                 stream=sys.stdout):
+        self.policy, self.relaunch, self.out_dir, self.stream = policy, relaunch, out_dir, stream
+        self.counts: dict[int, int] = {}
+        self._due: dict[int, float] = {}
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._due)
+
+    def tick(self, procs: dict[int, subprocess.Popen], now: float) -> None:
+        """Schedule restarts for peers that just failed, and start those that are due (into `procs`)."""
+        if self.policy.policy != "on-failure":
+            return
+        for peer_id, proc in procs.items():
+            others_alive = any(p.poll() is None for i, p in procs.items() if i != peer_id)
+            if peer_id in self._due:
+                if now >= self._due[peer_id]:
+                    del self._due[peer_id]
+                    if others_alive:
+                        procs[peer_id] = self.relaunch(peer_id)
+                        self.counts[peer_id] = self.counts.get(peer_id, 0) + 1
+            elif proc.poll() not in (None, 0) and others_alive and self._may_restart(peer_id):
+                n = self.counts.get(peer_id, 0)
+                delay = self.policy.backoff_s * 2 ** n
+                self._due[peer_id] = now + delay
+                print(f"peer {peer_id} exited with {proc.returncode}; restarting it in {delay:g} s "
+                      f"(restart {n + 1} of at most {self.policy.max_restarts})", file=self.stream, flush=True)
+
+    def _may_restart(self, peer_id: int) -> bool:
+        done = any(e["ev"] == "final" for e in read_events(peer_log_path(self.out_dir, peer_id)))
+        return not done and self.counts.get(peer_id, 0) < self.policy.max_restarts
 
 
 def stop_peers(procs: dict[int, subprocess.Popen], grace_s: float = TERM_GRACE_S) -> None:
@@ -205,6 +249,10 @@ class Launched:
     started: float
     out_dir: Path
 
+    def restart(self, peer_id: int, argv: list[str]) -> subprocess.Popen:
+        """Start a peer's process again, as it was started (namespace, CPU cgroup, console)."""
+        return start_peer(peer_id, argv, self.out_dir, self.emulation)
+
     def attach_ready(self) -> None:
         """Move every peer that said it is ready into its CPU cgroup (real method)."""
         for peer_id, proc in self.procs.items():
@@ -239,13 +287,16 @@ def launched(cfg: Config, out_dir: Path, write_config: Callable[[Config], Path],
 
 
 def supervise(run_: Launched, schedule_origin: Callable[[], float | None], limit_s: float | None,
-              tick: Callable[[float], None] = lambda elapsed: None, poll_s: float = 0.2, stream=sys.stdout) -> bool:
-    """Wait for the peers to end: `tick(elapsed)` every `poll_s`, the real emulation's schedule applied from
-    `schedule_origin()` (the Unix time training started; None before), the peers stopped after `limit_s`. True if
-    interrupted (Ctrl-C or SIGTERM)."""
+              tick: Callable[[float], None] = lambda elapsed: None, poll_s: float = 0.2, stream=sys.stdout,
+              restarts: Restarts | None = None) -> bool:
+    """Wait for the peers to end: `tick(elapsed)` every `poll_s`, crashed peers restarted by `restarts`, the real
+    emulation's schedule applied from `schedule_origin()` (the Unix time training started; None before), the peers
+    stopped after `limit_s`. True if interrupted (Ctrl-C or SIGTERM)."""
     try:
-        while any(p.poll() is None for p in run_.procs.values()):
+        while any(p.poll() is None for p in run_.procs.values()) or (restarts and restarts.pending):
             time.sleep(poll_s)
+            if restarts:
+                restarts.tick(run_.procs, time.monotonic())
             run_.attach_ready()
             elapsed = time.monotonic() - run_.started
             tick(elapsed)
@@ -309,7 +360,10 @@ def run(cfg: Config, out_dir: str | Path, stream=sys.stdout, resume: bool = Fals
                     progress.show(elapsed)
                     shown[0] = elapsed
 
-            interrupted = supervise(run_, lambda: progress.train_start, hard_limit_s(cfg), tick, stream=stream)
+            restarts = Restarts(cfg.restart, lambda peer_id: run_.restart(peer_id, peer_argv(
+                out_dir / "config.yaml", out_dir, checkpoint.latest(out_dir, peer_id))(peer_id)), out_dir, stream)
+            interrupted = supervise(run_, lambda: progress.train_start, hard_limit_s(cfg), tick, stream=stream,
+                                    restarts=restarts)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     wall_s = time.monotonic() - run_.started
@@ -318,6 +372,7 @@ def run(cfg: Config, out_dir: str | Path, stream=sys.stdout, resume: bool = Fals
     summary = summarize(out_dir, cfg.peer_ids, cfg.training.target_accuracy, wall_s)
     summary["interrupted"] = interrupted
     summary["exit_codes"] = {str(pid): p.returncode for pid, p in run_.procs.items()}
+    summary["restarts"] = {str(pid): n for pid, n in sorted(restarts.counts.items())}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     for pid, p in run_.procs.items():
         if p.returncode not in (0, -signal.SIGTERM) and not any(e["ev"] == "final"

@@ -26,6 +26,7 @@ FETCH = "fetch"      # knowledge transfer: send me your parameters
 MODEL = "model"      # knowledge transfer: the parameters asked for
 CREDIT = "credit"    # model plane: the push-sum weight a receiver has used from a link so far
 REJOIN = "rejoin"    # a restarted peer asks for the parameters to continue from (answered with a model)
+OPTIMIZER = "optimizer"  # with a rejoin answer: the answering peer's optimizer state (moments, step count)
 PROBE = "probe"      # link measurement (scripts/check_emulation.py): payload or ping
 ACK = "ack"          # link measurement: the answer to a probe
 
@@ -124,6 +125,7 @@ KINDS: dict[str, Kind] = {
     FETCH: Kind(rate=5.0, burst=5),
     REJOIN: Kind(rate=1.0, burst=2),
     MODEL: Kind({}, frozenset({"x"})),
+    OPTIMIZER: Kind({}, frozenset({"o"}), rate=1.0, burst=2),
     PROBE: Kind({}, frozenset(), frozenset({"payload"})),
     ACK: Kind(),
 }

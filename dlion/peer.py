@@ -17,6 +17,7 @@ from dlion import checkpoint, messages
 from dlion.progress import traffic
 
 REJOIN_WAIT_S = 10.0  # how long a restarted peer looks out for the parameters it asked for
+KNOCK_EVERY_S = 1.0   # how often a peer says hello to peers that departed without a bye
 
 
 class Peer:
@@ -33,6 +34,7 @@ class Peer:
         self.transport = ctx.transport
         self._answered: dict[int, int] = {}  # peer -> round of the last rejoin request answered
         self._awaiting: tuple | None = None  # a rejoining peer's request: (source, round, when asked)
+        self._next_knock = 0.0
         self._start = resumed["iteration"] if resumed else 0
 
     def run(self) -> dict:
@@ -46,8 +48,7 @@ class Peer:
                       barrier_s=round(time.monotonic() - barrier_start, 3), reachable=sorted(reachable),
                       neighbours=list(self.ctx.topology.destinations(self.ctx.peer_id)), emulation=self.clock.method,
                       resumed_from=self.resumed["iteration"] if self.resumed else None)
-        if rejoined := self._rejoin():
-            self.log.emit("rejoin", **rejoined)
+        self._start = self._rejoin(self._start, margin=self.cfg.evaluation.every_iterations)
         self.clock.start()
         try:
             reason, iteration = self._train()
@@ -58,21 +59,39 @@ class Peer:
             self.log.close()
         return final
 
-    def _rejoin(self) -> dict | None:
-        """A peer restarted while the others train (its round far behind theirs) re-enters at once at their round,
-        and asks the peer furthest ahead for its parameters (a `rejoin` message); they replace its own when they
-        arrive (`_take_parameters`), so nobody waits for it meanwhile. None if the others are not ahead."""
-        ahead = self.transport.others_round()
-        if ahead <= self._start + self.cfg.evaluation.every_iterations:
-            return None
-        sources = [p for p in self.ctx.live(self.ctx.others)
-                   if (m := self.transport.mailbox.latest(messages.HELLO, p)) is not None and m.meta["at"] == ahead]
-        was_at, self._start = self._start, max(ahead, self.transport.mailbox.newest_round())
-        self.transport.mailbox.advance(self._start)
-        if sources:
-            self.transport.send(sources[0], messages.REJOIN, self._start)
-            self._awaiting = (sources[0], self._start, time.monotonic())
-        return {"at": self._start, "was_at": was_at, "asked": sources[0] if sources else None}
+    def _rejoin(self, iteration: int, margin: int) -> int:
+        """The round to go on from. A peer that fell more than `margin` rounds behind the others (restarted while
+        they trained, or frozen and woken up) re-enters at once at their round, and asks the peer furthest ahead for
+        its parameters (a `rejoin` message); they replace its own when they arrive (`_take_parameters`), so nobody
+        waits for it meanwhile."""
+        ahead, source = self._furthest_ahead()
+        if ahead <= iteration + margin or self._awaiting:
+            return iteration
+        at = max(ahead, self.transport.mailbox.newest_round())
+        self.transport.mailbox.advance(at)
+        self.transport.send(source, messages.REJOIN, at)
+        self._awaiting = (source, at, time.monotonic())
+        self.log.emit("rejoin", at=at, was_at=iteration, asked=source)
+        return at
+
+    def _furthest_ahead(self) -> tuple[int, int | None]:
+        """The highest round a live peer is known to be at (its latest hello says, or its newest message is of),
+        and that peer."""
+        newest = self.transport.mailbox.newest_rounds()
+        best = (0, None)
+        for p in self.ctx.live(self.ctx.others):
+            hello = self.transport.mailbox.latest(messages.HELLO, p)
+            at = max(newest.get(p, 0), hello.meta["at"] if hello is not None else 0)
+            if at > best[0]:
+                best = (at, p)
+        return best
+
+    def _knock(self) -> None:
+        """Say hello, once in a while, to peers that departed without a bye: after a freeze (ours or theirs) the
+        answers re-admit them and tell how far they got."""
+        if (silent := self.transport.mailbox.departed_silently()) and time.monotonic() >= self._next_knock:
+            self.transport.knock(silent)
+            self._next_knock = time.monotonic() + KNOCK_EVERY_S
 
     def _take_parameters(self, iteration: int) -> None:
         """The parameters a rejoining peer asked for, taken when they arrive (or given up after REJOIN_WAIT_S)."""
@@ -90,14 +109,29 @@ class Peer:
             self.transport.reject(msg, "shape", f"expected parameters of shape {own.shape}")
             return
         self.trainer.set_params(msg.tensors["x"])
-        self.log.emit("rejoin_params", it=iteration, source=source, taken=True, wait_s=round(waited, 3))
+        # sent just before the model on the same link, so here by now if it was sent at all
+        state = self.transport.mailbox.latest(messages.OPTIMIZER, source)
+        with_optimizer = state is not None and state.round == round_
+        if with_optimizer:
+            try:
+                self.trainer.set_optimizer_vector(state.tensors["o"])
+            except ValueError as e:
+                self.transport.reject(state, "shape", str(e))
+                with_optimizer = False
+        self.log.emit("rejoin_params", it=iteration, source=source, taken=True, optimizer=with_optimizer,
+                      wait_s=round(waited, 3))
 
     def _answer_rejoins(self) -> None:
-        """Send a restarted peer that asks the parameters to continue from."""
+        """Send a peer that rejoins and asks for them the parameters to continue from, and the optimizer state
+        before them (unless it is larger than a message may be)."""
         for p in self.ctx.live(self.ctx.others):
             msg = self.transport.mailbox.latest(messages.REJOIN, p)
             if msg is not None and self._answered.get(p) != msg.round:
                 self._answered[p] = msg.round
+                try:
+                    self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": self.trainer.optimizer_vector()})
+                except ValueError:  # an optimizer with more state than a message may carry: the parameters alone
+                    pass
                 self.transport.send(p, messages.MODEL, msg.round, {"x": self.trainer.get_params()})
 
     def _train(self) -> tuple[str, int]:
@@ -108,6 +142,8 @@ class Peer:
         else:
             self.control.start()
         while not (reason := self.control.stop_reason(iteration)):
+            self._knock()
+            iteration = self._rejoin(iteration, margin=2 * self.cfg.evaluation.every_iterations)
             self._answer_rejoins()
             if self._awaiting:
                 self._take_parameters(iteration)

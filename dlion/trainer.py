@@ -276,6 +276,24 @@ class Trainer:
         for v, a in zip(variables, arrays):
             v.assign(a)
 
+    def optimizer_vector(self) -> np.ndarray:
+        """The optimizer's variables as one float32 vector: what a rejoining peer continues with."""
+        return np.concatenate([np.ravel(a).astype(np.float32) for a in self.optimizer_state()] or
+                              [np.zeros(0, np.float32)])
+
+    def set_optimizer_vector(self, flat) -> None:
+        """Restore what `optimizer_vector` gave, on a trainer of the same model and optimizer (ValueError if not)."""
+        arrays, start = [], 0
+        for own in self.optimizer_state():
+            part = np.asarray(flat[start:start + own.size])
+            if part.size != own.size:
+                break
+            arrays.append(part.reshape(own.shape).astype(own.dtype))
+            start += own.size
+        if start != len(flat) or len(arrays) != len(self.optimizer.variables):
+            raise ValueError(f"an optimizer state of {len(flat)} values does not fit this model and optimizer")
+        self.set_optimizer_state(arrays)
+
     def get_params(self) -> np.ndarray:
         """All model variables as one fresh float32 vector [num_state]."""
         return self._get().numpy()

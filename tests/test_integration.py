@@ -239,29 +239,26 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_reaches_the_target(tmp_pa
         assert summary["peers"][str(i)]["stop_reason"] == "target"
 
 
-def test_a_killed_peer_restarted_by_hand_rejoins_at_the_current_round(tmp_path):
-    """SIGKILL peer 2 mid-run, restart it 3 s later with the same command: it re-enters at the others' round with the
-    parameters of a peer that kept training, so its next evaluation is close to theirs, and nobody waits for it
-    longer than the deadline a round."""
+def test_a_killed_peer_is_restarted_by_the_launcher_and_rejoins_at_the_current_round(tmp_path):
+    """restart: on-failure; SIGKILL peer 2 mid-run: `dlion run` starts it again 3 s later, and it re-enters at the
+    others' round with the parameters of a peer that kept training, so its next evaluation is close to theirs, and
+    nobody waits for it longer than the deadline a round."""
     path, cfg = write_config(tmp_path, 3, max_iterations=5000)  # long enough to restart within: ~40 s
+    cfg["restart"] = {"policy": "on-failure", "backoff_s": 3}
+    path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
     run = subprocess.Popen(dlion_cmd("run", str(path)), cwd=ROOT, env=python_env(), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-    restarted = None
     try:
         victim = wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "start", 90)
         wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 150, 90)
         os.kill(victim["pid"], signal.SIGKILL)
-        time.sleep(3)
-        resolved = out / "config.yaml"
-        restarted = subprocess.Popen(dlion_cmd("peer", "--config", str(resolved), "--id", "2", "--out", str(out)),
-                                     cwd=ROOT, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        restarted.wait(timeout=240)
         run.wait(timeout=240)
     finally:
-        for proc in (run, restarted):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
+        if run.poll() is None:
+            run.kill()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["restarts"] == {"2": 1} and summary["exit_codes"]["2"] == 0, summary
     events = read_events(out / "peer-2.jsonl")
     rejoin = next(e for e in events if e["ev"] == "rejoin")
     taken = next(e for e in events if e["ev"] == "rejoin_params")
@@ -281,3 +278,40 @@ def test_a_killed_peer_restarted_by_hand_rejoins_at_the_current_round(tmp_path):
     for i in (0, 1):
         waits = [e["max_wait_s"] for e in read_events(out / f"peer-{i}.jsonl") if e["ev"] == "iter"]
         assert max(waits) <= DEADLINE_S + 0.5, waits
+
+
+def test_a_frozen_peer_is_suspected_within_the_heartbeat_timeout_and_rejoins_when_woken(tmp_path):
+    """SIGSTOP peer 2 (a host that vanished: its connections stay open, it answers nothing) for 8 s: the others stop
+    waiting for it within the heartbeat timeout and train on; after SIGCONT it knocks, finds them again, and
+    re-enters at their round with a leading peer's parameters."""
+    path, cfg = write_config(tmp_path, 3, max_iterations=5000)
+    out = tmp_path / "out"
+    run = subprocess.Popen(dlion_cmd("run", str(path)), cwd=ROOT, env=python_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        victim = wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "start", 90)
+        wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 150, 90)
+        os.kill(victim["pid"], signal.SIGSTOP)
+        frozen = time.time()
+        time.sleep(8)
+        os.kill(victim["pid"], signal.SIGCONT)
+        run.wait(timeout=240)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    timeout = 5.0  # transport.heartbeat_timeout_s's default
+    for i in (0, 1):
+        iters = [e for e in read_events(out / f"peer-{i}.jsonl") if e["ev"] == "iter" and e["t"] > frozen]
+        # training on: within the timeout (+ one deadline, + an iteration event's spacing) iterations flow again
+        going_on = [e for e in iters if e["t"] < frozen + 8 and e["max_wait_s"] < DEADLINE_S]
+        assert going_on and going_on[0]["t"] - frozen <= timeout + DEADLINE_S + 2.0, iters[:5]
+        final = next(e for e in read_events(out / f"peer-{i}.jsonl") if e["ev"] == "final")
+        assert final["links"]["2"]["disconnects"] >= 1, final["links"]  # the heartbeat told, no connection closed
+    events = read_events(out / "peer-2.jsonl")
+    rejoin = next(e for e in events if e["ev"] == "rejoin")
+    taken = next(e for e in events if e["ev"] == "rejoin_params")
+    assert rejoin["t"] > frozen + 8 and rejoin["at"] > rejoin["was_at"] + 80, rejoin
+    assert taken["taken"] and taken["wait_s"] < 5.0, taken
+    final = next(e for e in reversed(events) if e["ev"] == "final")
+    finals = [next(e for e in reversed(read_events(out / f"peer-{i}.jsonl")) if e["ev"] == "final") for i in (0, 1)]
+    assert final["it"] == 5000 and all(abs(final["acc"] - f["acc"]) <= 0.03 for f in finals), (final, finals)

@@ -1,8 +1,12 @@
-"""Launcher pieces that need no peers: the progress line and the output directory."""
+"""Launcher pieces that need no peers: the progress line, the output directory, the restart policy."""
 import io
+import subprocess
+import sys
+import time
 
 from dlion import config
-from dlion.launch import Progress, hard_limit_s, prepare_out_dir
+from dlion.config import Restart
+from dlion.launch import Progress, Restarts, hard_limit_s, prepare_out_dir
 from dlion.metrics import EventLog, peer_log_path
 
 CFG = config.parse({"peers": [{"id": 0, "port": 47000}, {"id": 1, "port": 47001}],
@@ -34,3 +38,55 @@ def test_prepare_out_dir_writes_resolved_config_and_clears_old_results(tmp_path)
 
 def test_hard_limit_covers_startup_and_training():
     assert hard_limit_s(CFG) > 30 + CFG.transport.startup_timeout_s
+
+
+def _process(code: int | None) -> subprocess.Popen:
+    """A stand-in peer process: one that exits with `code` at once, or (None) one that keeps running."""
+    script = "import time; time.sleep(60)" if code is None else f"raise SystemExit({code})"
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    if code is not None:
+        proc.wait()
+    return proc
+
+
+def _restarts(tmp_path, policy="on-failure", max_restarts=2, backoff_s=0.2):
+    started = []
+
+    def relaunch(peer_id):
+        started.append((peer_id, time.monotonic()))
+        return _process(1)  # the restarted peer fails again
+
+    return Restarts(Restart(policy, max_restarts, backoff_s), relaunch, tmp_path, io.StringIO()), started
+
+
+def test_a_failed_peer_is_restarted_after_a_doubling_backoff_at_most_max_restarts_times(tmp_path):
+    restarts, started = _restarts(tmp_path)
+    procs = {0: _process(None), 1: _process(1)}
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() < t0 + 2.0:
+            restarts.tick(procs, time.monotonic())
+            time.sleep(0.01)
+        assert [p for p, _ in started] == [1, 1] and restarts.counts == {1: 2}
+        assert 0.2 <= started[0][1] - t0 < 0.35  # backoff_s
+        assert 0.4 <= started[1][1] - started[0][1] < 0.55  # doubled
+        assert not restarts.pending and "restart 2 of at most 2" in restarts.stream.getvalue()
+    finally:
+        procs[0].kill()
+
+
+def test_no_restart_for_a_peer_that_finished_when_no_one_else_trains_or_under_never(tmp_path):
+    done = EventLog(peer_log_path(tmp_path, 1), 1)
+    done.emit("final", acc=0.87)
+    done.close()
+    alive = _process(None)
+    try:
+        for procs, policy in [({0: alive, 1: _process(1)}, "on-failure"),  # peer 1 wrote its final event
+                              ({0: _process(0), 2: _process(1)}, "on-failure"),  # the run is over for everyone
+                              ({0: alive, 2: _process(1)}, "never")]:
+            restarts, started = _restarts(tmp_path, policy, backoff_s=0.0)
+            for _ in range(3):
+                restarts.tick(procs, time.monotonic())
+            assert started == [] and not restarts.pending
+    finally:
+        alive.kill()

@@ -26,6 +26,7 @@ def test_the_wire_knows_exactly_the_declared_kinds():
     ("rejoin", {}, ()),
     ("hello", {"heard": "", "at": 550}, ()),
     ("model", {}, ("x",)),
+    ("optimizer", {}, ("o",)),
     ("probe", {}, ()),
     ("probe", {}, ("payload",)),
 ])

@@ -183,16 +183,24 @@ def test_uint8_images_are_scaled_as_float_images_in_0_1(cnn, ds):
     assert cnn.evaluate(images, ds.y_train[:16]) == cnn.evaluate(as_float, ds.y_train[:16])
 
 
-def test_optimizer_state_carries_over_to_a_fresh_trainer(cnn, ds):
+@pytest.mark.parametrize("as_vector", [False, True], ids=["arrays (checkpoint)", "flat vector (rejoin answer)"])
+def test_optimizer_state_carries_over_to_a_fresh_trainer(cnn, ds, as_vector):
     x, y = ds.x_train[:32], ds.y_train[:32]
     for _ in range(3):
         cnn.apply(cnn.gradients(x, y)[1])
     other = Trainer("cnn", "adam", seed=0)
     other.set_params(cnn.get_params())
-    other.set_optimizer_state(cnn.optimizer_state())
+    if as_vector:
+        other.set_optimizer_vector(cnn.optimizer_vector())
+    else:
+        other.set_optimizer_state(cnn.optimizer_state())
     grads = cnn.gradients(x, y)[1]
     cnn.apply(grads)
     other.apply(grads)  # the same step from the same moments: the same parameters
     np.testing.assert_allclose(other.get_params(), cnn.get_params(), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="does not fit"):
         Trainer("mlp", "adam", seed=0).set_optimizer_state(cnn.optimizer_state())
+    with pytest.raises(ValueError, match="does not fit"):
+        Trainer("mlp", "adam", seed=0).set_optimizer_vector(cnn.optimizer_vector())
+    with pytest.raises(ValueError, match="does not fit"):
+        other.set_optimizer_vector(cnn.optimizer_vector()[:-1])

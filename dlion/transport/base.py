@@ -195,7 +195,7 @@ class Transport(abc.ABC):
             if msg.feedback_bps is not None:
                 self._outbound_bps[link] = msg.feedback_bps
         if msg.kind == messages.BYE:
-            self.mailbox.mark_departed(link)
+            self.mailbox.mark_departed(link, said_bye=True)
             return
         if refused := self.mailbox.put(msg):
             if refused == "late":
@@ -205,8 +205,9 @@ class Transport(abc.ABC):
             return
         if msg.kind == messages.HELLO:
             self.mailbox.advance(msg.meta["at"])  # a rejoining peer takes the others' rounds in
-            if self.peer_id not in _heard(msg):
-                # Answer at once, also after our own barrier: lets a late or restarted peer finish its barrier.
+            if self.peer_id not in _heard(msg) or msg.meta["at"] < self.mailbox.round:
+                # Answer at once, also after our own barrier: lets a late or restarted peer finish its barrier, and
+                # tells one that is behind (it knocked after a freeze: `knock`) where the others are.
                 self._hello([link])
 
     def _within_rate(self, link: int, kind: str) -> bool:
@@ -250,11 +251,10 @@ class Transport(abc.ABC):
         return {p for p in self.peers
                 if (m := self.mailbox.latest(messages.HELLO, p)) is not None and self.peer_id in _heard(m)}
 
-    def others_round(self) -> int:
-        """The highest round another peer's latest hello says it is at (0 before any): where a rejoining peer
-        starts."""
-        hellos = [self.mailbox.latest(messages.HELLO, p) for p in self.peers]
-        return max((m.meta["at"] for m in hellos if m is not None), default=0)
+    def knock(self, peers: Iterable[int]) -> None:
+        """A hello to peers that departed without a bye, with our round: if they are still there, their answer
+        re-admits them and tells us their round (a peer that was frozen finds the others again)."""
+        self._hello(peers)
 
     def wait_for_peers(self, timeout_s: float) -> set[int]:
         """Hello barrier: returns the peers reachable both ways; the others are marked departed."""

@@ -45,6 +45,7 @@ class Mailbox:
         self._newest: dict[tuple[str, int], int] = {}  # the highest round filed per (kind, sender)
         self._misses: dict[int, int] = defaultdict(int)
         self._departed: set[int] = set()
+        self._said_bye: set[int] = set()
 
     @property
     def round(self) -> int:
@@ -56,6 +57,14 @@ class Mailbox:
         """The highest round of any message filed so far (0 before any): how far the others have got."""
         with self._cond:
             return max(self._newest.values(), default=0)
+
+    def newest_rounds(self) -> dict[int, int]:
+        """The highest round of any message filed so far, by sender."""
+        with self._cond:
+            newest: dict[int, int] = {}
+            for (_, sender), round_ in self._newest.items():
+                newest[sender] = max(round_, newest.get(sender, round_))
+            return newest
 
     def advance(self, round_: int) -> None:
         """Move the window to at least `round_`: a rejoining peer accepts the rounds the others are at."""
@@ -85,6 +94,7 @@ class Mailbox:
             if self._held[msg.sender] + growth > self.max_held_bytes:
                 return "sender memory"
             self._departed.discard(msg.sender)
+            self._said_bye.discard(msg.sender)
             rounds[msg.round] = msg
             self._held[msg.sender] += growth
             if len(rounds) > self.keep_rounds and msg.kind not in COLLECTED:
@@ -210,16 +220,24 @@ class Mailbox:
             earlier = [r for r in rounds if r < round]
             return rounds[max(earlier)] if earlier else None
 
-    def mark_departed(self, sender: int) -> None:
-        """Stop waiting for `sender` (it said bye, or never answered the hello barrier)."""
+    def mark_departed(self, sender: int, said_bye: bool = False) -> None:
+        """Stop waiting for `sender` (it said bye, its connection dropped or stopped answering pings, or it never
+        answered the hello barrier)."""
         with self._cond:
             self._departed.add(sender)
+            if said_bye:
+                self._said_bye.add(sender)
             self._cond.notify_all()
 
     @property
     def departed(self) -> frozenset[int]:
         with self._cond:
             return frozenset(self._departed)
+
+    def departed_silently(self) -> frozenset[int]:
+        """Departed senders that did not say bye: they may still be there (a host that froze, a cut link)."""
+        with self._cond:
+            return frozenset(self._departed - self._said_bye)
 
     def _suspected(self) -> frozenset[int]:
         """Senders that missed `suspect_after` consecutive takes and sent nothing since."""

@@ -9,7 +9,8 @@ class LinkStats:
     """Counters for one link. `msgs_received`/`bytes_received` count everything that arrived on the link;
     `dropped` (failed validation) and `late` (discarded by the mailbox) are subsets of it. `msgs_sent`/`bytes_sent`
     count messages handed to the link, `send_failed` those it refused (down or congested). `refused` counts connections
-whose key is no peer's (CURVE; on the link "unknown")."""
+whose key is no peer's (CURVE; on the link "unknown"); `disconnects` the times a connection to the peer dropped or
+stopped answering heartbeats."""
 
     msgs_sent: int = 0
     bytes_sent: int = 0
@@ -19,6 +20,7 @@ whose key is no peer's (CURVE; on the link "unknown")."""
     late: int = 0
     send_failed: int = 0
     refused: int = 0
+    disconnects: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

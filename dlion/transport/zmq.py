@@ -290,6 +290,7 @@ class ZmqTransport(Transport):
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._count(peer, disconnects=1)
                 log.info("peer %s: lost the connection to peer %s (closed, or no heartbeat); no longer waiting for "
                          "it", self.peer_id, peer)
                 self.mailbox.mark_departed(peer)
