@@ -43,6 +43,7 @@ class Mailbox:
         self._latest: dict[tuple[str, int], Message] = {}
         self._screened: dict[tuple[str, int], Message] = {}  # the latest message per key once it passed the screen
         self._newest: dict[tuple[str, int], int] = {}  # the highest round filed per (kind, sender)
+        self._beyond: dict[int, int] = {}  # the highest round per sender refused as beyond the window
         self._misses: dict[int, int] = defaultdict(int)
         self._departed: set[int] = set()
         self._said_bye: set[int] = set()
@@ -53,15 +54,11 @@ class Mailbox:
         with self._cond:
             return self._round
 
-    def newest_round(self) -> int:
-        """The highest round of any message filed so far (0 before any): how far the others have got."""
-        with self._cond:
-            return max(self._newest.values(), default=0)
-
     def newest_rounds(self) -> dict[int, int]:
-        """The highest round of any message filed so far, by sender."""
+        """The highest round each sender was seen at: of a message filed, or refused as beyond the window (a peer
+        that fell far behind learns so from what it cannot file)."""
         with self._cond:
-            newest: dict[int, int] = {}
+            newest = dict(self._beyond)
             for (_, sender), round_ in self._newest.items():
                 newest[sender] = max(round_, newest.get(sender, round_))
             return newest
@@ -85,6 +82,7 @@ class Mailbox:
             if msg.round < self._low.get(msg.kind, 0):
                 return "late"
             if msg.round > self._round + self.window:
+                self._beyond[msg.sender] = max(msg.round, self._beyond.get(msg.sender, msg.round))
                 return "beyond window"
             rounds = self._store[msg.kind][msg.sender]
             replaced = rounds.get(msg.round)

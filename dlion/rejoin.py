@@ -1,0 +1,120 @@
+"""Rejoining: a peer that fell far behind the others finds them again and continues from their state.
+
+A peer falls behind when it was restarted while the others trained (its round starts from its checkpoint, or 0) or
+when its host froze and woke up. Either way it re-enters at once at the round the others are at, and asks the peer
+furthest ahead for its parameters and optimizer state (a `rejoin` message, repeated until answered); they replace its
+own when they arrive, so nobody waits for it meanwhile. A peer also says hello, once in a while, to peers that
+departed without a bye: if they are still there, their answer re-admits them and tells how far they got. Every peer
+answers rejoin requests.
+"""
+from __future__ import annotations
+
+import time
+
+from dlion import messages
+
+WAIT_S = 10.0           # how long a rejoining peer looks out for the state it asked for
+REQUEST_EVERY_S = 1.0   # how often it repeats the request meanwhile (one may be lost behind a full queue)
+KNOCK_EVERY_S = 1.0     # how often a peer says hello to peers that departed without a bye
+
+
+class Rejoin:
+    """One peer's side of rejoining, run from its loop."""
+
+    def __init__(self, ctx, trainer, log, every_iterations: int):
+        """`every_iterations`: the evaluation interval; a peer behind by more than that at start (twice that while
+        training, where a slow peer may lag a little) rejoins."""
+        self.ctx, self.trainer, self.log = ctx, trainer, log
+        self.transport = ctx.transport
+        self.every = every_iterations
+        self._answered: dict[int, object] = {}  # peer -> the last rejoin request of its answered
+        self._awaiting: dict | None = None  # our request: source, round, when asked, when last sent
+        self._next_knock = 0.0
+
+    def start(self, iteration: int) -> int:
+        """The round to start training from (after the hello barrier)."""
+        return self._catch_up(iteration, self.every)
+
+    def step(self, iteration: int) -> int:
+        """Once per iteration: knock, catch up, answer requests, take what we asked for. Returns the round to go
+        on from."""
+        self._knock()
+        iteration = self._catch_up(iteration, 2 * self.every)
+        self._answer()
+        if self._awaiting:
+            self._take(iteration)
+        return iteration
+
+    def _catch_up(self, iteration: int, margin: int) -> int:
+        ahead, source = self._furthest_ahead()
+        if ahead <= iteration + margin or self._awaiting:
+            return iteration
+        self.transport.mailbox.advance(ahead)
+        self.transport.send(source, messages.REJOIN, ahead)
+        now = time.monotonic()
+        self._awaiting = {"source": source, "round": ahead, "asked": now, "sent": now}
+        self.log.emit("rejoin", at=ahead, was_at=iteration, asked=source)
+        return ahead
+
+    def _furthest_ahead(self) -> tuple[int, int | None]:
+        """The highest round a live peer is known to be at (its latest hello says so, or it sent a message of that
+        round, even one beyond our window), and that peer."""
+        seen = self.transport.mailbox.newest_rounds()
+        best = (0, None)
+        for p in self.ctx.live(self.ctx.others):
+            hello = self.transport.mailbox.latest(messages.HELLO, p)
+            at = max(seen.get(p, 0), hello.meta["at"] if hello is not None else 0)
+            if at > best[0]:
+                best = (at, p)
+        return best
+
+    def _knock(self) -> None:
+        if (silent := self.transport.mailbox.departed_silently()) and time.monotonic() >= self._next_knock:
+            self.transport.knock(silent)
+            self._next_knock = time.monotonic() + KNOCK_EVERY_S
+
+    def _take(self, iteration: int) -> None:
+        """The parameters (and optimizer state) asked for, taken when they arrive, or given up after WAIT_S."""
+        want = self._awaiting
+        source, round_ = want["source"], want["round"]
+        msg = self.transport.mailbox.latest(messages.MODEL, source)
+        now = time.monotonic()
+        waited = now - want["asked"]
+        if msg is None or msg.round != round_:
+            if waited > WAIT_S:
+                self._awaiting = None
+                self.log.emit("rejoin_params", it=iteration, source=source, taken=False, wait_s=round(waited, 3))
+            elif now - want["sent"] >= REQUEST_EVERY_S:
+                self.transport.send(source, messages.REJOIN, round_)
+                want["sent"] = now
+            return
+        self._awaiting = None
+        own = self.trainer.get_params()
+        if getattr(msg.tensors["x"], "shape", None) != own.shape:
+            self.transport.reject(msg, "shape", f"expected parameters of shape {own.shape}")
+            return
+        self.trainer.set_params(msg.tensors["x"])
+        # sent just before the model on the same link, so here by now if it was sent at all
+        state = self.transport.mailbox.latest(messages.OPTIMIZER, source)
+        with_optimizer = state is not None and state.round == round_
+        if with_optimizer:
+            try:
+                self.trainer.set_optimizer_vector(state.tensors["o"])
+            except ValueError as e:
+                self.transport.reject(state, "shape", str(e))
+                with_optimizer = False
+        self.log.emit("rejoin_params", it=iteration, source=source, taken=True, optimizer=with_optimizer,
+                      wait_s=round(waited, 3))
+
+    def _answer(self) -> None:
+        """Send a peer that asks our optimizer state, then our parameters (each request once; the state is left
+        out if it is larger than a message may be)."""
+        for p in self.ctx.live(self.ctx.others):
+            msg = self.transport.mailbox.latest(messages.REJOIN, p)
+            if msg is not None and self._answered.get(p) is not msg:
+                self._answered[p] = msg
+                try:
+                    self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": self.trainer.optimizer_vector()})
+                except ValueError:
+                    pass
+                self.transport.send(p, messages.MODEL, msg.round, {"x": self.trainer.get_params()})

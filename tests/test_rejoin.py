@@ -1,0 +1,140 @@
+"""Rejoining across in-process peers with stand-in trainers (flat parameter and optimizer vectors; no TF)."""
+import time
+
+import numpy as np
+
+from conftest import stage_context
+from dlion import messages
+from dlion.rejoin import Rejoin
+
+PEERS = (0, 1, 2)
+EVERY = 10
+
+
+class Trainer:
+    """The part of the trainer rejoining uses: parameters and optimizer state as flat vectors."""
+
+    def __init__(self, value: float, size: int = 500):
+        self.params = np.full(size, value, np.float32)
+        self.optimizer = np.full(2 * size + 1, value / 10, np.float32)
+
+    def get_params(self):
+        return self.params.copy()
+
+    def set_params(self, flat):
+        self.params = np.array(flat, np.float32)
+
+    def optimizer_vector(self):
+        return self.optimizer.copy()
+
+    def set_optimizer_vector(self, flat):
+        if len(flat) != len(self.optimizer):
+            raise ValueError("does not fit")
+        self.optimizer = np.array(flat, np.float32)
+
+
+class Log:
+    def __init__(self):
+        self.events = []
+
+    def emit(self, ev, **fields):
+        self.events.append((ev, fields))
+
+
+def peers(transports, trainers):
+    logs = {p: Log() for p in transports}
+    return {p: Rejoin(stage_context(transports, p), trainers[p], logs[p], EVERY) for p in transports}, logs
+
+
+def advance(transports, p, round_):
+    """Peer p has trained up to `round_`: what its mailbox and its hellos say."""
+    transports[p].mailbox.advance(round_)
+
+
+def steps(rejoins, rounds, n=20):
+    for _ in range(n):
+        for p, r in rejoins.items():
+            rounds[p] = r.step(rounds[p])
+        time.sleep(0.01)
+
+
+def test_a_restarted_peer_starts_at_the_others_round_with_a_leading_peers_parameters_and_optimizer_state(inproc):
+    transports = inproc(PEERS)
+    trainers = {0: Trainer(1.0), 1: Trainer(2.0), 2: Trainer(9.0)}
+    rejoins, logs = peers(transports, trainers)
+    for p in (0, 1):
+        advance(transports, p, 300 + p)
+    for t in transports.values():
+        t.wait_for_peers(5)  # the hellos say where everyone is
+    rounds = {0: 300, 1: 301, 2: rejoins[2].start(0)}
+    assert rounds[2] == 301 and transports[2].mailbox.round == 301
+    ev, rejoin = logs[2].events[0]  # the others' hellos move each other's rounds: both say 301
+    assert ev == "rejoin" and rejoin["at"] == 301 and rejoin["was_at"] == 0 and rejoin["asked"] in (0, 1)
+    steps(rejoins, rounds)
+    source = rejoin["asked"]
+    np.testing.assert_array_equal(trainers[2].params, trainers[source].params)  # the replica, restored exactly
+    np.testing.assert_array_equal(trainers[2].optimizer, trainers[source].optimizer)
+    ev, taken = logs[2].events[1]
+    assert ev == "rejoin_params" and taken["taken"] and taken["optimizer"] and taken["source"] == source
+    assert rounds[2] == 301 and len(logs[0].events) == 0 and len(logs[1].events) == 0
+
+
+def test_a_peer_within_the_margin_keeps_its_own_state(inproc):
+    transports = inproc(PEERS)
+    trainers = {p: Trainer(float(p)) for p in PEERS}
+    rejoins, logs = peers(transports, trainers)
+    advance(transports, 0, EVERY)
+    for t in transports.values():
+        t.wait_for_peers(5)
+    assert rejoins[2].start(0) == 0 and logs[2].events == []
+
+
+def test_a_lost_request_is_repeated_until_answered(inproc):
+    transports = inproc(PEERS)
+    trainers = {0: Trainer(1.0), 1: Trainer(1.0), 2: Trainer(9.0)}
+    rejoins, logs = peers(transports, trainers)
+    for p in (0, 1):
+        advance(transports, p, 500)
+    for t in transports.values():
+        t.wait_for_peers(5)
+    rejoins[2].start(0)
+    lost = transports[0].mailbox.latest(messages.REJOIN, 2) or transports[1].mailbox.latest(messages.REJOIN, 2)
+    assert lost is not None
+    rejoins[0]._answered[2] = rejoins[1]._answered[2] = lost  # as if it never arrived: nobody answers it
+    rounds = {0: 500, 1: 500, 2: 500}
+    steps(rejoins, rounds, n=150)  # 1.5 s: the request goes again after REQUEST_EVERY_S
+    assert logs[2].events[-1][0] == "rejoin_params" and logs[2].events[-1][1]["taken"], logs[2].events
+    np.testing.assert_array_equal(trainers[2].params, trainers[0].params)
+
+
+def test_a_peer_woken_after_a_freeze_learns_it_is_behind_from_messages_beyond_its_window(inproc):
+    transports = inproc(PEERS)
+    trainers = {0: Trainer(1.0), 1: Trainer(1.0), 2: Trainer(9.0)}
+    rejoins, logs = peers(transports, trainers)
+    for t in transports.values():
+        t.wait_for_peers(5)
+    window = transports[2].mailbox.window
+    transports[0].send(2, messages.GRAD, window + 400, {"g": np.zeros(3, np.float32)}, {"w": 1.0})
+    time.sleep(0.05)
+    assert transports[2].stats()[0].dropped == 1  # not filed: beyond the window
+    rounds = {0: window + 400, 1: window + 400, 2: 40}
+    rounds[2] = rejoins[2].step(rounds[2])
+    assert rounds[2] == window + 400 and logs[2].events[0][1]["asked"] == 0
+
+
+def test_peers_that_departed_without_a_bye_are_knocked_on_and_their_answer_readmits_them(inproc):
+    transports = inproc(PEERS)
+    trainers = {p: Trainer(1.0) for p in PEERS}
+    rejoins, logs = peers(transports, trainers)
+    for t in transports.values():
+        t.wait_for_peers(5)
+    advance(transports, 0, 700)
+    transports[2].mailbox.mark_departed(0)  # its heartbeat went unanswered while this peer was frozen
+    transports[2].mailbox.mark_departed(1, said_bye=True)  # peer 1 finished: never knocked on
+    assert transports[2].mailbox.departed_silently() == {0}
+    rounds = {0: 700, 2: 100}
+    for _ in range(20):
+        rounds[2] = rejoins[2].step(rounds[2])
+        time.sleep(0.01)
+    assert 0 not in transports[2].mailbox.departed and 1 in transports[2].mailbox.departed
+    assert rounds[2] == 700 and logs[2].events[0][0] == "rejoin"
