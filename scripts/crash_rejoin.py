@@ -46,12 +46,13 @@ def crash(args, out: Path) -> float:
     sets = [f"--set={s}" for s in args.set]
     if args.signal == "kill":
         sets += ["--set=restart.policy=on-failure", f"--set=restart.backoff_s={args.down_s}"]
+    began = time.time()  # events before are an earlier run's, until --overwrite clears them
     run = subprocess.Popen([sys.executable, "-m", "dlion", "run", args.config, "--out", str(out), "--overwrite",
                             *sets], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         log = peer_log_path(out, args.victim)
-        victim = wait_for(log, lambda e: e["ev"] == "start", 300, run)
-        wait_for(log, lambda e: e["ev"] == "iter" and e["it"] >= args.at_iteration, 600, run)
+        victim = wait_for(log, lambda e: e["ev"] == "start" and e["t"] > began, 300, run)
+        wait_for(log, lambda e: e["ev"] == "iter" and e["t"] > began and e["it"] >= args.at_iteration, 600, run)
         if args.signal == "kill":
             os.kill(victim["pid"], signal.SIGKILL)
             crashed = time.time()
