@@ -212,6 +212,37 @@ def test_a_dead_in_neighbour_costs_a_deadline_until_suspected_and_weight_pushed_
     assert results[0][-1].sent == {1: DIM}
 
 
+@pytest.mark.parametrize("cls,params", [(PushSum, {}), (SparsePush, SPARSE)], ids=["push-sum", "sparse-push"])
+def test_the_weight_is_conserved_across_a_departure_and_a_rejoin(inproc, cls, params):
+    """Peer 2 leaves mid-run and a new process of it (fresh weight 1, newer epochs) rejoins the same graph. Nothing
+    leaks or counts twice: the survivors keep exactly what peer 2 did not hold (what they had pushed to it comes
+    back), and after the rejoin the three hold exactly that plus the new process's unit, and agree on one model."""
+    from dlion.transport import InprocTransport
+    ids = [0, 1, 2]
+    transports, gossips = network(inproc, ids, TopologySpec("full"), cls, deadline_s=0.3, **params)
+    results = gossip_only(gossips, start_vectors(ids, 9), 4)
+    assert sum(g.w for g in gossips.values()) == pytest.approx(3.0, abs=1e-12)
+    departed_w = gossips[2].w
+    transports[2].close()
+    survivors = {p: gossips[p] for p in (0, 1)}
+    results = gossip_only(survivors, {p: results[p][-1].params for p in (0, 1)}, 3, first=4)
+    assert gossips[0].w + gossips[1].w == pytest.approx(3.0 - departed_w, abs=1e-12)
+    restarted = InprocTransport(2, transports[0].hub, transports[0].limits)
+    restarted.start()
+    try:
+        transports[2] = restarted
+        gossips[2] = cls(cls.Params(deadline_s=0.3, **params), stage_context(transports, 2, Topology(
+            TopologySpec("full"), ids)))
+        starts = {**{p: results[p][-1].params for p in (0, 1)}, 2: start_vectors(ids, 10)[2]}
+        results = gossip_only(gossips, starts, 30, first=7)
+        assert sum(g.w for g in gossips.values()) == pytest.approx(3.0 - departed_w + 1.0, abs=1e-12)
+        zs = finals(results)
+        for z in zs.values():
+            np.testing.assert_allclose(z, zs[0], atol=1e-3)  # one model again
+    finally:
+        restarted.close()
+
+
 def test_unusable_messages_are_dropped_and_counted(inproc):
     transports, gossips = network(inproc, [0, 1], TopologySpec("directed-ring"), SparsePush, deadline_s=0.2,
                                   gamma=1.0, fraction=0.1)

@@ -206,15 +206,16 @@ class PushSum(Strategy):
         """Credits in; links to departed peers, and links without a credit for long, given up; returns the links
         suspended (module docstring)."""
         now = self.ctx.clock()
-        for dst in self.transport.mailbox.departed & self._out.keys():
-            self._take_back(dst)
+        departed = self.transport.mailbox.departed
         suspended = set()
         for dst, link in list(self._out.items()):
             credit = self.transport.mailbox.latest(messages.CREDIT, dst)
             if (credit is not None and credit.meta["e"] == link.epoch
                     and link.credited < credit.meta["w"] <= link.weight * (1 + 1e-12)):
                 link.credited, link.uncredited_pushes, link.credited_at = credit.meta["w"], 0, now
-            if link.in_flight > 0 and now - link.credited_at > self.params.reclaim_after_s:
+            if dst in departed:  # after its last credit: what it used before leaving is not taken back twice
+                self._take_back(dst)
+            elif link.in_flight > 0 and now - link.credited_at > self.params.reclaim_after_s:
                 self._take_back(dst)
             elif link.uncredited_pushes >= self.params.suspend_after:
                 suspended.add(dst)
