@@ -75,7 +75,8 @@ class Peer:
             iteration += 1
             if transfer := self.knowledge.step(iteration):
                 self.log.emit("transfer", it=iteration, **transfer)
-            self.progress.add(iteration, batch, loss, compute_s, exchanged, mixed, self.control.elapsed)
+            self.progress.add(iteration, batch, loss, compute_s, exchanged, mixed, self.control.elapsed,
+                              due=self.rejoin.at is not None and iteration == self.rejoin.at + 1)
             if reason := self.control.after(iteration):
                 break
             if every and iteration % every == 0:

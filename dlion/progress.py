@@ -33,13 +33,14 @@ class ProgressReport:
         self.samples = 0
 
     def add(self, iteration: int, batch: int, loss: float, compute_s: float, exchanged: ExchangeResult,
-            mixed: GossipResult, elapsed: float) -> None:
-        """Record iteration `iteration` (counted from 1) and write the event when due."""
+            mixed: GossipResult, elapsed: float, due: bool = False) -> None:
+        """Record iteration `iteration` (counted from 1) and write the event when due (every `log_every`
+        iterations, or when the caller says so)."""
         self.samples += batch
         self.rows.append((loss, compute_s, exchanged.wait_s + mixed.wait_s, exchanged.received, batch))
         for change in self.clock.changes():
             self.log.emit("change", it=iteration, **change)
-        if iteration % self.log_every:
+        if iteration % self.log_every and not due:
             return
         gossip = {"gossip": {"w": round(mixed.weight, 4), "received": mixed.received,
                              "sent": {str(d): k for d, k in mixed.sent.items()}}} if mixed.params is not None else {}

@@ -30,6 +30,7 @@ class Rejoin:
         self._answered: dict[int, object] = {}  # peer -> the last rejoin request of its answered
         self._awaiting: dict | None = None  # our request: source, round, when asked, when last sent
         self._next_knock = 0.0
+        self.at: int | None = None  # the round of the latest rejoin
 
     def start(self, iteration: int) -> int:
         """The round to start training from (after the hello barrier)."""
@@ -54,6 +55,7 @@ class Rejoin:
         now = time.monotonic()
         self._awaiting = {"source": source, "round": ahead, "asked": now, "sent": now}
         self.log.emit("rejoin", at=ahead, was_at=iteration, asked=source)
+        self.at = ahead
         return ahead
 
     def _furthest_ahead(self) -> tuple[int, int | None]:
