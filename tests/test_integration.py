@@ -239,6 +239,22 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_reaches_the_target(tmp_pa
         assert summary["peers"][str(i)]["stop_reason"] == "target"
 
 
+def run_and_hit(path, out, hit):
+    """`dlion run` of the config at `path`; once peer 2 is at iteration 150, `hit(its pid)`; then waits for the run
+    to end. Returns what `hit` returned."""
+    run = subprocess.Popen(dlion_cmd("run", str(path)), cwd=ROOT, env=python_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        victim = wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "start", 90)
+        wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 150, 90)
+        hit_result = hit(victim["pid"])
+        run.wait(timeout=240)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    return hit_result
+
+
 def test_a_killed_peer_is_restarted_by_the_launcher_and_rejoins_at_the_current_round(tmp_path):
     """restart: on-failure; SIGKILL peer 2 mid-run: `dlion run` starts it again 3 s later, and it re-enters at the
     others' round with the parameters of a peer that kept training, so its next evaluation is close to theirs, and
@@ -247,16 +263,7 @@ def test_a_killed_peer_is_restarted_by_the_launcher_and_rejoins_at_the_current_r
     cfg["restart"] = {"policy": "on-failure", "backoff_s": 3}
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
-    run = subprocess.Popen(dlion_cmd("run", str(path)), cwd=ROOT, env=python_env(), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    try:
-        victim = wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "start", 90)
-        wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 150, 90)
-        os.kill(victim["pid"], signal.SIGKILL)
-        run.wait(timeout=240)
-    finally:
-        if run.poll() is None:
-            run.kill()
+    run_and_hit(path, out, lambda pid: os.kill(pid, signal.SIGKILL))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["restarts"] == {"2": 1} and summary["exit_codes"]["2"] == 0, summary
     events = read_events(out / "peer-2.jsonl")
@@ -266,12 +273,13 @@ def test_a_killed_peer_is_restarted_by_the_launcher_and_rejoins_at_the_current_r
     after = events[events.index(rejoin):]
     first_iter = next(e for e in after if e["ev"] == "iter")
     assert first_iter["it"] > rejoin["at"] >= 150
-    # with the parameters it starts from fresh optimizer moments: its first evaluation after taking them is near the
-    # others' (a fresh model scores far below), its final one with theirs
+    # it continues from a leading peer's parameters and optimizer state: its first evaluation after taking them is
+    # near the others' (a fresh model scores far below), its final one with theirs
+    assert taken["optimizer"], taken
     first_eval = next(e for e in events[events.index(taken):] if e["ev"] == "eval")
     others = [e for i in (0, 1) for e in read_events(out / f"peer-{i}.jsonl")
               if e["ev"] == "eval" and e["it"] == first_eval["it"]]
-    assert others and all(abs(first_eval["acc"] - e["acc"]) <= 0.08 for e in others), (first_eval, others)
+    assert others and all(abs(first_eval["acc"] - e["acc"]) <= 0.05 for e in others), (first_eval, others)
     final = next(e for e in reversed(events) if e["ev"] == "final")
     finals = [next(e for e in reversed(read_events(out / f"peer-{i}.jsonl")) if e["ev"] == "final") for i in (0, 1)]
     assert final["it"] == 5000 and all(abs(final["acc"] - f["acc"]) <= 0.03 for f in finals), (final, finals)
@@ -286,19 +294,15 @@ def test_a_frozen_peer_is_suspected_within_the_heartbeat_timeout_and_rejoins_whe
     re-enters at their round with a leading peer's parameters."""
     path, cfg = write_config(tmp_path, 3, max_iterations=5000)
     out = tmp_path / "out"
-    run = subprocess.Popen(dlion_cmd("run", str(path)), cwd=ROOT, env=python_env(), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    try:
-        victim = wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "start", 90)
-        wait_for_event(out / "peer-2.jsonl", lambda e: e["ev"] == "iter" and e["it"] >= 150, 90)
-        os.kill(victim["pid"], signal.SIGSTOP)
-        frozen = time.time()
+
+    def freeze(pid):
+        os.kill(pid, signal.SIGSTOP)
+        at = time.time()
         time.sleep(8)
-        os.kill(victim["pid"], signal.SIGCONT)
-        run.wait(timeout=240)
-    finally:
-        if run.poll() is None:
-            run.kill()
+        os.kill(pid, signal.SIGCONT)
+        return at
+
+    frozen = run_and_hit(path, out, freeze)
     timeout = 5.0  # transport.heartbeat_timeout_s's default
     for i in (0, 1):
         iters = [e for e in read_events(out / f"peer-{i}.jsonl") if e["ev"] == "iter" and e["t"] > frozen]
