@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -20,6 +21,7 @@ from dlion.presets import PRESETS, with_preset
 from dlion.schema import (BANDWIDTH, DURATION, ConfigError, at_least, between, build, join, non_negative, option,
                           parse_bandwidth, parse_duration, positive, reference, written)
 
+SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # a node label's value that a placement constraint can name
 STAGE_REGISTRIES = {"batching": batching.STRATEGIES, "exchange": exchange.STRATEGIES,
                     "gossip": gossip.STRATEGIES, "knowledge": knowledge.STRATEGIES}
 
@@ -42,6 +44,16 @@ class PeerSpec:
     public_key: Optional[str] = option(None, check=security.is_z85_key,
                                        expect="the peer's CURVE public key in Z85 (40 characters, the key line of "
                                               "its peer-<id>.key), or null: read from security.keys_dir")
+    site: Optional[str] = option(None, check=lambda name: SITE.fullmatch(name) is not None,
+                                 expect="the micro-cloud this peer runs at, a site name of up to 63 letters, digits, "
+                                        "'.', '_' or '-' starting with a letter or digit, e.g. cloud-a (`dlion compose "
+                                        "--swarm` places the peer on swarm nodes labelled dlion.site=<site>), or "
+                                        "null: peer-<id>")
+
+    @property
+    def site_name(self) -> str:
+        """The peer's site: as configured, or its own, peer-<id>."""
+        return self.site or f"peer-{self.id}"
 
     @property
     def tf_threads(self) -> int:
@@ -255,6 +267,11 @@ class TransportSettings:
     heartbeat_timeout_s: float = option(
         5.0, check=positive, expect="a positive number of seconds without an answer to a ping after which a peer "
                                     "counts as gone (a frozen or vanished host) and is no longer waited for")
+    listen: Optional[str] = option(
+        None, check=lambda host: bool(host.strip()),
+        expect="a host for a peer's own port to listen on instead of its peers[].address, such as 0.0.0.0 (every "
+               "interface: where that address is a name, as a swarm service's, or is not this host's own), or "
+               "null: its peers[].address")
 
     def validate(self, path: str) -> None:
         if self.heartbeat_s is not None and self.heartbeat_timeout_s <= self.heartbeat_s:

@@ -1,11 +1,11 @@
 """Rejoining: a peer that fell far behind the others finds them again and continues from their state.
 
 A peer falls behind when it was restarted while the others trained (its round starts from its checkpoint, or 0) or
-when its host froze and woke up. Either way it re-enters at once at the round the others are at, and asks the peer
-furthest ahead for its parameters and optimizer state (a `rejoin` message, repeated until answered); they replace its
-own when they arrive, so nobody waits for it meanwhile. A peer also says hello, once in a while, to peers that
-departed without a bye: if they are still there, their answer re-admits them and tells how far they got. Every peer
-answers rejoin requests.
+when its host froze and woke up. Either way it asks the peer furthest ahead for its parameters and optimizer state
+(a `rejoin` message, repeated until answered), takes them, and re-enters at the newest round it has messages of, so
+its first round finds the others' messages waiting and nobody waits for it. A peer also says hello, once in a while,
+to peers that departed without a bye: if they are still there, their answer re-admits them and tells how far they
+got. Every peer answers rejoin requests.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import time
 
 from dlion import messages
 
-WAIT_S = 10.0           # how long a rejoining peer looks out for the state it asked for
+WAIT_S = 10.0           # how long a rejoining peer waits for the state it asked for
 REQUEST_EVERY_S = 1.0   # how often it repeats the request meanwhile (one may be lost behind a full queue)
 KNOCK_EVERY_S = 1.0     # how often a peer says hello to peers that departed without a bye
+_POLL_S = 0.01
 
 
 class Rejoin:
@@ -28,7 +29,6 @@ class Rejoin:
         self.transport = ctx.transport
         self.every = every_iterations
         self._answered: dict[int, object] = {}  # peer -> the last rejoin request of its answered
-        self._awaiting: dict | None = None  # our request: source, round, when asked, when last sent
         self._next_knock = 0.0
         self.at: int | None = None  # the round of the latest rejoin
 
@@ -37,26 +37,21 @@ class Rejoin:
         return self._catch_up(iteration, self.every)
 
     def step(self, iteration: int) -> int:
-        """Once per iteration: knock, catch up, answer requests, take what we asked for. Returns the round to go
-        on from."""
+        """Once per iteration: knock, answer requests, catch up. Returns the round to go on from."""
         self._knock()
-        iteration = self._catch_up(iteration, 2 * self.every)
         self._answer()
-        if self._awaiting:
-            self._take(iteration)
-        return iteration
+        return self._catch_up(iteration, 2 * self.every)
 
     def _catch_up(self, iteration: int, margin: int) -> int:
         ahead, source = self._furthest_ahead()
-        if ahead <= iteration + margin or self._awaiting:
+        if ahead <= iteration + margin:
             return iteration
         self.transport.mailbox.advance(ahead)
-        self.transport.send(source, messages.REJOIN, ahead)
-        now = time.monotonic()
-        self._awaiting = {"source": source, "round": ahead, "asked": now, "sent": now}
-        self.log.emit("rejoin", at=ahead, was_at=iteration, asked=source)
-        self.at = ahead
-        return ahead
+        taken = self._fetch(source, ahead)
+        at = max([ahead, *self.transport.mailbox.newest_rounds().values()])
+        self.log.emit("rejoin", at=at, was_at=iteration, asked=source, **taken)
+        self.at = at
+        return at
 
     def _furthest_ahead(self) -> tuple[int, int | None]:
         """The highest round a live peer is known to be at (its latest hello says so, or it sent a message of that
@@ -75,26 +70,25 @@ class Rejoin:
             self.transport.knock(silent)
             self._next_knock = time.monotonic() + KNOCK_EVERY_S
 
-    def _take(self, iteration: int) -> None:
-        """The parameters (and optimizer state) asked for, taken when they arrive, or given up after WAIT_S."""
-        want = self._awaiting
-        source, round_ = want["source"], want["round"]
-        msg = self.transport.mailbox.latest(messages.MODEL, source)
-        now = time.monotonic()
-        waited = now - want["asked"]
-        if msg is None or msg.round != round_:
-            if waited > WAIT_S:
-                self._awaiting = None
-                self.log.emit("rejoin_params", it=iteration, source=source, taken=False, wait_s=round(waited, 3))
-            elif now - want["sent"] >= REQUEST_EVERY_S:
+    def _fetch(self, source: int, round_: int) -> dict:
+        """Ask `source` for its state and wait for it (at most WAIT_S); take it. Returns what happened, for the
+        rejoin event: taken, with the optimizer state or not, how long it took."""
+        asked = sent = time.monotonic()
+        self.transport.send(source, messages.REJOIN, round_)
+        while (msg := self.transport.mailbox.latest(messages.MODEL, source)) is None or msg.round != round_:
+            now = time.monotonic()
+            if now - asked > WAIT_S:
+                return {"taken": False, "wait_s": round(now - asked, 3)}
+            if now - sent >= REQUEST_EVERY_S:
                 self.transport.send(source, messages.REJOIN, round_)
-                want["sent"] = now
-            return
-        self._awaiting = None
+                sent = now
+            self._answer()  # were two peers to ask each other, neither waits in vain
+            time.sleep(_POLL_S)
+        waited = round(time.monotonic() - asked, 3)
         own = self.trainer.get_params()
         if getattr(msg.tensors["x"], "shape", None) != own.shape:
             self.transport.reject(msg, "shape", f"expected parameters of shape {own.shape}")
-            return
+            return {"taken": False, "wait_s": waited}
         self.trainer.set_params(msg.tensors["x"])
         # sent just before the model on the same link, so here by now if it was sent at all
         state = self.transport.mailbox.latest(messages.OPTIMIZER, source)
@@ -105,8 +99,7 @@ class Rejoin:
             except ValueError as e:
                 self.transport.reject(state, "shape", str(e))
                 with_optimizer = False
-        self.log.emit("rejoin_params", it=iteration, source=source, taken=True, optimizer=with_optimizer,
-                      wait_s=round(waited, 3))
+        return {"taken": True, "optimizer": with_optimizer, "wait_s": waited}
 
     def _answer(self) -> None:
         """Send a peer that asks our optimizer state, then our parameters (each request once; the state is left

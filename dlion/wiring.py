@@ -196,7 +196,7 @@ def make_transport(cfg: Config, peer_id: int, num_values: int, link_policy=None,
     keys = security.load(cfg, peer_id) if cfg.security.mode == "curve" else None
     heartbeat = (tr.heartbeat_s, tr.heartbeat_timeout_s) if tr.heartbeat_s else None
     return ZmqTransport(peer_id, {p.id: (p.address, p.port) for p in cfg.peers}, limits, link_policy=link_policy,
-                        keys=keys, heartbeat=heartbeat, **options)
+                        keys=keys, heartbeat=heartbeat, listen=tr.listen, **options)
 
 
 def _make_stages(cfg: Config, ctx: StageContext) -> Stages:

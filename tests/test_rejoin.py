@@ -1,4 +1,6 @@
 """Rejoining across in-process peers with stand-in trainers (flat parameter and optimizer vectors; no TF)."""
+import contextlib
+import threading
 import time
 
 import numpy as np
@@ -51,11 +53,24 @@ def advance(transports, p, round_):
     transports[p].mailbox.advance(round_)
 
 
-def steps(rejoins, rounds, n=20):
-    for _ in range(n):
-        for p, r in rejoins.items():
-            rounds[p] = r.step(rounds[p])
-        time.sleep(0.01)
+@contextlib.contextmanager
+def answering(rejoins, rounds):
+    """The peers of `rounds` run their loops' rejoin step (at their fixed rounds) in the background."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            for p, r in rounds.items():
+                rejoins[p].step(r)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def test_a_restarted_peer_starts_at_the_others_round_with_a_leading_peers_parameters_and_optimizer_state(inproc):
@@ -66,17 +81,16 @@ def test_a_restarted_peer_starts_at_the_others_round_with_a_leading_peers_parame
         advance(transports, p, 300 + p)
     for t in transports.values():
         t.wait_for_peers(5)  # the hellos say where everyone is
-    rounds = {0: 300, 1: 301, 2: rejoins[2].start(0)}
-    assert rounds[2] == 301 and transports[2].mailbox.round == 301
+    with answering(rejoins, {0: 300, 1: 301}):
+        at = rejoins[2].start(0)
+    assert at == 301 and transports[2].mailbox.round == 301
     ev, rejoin = logs[2].events[0]  # the others' hellos move each other's rounds: both say 301
     assert ev == "rejoin" and rejoin["at"] == 301 and rejoin["was_at"] == 0 and rejoin["asked"] in (0, 1)
-    steps(rejoins, rounds)
+    assert rejoin["taken"] and rejoin["optimizer"] and rejoin["wait_s"] < 1.0, rejoin
     source = rejoin["asked"]
     np.testing.assert_array_equal(trainers[2].params, trainers[source].params)  # the replica, restored exactly
     np.testing.assert_array_equal(trainers[2].optimizer, trainers[source].optimizer)
-    ev, taken = logs[2].events[1]
-    assert ev == "rejoin_params" and taken["taken"] and taken["optimizer"] and taken["source"] == source
-    assert rounds[2] == 301 and len(logs[0].events) == 0 and len(logs[1].events) == 0
+    assert logs[0].events == [] and logs[1].events == []
 
 
 def test_a_peer_within_the_margin_keeps_its_own_state(inproc):
@@ -87,6 +101,7 @@ def test_a_peer_within_the_margin_keeps_its_own_state(inproc):
     for t in transports.values():
         t.wait_for_peers(5)
     assert rejoins[2].start(0) == 0 and logs[2].events == []
+    assert trainers[2].params[0] == 2.0
 
 
 def test_a_lost_request_is_repeated_until_answered(inproc):
@@ -97,14 +112,33 @@ def test_a_lost_request_is_repeated_until_answered(inproc):
         advance(transports, p, 500)
     for t in transports.values():
         t.wait_for_peers(5)
-    rejoins[2].start(0)
-    lost = transports[0].mailbox.latest(messages.REJOIN, 2) or transports[1].mailbox.latest(messages.REJOIN, 2)
-    assert lost is not None
-    rejoins[0]._answered[2] = rejoins[1]._answered[2] = lost  # as if it never arrived: nobody answers it
-    rounds = {0: 500, 1: 500, 2: 500}
-    steps(rejoins, rounds, n=150)  # 1.5 s: the request goes again after REQUEST_EVERY_S
-    assert logs[2].events[-1][0] == "rejoin_params" and logs[2].events[-1][1]["taken"], logs[2].events
+    send, lost = transports[2].send, []
+
+    def lossy_send(dst, kind, *args, **kwargs):
+        if kind == messages.REJOIN and not lost:
+            lost.append(dst)  # the first request never leaves
+            return
+        send(dst, kind, *args, **kwargs)
+
+    transports[2].send = lossy_send
+    with answering(rejoins, {0: 500, 1: 500}):
+        at = rejoins[2].start(0)
+    ev, rejoin = logs[2].events[0]
+    assert lost and at == 500 and rejoin["taken"] and 0.9 <= rejoin["wait_s"] < 2.0, rejoin  # REQUEST_EVERY_S
     np.testing.assert_array_equal(trainers[2].params, trainers[0].params)
+
+
+def test_an_unanswered_request_is_given_up_and_the_peer_trains_on_with_its_own_state(inproc, monkeypatch):
+    import dlion.rejoin
+    monkeypatch.setattr(dlion.rejoin, "WAIT_S", 0.3)
+    transports = inproc(PEERS)
+    trainers = {p: Trainer(float(p)) for p in PEERS}
+    rejoins, logs = peers(transports, trainers)
+    advance(transports, 0, 500)
+    for t in transports.values():
+        t.wait_for_peers(5)
+    assert rejoins[2].start(0) == 500  # nobody answers: it still re-enters at the others' round
+    assert logs[2].events[0][1]["taken"] is False and trainers[2].params[0] == 2.0
 
 
 def test_a_peer_woken_after_a_freeze_learns_it_is_behind_from_messages_beyond_its_window(inproc):
@@ -114,12 +148,14 @@ def test_a_peer_woken_after_a_freeze_learns_it_is_behind_from_messages_beyond_it
     for t in transports.values():
         t.wait_for_peers(5)
     window = transports[2].mailbox.window
+    advance(transports, 0, window + 400)  # the others trained on while peer 2 was frozen
     transports[0].send(2, messages.GRAD, window + 400, {"g": np.zeros(3, np.float32)}, {"w": 1.0})
     time.sleep(0.05)
     assert transports[2].stats()[0].dropped == 1  # not filed: beyond the window
-    rounds = {0: window + 400, 1: window + 400, 2: 40}
-    rounds[2] = rejoins[2].step(rounds[2])
-    assert rounds[2] == window + 400 and logs[2].events[0][1]["asked"] == 0
+    with answering(rejoins, {0: window + 400}):
+        at = rejoins[2].step(40)
+    assert at == window + 400 and logs[2].events[0][1]["asked"] == 0 and logs[2].events[0][1]["taken"]
+    np.testing.assert_array_equal(trainers[2].params, trainers[0].params)
 
 
 def test_peers_that_departed_without_a_bye_are_knocked_on_and_their_answer_readmits_them(inproc):
@@ -132,9 +168,10 @@ def test_peers_that_departed_without_a_bye_are_knocked_on_and_their_answer_readm
     transports[2].mailbox.mark_departed(0)  # its heartbeat went unanswered while this peer was frozen
     transports[2].mailbox.mark_departed(1, said_bye=True)  # peer 1 finished: never knocked on
     assert transports[2].mailbox.departed_silently() == {0}
-    rounds = {0: 700, 2: 100}
-    for _ in range(20):
-        rounds[2] = rejoins[2].step(rounds[2])
-        time.sleep(0.01)
+    at = 100
+    with answering(rejoins, {0: 700}):
+        for _ in range(20):
+            at = rejoins[2].step(at)
+            time.sleep(0.01)
     assert 0 not in transports[2].mailbox.departed and 1 in transports[2].mailbox.departed
-    assert rounds[2] == 700 and logs[2].events[0][0] == "rejoin"
+    assert at == 700 and logs[2].events[0][0] == "rejoin"

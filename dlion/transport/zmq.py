@@ -69,16 +69,20 @@ class ZmqTransport(Transport):
 
     def __init__(self, peer_id: int, endpoints: dict[int, tuple[str, int]], limits: WireLimits,
                  sndhwm: int = 16, poll_ms: int = 50, suspect_after: int = 2, link_policy: LinkPolicy | None = None,
-                 keys: PeerKeys | None = None, heartbeat: tuple[float, float] | None = None, **bounds):
+                 keys: PeerKeys | None = None, heartbeat: tuple[float, float] | None = None, listen: str | None = None,
+                 **bounds):
         """`keys`: CURVE keys (None: plain TCP, unauthenticated); `heartbeat`: (interval, timeout) in seconds of the
-        liveness check on each link's own connection (None: only closed connections are noticed); `bounds`: the
-        mailbox's and the norm guard's (`Transport`)."""
+        liveness check on each link's own connection (None: only closed connections are noticed); `listen`: the host
+        the ROUTER binds on its own port instead of its own endpoint's (0.0.0.0: every interface, where that endpoint
+        is a name such as a swarm service's, which cannot be bound); `bounds`: the mailbox's and the norm guard's
+        (`Transport`)."""
         if peer_id not in endpoints:
             raise ValueError(f"peer {peer_id} has no endpoint")
         super().__init__(peer_id, endpoints, limits, suspect_after, link_policy, **bounds)
         self.endpoints = dict(endpoints)
         self.keys = keys
         self.heartbeat = heartbeat
+        self.listen = listen
         self.incarnation = time.time_ns() // 1000
         self.sndhwm = sndhwm
         self.poll_ms = poll_ms
@@ -92,9 +96,9 @@ class ZmqTransport(Transport):
         self._ready = threading.Event()
         self._start_error: Exception | None = None
 
-    def _address(self, peer: int) -> str:
-        host, port = self.endpoints[peer]
-        return f"tcp://{host}:{port}"
+    def _address(self, peer: int, host: str | None = None) -> str:
+        configured, port = self.endpoints[peer]
+        return f"tcp://{host or configured}:{port}"
 
     def start(self) -> None:
         """Start the communication thread; returns once the ROUTER is bound, raises if the sockets cannot open
@@ -105,8 +109,8 @@ class ZmqTransport(Transport):
         self._thread.start()
         self._ready.wait()
         if self._start_error is not None:
-            raise RuntimeError(f"peer {self.peer_id}: cannot bind {self._address(self.peer_id)} or connect to "
-                               f"its peers: {self._start_error}") from self._start_error
+            raise RuntimeError(f"peer {self.peer_id}: cannot bind {self._address(self.peer_id, self.listen)} or "
+                               f"connect to its peers: {self._start_error}") from self._start_error
 
     def _send_frames(self, dst: int, frames: list, nbytes: int) -> None:
         with self._pipe_lock:
@@ -171,7 +175,7 @@ class ZmqTransport(Transport):
             router.curve_server = True
             router.curve_secretkey, router.curve_publickey = self.keys.secret, self.keys.public
             router.setsockopt(zmq.ZAP_DOMAIN, _ZAP_DOMAIN)
-        router.bind(self._address(self.peer_id))
+        router.bind(self._address(self.peer_id, self.listen))
         for p in sorted(self.peers):
             d = dealers[p] = self._dealer(router.context, p, routing_id(self.peer_id, self.incarnation), monitors)
             d.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a peer that is not connected: Again instead
