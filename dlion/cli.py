@@ -71,10 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     emulate.add_argument("--dev", default="eth0", help="shape: the device to shape (default: eth0)")
 
     compose = sub.add_parser("compose", parents=[overrides],
-                             help="write a docker-compose file running every peer of a config in its own container")
+                             help="write a docker-compose file running every peer of a config in its own container "
+                                  "(--swarm: a Docker stack file, the peers on swarm nodes labelled by site)")
     compose.add_argument("config", help="YAML config file")
     compose.add_argument("-o", "--output", help="compose file to write (default: standard output, paths relative "
                                                 "to the current directory)")
+    compose.add_argument("--swarm", action="store_true",
+                         help="a stack file for `docker stack deploy`: each peer placed on the nodes labelled "
+                              "dlion.site=<its peers[i].site>, addressed by service name on an overlay network")
 
     report = sub.add_parser("report", help="a table (markdown, CSV) and plots of runs that already exist")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR",
@@ -168,21 +172,24 @@ def _peer(cfg, peer_id: int, out_dir: str, resume_at: int | None = None) -> int:
 
 
 def _compose(args, cfg) -> int:
-    """`dlion compose FILE [-o OUT]`: paths in the file are relative to where it is written."""
+    """`dlion compose FILE [-o OUT] [--swarm]`: paths in the file are relative to where it is written."""
     from dlion import compose
     out_dir = Path(args.output).parent if args.output else Path.cwd()
-    text = compose.render(cfg, args.config, out_dir, args.set)
+    text = compose.render(cfg, args.config, out_dir, args.set, swarm=args.swarm)
+    start = "docker stack deploy" if args.swarm else "docker-compose up"
     if cfg.security.mode == "curve":
         keys = compose.keys_dir(cfg)
         if args.output:
             security.generate(keys, [p.id for p in cfg.peers if p.public_key is None])
         elif not all(security.secret_path(keys, p.id).exists() for p in cfg.peers):
-            print(f"dlion compose: the services mount key pairs from {keys}: make them with `dlion keys "
-                  f"{args.config} -o {keys}` before docker-compose up", file=sys.stderr)
+            print(f"dlion compose: the services {'get' if args.swarm else 'mount'} key pairs from {keys}: make them "
+                  f"with `dlion keys {args.config} -o {keys}` before {start}", file=sys.stderr)
     if args.output:
         Path(args.output).write_text(text)
-        print(f"{args.output}: {len(cfg.peers)} peer services; build the image, then docker-compose up",
-              file=sys.stderr)
+        todo = (f"label each node with its site (dlion.site: {', '.join(sorted({p.site_name for p in cfg.peers}))}), "
+                f"make the results directory {cfg.output.dir} on each, load the image, then {start}" if args.swarm
+                else f"build the image, then {start}")
+        print(f"{args.output}: {len(cfg.peers)} peer services; {todo}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

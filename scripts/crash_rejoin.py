@@ -13,6 +13,7 @@ checks, and one JSON line; exits 1 if a check fails.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import signal
@@ -69,6 +70,17 @@ def crash(args, out: Path) -> float:
     return crashed
 
 
+def noticed(out: Path, peer: int, victim: int, after: float) -> float | None:
+    """When `peer`'s console says it lost the connection to `victim` (first time after `after`), as Unix time."""
+    needle = f"peer {peer}: lost the connection to peer {victim} "
+    for line in (out / f"peer-{peer}.log").read_text(errors="replace").splitlines():
+        if needle in line:
+            stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if stamp > after:
+                return stamp
+    return None
+
+
 def timeline(cfg, out: Path, victim: int, crashed: float) -> tuple[list[tuple[float, str]], dict]:
     """What happened, from the events, and the figures the checks judge."""
     events = {p: read_events(peer_log_path(out, p)) for p in cfg.peer_ids}
@@ -82,7 +94,13 @@ def timeline(cfg, out: Path, victim: int, crashed: float) -> tuple[list[tuple[fl
         if after:
             lines.append((after[0]["t"] - crashed, f"peer {p} at iteration {after[0]['it']}, longest wait of its "
                                                    f"last rounds {after[0]['max_wait_s']} s"))
-    figures: dict = {"victim": victim}
+    figures: dict = {"victim": victim, "noticed_s": None}
+    for p in others:
+        lost = noticed(out, p, victim, crashed)
+        if lost is not None:
+            figures["noticed_s"] = round(max(figures["noticed_s"] or 0.0, lost - crashed), 3)
+            lines.append((lost - crashed, f"peer {p} stops waiting for peer {victim} (connection closed, or no "
+                                          f"answer to its heartbeat)"))
     starts = [e for e in mine if e["ev"] == "start" and e["t"] > crashed]
     if starts:  # a restarted process (kill)
         up = starts[0]["t"] - starts[0]["barrier_s"]
@@ -125,13 +143,17 @@ def main() -> int:
     parser.add_argument("--victim", type=int, default=None, help="the peer to hit (default: the last one)")
     parser.add_argument("--at-iteration", type=int, default=100)
     parser.add_argument("--signal", choices=["kill", "stop"], default="kill")
-    parser.add_argument("--down-s", type=float, default=3.0, help="restart backoff (kill) or frozen time (stop)")
+    parser.add_argument("--down-s", type=float, default=None,
+                        help="restart backoff (kill, default 3) or frozen time (stop, default 10: beyond the "
+                             "heartbeat timeout)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     parser.add_argument("--out", default="runs/crash-rejoin")
     parser.add_argument("--timeout-s", type=float, default=1200)
     args = parser.parse_args()
     cfg = config.load(args.config, args.set)
     args.victim = cfg.peer_ids[-1] if args.victim is None else args.victim
+    if args.down_s is None:
+        args.down_s = 3.0 if args.signal == "kill" else 10.0
     out = Path(args.out)
     crashed = crash(args, out)
     lines, figures = timeline(cfg, out, args.victim, crashed)
@@ -149,6 +171,10 @@ def main() -> int:
             figures["others_longest_wait_s"] is not None and figures["others_longest_wait_s"] <= deadline + 0.5,
         "the run reached the target": summary["time_to_target_s"] is not None,
     }
+    if args.signal == "stop":
+        beat = cfg.transport
+        checks[f"every other peer stopped waiting within the heartbeat timeout ({beat.heartbeat_timeout_s:g} s)"] = (
+            figures["noticed_s"] is not None and figures["noticed_s"] <= beat.heartbeat_timeout_s + beat.heartbeat_s)
     for what, ok in checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {what}")
     print(json.dumps({"config": args.config, "signal": args.signal, "down_s": args.down_s, **figures,

@@ -1,7 +1,9 @@
 """dlion compose: the committed docker-compose.yml is the generator's output for the quickstart and a valid compose
 file; every service is its peer as configured, the config the container reads gives each peer its network address;
-what containers cannot do is refused; `dlion emulate shape` shapes a device of the namespace it runs in.
-The containers themselves run in scripts/compose_e2e.sh (a real Docker engine)."""
+what containers cannot do is refused; `dlion emulate shape` shapes a device of the namespace it runs in. The swarm
+stack (`--swarm`) places each peer by site with its CPU limit and restart policy, names the peers by service, and
+passes the link keys as secrets; docker-compose validates it. The containers themselves run in scripts/compose_e2e.sh
+and scripts/swarm_e2e.sh (a real Docker engine)."""
 import json
 import shutil
 import subprocess
@@ -151,3 +153,83 @@ def test_each_service_mounts_only_its_own_data_and_the_model_file(tmp_path):
         seen = config.load(ROOT / "examples" / "own-data.yaml", service["command"][1::2])
         assert seen.peer(peer).data == f"/srv/dlion/own-data/peer-{peer}.npz"
         assert seen.training.model == "/srv/dlion/model/custom_model.py:build"
+
+
+def swarm_stack(config_path, *args, cwd=ROOT):
+    result = dlion("compose", str(config_path), "--swarm", *args, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+@pytest.mark.parametrize("path, sets, sites, cpus, restart", [
+    ("configs/quickstart.yaml", [], ["peer-0", "peer-1", "peer-2"], ["0.66"] * 3,
+     {"condition": "on-failure", "max_attempts": 3, "delay": "2s"}),
+    ("configs/scenarios/hetero-4.yaml", ["--set", "peers.1.site=cloud-b", "--set", "peers.3.site=cloud-b"],
+     ["peer-0", "cloud-b", "peer-2", "cloud-b"], ["1", "0.5", "0.3", "0.2"], {"condition": "none"}),
+])
+def test_swarm_stack_places_limits_restarts_and_names_every_peer(path, sets, sites, cpus, restart):
+    doc = swarm_stack(path, *sets)
+    cfg = config.load(ROOT / path)
+    ids = [p.id for p in cfg.peers]
+    assert doc["version"].startswith("3.") and list(doc["services"]) == [f"peer-{i}" for i in ids]
+    assert doc["networks"] == {"dlion": {"driver": "overlay", "attachable": True}}
+    keys = f"./keys/{cfg.name}"
+    assert doc["secrets"] == {**{f"peer-{i}.key": {"file": f"{keys}/peer-{i}.key"} for i in ids},
+                              **{f"peer-{i}.key_secret": {"file": f"{keys}/peer-{i}.key_secret"} for i in ids}}
+    for i, site, limit in zip(ids, sites, cpus):
+        service = doc["services"][f"peer-{i}"]
+        deploy = service["deploy"]
+        assert deploy["placement"] == {"constraints": [f"node.labels.dlion.site == {site}"]}
+        assert deploy["resources"] == {"limits": {"cpus": limit}} and deploy["replicas"] == 1
+        assert deploy["restart_policy"] == restart and deploy["endpoint_mode"] == "dnsrr"
+        assert service["networks"] == ["dlion"] and service["environment"] == {"PEER_ID": str(i)}
+        assert "cap_add" not in service and "cpus" not in service and "restart" not in service  # swarm's: deploy
+        # every public key and the service's own pair, where the peer reads them, for the peer's user only
+        own = [f"peer-{p}.key" for p in ids] + [f"peer-{i}.key_secret"]
+        assert service["secrets"] == [{"source": name, "target": f"/etc/dlion/keys/{name}", "uid": "1000",
+                                       "gid": "1000", "mode": 0o400} for name in own]
+        assert service["volumes"] == [f"./{path}:/etc/dlion/config.yaml:ro",
+                                      "/usr/share/datasets/fashion-mnist:/data:ro", f"./{cfg.output.dir}:/results"]
+        port = cfg.peer(i).port
+        assert f"('127.0.0.1', {port})" in service["healthcheck"]["test"][3]
+        # what the container's peer reads: every peer at its service name, listening on every interface, no emulation
+        seen = config.load(ROOT / path, service["command"][1::2])
+        assert {p.id: p.address for p in seen.peers} == {p: f"peer-{p}" for p in ids}
+        assert seen.transport.listen == "0.0.0.0" and seen.emulation.method == "none"
+        assert seen.security.keys_dir == "/etc/dlion/keys" and seen.training.data_dir == "/data"
+
+
+def test_swarm_stack_without_curve_has_no_secrets(tmp_path):
+    path = write_config(tmp_path, {**FOUR, "schedule": [], "security": {"mode": "none"}})
+    doc = swarm_stack(path.name, cwd=tmp_path)
+    assert "secrets" not in doc and all("secrets" not in s for s in doc["services"].values())
+    assert not (tmp_path / "keys").exists()
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"peers": [{**FOUR["peers"][0], "site": "cloud a"}, *FOUR["peers"][1:]]}, "peers[0].site"),
+    ({"peers": [{**FOUR["peers"][0], "site": "-a"}, *FOUR["peers"][1:]]}, "peers[0].site"),
+    ({"schedule": [{"at": "5s", "src": 0, "dst": 3, "latency": "20ms"}]}, "schedule[0]"),  # no emulation at all
+])
+def test_what_a_swarm_cannot_do_is_a_config_error(tmp_path, change, key):
+    path = write_config(tmp_path, {**FOUR, "schedule": [], **change})
+    result = dlion("compose", str(path), "--swarm")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"dlion: config error: {key}: expected ")
+    if key.endswith("site"):
+        assert "letters, digits, '.', '_' or '-'" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None,
+                    reason="docker-compose is not installed (scripts/install.sh installs it)")
+def test_swarm_stack_file_is_valid_for_docker_compose(tmp_path):
+    """docker-compose validates format 3.x files too (deploy, secrets with targets, overlay networks)."""
+    path = write_config(tmp_path, {**FOUR, "schedule": []})
+    (tmp_path / "deploy").mkdir()
+    result = dlion("compose", path.name, "--swarm", "-o", "deploy/stack.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "dlion.site: peer-0, peer-3, peer-7, peer-9" in result.stderr
+    assert (tmp_path / "keys" / "four" / "peer-9.key_secret").exists()  # the secrets' files, made by -o
+    result = subprocess.run(["docker-compose", "-f", "deploy/stack.yml", "config", "-q"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

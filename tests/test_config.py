@@ -32,6 +32,8 @@ def test_defaults_and_derived_values():
     assert cfg.strategies.exchange.kind == "dense" and cfg.strategies.exchange.params.deadline_s > 0
     assert cfg.destinations(1) == (0, 2)
     assert cfg.link(0, 1).bandwidth == 1e9 and cfg.emulation.method == "none" and cfg.schedule == ()
+    assert [p.site_name for p in parse(["peers.1.site=cloud-b"]).peers] == ["peer-0", "cloud-b", "peer-2"]
+    assert cfg.transport.listen is None  # the ROUTER binds the peer's own address
 
 
 def test_shipped_configs_are_valid():
@@ -52,6 +54,9 @@ def test_shipped_configs_are_valid():
     (["peers.1.cores=-1"], "peers[1].cores: expected a positive number of CPU cores"),
     (["peers.1.port=47000"], "peers[1].port: expected a unique address and port; 127.0.0.1:47000 is already used"),
     (["peers.2.id=0"], "peers[2].id: expected a unique id; 0 is already used by peers[0]"),
+    (["peers.2.site=cloud a"], "peers[2].site: expected the micro-cloud this peer runs at, a site name of up to 63 "
+                               "letters, digits, '.', '_' or '-' starting with a letter or digit"),
+    (["transport.listen=' '"], "transport.listen: expected a host for a peer's own port to listen on"),
     (["training.global_batch=2"], "training.global_batch: expected at least the number of peers (3), got 2"),
     (["training.optimizer=adamx"], "training.optimizer: expected a Keras optimizer name, one of: adadelta, adagrad, "
                                    "adam, adamax, adamw"),

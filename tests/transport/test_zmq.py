@@ -33,9 +33,9 @@ def endpoints(ports):
 def make(endpoints):
     made = []
 
-    def make(peer_id, start=True, peers=PEERS, limit=LIMIT, sndhwm=16, heartbeat=None):
+    def make(peer_id, start=True, peers=PEERS, limit=LIMIT, sndhwm=16, heartbeat=None, listen=None):
         t = ZmqTransport(peer_id, {p: endpoints[p] for p in peers}, WireLimits(peers, limit), sndhwm=sndhwm,
-                         heartbeat=heartbeat)
+                         heartbeat=heartbeat, listen=listen)
         made.append(t)
         if start:
             t.start()
@@ -242,6 +242,20 @@ def test_bind_failure_is_reported(make, endpoints):
         assert time.monotonic() - t0 < 1.0
     finally:
         blocker.close()
+
+
+def test_a_peer_listening_on_every_interface_is_reached_at_its_configured_address(make, endpoints):
+    """As in a swarm, where a peer's configured address is a name it cannot bind: it binds 0.0.0.0 on its port, and
+    the others connect to the address they are given (here 127.0.0.1)."""
+    ts = [make(0, listen="0.0.0.0"), make(1), make(2)]
+    assert barrier_all(ts, 5) == {i: PEERS - {i} for i in PEERS}
+    for src in (1, 2):
+        ts[src].send(0, "probe", 1)
+    assert sorted(ts[0].mailbox.take("probe", 1, {1, 2}, time.monotonic() + 3)) == [1, 2]
+    port = endpoints[0][1]
+    socket.create_connection(("127.0.0.2", port), 3).close()  # every interface: not only the configured address
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.2", endpoints[1][1]), 3).close()  # peer 1 binds its address only
 
 
 def test_bad_peer_endpoint_is_reported(endpoints):
