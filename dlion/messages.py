@@ -131,6 +131,7 @@ KINDS: dict[str, Kind] = {
 }
 
 
+ANNOUNCEMENTS = frozenset({HELLO, REJOIN})  # sent before a peer takes part in rounds again: they do not re-admit it
 COLLECTED = frozenset({GRAD, GOSSIP})  # kinds stages collect round by round: every message counts, none is evicted
 
 

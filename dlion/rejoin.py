@@ -14,6 +14,7 @@ import time
 from dlion import messages
 
 WAIT_S = 10.0           # how long a rejoining peer waits for the state it asked for
+LEAD = 2                # it enters this many rounds past the answer's: rounds the others start after it is back
 REQUEST_EVERY_S = 1.0   # how often it repeats the request meanwhile (one may be lost behind a full queue)
 KNOCK_EVERY_S = 1.0     # how often a peer says hello to peers that departed without a bye
 _POLL_S = 0.01
@@ -39,7 +40,7 @@ class Rejoin:
     def step(self, iteration: int) -> int:
         """Once per iteration: knock, answer requests, catch up. Returns the round to go on from."""
         self._knock()
-        self._answer()
+        self._answer(iteration)
         return self._catch_up(iteration, 2 * self.every)
 
     def _catch_up(self, iteration: int, margin: int) -> int:
@@ -47,18 +48,23 @@ class Rejoin:
         if ahead <= iteration + margin:
             return iteration
         self.transport.mailbox.advance(ahead)
-        taken = self._fetch(source, ahead)
-        at = max([ahead, *self.transport.mailbox.newest_rounds().values()])
+        answered, taken = self._fetch(source, ahead, iteration)
+        at = max([answered + LEAD, *self.transport.mailbox.newest_rounds().values()])
+        self.transport.mailbox.advance(at)
         self.log.emit("rejoin", at=at, was_at=iteration, asked=source, **taken)
         self.at = at
         return at
 
     def _furthest_ahead(self) -> tuple[int, int | None]:
-        """The highest round a live peer is known to be at (its latest hello says so, or it sent a message of that
-        round, even one beyond our window), and that peer."""
+        """The highest round a peer that did not leave is known to be at (its latest hello says so, or it sent a
+        message of that round, even one beyond our window), and that peer. Departed peers count: a woken peer's own
+        heartbeats may have given up on the others, whose answers to its knocks tell where they are."""
         seen = self.transport.mailbox.newest_rounds()
+        left = self.transport.mailbox.left()
         best = (0, None)
-        for p in self.ctx.live(self.ctx.others):
+        for p in self.ctx.others:
+            if p in left:
+                continue
             hello = self.transport.mailbox.latest(messages.HELLO, p)
             at = max(seen.get(p, 0), hello.meta["at"] if hello is not None else 0)
             if at > best[0]:
@@ -70,46 +76,48 @@ class Rejoin:
             self.transport.knock(silent)
             self._next_knock = time.monotonic() + KNOCK_EVERY_S
 
-    def _fetch(self, source: int, round_: int) -> dict:
-        """Ask `source` for its state and wait for it (at most WAIT_S); take it. Returns what happened, for the
-        rejoin event: taken, with the optimizer state or not, how long it took."""
+    def _fetch(self, source: int, round_: int, iteration: int) -> tuple[int, dict]:
+        """Ask `source` for its state and wait for it (at most WAIT_S); take it. Returns the round the answer was
+        sent at (the source's; `round_` if none came) and what happened, for the rejoin event: taken, with the
+        optimizer state or not, how long it took."""
         asked = sent = time.monotonic()
         self.transport.send(source, messages.REJOIN, round_)
-        while (msg := self.transport.mailbox.latest(messages.MODEL, source)) is None or msg.round != round_:
+        while (msg := self.transport.mailbox.latest(messages.MODEL, source)) is None or msg.round < round_:
             now = time.monotonic()
             if now - asked > WAIT_S:
-                return {"taken": False, "wait_s": round(now - asked, 3)}
+                return round_, {"taken": False, "wait_s": round(now - asked, 3)}
             if now - sent >= REQUEST_EVERY_S:
                 self.transport.send(source, messages.REJOIN, round_)
                 sent = now
-            self._answer()  # were two peers to ask each other, neither waits in vain
+            self._answer(iteration)  # were two peers to ask each other, neither waits in vain
             time.sleep(_POLL_S)
         waited = round(time.monotonic() - asked, 3)
         own = self.trainer.get_params()
         if getattr(msg.tensors["x"], "shape", None) != own.shape:
             self.transport.reject(msg, "shape", f"expected parameters of shape {own.shape}")
-            return {"taken": False, "wait_s": waited}
+            return round_, {"taken": False, "wait_s": waited}
         self.trainer.set_params(msg.tensors["x"])
         # sent just before the model on the same link, so here by now if it was sent at all
         state = self.transport.mailbox.latest(messages.OPTIMIZER, source)
-        with_optimizer = state is not None and state.round == round_
+        with_optimizer = state is not None and state.round == msg.round
         if with_optimizer:
             try:
                 self.trainer.set_optimizer_vector(state.tensors["o"])
             except ValueError as e:
                 self.transport.reject(state, "shape", str(e))
                 with_optimizer = False
-        return {"taken": True, "optimizer": with_optimizer, "wait_s": waited}
+        return msg.round, {"taken": True, "optimizer": with_optimizer, "wait_s": waited}
 
-    def _answer(self) -> None:
-        """Send a peer that asks our optimizer state, then our parameters (each request once; the state is left
-        out if it is larger than a message may be)."""
-        for p in self.ctx.live(self.ctx.others):
+    def _answer(self, iteration: int) -> None:
+        """Send a peer that asks our optimizer state, then our parameters, at our round (each request once; the
+        state is left out if it is larger than a message may be)."""
+        for p in self.ctx.others:  # a peer asking is not waited for (departed) until it takes part in rounds again
             msg = self.transport.mailbox.latest(messages.REJOIN, p)
             if msg is not None and self._answered.get(p) is not msg:
                 self._answered[p] = msg
+                at = max(msg.round, iteration)
                 try:
-                    self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": self.trainer.optimizer_vector()})
+                    self.transport.send(p, messages.OPTIMIZER, at, {"o": self.trainer.optimizer_vector()})
                 except ValueError:
                     pass
-                self.transport.send(p, messages.MODEL, msg.round, {"x": self.trainer.get_params()})
+                self.transport.send(p, messages.MODEL, at, {"x": self.trainer.get_params()})

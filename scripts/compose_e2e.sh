@@ -6,107 +6,35 @@
 # the default base cannot be pulled, builds the peer image (scripts/peer_image.sh), runs `docker-compose up`, shows
 # the CPU quota and the tc classes from inside peer-0 while it trains, waits for the run to end and checks every
 # peer's `final` event, then removes the containers and the network. Any failure exits non-zero. The base image's
-# root file system is cached in $DLION_CACHE (default ~/.cache/dlion) and pip's cache keeps the wheelhouse quick.
-# Needs root (apt, dockerd) and Python 3.11 with PyYAML and psutil (scripts/install.sh). The last line is a JSON
-# object: wall_s, mean_final_accuracy, peers_finished, ...
+# root file system is cached in $DLION_CACHE (default ~/.cache/dlion) and pip's cache keeps the wheelhouse quick
+# (scripts/e2e_lib.sh). Needs root (apt, dockerd) and Python 3.11 with PyYAML and psutil (scripts/install.sh). The
+# last line is a JSON object: wall_s, mean_final_accuracy, peers_finished, ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BASE_IMAGE="${BASE_IMAGE:-python:3.11-slim-bookworm}"
-LOCAL_BASE="dlion-base:bookworm"
-CACHE="${DLION_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dlion}"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+E2E="compose_e2e"
 PROJECT="dlione2e"
 MIN_ACCURACY=0.80
 STEP_TIMEOUT_S=300
 LOGS="runs/compose-e2e"
 COMPOSE=(docker-compose -p "$PROJECT" -f docker-compose.yml)
-DOCKERD_PID=""
+# shellcheck source=scripts/e2e_lib.sh
+source scripts/e2e_lib.sh  # its teardown runs on exit: remove_run, then the engine if we started it
 
-say() { echo "compose_e2e: $*" >&2; }
-fail() { say "FAILED: $*"; exit 1; }
-
-teardown() {  # containers and network of the run, then the engine if we started it; fails if anything is left
-  local left=""
-  if docker info >/dev/null 2>&1; then
-    "${COMPOSE[@]}" logs --no-color >"$LOGS/compose.log" 2>&1 || true
-    "${COMPOSE[@]}" down --remove-orphans --timeout 20 >/dev/null 2>&1 || true
-    left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
-    left="$left$(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT")"
-  fi
-  if [ -n "$DOCKERD_PID" ]; then  # stopping it stops the containerd it started; its cgroups are left empty
-    kill "$DOCKERD_PID" 2>/dev/null || true
-    wait "$DOCKERD_PID" 2>/dev/null || true
-    DOCKERD_PID=""
-    rmdir /sys/fs/cgroup/*/docker /sys/fs/cgroup/docker 2>/dev/null || true
-  fi
-  [ -z "$left" ] || { say "left behind: $left"; return 1; }
-}
-trap 'status=$?; teardown; exit $status' EXIT
-
-need_debs() {
-  local missing=""
-  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"; done
-  if [ -n "$missing" ]; then
-    say "installing Debian packages:$missing"
-    apt-get update -qq
-    # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-  fi
+remove_run() {  # containers and network of the run; prints what is left
+  "${COMPOSE[@]}" logs --no-color >"$LOGS/compose.log" 2>&1 || true
+  "${COMPOSE[@]}" down --remove-orphans --timeout 20 >/dev/null 2>&1 || true
+  docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"
+  docker network ls -q --filter "label=com.docker.compose.project=$PROJECT"
 }
 
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: until COMMAND succeeds
-  local limit=$1 what=$2
-  shift 2
-  for _ in $(seq "$limit"); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 1
-  done
-  fail "$what: not within ${limit}s"
-}
-
-[ "$(id -u)" = 0 ] || fail "run as root: it installs packages and may start dockerd"
-python3 -c 'import yaml, psutil' 2>/dev/null || fail "python3 lacks PyYAML or psutil: run scripts/install.sh first"
-mkdir -p "$LOGS" "$CACHE"
-need_debs docker-compose dataset-fashion-mnist
+preflight docker-compose dataset-fashion-mnist
 python3 -m dlion keys configs/quickstart.yaml -o keys/quickstart >/dev/null  # the link keys the services mount
 t_start=$(date +%s.%N)
 
-# ---- an engine --------------------------------------------------------------------------------------------------
-if ! docker info >/dev/null 2>&1; then
-  need_debs docker.io
-  say "starting dockerd (log: $LOGS/dockerd.log)"
-  dockerd --iptables=false --bridge=none >"$LOGS/dockerd.log" 2>&1 &
-  DOCKERD_PID=$!
-  wait_for 60 "dockerd answering" docker info
-fi
-
-# ---- the base image: pulled, or made here -------------------------------------------------------------------------
-base="$BASE_IMAGE"
-if ! docker image inspect "$base" >/dev/null 2>&1 && ! timeout 120 docker pull -q "$base" >/dev/null 2>&1; then
-  base="$LOCAL_BASE"
-  say "$BASE_IMAGE cannot be pulled: using $base, made with debootstrap"
-  if ! docker image inspect "$base" >/dev/null 2>&1; then
-    tarball="$CACHE/base-bookworm.tar"
-    if [ ! -s "$tarball" ]; then
-      need_debs debootstrap
-      rootfs=$(mktemp -d)
-      debootstrap --variant=minbase --include=python3,python3-venv bookworm "$rootfs" "$MIRROR" \
-        >"$LOGS/debootstrap.log" 2>&1 || fail "debootstrap; see $LOGS/debootstrap.log"
-      rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-      tar -C "$rootfs" -c . >"$tarball.part"
-      mv "$tarball.part" "$tarball"
-      rm -rf "$rootfs"
-    fi
-    docker import "$tarball" "$base" >/dev/null
-  fi
-fi
-
-# ---- the peer image ---------------------------------------------------------------------------------------------
-t_build=$(date +%s.%N)
-bash scripts/peer_image.sh "$base" >"$LOGS/build.log" 2>&1 || fail "building the peer image; see $LOGS/build.log"
-build_s=$(python3 -c "import sys; print(round($(date +%s.%N) - $t_build, 1))")
-say "peer image built on $base in ${build_s}s"
+# ---- an engine and the peer image (scripts/e2e_lib.sh) ------------------------------------------------------------
+start_engine
+peer_image
 
 # ---- the run ----------------------------------------------------------------------------------------------------
 results=$(python3 -c 'import yaml; v = yaml.safe_load(open("docker-compose.yml"))["services"]["peer-0"]["volumes"]
@@ -152,21 +80,11 @@ export RESULTS="$results" CPU="$cpu" TC_CLASSES="$tc_classes" EXIT_CODES="$exit_
 report=$(PYTHONPATH=. python3 - <<'EOF'
 """Check the run against the compose file; print the report (JSON) or exit 1 with the failures."""
 import json, os, re, sys
-import yaml
-from dlion.metrics import summarize
+sys.path.insert(0, "scripts")
+from e2e_checks import check_run
 
-services = yaml.safe_load(open("docker-compose.yml"))["services"]
-peer_ids = sorted(int(s["environment"]["PEER_ID"]) for s in services.values())
-summary = summarize(os.environ["RESULTS"], peer_ids, None, float(os.environ["WALL_S"]))
-with open(os.path.join(os.environ["RESULTS"], "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-failures = []
-finished = [pid for pid in peer_ids if summary["peers"][str(pid)]["finished"]]
-if finished != peer_ids:
-    failures.append(f"peers without a final event: {sorted(set(peer_ids) - set(finished))}")
-mean = summary["final_accuracy"]
-if mean is None or mean < float(os.environ["MIN_ACCURACY"]):
-    failures.append(f"mean final accuracy {mean} < {os.environ['MIN_ACCURACY']}")
+services, peer_ids, summary, finished, mean, failures = check_run(
+    "docker-compose.yml", os.environ["RESULTS"], float(os.environ["WALL_S"]), float(os.environ["MIN_ACCURACY"]))
 codes = [int(c) for c in os.environ["EXIT_CODES"].split()]
 if any(codes):
     failures.append(f"container exit codes {codes}; see {os.environ['LOGS']}/compose.log")

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 from dlion import config  # noqa: E402
 from dlion.metrics import peer_log_path, read_events  # noqa: E402
 
-TRAINING_AGAIN_S = 5.0  # the victim trains at the current round within this long of its transport coming up
+TRAINING_AGAIN_S = 5.0  # the victim trains at the current round within this long of its transport coming up (or of
+                        # being woken)
 EVAL_GAP = 0.02         # its first evaluation after rejoining is within this of the others' mean
 
 
@@ -81,8 +82,9 @@ def noticed(out: Path, peer: int, victim: int, after: float) -> float | None:
     return None
 
 
-def timeline(cfg, out: Path, victim: int, crashed: float) -> tuple[list[tuple[float, str]], dict]:
-    """What happened, from the events, and the figures the checks judge."""
+def timeline(cfg, out: Path, victim: int, crashed: float, woken: float | None) -> tuple[list[tuple[float, str]], dict]:
+    """What happened, from the events, and the figures the checks judge (`woken`: when a frozen victim got SIGCONT;
+    None for a killed one, which is up again when its restarted transport is)."""
     events = {p: read_events(peer_log_path(out, p)) for p in cfg.peer_ids}
     mine = events[victim]
     others = [p for p in cfg.peer_ids if p != victim]
@@ -107,7 +109,9 @@ def timeline(cfg, out: Path, victim: int, crashed: float) -> tuple[list[tuple[fl
         lines.append((up - crashed, f"peer {victim} restarted: transport up"))
         lines.append((starts[0]["t"] - crashed, f"peer {victim} through the hello barrier"))
     else:
-        up = None
+        up = woken
+    if woken is not None:
+        lines.append((woken - crashed, f"peer {victim} woken (SIGCONT)"))
     rejoin = next((e for e in mine if e["ev"] == "rejoin" and e["t"] > crashed), None)
     if rejoin:
         lines.append((rejoin["t"] - crashed, f"peer {victim} rejoins at round {rejoin['at']} (was at "
@@ -115,7 +119,6 @@ def timeline(cfg, out: Path, victim: int, crashed: float) -> tuple[list[tuple[fl
                                              f"{' and optimizer state' if rejoin.get('optimizer') else ''}, "
                                              f"{'taken' if rejoin['taken'] else 'NOT taken'} after "
                                              f"{rejoin['wait_s']} s"))
-        up = up if up is not None else rejoin["t"] - rejoin["wait_s"]
     first_iter = next((e for e in mine if e["ev"] == "iter" and rejoin and e["t"] > rejoin["t"]), None)
     if first_iter:
         lines.append((first_iter["t"] - crashed, f"peer {victim} trains: iteration {first_iter['it']}"))
@@ -156,14 +159,15 @@ def main() -> int:
         args.down_s = 3.0 if args.signal == "kill" else 10.0
     out = Path(args.out)
     crashed = crash(args, out)
-    lines, figures = timeline(cfg, out, args.victim, crashed)
+    woken = crashed + args.down_s if args.signal == "stop" else None
+    lines, figures = timeline(cfg, out, args.victim, crashed, woken)
     for t, what in lines:
         print(f"{t:+8.2f} s  {what}")
     summary = json.loads((out / "summary.json").read_text())
     deadline = max(getattr(stage.params, "deadline_s", 0.0) for stage in
                    (cfg.strategies.exchange, cfg.strategies.gossip, cfg.strategies.knowledge))
     checks = {
-        f"training at the current round within {TRAINING_AGAIN_S:g} s of its transport coming up":
+        f"training at the current round within {TRAINING_AGAIN_S:g} s of its transport coming up (or waking)":
             figures["training_again_s"] is not None and figures["training_again_s"] <= TRAINING_AGAIN_S,
         f"first evaluation after rejoining within {EVAL_GAP * 100:g} points of the others' mean":
             figures.get("first_eval_gap") is not None and figures["first_eval_gap"] <= EVAL_GAP,

@@ -7,7 +7,7 @@ import numpy as np
 
 from conftest import stage_context
 from dlion import messages
-from dlion.rejoin import Rejoin
+from dlion.rejoin import LEAD, Rejoin
 
 PEERS = (0, 1, 2)
 EVERY = 10
@@ -83,9 +83,10 @@ def test_a_restarted_peer_starts_at_the_others_round_with_a_leading_peers_parame
         t.wait_for_peers(5)  # the hellos say where everyone is
     with answering(rejoins, {0: 300, 1: 301}):
         at = rejoins[2].start(0)
-    assert at == 301 and transports[2].mailbox.round == 301
-    ev, rejoin = logs[2].events[0]  # the others' hellos move each other's rounds: both say 301
-    assert ev == "rejoin" and rejoin["at"] == 301 and rejoin["was_at"] == 0 and rejoin["asked"] in (0, 1)
+    # LEAD rounds past the answer's: the others start those after it is back (their hellos made both say 301)
+    assert at == 301 + LEAD and transports[2].mailbox.round == at
+    ev, rejoin = logs[2].events[0]
+    assert ev == "rejoin" and rejoin["at"] == at and rejoin["was_at"] == 0 and rejoin["asked"] in (0, 1)
     assert rejoin["taken"] and rejoin["optimizer"] and rejoin["wait_s"] < 1.0, rejoin
     source = rejoin["asked"]
     np.testing.assert_array_equal(trainers[2].params, trainers[source].params)  # the replica, restored exactly
@@ -124,7 +125,7 @@ def test_a_lost_request_is_repeated_until_answered(inproc):
     with answering(rejoins, {0: 500, 1: 500}):
         at = rejoins[2].start(0)
     ev, rejoin = logs[2].events[0]
-    assert lost and at == 500 and rejoin["taken"] and 0.9 <= rejoin["wait_s"] < 2.0, rejoin  # REQUEST_EVERY_S
+    assert lost and at == 500 + LEAD and rejoin["taken"] and 0.9 <= rejoin["wait_s"] < 2.0, rejoin  # REQUEST_EVERY_S
     np.testing.assert_array_equal(trainers[2].params, trainers[0].params)
 
 
@@ -137,7 +138,7 @@ def test_an_unanswered_request_is_given_up_and_the_peer_trains_on_with_its_own_s
     advance(transports, 0, 500)
     for t in transports.values():
         t.wait_for_peers(5)
-    assert rejoins[2].start(0) == 500  # nobody answers: it still re-enters at the others' round
+    assert rejoins[2].start(0) == 500 + LEAD  # nobody answers: it still re-enters at the others' round
     assert logs[2].events[0][1]["taken"] is False and trainers[2].params[0] == 2.0
 
 
@@ -154,7 +155,7 @@ def test_a_peer_woken_after_a_freeze_learns_it_is_behind_from_messages_beyond_it
     assert transports[2].stats()[0].dropped == 1  # not filed: beyond the window
     with answering(rejoins, {0: window + 400}):
         at = rejoins[2].step(40)
-    assert at == window + 400 and logs[2].events[0][1]["asked"] == 0 and logs[2].events[0][1]["taken"]
+    assert at == window + 400 + LEAD and logs[2].events[0][1]["asked"] == 0 and logs[2].events[0][1]["taken"]
     np.testing.assert_array_equal(trainers[2].params, trainers[0].params)
 
 
@@ -174,4 +175,4 @@ def test_peers_that_departed_without_a_bye_are_knocked_on_and_their_answer_readm
             at = rejoins[2].step(at)
             time.sleep(0.01)
     assert 0 not in transports[2].mailbox.departed and 1 in transports[2].mailbox.departed
-    assert at == 700 and logs[2].events[0][0] == "rejoin"
+    assert at == 700 + LEAD and logs[2].events[0][0] == "rejoin"

@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from typing import Callable, Iterable
 
-from dlion.messages import COLLECTED
+from dlion.messages import ANNOUNCEMENTS, COLLECTED
 
 from .wire import Message
 
@@ -74,8 +74,9 @@ class Mailbox:
         the same round from the same sender).
 
         A filed message proves its sender is alive: it re-admits a sender that had departed (a restarted peer, a
-        connection that came back; `bye` is the last message on a connection, so nothing older can follow it). One
-        that is not filed proves nothing. Suspicion is cleared only by a `take` or `collect` that finds what it waited
+        connection that came back; `bye` is the last message on a connection, so nothing older can follow it), except
+        an announcement (`messages.ANNOUNCEMENTS`: a hello, a rejoin request), which a peer sends before it takes part
+        in rounds again, so nobody waits for it meanwhile. One that is not filed proves nothing. Suspicion is cleared only by a `take` or `collect` that finds what it waited
         for: a sender that sends anything else, but not its round's messages, is still not waited for.
         """
         with self._cond:
@@ -91,8 +92,9 @@ class Mailbox:
             growth = msg.nbytes - (replaced.nbytes if replaced is not None else 0)
             if self._held[msg.sender] + growth > self.max_held_bytes:
                 return "sender memory"
-            self._departed.discard(msg.sender)
-            self._said_bye.discard(msg.sender)
+            if msg.kind not in ANNOUNCEMENTS:
+                self._departed.discard(msg.sender)
+                self._said_bye.discard(msg.sender)
             rounds[msg.round] = msg
             self._held[msg.sender] += growth
             if len(rounds) > self.keep_rounds and msg.kind not in COLLECTED:
@@ -140,7 +142,9 @@ class Mailbox:
         """Wait until every expected sender has a message with round in [round - staleness, round] (newest
         wins) or until `deadline` (time.monotonic()); return what is there.
 
-        Departed and suspected senders are not waited for. Rounds are taken in increasing order, so afterwards
+        Departed and suspected senders are not waited for, nor a sender that has already sent a later round of `kind`
+        (a peer that rejoined ahead skipped this one; a link delivers in order). Rounds are taken in increasing order,
+        so afterwards
         nothing below `round - staleness + 1` can be used any more: the low-water mark for `kind` rises there, older
         entries are dropped, and a message arriving below it counts as late (a straggler for a finished round).
         """
@@ -150,13 +154,14 @@ class Mailbox:
             self._round = max(self._round, round)
             while True:
                 found = self._collect(kind, senders, oldest, round)
-                waiting = senders - found.keys() - self._departed - self._suspected()
+                ahead = {s for s in senders if self._newest.get((kind, s), -1) > round}
+                waiting = senders - found.keys() - ahead - self._departed - self._suspected()
                 remaining = deadline - time.monotonic()
                 if not waiting or remaining <= 0:
                     break
                 self._cond.wait(remaining)
             for s in senders - self._departed:
-                if s in found:
+                if s in found or s in ahead:
                     self._misses.pop(s, None)
                 else:
                     self._misses[s] += 1
@@ -231,6 +236,11 @@ class Mailbox:
     def departed(self) -> frozenset[int]:
         with self._cond:
             return frozenset(self._departed)
+
+    def left(self) -> frozenset[int]:
+        """Senders that said bye and sent nothing that re-admits them since."""
+        with self._cond:
+            return frozenset(self._said_bye)
 
     def departed_silently(self) -> frozenset[int]:
         """Departed senders that did not say bye: they may still be there (a host that froze, a cut link)."""

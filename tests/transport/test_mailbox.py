@@ -49,7 +49,7 @@ def test_take_returns_immediately_when_there_is_nothing_to_wait_for():
 def test_take_returns_at_the_deadline_with_what_it_has():
     mb = Mailbox()
     mb.put(msg("grad", 1, 0))
-    put_later(mb, 0.05, msg("grad", 3, 0), msg("eval", 2, 0), msg("grad", 2, 1))  # not what we wait for
+    put_later(mb, 0.05, msg("grad", 3, 0), msg("eval", 2, 0), msg("eval", 2, 1))  # not what we wait for
     got, elapsed = timed_take(mb, "grad", 0, [1, 2, 3], time.monotonic() + 0.3)
     assert sorted(got) == [1, 3]
     assert 0.3 <= elapsed <= 0.5
@@ -93,11 +93,23 @@ def test_a_departure_wakes_a_waiting_take():
     assert got == {} and elapsed < 0.3
 
 
-def test_a_message_after_departure_readmits_the_sender():
+def test_a_message_after_departure_readmits_the_sender_but_an_announcement_does_not():
     mb = Mailbox()
     mb.mark_departed(1)
     mb.put(msg("hello", 1, 0))
+    mb.put(msg("rejoin", 1, 5))
+    assert mb.departed == {1}  # back, but not in rounds yet: nobody waits for it
+    mb.put(msg("grad", 1, 5))
     assert mb.departed == frozenset()
+
+
+def test_take_does_not_wait_for_a_sender_that_already_sent_a_later_round():
+    mb = Mailbox()
+    mb.put(msg("grad", 1, 7))  # peer 1 rejoined at round 7: it will never send round 5
+    for round_ in (5, 6):
+        got, elapsed = timed_take(mb, "grad", round_, [1], time.monotonic() + 1.0)
+        assert got == {} and elapsed < 0.1
+    assert suspected(mb) == frozenset()  # skipping rounds is no miss
 
 
 def suspected(mb):
