@@ -26,6 +26,7 @@ FETCH = "fetch"      # knowledge transfer: send me your parameters
 MODEL = "model"      # knowledge transfer: the parameters asked for
 CREDIT = "credit"    # model plane: the push-sum weight a receiver has used from a link so far
 REJOIN = "rejoin"    # a restarted peer asks for the parameters to continue from (answered with a model)
+BACK = "back"        # a rejoining peer takes part in rounds again from round `at` on
 OPTIMIZER = "optimizer"  # with a rejoin answer: the answering peer's optimizer state (moments, step count)
 PROBE = "probe"      # link measurement (scripts/check_emulation.py): payload or ping
 ACK = "ack"          # link measurement: the answer to a probe
@@ -124,6 +125,7 @@ KINDS: dict[str, Kind] = {
     SCORE: Kind({"loss": non_negative_float}, rate=50.0, burst=50),  # a cross-entropy
     FETCH: Kind(rate=5.0, burst=5),
     REJOIN: Kind(rate=1.0, burst=2),
+    BACK: Kind({"at": round_number}, rate=1.0, burst=2),
     MODEL: Kind({}, frozenset({"x"})),
     OPTIMIZER: Kind({}, frozenset({"o"}), rate=1.0, burst=2),
     PROBE: Kind({}, frozenset(), frozenset({"payload"})),

@@ -2,10 +2,11 @@
 
 A peer falls behind when it was restarted while the others trained (its round starts from its checkpoint, or 0) or
 when its host froze and woke up. Either way it asks the peer furthest ahead for its parameters and optimizer state
-(a `rejoin` message, repeated until answered), takes them, and re-enters at the newest round it has messages of, so
-its first round finds the others' messages waiting and nobody waits for it. A peer also says hello, once in a while,
-to peers that departed without a bye: if they are still there, their answer re-admits them and tells how far they
-got. Every peer answers rejoin requests.
+(a `rejoin` message, repeated until answered) and waits for them; its hellos and requests do not make the others wait
+for it meanwhile. Then it tells every peer it is back from a round a little past the newest it knows of (`back`):
+that re-admits it, the others send it every round they start from then on, and they do not wait for it in the
+rounds before. A peer also says hello, once in a while, to peers that departed without a bye: if they are still
+there, their answer re-admits them and tells how far they got. Every peer answers rejoin requests.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import time
 from dlion import messages
 
 WAIT_S = 10.0           # how long a rejoining peer waits for the state it asked for
-LEAD = 2                # it enters this many rounds past the answer's: rounds the others start after it is back
+LEAD = 2                # it enters this many rounds past the newest it knows of: rounds the others start after its
+                        # `back` reached them
 REQUEST_EVERY_S = 1.0   # how often it repeats the request meanwhile (one may be lost behind a full queue)
 KNOCK_EVERY_S = 1.0     # how often a peer says hello to peers that departed without a bye
 _POLL_S = 0.01
@@ -49,8 +51,12 @@ class Rejoin:
             return iteration
         self.transport.mailbox.advance(ahead)
         answered, taken = self._fetch(source, ahead, iteration)
-        at = max([answered + LEAD, *self.transport.mailbox.newest_rounds().values()])
+        at = max([answered, *self.transport.mailbox.newest_rounds().values()]) + LEAD
         self.transport.mailbox.advance(at)
+        left = self.transport.mailbox.left()
+        for p in self.ctx.others:
+            if p not in left:
+                self.transport.send(p, messages.BACK, at, meta={"at": at})
         self.log.emit("rejoin", at=at, was_at=iteration, asked=source, **taken)
         self.at = at
         return at

@@ -24,6 +24,7 @@ def test_the_wire_knows_exactly_the_declared_kinds():
     ("score", {"loss": 0.5}, ()),
     ("hello", {"heard": "0,2", "at": 0}, ()),
     ("rejoin", {}, ()),
+    ("back", {"at": 7}, ()),
     ("hello", {"heard": "", "at": 550}, ()),
     ("model", {}, ("x",)),
     ("optimizer", {}, ("o",)),

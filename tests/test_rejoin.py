@@ -92,6 +92,9 @@ def test_a_restarted_peer_starts_at_the_others_round_with_a_leading_peers_parame
     np.testing.assert_array_equal(trainers[2].params, trainers[source].params)  # the replica, restored exactly
     np.testing.assert_array_equal(trainers[2].optimizer, trainers[source].optimizer)
     assert logs[0].events == [] and logs[1].events == []
+    time.sleep(0.05)
+    for p in (0, 1):  # told where it takes part from: they do not wait for it before
+        assert transports[p].mailbox.latest(messages.BACK, 2).meta["at"] == at
 
 
 def test_a_peer_within_the_margin_keeps_its_own_state(inproc):

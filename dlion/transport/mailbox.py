@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from typing import Callable, Iterable
 
-from dlion.messages import ANNOUNCEMENTS, COLLECTED
+from dlion.messages import ANNOUNCEMENTS, BACK, COLLECTED
 
 from .wire import Message
 
@@ -44,6 +44,7 @@ class Mailbox:
         self._screened: dict[tuple[str, int], Message] = {}  # the latest message per key once it passed the screen
         self._newest: dict[tuple[str, int], int] = {}  # the highest round filed per (kind, sender)
         self._beyond: dict[int, int] = {}  # the highest round per sender refused as beyond the window
+        self._back_at: dict[int, int] = {}  # a rejoined sender takes part from this round on (`back` message)
         self._misses: dict[int, int] = defaultdict(int)
         self._departed: set[int] = set()
         self._said_bye: set[int] = set()
@@ -95,6 +96,8 @@ class Mailbox:
             if msg.kind not in ANNOUNCEMENTS:
                 self._departed.discard(msg.sender)
                 self._said_bye.discard(msg.sender)
+            if msg.kind == BACK:
+                self._back_at[msg.sender] = msg.meta["at"]
             rounds[msg.round] = msg
             self._held[msg.sender] += growth
             if len(rounds) > self.keep_rounds and msg.kind not in COLLECTED:
@@ -142,9 +145,8 @@ class Mailbox:
         """Wait until every expected sender has a message with round in [round - staleness, round] (newest
         wins) or until `deadline` (time.monotonic()); return what is there.
 
-        Departed and suspected senders are not waited for, nor a sender that has already sent a later round of `kind`
-        (a peer that rejoined ahead skipped this one; a link delivers in order). Rounds are taken in increasing order,
-        so afterwards
+        Departed and suspected senders are not waited for, nor a sender that said it is back from a later round on
+        (a rejoined peer: `back`). Rounds are taken in increasing order, so afterwards
         nothing below `round - staleness + 1` can be used any more: the low-water mark for `kind` rises there, older
         entries are dropped, and a message arriving below it counts as late (a straggler for a finished round).
         """
@@ -154,7 +156,7 @@ class Mailbox:
             self._round = max(self._round, round)
             while True:
                 found = self._collect(kind, senders, oldest, round)
-                ahead = {s for s in senders if self._newest.get((kind, s), -1) > round}
+                ahead = {s for s in senders if self._back_at.get(s, 0) > round}
                 waiting = senders - found.keys() - ahead - self._departed - self._suspected()
                 remaining = deadline - time.monotonic()
                 if not waiting or remaining <= 0:
@@ -178,7 +180,8 @@ class Mailbox:
         """Wait until no live sender is behind round `needed` of `kind`, or until `deadline`; the senders behind
         (departed and suspected ones included). With the condition held."""
         while True:
-            behind = {s for s in senders if self._newest.get((kind, s), -1) < needed}
+            behind = {s for s in senders
+                      if self._newest.get((kind, s), -1) < needed and self._back_at.get(s, 0) <= needed}
             remaining = deadline - time.monotonic()
             if not behind - self._departed - self._suspected() or remaining <= 0:
                 return behind

@@ -103,13 +103,18 @@ def test_a_message_after_departure_readmits_the_sender_but_an_announcement_does_
     assert mb.departed == frozenset()
 
 
-def test_take_does_not_wait_for_a_sender_that_already_sent_a_later_round():
+def test_a_sender_back_from_a_later_round_is_not_waited_for_before_it():
     mb = Mailbox()
-    mb.put(msg("grad", 1, 7))  # peer 1 rejoined at round 7: it will never send round 5
+    mb.mark_departed(1)
+    mb.put(msg("back", 1, 7, at=7))  # peer 1 rejoined: it takes part from round 7
+    assert mb.departed == frozenset()
     for round_ in (5, 6):
         got, elapsed = timed_take(mb, "grad", round_, [1], time.monotonic() + 1.0)
         assert got == {} and elapsed < 0.1
+        assert mb.collect("gossip", round_, [1], time.monotonic() + 1.0) == {}
     assert suspected(mb) == frozenset()  # skipping rounds is no miss
+    got, elapsed = timed_take(mb, "grad", 7, [1], time.monotonic() + 0.2)
+    assert got == {} and elapsed >= 0.2  # from round 7 on it is waited for
 
 
 def suspected(mb):
