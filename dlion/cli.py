@@ -47,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     peer.add_argument("--config", required=True, help="YAML config file")
     peer.add_argument("--id", type=int, required=True, help="this peer's id in the config")
     peer.add_argument("--out", help="output directory (default: output.dir of the config)")
-    peer.add_argument("--resume-at", type=int, metavar="N", help="continue from this peer's checkpoint of iteration N "
-                                                                 "in the output directory")
+    peer.add_argument("--resume-at", type=_iteration_or_latest, metavar="N",
+                      help="continue from this peer's checkpoint of iteration N in the output directory, or "
+                           "`latest`: from its latest one if it has any (a restarted container)")
 
     validate = sub.add_parser("validate", parents=[overrides],
                               help="check a config, its data and its model, and print it resolved")
@@ -144,7 +145,11 @@ def main(argv=None) -> int:
                                                "reaches a peer's port can speak as any peer")
         if args.command == "emulate":
             return _emulate(args, cfg)
-        return _peer(cfg, args.id, out_dir, args.resume_at)
+        resume_at = args.resume_at
+        if resume_at == "latest":
+            from dlion import checkpoint
+            resume_at = checkpoint.latest(out_dir, args.id)
+        return _peer(cfg, args.id, out_dir, resume_at)
     except (DataError, ConfigError, security.KeysError, EmulationError) as exc:
         return _refused(exc)
 
@@ -158,6 +163,15 @@ def _refused(exc: Exception) -> int:
     kind = next(label for cls, label in _KINDS_OF_ERROR.items() if isinstance(exc, cls))
     print(f"dlion: {kind}: {exc}", file=sys.stderr)
     return EXIT_CONFIG
+
+
+def _iteration_or_latest(text: str):
+    if text == "latest":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an iteration number or `latest`, got {text!r}") from None
 
 
 def _peer(cfg, peer_id: int, out_dir: str, resume_at: int | None = None) -> int:

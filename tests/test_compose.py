@@ -233,3 +233,29 @@ def test_swarm_stack_file_is_valid_for_docker_compose(tmp_path):
     result = subprocess.run(["docker-compose", "-f", "deploy/stack.yml", "config", "-q"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_entry_point_keeps_a_crashed_peers_events_and_resumes_it_but_starts_a_new_run_afresh(tmp_path):
+    """peers/entrypoint.sh with a stand-in `dlion` that prints its arguments: a container restarted after a crash
+    (its log has no final event) continues; a new run (no log, or a finished one) drops the old events."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, script in (("dlion", 'echo "$@"'), ("id", "echo 1000")):  # not root: no shaping, no user switch
+        (bindir / name).write_text(f"#!/bin/sh\n{script}\n")
+        (bindir / name).chmod(0o755)
+    out = tmp_path / "results"
+    out.mkdir()
+    log = out / "peer-1.jsonl"
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "PEER_ID": "1", "DLION_OUT": str(out), "DLION_CONFIG": "c.yaml"}
+
+    def start():
+        result = subprocess.run(["sh", str(ROOT / "peers" / "entrypoint.sh"), "--set", "a=b"], env=env,
+                                capture_output=True, text=True, check=True)
+        return result.stdout.split()
+
+    assert "--resume-at" not in start()
+    log.write_text('{"ev":"start","peer":1}\n{"ev":"iter","peer":1,"it":10}\n')  # crashed mid-run
+    args = start()
+    assert args[args.index("--resume-at") + 1] == "latest" and log.exists() and args[-2:] == ["--set", "a=b"]
+    log.write_text('{"ev":"start","peer":1}\n{"ev":"final","peer":1}\n')  # that run ended: this is a new one
+    assert "--resume-at" not in start() and not log.exists()
