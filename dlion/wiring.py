@@ -207,12 +207,18 @@ def _make_stages(cfg: Config, ctx: StageContext) -> Stages:
 
 
 def _warm_up(trainer, local: LocalData, batch: int) -> None:
-    """One gradient computation before training, so that no round pays for TensorFlow's first-call work (graph
-    optimization, kernel setup): every measured compute time is a real one. The model is left as it was."""
+    """One gradient computation, optimizer step and evaluation before training, so that no round pays for
+    TensorFlow's first-call work (tracing, graph optimization, kernel setup: seconds under a small CPU cap, which a
+    peer joins only after this): every measured compute time is a real one. The model and optimizer are left as
+    they were."""
     idx = local.train_idx[:batch]
-    params = trainer.get_params()
-    trainer.gradients(local.dataset.x_train[idx], local.dataset.y_train[idx])
+    x, y = local.dataset.x_train[idx], local.dataset.y_train[idx]
+    params, state = trainer.get_params(), trainer.optimizer_state()
+    _, grads = trainer.gradients(x, y)
+    trainer.apply(np.zeros_like(grads))
+    trainer.evaluate(x, y)
     trainer.set_params(params)  # a training-mode pass moves BatchNorm statistics
+    trainer.set_optimizer_state(state)  # a step moves the step count and the moments
 
 
 def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dataset=None,
