@@ -10,13 +10,15 @@ there, their answer re-admits them and tells how far they got. Every peer answer
 """
 from __future__ import annotations
 
+import math
 import time
 
 from dlion import messages
 
 WAIT_S = 10.0           # how long a rejoining peer waits for the state it asked for
-LEAD = 2                # it enters this many rounds past the newest it knows of: rounds the others start after its
-                        # `back` reached them
+LEAD = 2                # it enters at least this many rounds past the newest it knows of: rounds the others start
+                        # after its `back` reached them
+BACK_MARGIN_S = 0.2     # and as many more as the others make, at their pace, in the time it took, and this long
 REQUEST_EVERY_S = 1.0   # how often it repeats the request meanwhile (one may be lost behind a full queue)
 KNOCK_EVERY_S = 1.0     # how often a peer says hello to peers that departed without a bye
 _POLL_S = 0.01
@@ -50,8 +52,9 @@ class Rejoin:
         if ahead <= iteration + margin:
             return iteration
         self.transport.mailbox.advance(ahead)
-        answered, taken = self._fetch(source, ahead, iteration)
-        at = max([answered, *self.transport.mailbox.newest_rounds().values()]) + LEAD
+        answer, taken = self._fetch(source, ahead, iteration)
+        newest = max([answer.round if answer is not None else ahead, *self.transport.mailbox.newest_rounds().values()])
+        at = newest + self._lead(source, answer)
         self.transport.mailbox.advance(at)
         left = self.transport.mailbox.left()
         for p in self.ctx.others:
@@ -82,16 +85,26 @@ class Rejoin:
             self.transport.knock(silent)
             self._next_knock = time.monotonic() + KNOCK_EVERY_S
 
-    def _fetch(self, source: int, round_: int, iteration: int) -> tuple[int, dict]:
-        """Ask `source` for its state and wait for it (at most WAIT_S); take it. Returns the round the answer was
-        sent at (the source's; `round_` if none came) and what happened, for the rejoin event: taken, with the
+    def _lead(self, source: int, answer) -> int:
+        """How many rounds past the newest it knows of a rejoining peer comes back at: LEAD, plus the rounds the
+        source makes, at the pace its hello and its answer show, since the answer and for BACK_MARGIN_S more (the
+        `back` must reach the others before they start that round), at most an evaluation period more."""
+        hello = self.transport.mailbox.latest(messages.HELLO, source)
+        if answer is None or hello is None or answer.received_at <= hello.received_at:
+            return LEAD
+        rate = max(0.0, (answer.round - hello.meta["at"]) / (answer.received_at - hello.received_at))
+        return LEAD + min(self.every, math.ceil(rate * (time.time() - answer.received_at + BACK_MARGIN_S)))
+
+    def _fetch(self, source: int, round_: int, iteration: int) -> tuple[object, dict]:
+        """Ask `source` for its state and wait for it (at most WAIT_S); take it. Returns the answer (its round is
+        the source's when it answered; None if none came) and what happened, for the rejoin event: taken, with the
         optimizer state or not, how long it took."""
         asked = sent = time.monotonic()
         self.transport.send(source, messages.REJOIN, round_)
         while (msg := self.transport.mailbox.latest(messages.MODEL, source)) is None or msg.round < round_:
             now = time.monotonic()
             if now - asked > WAIT_S:
-                return round_, {"taken": False, "wait_s": round(now - asked, 3)}
+                return None, {"taken": False, "wait_s": round(now - asked, 3)}
             if now - sent >= REQUEST_EVERY_S:
                 self.transport.send(source, messages.REJOIN, round_)
                 sent = now
@@ -101,7 +114,7 @@ class Rejoin:
         own = self.trainer.get_params()
         if getattr(msg.tensors["x"], "shape", None) != own.shape:
             self.transport.reject(msg, "shape", f"expected parameters of shape {own.shape}")
-            return round_, {"taken": False, "wait_s": waited}
+            return None, {"taken": False, "wait_s": waited}
         self.trainer.set_params(msg.tensors["x"])
         # sent just before the model on the same link, so here by now if it was sent at all
         state = self.transport.mailbox.latest(messages.OPTIMIZER, source)
@@ -112,7 +125,7 @@ class Rejoin:
             except ValueError as e:
                 self.transport.reject(state, "shape", str(e))
                 with_optimizer = False
-        return msg.round, {"taken": True, "optimizer": with_optimizer, "wait_s": waited}
+        return msg, {"taken": True, "optimizer": with_optimizer, "wait_s": waited}
 
     def _answer(self, iteration: int) -> None:
         """Send a peer that asks our optimizer state, then our parameters, at our round (each request once; the
