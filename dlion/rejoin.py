@@ -5,7 +5,8 @@ when its host froze and woke up. Either way it asks the peer furthest ahead for 
 (a `rejoin` message, repeated until answered) and waits for them; its hellos and requests do not make the others wait
 for it meanwhile. Then it tells every peer it is back from a round a little past the newest it knows of (`back`):
 that re-admits it, the others send it every round they start from then on, and they do not wait for it in the
-rounds before. A peer also says hello, once in a while, to peers that departed without a bye: if they are still
+rounds before; one already past that round answers with its own next round, before which the rejoining peer does
+not wait for it either. A peer also says hello, once in a while, to peers that departed without a bye: if they are still
 there, their answer re-admits them and tells how far they got. Every peer answers rejoin requests.
 """
 from __future__ import annotations
@@ -57,9 +58,7 @@ class Rejoin:
         at = newest + self._lead(source, answer)
         self.transport.mailbox.advance(at)
         left = self.transport.mailbox.left()
-        for p in self.ctx.others:
-            if p not in left:
-                self.transport.send(p, messages.BACK, at, meta={"at": at})
+        self.transport.back([p for p in self.ctx.others if p not in left], at)
         self.log.emit("rejoin", at=at, was_at=iteration, asked=source, **taken)
         self.at = at
         return at

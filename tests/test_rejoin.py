@@ -180,3 +180,19 @@ def test_peers_that_departed_without_a_bye_are_knocked_on_and_their_answer_readm
             time.sleep(0.01)
     assert 0 not in transports[2].mailbox.departed and 1 in transports[2].mailbox.departed
     assert at == 700 + LEAD and logs[2].events[0][0] == "rejoin"
+
+
+def test_a_peer_already_past_the_round_a_rejoined_peer_comes_back_at_says_from_which_round_it_sends_to_it(inproc):
+    transports = inproc(PEERS)
+    for t in transports.values():
+        t.wait_for_peers(5)
+    advance(transports, 0, 520)  # peer 0 went on faster than the rejoined peer expected
+    advance(transports, 1, 480)
+    advance(transports, 2, 500)  # the rejoined peer enters round 500
+    transports[2].back([0, 1], 500)
+    time.sleep(0.05)
+    assert transports[0].mailbox.latest(messages.BACK, 2).meta["at"] == 500
+    assert transports[2].mailbox.latest(messages.BACK, 0).meta["at"] == 521  # peer 0's messages to it start there
+    assert transports[2].mailbox.latest(messages.BACK, 1) is None  # peer 1 is behind 500: it will send round 500
+    got = transports[2].mailbox.take(messages.GRAD, 505, [0, 1], time.monotonic() + 0.3)
+    assert got == {}  # waited only for peer 1 (0.3 s), not for peer 0 before 521

@@ -203,6 +203,10 @@ class Transport(abc.ABC):
             else:
                 self._drop(link, msg.kind, refused, f"{msg.kind} round {msg.round}: {refused}")
             return
+        if msg.kind == messages.BACK and msg.meta["at"] <= self.mailbox.round:
+            # A peer back in rounds we have already started: what we send it begins with our next round, so it
+            # must not wait for us before that one.
+            self._back(link, self.mailbox.round + 1)
         if msg.kind == messages.HELLO:
             self.mailbox.advance(msg.meta["at"])  # a rejoining peer takes the others' rounds in
             if self.peer_id not in _heard(msg) or msg.meta["at"] < self.mailbox.round:
@@ -250,6 +254,15 @@ class Transport(abc.ABC):
         """Peers we heard from whose latest hello says they heard from us: reachable both ways."""
         return {p for p in self.peers
                 if (m := self.mailbox.latest(messages.HELLO, p)) is not None and self.peer_id in _heard(m)}
+
+    def back(self, peers: Iterable[int], round_: int) -> None:
+        """Tell `peers` this peer takes part in rounds from `round_` on (a rejoin): they re-admit it and do not
+        wait for it before that round; one that is already further answers with its own next round."""
+        for p in peers:
+            self._back(p, round_)
+
+    def _back(self, dst: int, round_: int) -> None:
+        self.send(dst, messages.BACK, round_, meta={"at": round_})
 
     def knock(self, peers: Iterable[int]) -> None:
         """A hello to peers that departed without a bye, with our round: if they are still there, their answer
