@@ -27,7 +27,7 @@ MODEL = "model"      # knowledge transfer: the parameters asked for
 CREDIT = "credit"    # model plane: the push-sum weight a receiver has used from a link so far
 REJOIN = "rejoin"    # a restarted peer asks for the parameters to continue from (answered with a model)
 BACK = "back"        # a rejoining peer takes part in rounds again from round `at` on
-OPTIMIZER = "optimizer"  # with a rejoin answer: the answering peer's optimizer state (moments, step count)
+OPTIMIZER = "optimizer"  # with a rejoin answer: the answering peer's round and optimizer state (moments, step count)
 PROBE = "probe"      # link measurement (scripts/check_emulation.py): payload or ping
 ACK = "ack"          # link measurement: the answer to a probe
 
@@ -127,7 +127,7 @@ KINDS: dict[str, Kind] = {
     REJOIN: Kind(rate=1.0, burst=2),
     BACK: Kind({"at": round_number}, rate=1.0, burst=2),
     MODEL: Kind({}, frozenset({"x"})),
-    OPTIMIZER: Kind({}, frozenset({"o"}), rate=1.0, burst=2),
+    OPTIMIZER: Kind({"at": round_number}, frozenset({"o"}), rate=1.0, burst=2),
     PROBE: Kind({}, frozenset(), frozenset({"payload"})),
     ACK: Kind(),
 }

@@ -22,6 +22,7 @@ LEAD = 2                # it enters at least this many rounds past the newest it
 BACK_MARGIN_S = 0.2     # and as many more as the others make, at their pace, in the time it took, and this long
 REQUEST_EVERY_S = 1.0   # how often it repeats the request meanwhile (one may be lost behind a full queue)
 KNOCK_EVERY_S = 1.0     # how often a peer says hello to peers that departed without a bye
+RETRY_AFTER_S = 30.0    # after a request nobody answered, how long before a peer tries to catch up again
 _POLL_S = 0.01
 
 
@@ -36,6 +37,8 @@ class Rejoin:
         self.every = every_iterations
         self._answered: dict[int, object] = {}  # peer -> the last rejoin request of its answered
         self._next_knock = 0.0
+        self._knocked_at = 0.0  # when we last knocked (time.time()): a hello since is an answer
+        self._retry_at = 0.0  # no catch-up before this (time.monotonic()) after an unanswered request
         self.at: int | None = None  # the round of the latest rejoin
 
     def start(self, iteration: int) -> int:
@@ -49,13 +52,18 @@ class Rejoin:
         return self._catch_up(iteration, 2 * self.every)
 
     def _catch_up(self, iteration: int, margin: int) -> int:
+        """Only the source's answer moves the peer (its round is in the answer): what made it ask (a hello, a
+        message beyond the window) may be stale, or forged where links are not authenticated."""
         ahead, source = self._furthest_ahead()
-        if ahead <= iteration + margin:
+        if ahead <= iteration + margin or time.monotonic() < self._retry_at:
             return iteration
-        self.transport.mailbox.advance(ahead)
-        answer, taken = self._fetch(source, ahead, iteration)
-        newest = max([answer.round if answer is not None else ahead, *self.transport.mailbox.newest_rounds().values()])
-        at = newest + self._lead(source, answer)
+        state, taken = self._fetch(source, iteration)
+        if state is None:
+            self._retry_at = time.monotonic() + RETRY_AFTER_S
+            self.log.emit("rejoin", at=iteration, was_at=iteration, asked=source, **taken)
+            return iteration
+        newest = max([state.meta["at"], *self.transport.mailbox.newest_rounds().values()])
+        at = max(iteration, newest + self._lead(source, state))
         self.transport.mailbox.advance(at)
         left = self.transport.mailbox.left()
         self.transport.back([p for p in self.ctx.others if p not in left], at)
@@ -64,16 +72,16 @@ class Rejoin:
         return at
 
     def _furthest_ahead(self) -> tuple[int, int | None]:
-        """The highest round a peer that did not leave is known to be at (its latest hello says so, or it sent a
-        message of that round, even one beyond our window), and that peer. Departed peers count: a woken peer's own
-        heartbeats may have given up on the others, whose answers to its knocks tell where they are."""
+        """The highest round a live peer is known to be at (its latest hello says so, or it sent a message of that
+        round, even one beyond our window), and that peer. A departed peer counts once it answered a knock: a woken
+        peer's own heartbeats may have given up on the others."""
         seen = self.transport.mailbox.newest_rounds()
-        left = self.transport.mailbox.left()
+        departed = self.transport.mailbox.departed
         best = (0, None)
         for p in self.ctx.others:
-            if p in left:
-                continue
             hello = self.transport.mailbox.latest(messages.HELLO, p)
+            if p in departed and (hello is None or hello.received_at <= self._knocked_at):
+                continue  # gone, unless it answered our knock
             at = max(seen.get(p, 0), hello.meta["at"] if hello is not None else 0)
             if at > best[0]:
                 best = (at, p)
@@ -81,33 +89,36 @@ class Rejoin:
 
     def _knock(self) -> None:
         if (silent := self.transport.mailbox.departed_silently()) and time.monotonic() >= self._next_knock:
+            self._knocked_at = time.time()
             self.transport.knock(silent)
             self._next_knock = time.monotonic() + KNOCK_EVERY_S
 
-    def _lead(self, source: int, answer) -> int:
+    def _lead(self, source: int, state) -> int:
         """How many rounds past the newest it knows of a rejoining peer comes back at: LEAD, plus the rounds the
         source makes, at the pace its hello and its answer show, since the answer and for BACK_MARGIN_S more (the
         `back` must reach the others before they start that round), at most an evaluation period more."""
         hello = self.transport.mailbox.latest(messages.HELLO, source)
-        if answer is None or hello is None or answer.received_at <= hello.received_at:
+        if hello is None or state.received_at <= hello.received_at:
             return LEAD
-        rate = max(0.0, (answer.round - hello.meta["at"]) / (answer.received_at - hello.received_at))
-        return LEAD + min(self.every, math.ceil(rate * (time.time() - answer.received_at + BACK_MARGIN_S)))
+        rate = max(0.0, (state.meta["at"] - hello.meta["at"]) / (state.received_at - hello.received_at))
+        return LEAD + min(self.every, math.ceil(rate * (time.time() - state.received_at + BACK_MARGIN_S)))
 
-    def _fetch(self, source: int, round_: int, iteration: int) -> tuple[object, dict]:
-        """Ask `source` for its state and wait for it (at most WAIT_S); take it. Returns the answer (its round is
-        the source's when it answered; None if none came) and what happened, for the rejoin event: taken, with the
-        optimizer state or not, how long it took."""
+    def _fetch(self, source: int, round_: int) -> tuple[object, dict]:
+        """Ask `source` for its state (a request of our round `round_`) and wait for it (at most WAIT_S); take it.
+        Returns the answer's `optimizer` message (its meta `at` is the source's round; None if no answer came) and
+        what happened, for the rejoin event: taken, with the optimizer state or not, how long it took."""
         asked = sent = time.monotonic()
         self.transport.send(source, messages.REJOIN, round_)
-        while (msg := self.transport.mailbox.latest(messages.MODEL, source)) is None or msg.round < round_:
+        while ((msg := self.transport.mailbox.latest(messages.MODEL, source)) is None or msg.round != round_
+               or (state := self.transport.mailbox.latest(messages.OPTIMIZER, source)) is None
+               or state.round != round_):
             now = time.monotonic()
             if now - asked > WAIT_S:
                 return None, {"taken": False, "wait_s": round(now - asked, 3)}
             if now - sent >= REQUEST_EVERY_S:
                 self.transport.send(source, messages.REJOIN, round_)
                 sent = now
-            self._answer(iteration)  # were two peers to ask each other, neither waits in vain
+            self._answer(round_)  # were two peers to ask each other, neither waits in vain
             time.sleep(_POLL_S)
         waited = round(time.monotonic() - asked, 3)
         own = self.trainer.get_params()
@@ -115,27 +126,25 @@ class Rejoin:
             self.transport.reject(msg, "shape", f"expected parameters of shape {own.shape}")
             return None, {"taken": False, "wait_s": waited}
         self.trainer.set_params(msg.tensors["x"])
-        # sent just before the model on the same link, so here by now if it was sent at all
-        state = self.transport.mailbox.latest(messages.OPTIMIZER, source)
-        with_optimizer = state is not None and state.round == msg.round
+        with_optimizer = len(state.tensors["o"]) > 0  # empty: the source's state was too large to send
         if with_optimizer:
             try:
                 self.trainer.set_optimizer_vector(state.tensors["o"])
             except ValueError as e:
                 self.transport.reject(state, "shape", str(e))
                 with_optimizer = False
-        return msg, {"taken": True, "optimizer": with_optimizer, "wait_s": waited}
+        return state, {"taken": True, "optimizer": with_optimizer, "wait_s": waited}
 
     def _answer(self, iteration: int) -> None:
-        """Send a peer that asks our optimizer state, then our parameters, at our round (each request once; the
-        state is left out if it is larger than a message may be)."""
+        """Send a peer that asks our optimizer state with our round, then our parameters, both for its request's
+        round (each request once; the state is left empty if it is larger than a message may be)."""
         for p in self.ctx.others:  # a peer asking is not waited for (departed) until it takes part in rounds again
             msg = self.transport.mailbox.latest(messages.REJOIN, p)
             if msg is not None and self._answered.get(p) is not msg:
                 self._answered[p] = msg
-                at = max(msg.round, iteration)
+                state, meta = self.trainer.optimizer_vector(), {"at": iteration}
                 try:
-                    self.transport.send(p, messages.OPTIMIZER, at, {"o": self.trainer.optimizer_vector()})
+                    self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": state}, meta)
                 except ValueError:
-                    pass
-                self.transport.send(p, messages.MODEL, at, {"x": self.trainer.get_params()})
+                    self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": state[:0]}, meta)
+                self.transport.send(p, messages.MODEL, msg.round, {"x": self.trainer.get_params()})

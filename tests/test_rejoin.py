@@ -83,10 +83,10 @@ def test_a_restarted_peer_starts_at_the_others_round_with_a_leading_peers_parame
         t.wait_for_peers(5)  # the hellos say where everyone is
     with answering(rejoins, {0: 300, 1: 301}):
         at = rejoins[2].start(0)
-    # LEAD rounds past the answer's: the others start those after it is back (their hellos made both say 301)
-    assert at == 301 + LEAD and transports[2].mailbox.round == at
     ev, rejoin = logs[2].events[0]
     assert ev == "rejoin" and rejoin["at"] == at and rejoin["was_at"] == 0 and rejoin["asked"] in (0, 1)
+    # LEAD rounds past the round the source answered at: the others start those after it is back
+    assert at == {0: 300, 1: 301}[rejoin["asked"]] + LEAD and transports[2].mailbox.round == at
     assert rejoin["taken"] and rejoin["optimizer"] and rejoin["wait_s"] < 1.0, rejoin
     source = rejoin["asked"]
     np.testing.assert_array_equal(trainers[2].params, trainers[source].params)  # the replica, restored exactly
@@ -141,8 +141,9 @@ def test_an_unanswered_request_is_given_up_and_the_peer_trains_on_with_its_own_s
     advance(transports, 0, 500)
     for t in transports.values():
         t.wait_for_peers(5)
-    assert rejoins[2].start(0) == 500 + LEAD  # nobody answers: it still re-enters at the others' round
+    assert rejoins[2].start(0) == 0  # nobody answers: it trains on where it is, with its own state
     assert logs[2].events[0][1]["taken"] is False and trainers[2].params[0] == 2.0
+    assert rejoins[2].step(0) == 0 and len(logs[2].events) == 1  # and does not ask again at once (RETRY_AFTER_S)
 
 
 def test_a_peer_woken_after_a_freeze_learns_it_is_behind_from_messages_beyond_its_window(inproc):
