@@ -6,8 +6,8 @@ when its host froze and woke up. Either way it asks the peer furthest ahead for 
 for it meanwhile. Then it tells every peer it is back from a round a little past the newest it knows of (`back`):
 that re-admits it, the others send it every round they start from then on, and they do not wait for it in the
 rounds before; one already past that round answers with its own next round, before which the rejoining peer does
-not wait for it either. A peer also says hello, once in a while, to peers that departed without a bye: if they are still
-there, their answer re-admits them and tells how far they got. Every peer answers rejoin requests.
+not wait for it either. A peer also says hello, once in a while, to peers that departed without a bye: if they are
+still there, their answer tells how far they got. Every peer answers rejoin requests.
 """
 from __future__ import annotations
 

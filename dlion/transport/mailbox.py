@@ -77,8 +77,9 @@ class Mailbox:
         A filed message proves its sender is alive: it re-admits a sender that had departed (a restarted peer, a
         connection that came back; `bye` is the last message on a connection, so nothing older can follow it), except
         an announcement (`messages.ANNOUNCEMENTS`: a hello, a rejoin request), which a peer sends before it takes part
-        in rounds again, so nobody waits for it meanwhile. One that is not filed proves nothing. Suspicion is cleared only by a `take` or `collect` that finds what it waited
-        for: a sender that sends anything else, but not its round's messages, is still not waited for.
+        in rounds again, so nobody waits for it meanwhile. One that is not filed proves nothing. Suspicion is cleared
+        only by a `take` or `collect` that finds what it waited for: a sender that sends anything else, but not its
+        round's messages, is still not waited for.
         """
         with self._cond:
             if msg.round < self._low.get(msg.kind, 0):
@@ -156,7 +157,7 @@ class Mailbox:
             self._round = max(self._round, round)
             while True:
                 found = self._collect(kind, senders, oldest, round)
-                ahead = {s for s in senders if self._back_at.get(s, 0) > round}
+                ahead = {s for s in senders if self._back_later(s, round)}
                 waiting = senders - found.keys() - ahead - self._departed - self._suspected()
                 remaining = deadline - time.monotonic()
                 if not waiting or remaining <= 0:
@@ -181,7 +182,7 @@ class Mailbox:
         (departed and suspected ones included). With the condition held."""
         while True:
             behind = {s for s in senders
-                      if self._newest.get((kind, s), -1) < needed and self._back_at.get(s, 0) <= needed}
+                      if self._newest.get((kind, s), -1) < needed and not self._back_later(s, needed)}
             remaining = deadline - time.monotonic()
             if not behind - self._departed - self._suspected() or remaining <= 0:
                 return behind
@@ -249,6 +250,10 @@ class Mailbox:
         """Departed senders that did not say bye: they may still be there (a host that froze, a cut link)."""
         with self._cond:
             return frozenset(self._departed - self._said_bye)
+
+    def _back_later(self, sender: int, round_: int) -> bool:
+        """`sender` said it takes part only from a round after `round_` on (`back`): nothing to wait for before."""
+        return self._back_at.get(sender, 0) > round_
 
     def _suspected(self) -> frozenset[int]:
         """Senders that missed `suspect_after` consecutive takes and sent nothing since."""
