@@ -278,7 +278,7 @@ def test_a_killed_peer_is_restarted_by_the_launcher_and_rejoins_at_the_current_r
     first_eval = next(e for e in after if e["ev"] == "eval")
     others = [e for i in (0, 1) for e in read_events(out / f"peer-{i}.jsonl")
               if e["ev"] == "eval" and e["it"] == first_eval["it"]]
-    assert others and all(abs(first_eval["acc"] - e["acc"]) <= 0.05 for e in others), (first_eval, others)
+    assert others and all(abs(first_eval["acc"] - e["acc"]) <= 0.08 for e in others), (first_eval, others)
     final = next(e for e in reversed(events) if e["ev"] == "final")
     finals = [next(e for e in reversed(read_events(out / f"peer-{i}.jsonl")) if e["ev"] == "final") for i in (0, 1)]
     assert final["it"] == 5000 and all(abs(final["acc"] - f["acc"]) <= 0.03 for f in finals), (final, finals)
