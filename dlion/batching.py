@@ -86,8 +86,10 @@ class FixedBatching(Strategy):
 class WeightedBatching(Strategy):
     """Weighted dynamic batching: the global batch split in proportion to the peers' measured compute rates.
 
-    Each peer measures its own rate (samples per second of the gradient computation alone, including any emulated
-    throttling; an exponential moving average) and reports it to every other peer
+    Each peer measures its own rate (samples per second of its busy time: the gradient computation, including any
+    emulated throttling, plus its share of the round's own work, such as encoding, exchange and gossip, which costs a
+    peer with a fraction of a core more than a small batch does; waits left out; an exponential moving average),
+    and reports it to every other peer
     every `retune_every` iterations, and at once when its rate moved by more than `threshold` since its last report.
     A report is sent in iteration i before that iteration's gradients, so once a peer has the gradients of round i
     from a neighbour it also has the neighbour's reports up to round i; every peer then uses, for iteration i + 1,

@@ -178,7 +178,9 @@ class Training:
     loss_from_logits: bool = option(True, expect="true: the model outputs logits (no final softmax); false: it "
                                                  "outputs probabilities (ends in a softmax), kept 1e-7 away from 0 "
                                                  "and 1 in the loss")
-    max_iterations: Optional[int] = option(None, check=positive, expect="a positive integer or null")
+    max_iterations: Optional[int] = option(None, check=positive,
+                                           expect="a positive integer (optimizer steps: a round of "
+                                                  "rounds.local_steps counts as that many) or null")
     max_seconds: Optional[float] = option(None, check=positive, expect="a positive number of seconds or null")
     target_accuracy: Optional[float] = option(None, check=between(0.0, 1.0), expect="an accuracy in [0, 1] or null")
     stop_at_target: bool = True
@@ -226,8 +228,25 @@ class Strategies:
 
 
 @dataclass(frozen=True)
+class Rounds:
+    """What one round of a peer's loop is: how many optimizer steps it takes on its own batches before the round's
+    exchange and gossip, and the outer step that applies the combined change of parameters (dlion/rounds.py)."""
+    local_steps: int = option(1, check=positive,
+                              expect="a positive integer: optimizer steps per round on the peer's own batches (1: "
+                                     "the round's gradient is exchanged and applied through the optimizer; more: "
+                                     "the round's change of parameters is exchanged, local SGD)")
+    outer_learning_rate: float = option(1.0, check=positive,
+                                        expect="a positive number: the outer step's rate on the combined change "
+                                               "(1 with momentum 0: the peers' weighted mean change)")
+    outer_momentum: float = option(0.0, check=lambda x: 0 <= x < 1,
+                                   expect="a number in [0, 1): the outer step's Nesterov momentum (DiLoCo: 0.9)")
+
+
+@dataclass(frozen=True)
 class Evaluation:
-    every_iterations: int = option(50, check=positive, expect="a positive integer")
+    every_iterations: int = option(50, check=positive,
+                                   expect="a positive integer: optimizer steps between evaluations (with "
+                                          "rounds.local_steps H, every max(1, every_iterations // H) rounds)")
     on: Literal["validation", "test"] = option(
         "validation", expect="validation (the stop rule's evaluations use samples held out of the training data, "
                              "never trained on and never the test set) or test (a subset of the test set, as runs "
@@ -317,6 +336,7 @@ class Config:
                                    expect=f"a preset name, one of: {', '.join(PRESETS)} (fills in strategies and, "
                                           f"for gossip, the topology)")
     strategies: Strategies = Strategies()
+    rounds: Rounds = Rounds()
     evaluation: Evaluation = Evaluation()
     output: Output = Output()
     transport: TransportSettings = TransportSettings()

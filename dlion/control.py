@@ -25,9 +25,13 @@ class RunControl:
     """`evaluate()` -> (loss, accuracy) on the evaluation subset; `emit(event, **fields)` logs an event."""
 
     def __init__(self, training: Training, evaluation: Evaluation, ctx: StageContext,
-                 evaluate: Callable[[], tuple[float, float]], emit, stop_event: threading.Event):
+                 evaluate: Callable[[], tuple[float, float]], emit, stop_event: threading.Event,
+                 steps_per_round: int = 1):
+        """`steps_per_round`: optimizer steps per round (rounds.local_steps); the evaluation interval and
+        max_iterations count steps, the rounds' numbers (`iteration` here) count rounds."""
         self.training = training
-        self.every = evaluation.every_iterations
+        self.steps_per_round = steps_per_round
+        self.every = max(1, evaluation.every_iterations // steps_per_round)  # in rounds
         self.deadline_s = evaluation.deadline_s
         self.ctx = ctx
         self.transport = ctx.transport
@@ -53,7 +57,7 @@ class RunControl:
         tr = self.training
         if self.stop_event.is_set():
             return "signal"
-        if tr.max_iterations is not None and iteration >= tr.max_iterations:
+        if tr.max_iterations is not None and iteration * self.steps_per_round >= tr.max_iterations:
             return "max_iterations"
         if tr.max_seconds is not None and self.elapsed >= tr.max_seconds:
             return "max_seconds"

@@ -17,6 +17,7 @@ from pathlib import Path
 from dlion import checkpoint
 from dlion.progress import traffic
 from dlion.rejoin import Rejoin
+from dlion.rounds import OuterStep, RoundWork
 
 
 
@@ -32,7 +33,10 @@ class Peer:
         self.gossip, self.knowledge = stages.gossip, stages.knowledge
         self.clock, self.control, self.progress, self.log = clock, control, progress, log
         self.transport = ctx.transport
-        self.rejoin = Rejoin(ctx, trainer, log, cfg.evaluation.every_iterations)
+        rounds = cfg.rounds
+        self.work = RoundWork(trainer, self._gradients, rounds.local_steps,
+                              OuterStep(rounds.outer_learning_rate, rounds.outer_momentum))
+        self.rejoin = Rejoin(ctx, trainer, log, control.every)
         self._start = resumed["iteration"] if resumed else 0
 
     def run(self) -> dict:
@@ -64,19 +68,25 @@ class Peer:
             self.control.start(self.resumed["train_s"], self.resumed["eval_s"])
         else:
             self.control.start()
+        steps, round_work_s = self.work.local_steps, 0.0
         while not (reason := self.control.stop_reason(iteration)):
             iteration = self.rejoin.step(iteration)
             batch = self.batching.batch_size(iteration)
-            loss, grads, compute_s = self._gradients(batch)
-            self.batching.observe(iteration, batch, compute_s)  # may report its rate: before this round's gradients
-            exchanged = self.exchange.exchange(iteration, grads, batch, compute_s)
-            self.trainer.apply(exchanged.grads)
+            began = time.monotonic()
+            loss, update, compute_s = self.work.compute(batch)
+            # the batching stage's rate is of the peer's busy time per step: its steps and its share of the round's
+            # own work (measured last round), so that rounds take the same time on every peer, waits left out; it
+            # may report the rate: before this round's update
+            self.batching.observe(iteration, batch, (compute_s + round_work_s) / steps)
+            exchanged = self.exchange.exchange(iteration, update, batch, compute_s)
+            self.work.apply(exchanged.grads)
             mixed = self.gossip.mix(iteration, self.ctx.model)
+            round_work_s = max(0.0, time.monotonic() - began - compute_s - exchanged.wait_s - mixed.wait_s)
             iteration += 1
             if transfer := self.knowledge.step(iteration):
                 self.log.emit("transfer", it=iteration, **transfer)
             self.progress.add(iteration, batch, loss, compute_s, exchanged, mixed, self.control.elapsed,
-                              due=self.rejoin.at is not None and iteration == self.rejoin.at + 1)
+                              due=self.rejoin.at is not None and iteration == self.rejoin.at + 1, steps=steps)
             if reason := self.control.after(iteration):
                 break
             if every and iteration % every == 0:

@@ -47,7 +47,8 @@ PRESETS: dict[str, dict] = {
 
 
 def with_preset(raw: dict, preset: str) -> dict:
-    """A config mapping with `preset`'s strategies filled in underneath its own, and its topology where it has none."""
+    """A config mapping with `preset`'s strategies filled in underneath its own, its topology where it has none, and
+    its rounds underneath the config's own."""
     merged = {}
     given = raw.get("strategies") if isinstance(raw.get("strategies"), dict) else {}
     for stage, base in PRESETS[preset]["strategies"].items():
@@ -61,4 +62,7 @@ def with_preset(raw: dict, preset: str) -> dict:
     filled = {**raw, "strategies": {**given, **merged}}
     if raw.get("topology") is None and "topology" in PRESETS[preset]:
         filled["topology"] = dict(PRESETS[preset]["topology"])
+    if "rounds" in PRESETS[preset]:
+        own = raw.get("rounds")
+        filled["rounds"] = {**PRESETS[preset]["rounds"], **own} if isinstance(own, dict) or own is None else own
     return filled

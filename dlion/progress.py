@@ -33,11 +33,11 @@ class ProgressReport:
         self.samples = 0
 
     def add(self, iteration: int, batch: int, loss: float, compute_s: float, exchanged: ExchangeResult,
-            mixed: GossipResult, elapsed: float, due: bool = False) -> None:
-        """Record iteration `iteration` (counted from 1) and write the event when due (every `log_every`
-        iterations, or when the caller says so)."""
-        self.samples += batch
-        self.rows.append((loss, compute_s, exchanged.wait_s + mixed.wait_s, exchanged.received, batch))
+            mixed: GossipResult, elapsed: float, due: bool = False, steps: int = 1) -> None:
+        """Record iteration `iteration` (counted from 1: a round of `steps` optimizer steps on batches of `batch`)
+        and write the event when due (every `log_every` iterations, or when the caller says so)."""
+        self.samples += batch * steps
+        self.rows.append((loss, compute_s, exchanged.wait_s + mixed.wait_s, exchanged.received, batch * steps))
         for change in self.clock.changes():
             self.log.emit("change", it=iteration, **change)
         if iteration % self.log_every and not due:

@@ -252,7 +252,7 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
     clock = clock or Unpaced()
     x_eval, y_eval = local.evaluation()
     control = RunControl(cfg.training, cfg.evaluation, ctx, lambda: trainer.evaluate(x_eval, y_eval), log.emit,
-                         stop_event or threading.Event())
+                         stop_event or threading.Event(), cfg.rounds.local_steps)
     progress = ProgressReport(log, cfg.output.log_every, transport, stages.batching, clock, cfg.peer(peer_id).cores)
     sampler = datamod.BatchSampler(local.train_idx, seed=(cfg.seed * 7919 + peer_id + 1, resume_at or 0))
     return Peer(cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log, out_dir, resumed)

@@ -271,3 +271,14 @@ def test_push_sum_weight_comes_back_from_a_link_that_swallows_everything():
     finally:
         for t in transports.values():
             t.close()
+
+
+def test_with_local_steps_the_evaluation_interval_and_max_iterations_count_optimizer_steps(trio):
+    control = RunControl(Training(dataset="synthetic", max_iterations=100), Evaluation(every_iterations=50),
+                         stage_context(trio, 0), lambda: (0.3, 0.5), lambda *a, **k: None, threading.Event(),
+                         steps_per_round=4)
+    assert control.every == 12  # rounds of 4 steps between evaluations
+    assert control.stop_reason(24) is None and control.stop_reason(25) == "max_iterations"
+    assert RunControl(Training(dataset="synthetic", max_iterations=100), Evaluation(every_iterations=2),
+                      stage_context(trio, 0), lambda: (0.3, 0.5), lambda *a, **k: None, threading.Event(),
+                      steps_per_round=8).every == 1

@@ -1,0 +1,71 @@
+"""A round's own work: the update a peer computes from its batches, and how the combined update is applied.
+
+With one local step (the default) a round is one optimizer step on the exchanged gradient: the peer's gradient goes to
+the exchange, and the combined gradient through the optimizer (BSP's and DLion's rounds). With H > 1 local steps the
+peer first takes H optimizer steps on its own batches and exchanges the change of its parameters over the round
+(local SGD); the combined change is applied from where the round started by an outer step: plain (rate 1, momentum
+0: the peers' weighted mean change) or with Nesterov momentum (DiLoCo). A round's fixed costs (exchange, gossip,
+messages, parameter copies) are then paid once per H steps; on a peer with a fraction of a core they cost more than a
+small batch's gradient. The exchange and gossip strategies do not change: they see one flat vector per round.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+class OuterStep:
+    """SGD with Nesterov momentum on the combined change of parameters (a descent direction, like a gradient), as
+    DiLoCo's outer optimizer; rate 1 and momentum 0 apply the change as it is."""
+
+    def __init__(self, learning_rate: float = 1.0, momentum: float = 0.0):
+        self.learning_rate, self.momentum = learning_rate, momentum
+        self.velocity: np.ndarray | None = None
+
+    def __call__(self, change: np.ndarray) -> np.ndarray:
+        """The step to subtract from the round's starting parameters."""
+        if not self.momentum:
+            return change if self.learning_rate == 1.0 else change * np.float32(self.learning_rate)
+        if self.velocity is None:
+            self.velocity = np.zeros_like(change)
+        self.velocity *= np.float32(self.momentum)
+        self.velocity += change
+        return np.float32(self.learning_rate) * (change + np.float32(self.momentum) * self.velocity)
+
+
+class RoundWork:
+    """One peer's round: `compute(batch)` -> (mean loss, the update to exchange, compute seconds), then
+    `apply(combined)` with the exchange's combination of the peers' updates.
+
+    `trainer`: get_params/set_params (all model variables, trainable first), apply (one optimizer step) and
+    num_params; `gradients(batch)` -> (loss, flat gradient, compute seconds) of this peer's next batch."""
+
+    def __init__(self, trainer, gradients: Callable, local_steps: int = 1, outer: OuterStep | None = None):
+        self.trainer, self.gradients, self.local_steps = trainer, gradients, local_steps
+        self.outer = outer or OuterStep()
+        self._start: np.ndarray | None = None  # trainable parameters where the current round started
+        self._end: np.ndarray | None = None  # all model variables after its local steps
+
+    def compute(self, batch: int) -> tuple[float, np.ndarray, float]:
+        if self.local_steps == 1:
+            return self.gradients(batch)
+        n = self.trainer.num_params
+        self._start = self.trainer.get_params()[:n]
+        losses, compute_s = [], 0.0
+        for _ in range(self.local_steps):
+            loss, grads, seconds = self.gradients(batch)
+            self.trainer.apply(grads)
+            losses.append(loss)
+            compute_s += seconds
+        self._end = self.trainer.get_params()
+        change = self._start - self._end[:n]
+        return float(np.mean(losses)), change, compute_s
+
+    def apply(self, combined: np.ndarray) -> None:
+        if self.local_steps == 1:
+            self.trainer.apply(combined)
+            return
+        state = self._end  # the non-trainable variables (BatchNorm statistics) stay as the local steps left them
+        state[:self.trainer.num_params] = self._start - self.outer(combined)
+        self.trainer.set_params(state)
