@@ -125,10 +125,11 @@ def load_run(path: Path, summary: dict | None = None) -> dict:
 
 
 def bytes_per_iteration(summary: dict) -> dict:
-    """Bytes sent per peer-iteration, by plane (message kinds) and in all ("all": every byte a peer sent, control
-    included), over all peers; `missing`: some peer had no per-kind counts."""
+    """Bytes sent per peer-iteration (an optimizer step: a round of H local steps counts H), by plane (message kinds)
+    and in all ("all": every byte a peer sent, control included), over all peers; `missing`: some peer had no
+    per-kind counts."""
     peers = summary["peers"].values()
-    iterations = sum(p.get("iterations") or 0 for p in peers)
+    iterations = sum(p.get("steps") or p.get("iterations") or 0 for p in peers)
     by_kind = [p.get("bytes_by_kind") for p in peers]
     figures = {plane: sum((b or {}).get(k, 0) for b in by_kind for k in kinds) / iterations if iterations else None
                for plane, kinds in PLANES.items()}
@@ -186,6 +187,7 @@ def summarize(out_dir: str | Path, peer_ids, target: float | None, wall_s: float
         per_peer[str(pid)] = {
             "finished": final is not None,
             "iterations": source.get("it", 0),
+            "steps": source.get("steps", source.get("it", 0)),
             "samples": source.get("samples", 0),
             "samples_per_s": source.get("samples_per_s"),
             "train_s": final.get("train_s") if final else None,

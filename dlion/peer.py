@@ -36,7 +36,9 @@ class Peer:
         rounds = cfg.rounds
         self.work = RoundWork(trainer, self._gradients, rounds.local_steps,
                               OuterStep(rounds.outer_learning_rate, rounds.outer_momentum))
-        self.rejoin = Rejoin(ctx, trainer, log, control.every)
+        lag = max(getattr(stage.params, "staleness", 0) for stage in (cfg.strategies.exchange, cfg.strategies.gossip))
+        alone = all(getattr(cfg.strategies, s).kind == "none" for s in ("exchange", "gossip", "knowledge"))
+        self.rejoin = Rejoin(ctx, trainer, log, max(control.every, lag + 1), catch_up=not alone)
         self._start = resumed["iteration"] if resumed else 0
 
     def run(self) -> dict:
@@ -109,7 +111,8 @@ class Peer:
         loss, acc = self.trainer.evaluate(self.local.dataset.x_test, self.local.dataset.y_test)
         model_path = Path(self.out_dir) / f"peer-{self.ctx.peer_id}.keras"
         self.trainer.save(model_path)
-        return self.log.emit("final", stop_reason=reason, it=iteration, samples=samples, model=str(model_path),
+        return self.log.emit("final", stop_reason=reason, it=iteration, steps=iteration * self.work.local_steps,
+                             samples=samples, model=str(model_path),
                              train_s=round(train_s, 3), samples_per_s=round(samples / max(train_s, 1e-9), 2),
                              acc=round(float(acc), 5), loss=round(float(loss), 5), **traffic(self.transport),
                              bytes_by_kind=self.transport.bytes_by_kind(), rejected=self.transport.rejections(),

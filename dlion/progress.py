@@ -44,7 +44,7 @@ class ProgressReport:
             return
         gossip = {"gossip": {"w": round(mixed.weight, 4), "received": mixed.received,
                              "sent": {str(d): k for d, k in mixed.sent.items()}}} if mixed.params is not None else {}
-        self.log.emit("iter", it=iteration, batch=batch, samples=self.samples,
+        self.log.emit("iter", it=iteration, steps=iteration * steps, batch=batch, samples=self.samples,
                       cores=self.clock.cores or self.default_cores,
                       samples_per_s=round(self.samples / max(elapsed, 1e-9), 2),
                       alloc={str(p): b for p, b in self.batching.sizes.items()},

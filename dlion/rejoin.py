@@ -29,12 +29,14 @@ _POLL_S = 0.01
 class Rejoin:
     """One peer's side of rejoining, run from its loop."""
 
-    def __init__(self, ctx, trainer, log, every_iterations: int):
-        """`every_iterations`: the evaluation interval; a peer behind by more than that at start (twice that while
-        training, where a slow peer may lag a little) rejoins."""
+    def __init__(self, ctx, trainer, log, margin: int, catch_up: bool = True):
+        """`margin`: rounds a peer may lag (the evaluation interval, or the stages' staleness bound if larger); one
+        behind by more than that at start (twice that while training, where a slow peer may lag a little) rejoins.
+        `catch_up` False: it never does (a peer that trains alone has nobody's state to take); it still answers."""
         self.ctx, self.trainer, self.log = ctx, trainer, log
         self.transport = ctx.transport
-        self.every = every_iterations
+        self.every = margin
+        self.catch_up = catch_up
         self._answered: dict[int, object] = {}  # peer -> the last rejoin request of its answered
         self._next_knock = 0.0
         self._knocked_at = 0.0  # when we last knocked (time.time()): a hello since is an answer
@@ -54,6 +56,8 @@ class Rejoin:
     def _catch_up(self, iteration: int, margin: int) -> int:
         """Only the source's answer moves the peer (its round is in the answer): what made it ask (a hello, a
         message beyond the window) may be stale, or forged where links are not authenticated."""
+        if not self.catch_up:
+            return iteration
         ahead, source = self._furthest_ahead()
         if ahead <= iteration + margin or time.monotonic() < self._retry_at:
             return iteration

@@ -115,7 +115,7 @@ def test_a_key_speaks_only_as_its_own_peer(keyed):
 
 def control_of(transports, peer, target, evaluate):
     return RunControl(Training(dataset="synthetic", max_seconds=60, target_accuracy=target),
-                      Evaluation(every_iterations=20, deadline_s=0.3), stage_context(transports, peer), evaluate,
+                      Evaluation(every_iterations=20), stage_context(transports, peer), evaluate,
                       lambda *a, **k: None,
                       threading.Event())
 
@@ -282,3 +282,31 @@ def test_with_local_steps_the_evaluation_interval_and_max_iterations_count_optim
     assert RunControl(Training(dataset="synthetic", max_iterations=100), Evaluation(every_iterations=2),
                       stage_context(trio, 0), lambda: (0.3, 0.5), lambda *a, **k: None, threading.Event(),
                       steps_per_round=8).every == 1
+
+
+def test_nobody_waits_for_the_others_figures_and_a_round_is_judged_once_they_are_in(trio):
+    control = control_of(trio, 0, 0.9, lambda: (0.3, 0.92))
+    control.start()
+    assert control.after(20) is None  # evaluates, shares its figure, goes on: no figure of the others yet
+    trio[1].send(0, "eval", 20, None, {"acc": 0.9})
+    wait_until(lambda: trio[0].mailbox.peek("eval", 20, [1]))
+    assert control.after(21) is None  # peer 2 has not reached round 20 yet
+    trio[2].send(0, "eval", 40, None, {"acc": 0.99})  # a faster peer's later figure waits for peer 0's own
+    trio[2].send(0, "eval", 20, None, {"acc": 0.95})
+    wait_until(lambda: trio[0].mailbox.peek("eval", 20, [2]))
+    assert control.after(22) == "target"
+    for p in (1, 2):
+        wait_until(lambda: trio[p].mailbox.latest("stop", 0) is not None)
+        assert trio[p].mailbox.latest("stop", 0).meta["figures"] == "0:0.92,1:0.9,2:0.95"
+
+
+def test_a_round_below_the_target_is_judged_once_and_a_later_one_can_still_stop(trio):
+    accuracies = iter([0.5, 0.95])
+    control = control_of(trio, 0, 0.9, lambda: (0.3, next(accuracies)))
+    control.start()
+    for p in (1, 2):
+        trio[p].send(0, "eval", 20, None, {"acc": 0.5})
+        trio[p].send(0, "eval", 40, None, {"acc": 0.95})
+    wait_until(lambda: len(trio[0].mailbox.peek("eval", 40, [1, 2])) == 2)
+    assert control.after(20) is None and control.after(21) is None
+    assert control.after(40) == "target"
