@@ -254,6 +254,10 @@ class Evaluation:
     subset: int = option(2000, check=between(1, 10000),
                          expect="an integer in 1..10000: samples per evaluation (at most a tenth of the training "
                                 "data with evaluation.on validation)")
+    deadline_s: float = option(2.0, check=positive,
+                               expect="a positive number of seconds: the longest a peer waits for the others' "
+                                      "figures of an evaluation round, once it is as many rounds past it as the "
+                                      "stages' staleness bound lets it be")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
 """Run control: when a peer stops, and the evaluation protocol that tells all peers together that the target is met.
 
 Every `evaluation.every_iterations` optimizer steps (at the same round numbers on every peer) each peer scores the
-fixed evaluation subset and sends the figure to the others, and goes on training: nobody waits for anyone's
-evaluation, so a slow evaluator holds up nobody (only one round's figures are comparable, and they come in as the
-peers reach that round). Once every live peer's figure of a round is in and their mean reaches the target, the peer
-that sees it first tells the others to stop, with the figures it rests on. A peer also stops on a signal, at
+fixed evaluation subset, sends the figure to the others and goes on training. It waits for the others' figures of
+an evaluation round (up to `evaluation.deadline_s`) only once it is more rounds past it than the stages' staleness
+bound lets a neighbour lag (`lag`): in lockstep (0) right after its own evaluation, as all peers stop at the same
+round; with overlapped rounds, a slow evaluator holds up nobody; a peer that trains alone never waits. Only one
+round's figures are comparable, and they come in as the peers reach that round. Once every live peer's figure of a
+round is in and their mean reaches the target, the peer that sees it first tells the others to stop, with the
+figures it rests on. A peer also stops on a signal, at
 `max_iterations` or `max_seconds`, or when another peer's stop holds up: its figures agree with every figure of that
 round this peer has itself (its own among them, so a stop for a round this peer has not evaluated yet waits until it
 has), and their mean reaches the target. A stop that does not hold up is rejected and counted; a peer cannot end the
@@ -19,8 +22,8 @@ from dlion import messages
 from dlion.config import Evaluation, Training
 from dlion.stages import StageContext
 
-KEEP_EVALUATIONS = 32  # evaluation rounds whose figures a peer keeps: to complete as the slower peers report, and
-                       # to check others' stops against
+KEEP_EVALUATIONS = 4096  # evaluation rounds whose figures a peer keeps (a float per peer each): a peer that trains
+                         # alone may be hundreds of evaluations ahead of a slow one that completes a round later
 
 
 class RunControl:
@@ -28,10 +31,13 @@ class RunControl:
 
     def __init__(self, training: Training, evaluation: Evaluation, ctx: StageContext,
                  evaluate: Callable[[], tuple[float, float]], emit, stop_event: threading.Event,
-                 steps_per_round: int = 1):
+                 steps_per_round: int = 1, lag: int | None = 0):
         """`steps_per_round`: optimizer steps per round (rounds.local_steps); the evaluation interval and
-        max_iterations count steps, the rounds' numbers (`iteration` here) count rounds."""
+        max_iterations count steps, the rounds' numbers (`iteration` here) count rounds. `lag`: the rounds a
+        neighbour may lag in the stages (their staleness bound), None if the peer trains alone."""
         self.training = training
+        self.lag = lag
+        self.deadline_s = evaluation.deadline_s
         self.steps_per_round = steps_per_round
         self.every = max(1, evaluation.every_iterations // steps_per_round)  # in rounds
         self.ctx = ctx
@@ -43,7 +49,8 @@ class RunControl:
         self.started = self.clock()
         self.eval_s = 0.0  # time spent evaluating so far
         self.figures: dict[int, dict[int, float]] = {}  # eval round -> {peer: accuracy} this peer has, recent rounds
-        self._decided: set[int] = set()  # eval rounds whose figures were all in and judged against the target
+        self._pending: set[int] = set()  # rounds this peer evaluated, not yet judged against the target
+        self._floor = 0  # figures of rounds below this were let go
         self._judged: dict[int, object] = {}  # peer -> the last stop message of it already judged
 
     def start(self, elapsed: float = 0.0, eval_s: float = 0.0) -> None:
@@ -72,11 +79,12 @@ class RunControl:
         msg = self.transport.mailbox.latest(messages.STOP, peer)
         if msg is None or self._judged.get(peer) is msg:
             return False
-        if msg.round not in self.figures and msg.round > max(self.figures, default=-1):
+        evaluated = [r for r, f in self._absorb().items() if self.ctx.peer_id in f]
+        if msg.round not in evaluated and msg.round > max(evaluated, default=-1):
             return False  # not evaluated that round yet: judge it then
         self._judged[peer] = msg
         claimed = messages.parse_figures(msg.meta["figures"])  # declared well-formed
-        known = self._gather(msg.round) if self.ctx.peer_id in self.figures.get(msg.round, {}) else None
+        known = self.figures[msg.round] if msg.round in evaluated else None
         target = self.training.target_accuracy
         if known is None:
             problem = f"round {msg.round} is not among this peer's recent evaluations"
@@ -94,6 +102,7 @@ class RunControl:
         in and their mean met it, and the run stops there."""
         if iteration % self.every == 0:
             self._evaluate(iteration)
+        self._wait_for_figures(iteration)
         reached = self._reached()
         if reached is None or not self.training.stop_at_target:
             return None
@@ -106,36 +115,51 @@ class RunControl:
         train_s = began - self.started - self.eval_s
         loss, acc = self.evaluate()
         self._broadcast(messages.EVAL, iteration, {"acc": float(acc)})
-        figures = self.figures.setdefault(iteration, {})
-        figures[self.ctx.peer_id] = float(acc)
-        for old in sorted(self.figures)[:-KEEP_EVALUATIONS]:
-            del self.figures[old]
-            self._decided.discard(old)
-        self._gather(iteration)
+        self.figures.setdefault(iteration, {})[self.ctx.peer_id] = float(acc)
+        self._pending.add(iteration)
+        figures = self._absorb()[iteration]
         mean = sum(figures.values()) / len(figures)
         self.eval_s += self.clock() - began
         self.emit("eval", it=iteration, acc=round(float(acc), 5), loss=round(float(loss), 5), mean_acc=round(mean, 5),
                   peers_reported=len(figures), train_s=round(train_s, 3), eval_s=round(self.eval_s, 3))
 
-    def _gather(self, round_: int) -> dict[int, float]:
-        """Add the other peers' figures of evaluation round `round_` that have arrived (floats in [0, 1])."""
-        figures = self.figures.setdefault(round_, {})
-        arrived = self.transport.mailbox.peek(messages.EVAL, round_, self.ctx.others)
-        figures.update({p: m.meta["acc"] for p, m in arrived.items()})
-        return figures
+    def _wait_for_figures(self, iteration: int) -> None:
+        """Wait (timed as evaluation) for the live peers' figures of the evaluation rounds `lag` or more rounds
+        back that are not all in yet."""
+        if self.lag is None:
+            return
+        due = [r for r in self._pending if r <= iteration - self.lag]
+        if not due:
+            return
+        began = self.clock()
+        self.transport.mailbox.wait_for(messages.EVAL, max(due), self.ctx.live(self.ctx.others),
+                                        began + self.deadline_s)
+        self.eval_s += self.clock() - began
+
+    def _absorb(self) -> dict[int, dict[int, float]]:
+        """Fold in the other peers' figures that have arrived (floats in [0, 1]), and let the oldest rounds go."""
+        for p in self.ctx.others:
+            for round_, msg in self.transport.mailbox.held(messages.EVAL, p).items():
+                if round_ >= self._floor:
+                    self.figures.setdefault(round_, {})[p] = msg.meta["acc"]
+        if len(self.figures) > KEEP_EVALUATIONS:
+            for old in sorted(self.figures)[:-KEEP_EVALUATIONS]:
+                del self.figures[old]
+                self._pending.discard(old)
+            self._floor = min(self.figures)
+        return self.figures
 
     def _reached(self) -> int | None:
         """The first round this peer evaluated whose figures from every live peer are now in, if their mean
         reaches the target (each such round is judged once)."""
         target = self.training.target_accuracy
         live = set(self.ctx.live(self.ctx.others)) | {self.ctx.peer_id}
-        for round_ in sorted(self.figures):
-            if round_ in self._decided or self.ctx.peer_id not in self.figures[round_]:
-                continue
-            figures = self._gather(round_)
+        figures_by_round = self._absorb()
+        for round_ in sorted(self._pending):
+            figures = figures_by_round[round_]
             if not live <= figures.keys():
                 continue
-            self._decided.add(round_)
+            self._pending.discard(round_)
             accs = [figures[p] for p in live]
             if target is not None and sum(accs) / len(accs) >= target:
                 return round_

@@ -36,9 +36,8 @@ class Peer:
         rounds = cfg.rounds
         self.work = RoundWork(trainer, self._gradients, rounds.local_steps,
                               OuterStep(rounds.outer_learning_rate, rounds.outer_momentum))
-        lag = max(getattr(stage.params, "staleness", 0) for stage in (cfg.strategies.exchange, cfg.strategies.gossip))
-        alone = all(getattr(cfg.strategies, s).kind == "none" for s in ("exchange", "gossip", "knowledge"))
-        self.rejoin = Rejoin(ctx, trainer, log, max(control.every, lag + 1), catch_up=not alone)
+        self.rejoin = Rejoin(ctx, trainer, log, max(control.every, (control.lag or 0) + 1),
+                             catch_up=control.lag is not None)
         self._start = resumed["iteration"] if resumed else 0
 
     def run(self) -> dict:

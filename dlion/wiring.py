@@ -199,6 +199,15 @@ def make_transport(cfg: Config, peer_id: int, num_values: int, link_policy=None,
                         keys=keys, heartbeat=heartbeat, listen=tr.listen, **options)
 
 
+def _lag(cfg: Config) -> int | None:
+    """How many rounds a neighbour may lag in this config's stages (their largest staleness bound; 0: lockstep),
+    None where the peer exchanges nothing and trains alone."""
+    stages = (cfg.strategies.exchange, cfg.strategies.gossip, cfg.strategies.knowledge)
+    if all(stage.kind == "none" for stage in stages):
+        return None
+    return max(getattr(stage.params, "staleness", 0) for stage in stages)
+
+
 def _make_stages(cfg: Config, ctx: StageContext) -> Stages:
     def make(stage: str):
         chosen = getattr(cfg.strategies, stage)
@@ -252,7 +261,7 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
     clock = clock or Unpaced()
     x_eval, y_eval = local.evaluation()
     control = RunControl(cfg.training, cfg.evaluation, ctx, lambda: trainer.evaluate(x_eval, y_eval), log.emit,
-                         stop_event or threading.Event(), cfg.rounds.local_steps)
+                         stop_event or threading.Event(), cfg.rounds.local_steps, _lag(cfg))
     progress = ProgressReport(log, cfg.output.log_every, transport, stages.batching, clock, cfg.peer(peer_id).cores)
     sampler = datamod.BatchSampler(local.train_idx, seed=(cfg.seed * 7919 + peer_id + 1, resume_at or 0))
     return Peer(cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log, out_dir, resumed)

@@ -113,11 +113,10 @@ def test_a_key_speaks_only_as_its_own_peer(keyed):
 
 # ---- control --------------------------------------------------------------------------------------------------------
 
-def control_of(transports, peer, target, evaluate):
+def control_of(transports, peer, target, evaluate, lag=0):
     return RunControl(Training(dataset="synthetic", max_seconds=60, target_accuracy=target),
-                      Evaluation(every_iterations=20), stage_context(transports, peer), evaluate,
-                      lambda *a, **k: None,
-                      threading.Event())
+                      Evaluation(every_iterations=20, deadline_s=0.3), stage_context(transports, peer), evaluate,
+                      lambda *a, **k: None, threading.Event(), lag=lag)
 
 
 def test_a_stop_must_agree_with_what_the_peer_has_seen(trio):
@@ -284,16 +283,17 @@ def test_with_local_steps_the_evaluation_interval_and_max_iterations_count_optim
                       steps_per_round=8).every == 1
 
 
-def test_nobody_waits_for_the_others_figures_and_a_round_is_judged_once_they_are_in(trio):
-    control = control_of(trio, 0, 0.9, lambda: (0.3, 0.92))
+def test_with_overlapped_rounds_a_peer_goes_on_and_judges_a_round_once_every_figure_is_in(trio):
+    control = control_of(trio, 0, 0.9, lambda: (0.3, 0.92), lag=8)
     control.start()
     assert control.after(20) is None  # evaluates, shares its figure, goes on: no figure of the others yet
+    assert control.eval_s < 0.3  # it did not wait out the deadline for them
     trio[1].send(0, "eval", 20, None, {"acc": 0.9})
-    wait_until(lambda: trio[0].mailbox.peek("eval", 20, [1]))
+    wait_until(lambda: 20 in trio[0].mailbox.held("eval", 1))
     assert control.after(21) is None  # peer 2 has not reached round 20 yet
     trio[2].send(0, "eval", 40, None, {"acc": 0.99})  # a faster peer's later figure waits for peer 0's own
     trio[2].send(0, "eval", 20, None, {"acc": 0.95})
-    wait_until(lambda: trio[0].mailbox.peek("eval", 20, [2]))
+    wait_until(lambda: 20 in trio[0].mailbox.held("eval", 2))
     assert control.after(22) == "target"
     for p in (1, 2):
         wait_until(lambda: trio[p].mailbox.latest("stop", 0) is not None)
@@ -302,11 +302,27 @@ def test_nobody_waits_for_the_others_figures_and_a_round_is_judged_once_they_are
 
 def test_a_round_below_the_target_is_judged_once_and_a_later_one_can_still_stop(trio):
     accuracies = iter([0.5, 0.95])
-    control = control_of(trio, 0, 0.9, lambda: (0.3, next(accuracies)))
+    control = control_of(trio, 0, 0.9, lambda: (0.3, next(accuracies)), lag=8)
     control.start()
     for p in (1, 2):
         trio[p].send(0, "eval", 20, None, {"acc": 0.5})
         trio[p].send(0, "eval", 40, None, {"acc": 0.95})
-    wait_until(lambda: len(trio[0].mailbox.peek("eval", 40, [1, 2])) == 2)
+    wait_until(lambda: all(40 in trio[0].mailbox.held("eval", p) for p in (1, 2)))
     assert control.after(20) is None and control.after(21) is None
     assert control.after(40) == "target"
+
+
+def test_in_lockstep_a_peer_waits_for_the_figures_of_its_evaluation_round(trio):
+    control = control_of(trio, 0, 0.9, lambda: (0.3, 0.92), lag=0)
+    control.start()
+    late = threading.Timer(0.1, lambda: [trio[p].send(0, "eval", 20, None, {"acc": 0.9}) for p in (1, 2)])
+    late.start()
+    assert control.after(20) == "target"  # the figures that came while it waited count at once
+    late.join()
+
+
+def test_a_peer_that_trains_alone_never_waits_for_figures(trio):
+    control = control_of(trio, 0, 0.9, lambda: (0.3, 0.92), lag=None)
+    control.start()
+    assert control.after(20) is None and control.after(40) is None
+    assert control.eval_s < 0.3

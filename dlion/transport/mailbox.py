@@ -171,12 +171,11 @@ class Mailbox:
             self._raise_low(kind, oldest + 1)
             return found
 
-    def peek(self, kind: str, round: int, senders: Iterable[int]) -> dict[int, Message]:
-        """The messages of `kind` for exactly `round` held now from each of `senders` (kinds that are not
-        collected, held for the last `keep_rounds` rounds); nothing is taken, nobody's suspicion changes."""
+    def held(self, kind: str, sender: int) -> dict[int, Message]:
+        """The messages of `kind` held now from `sender`, by round (a kind that is not collected: its last
+        `keep_rounds` rounds); nothing is taken, nobody's suspicion changes."""
         with self._cond:
-            by_sender = self._store.get(kind, {})
-            return {s: by_sender[s][round] for s in senders if round in by_sender.get(s, {})}
+            return dict(self._store.get(kind, {}).get(sender, {}))
 
     def wait_for(self, kind: str, round: int, senders: Iterable[int], deadline: float) -> bool:
         """Wait (until `deadline`) until every sender, but those departed or suspected, has sent `kind` for `round` or
