@@ -240,6 +240,10 @@ class Rounds:
                                                "(1 with momentum 0: the peers' weighted mean change)")
     outer_momentum: float = option(0.0, check=lambda x: 0 <= x < 1,
                                    expect="a number in [0, 1): the outer step's Nesterov momentum (DiLoCo: 0.9)")
+    min_step_batch: int = option(8, check=positive,
+                                 expect="a positive integer: with local steps, a peer whose share of the global "
+                                        "batch is smaller takes fewer local steps of at least this many samples, "
+                                        "as many samples per round")
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ class RunControl:
         self.figures: dict[int, dict[int, float]] = {}  # eval round -> {peer: accuracy} this peer has, recent rounds
         self._pending: set[int] = set()  # rounds this peer evaluated, not yet judged against the target
         self._floor = 0  # figures of rounds below this were let go
+        self._waited_through = -1  # the last evaluation round waited for (each is waited for once)
         self._judged: dict[int, object] = {}  # peer -> the last stop message of it already judged
 
     def start(self, elapsed: float = 0.0, eval_s: float = 0.0) -> None:
@@ -125,12 +126,13 @@ class RunControl:
 
     def _wait_for_figures(self, iteration: int) -> None:
         """Wait (timed as evaluation) for the live peers' figures of the evaluation rounds `lag` or more rounds
-        back that are not all in yet."""
+        back that are not all in yet; for each round once."""
         if self.lag is None:
             return
-        due = [r for r in self._pending if r <= iteration - self.lag]
+        due = [r for r in self._pending if self._waited_through < r <= iteration - self.lag]
         if not due:
             return
+        self._waited_through = max(due)
         began = self.clock()
         self.transport.mailbox.wait_for(messages.EVAL, max(due), self.ctx.live(self.ctx.others),
                                         began + self.deadline_s)

@@ -135,6 +135,9 @@ KINDS: dict[str, Kind] = {
 
 ANNOUNCEMENTS = frozenset({HELLO, REJOIN})  # sent before a peer takes part in rounds again: they do not re-admit it
 COLLECTED = frozenset({GRAD, GOSSIP})  # kinds stages collect round by round: every message counts, none is evicted
+# filed whatever their round (no window): tiny, rate-limited and held for the last rounds only, and a slower peer
+# needs a faster one's figures of rounds it reaches much later
+UNWINDOWED = frozenset({EVAL})
 
 
 class Rejection(NamedTuple):

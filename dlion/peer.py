@@ -35,7 +35,7 @@ class Peer:
         self.transport = ctx.transport
         rounds = cfg.rounds
         self.work = RoundWork(trainer, self._gradients, rounds.local_steps,
-                              OuterStep(rounds.outer_learning_rate, rounds.outer_momentum))
+                              OuterStep(rounds.outer_learning_rate, rounds.outer_momentum), rounds.min_step_batch)
         self.rejoin = Rejoin(ctx, trainer, log, max(control.every, (control.lag or 0) + 1),
                              catch_up=control.lag is not None)
         self._start = resumed["iteration"] if resumed else 0

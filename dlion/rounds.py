@@ -6,7 +6,9 @@ peer first takes H optimizer steps on its own batches and exchanges the change o
 (local SGD); the combined change is applied from where the round started by an outer step: plain (rate 1, momentum
 0: the peers' weighted mean change) or with Nesterov momentum (DiLoCo). A round's fixed costs (exchange, gossip,
 messages, parameter copies) are then paid once per H steps; on a peer with a fraction of a core they cost more than a
-small batch's gradient. The exchange and gossip strategies do not change: they see one flat vector per round.
+small batch's gradient. A peer whose share of the global batch is below `min_step_batch` takes fewer, larger local
+steps for about the same samples per round (a step has a fixed cost too). The exchange and gossip strategies do
+not change: they see one flat vector per round.
 """
 from __future__ import annotations
 
@@ -41,8 +43,10 @@ class RoundWork:
     `trainer`: get_params/set_params (all model variables, trainable first), apply (one optimizer step) and
     num_params; `gradients(batch)` -> (loss, flat gradient, compute seconds) of this peer's next batch."""
 
-    def __init__(self, trainer, gradients: Callable, local_steps: int = 1, outer: OuterStep | None = None):
+    def __init__(self, trainer, gradients: Callable, local_steps: int = 1, outer: OuterStep | None = None,
+                 min_step_batch: int = 1):
         self.trainer, self.gradients, self.local_steps = trainer, gradients, local_steps
+        self.min_step_batch = min_step_batch
         self.outer = outer or OuterStep()
         self._start: np.ndarray | None = None  # trainable parameters where the current round started
         self._end: np.ndarray | None = None  # all model variables after its local steps
@@ -53,14 +57,23 @@ class RoundWork:
         n = self.trainer.num_params
         self._start = self.trainer.get_params()[:n]
         losses, compute_s = [], 0.0
-        for _ in range(self.local_steps):
-            loss, grads, seconds = self.gradients(batch)
+        for step_batch in self.steps(batch):
+            loss, grads, seconds = self.gradients(step_batch)
             self.trainer.apply(grads)
             losses.append(loss)
             compute_s += seconds
         self._end = self.trainer.get_params()
         change = self._start - self._end[:n]
         return float(np.mean(losses)), change, compute_s
+
+    def steps(self, batch: int) -> list[int]:
+        """The batch of each local step of a round for a share of `batch`: `local_steps` of it, or fewer of at
+        least `min_step_batch` samples each, `local_steps` x `batch` in all."""
+        if batch >= self.min_step_batch:
+            return [batch] * self.local_steps
+        total = self.local_steps * batch
+        count = max(1, total // self.min_step_batch)
+        return [total // count + (i < total % count) for i in range(count)]
 
     def apply(self, combined: np.ndarray) -> None:
         if self.local_steps == 1:

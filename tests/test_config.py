@@ -275,7 +275,7 @@ def test_gossip_presets_bring_their_graph_unless_the_config_has_one():
 
 def test_rounds_default_to_one_step_and_a_preset_fills_in_its_own_under_the_configs():
     base = {"peers": [{"id": 0, "port": 47000}], "training": {"max_iterations": 1}}
-    assert config.parse(base).rounds == config.Rounds(1, 1.0, 0.0)
+    assert config.parse(base).rounds == config.Rounds(1, 1.0, 0.0, 8)
     assert config.parse({**base, "rounds": {"local_steps": 4, "outer_momentum": 0.9}}).rounds.local_steps == 4
     for bad, expected in [({"local_steps": 0}, "rounds.local_steps"), ({"outer_momentum": 1.0}, "rounds.outer_momentum"),
                           ({"steps": 2}, "rounds.steps")]:

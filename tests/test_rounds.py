@@ -92,3 +92,15 @@ def test_local_sgd_on_two_peers_with_plain_averaging_keeps_them_equal():
         work_b.apply(mean)
         assert np.allclose(a.get_params()[:5], b.get_params()[:5])
     assert not np.allclose(a.get_params()[:5], first[:5])
+
+
+def test_a_small_share_takes_fewer_larger_local_steps_for_as_many_samples():
+    trainer = LinearTrainer()
+    work = RoundWork(trainer, trainer.gradients, local_steps=16, min_step_batch=8)
+    assert work.steps(32) == [32] * 16 and work.steps(8) == [8] * 16
+    assert work.steps(2) == [8] * 4 and work.steps(3) == [8, 8, 8, 8, 8, 8]
+    assert work.steps(5) == [8] * 10
+    assert RoundWork(trainer, trainer.gradients, local_steps=3, min_step_batch=8).steps(7) == [11, 10]
+    assert RoundWork(trainer, trainer.gradients, local_steps=2, min_step_batch=8).steps(1) == [2]
+    work.compute(2)
+    assert len(trainer.applied) == 4

@@ -5,7 +5,7 @@ Stages never poll the network: they `take` what a round needs (lockstep: one mes
 the mailbox wakes them the moment the last expected message is filed, or at their deadline.
 
 Hostile traffic cannot crowd it out: a message for a round more than `window` ahead of the peer's own round (the
-highest round a stage has asked for) is refused, as is one that would take a sender's held bytes over `max_held_bytes`; nothing already held
+highest round a stage has asked for) is refused (but an evaluation figure: `messages.UNWINDOWED`), as is one that would take a sender's held bytes over `max_held_bytes`; nothing already held
 is ever evicted for a newer message, except old rounds of kinds that are not collected (read with `latest`). Only a message that is
 filed is a sign of life (it re-admits a departed sender), and only delivering a round's messages clears suspicion; a
 stage's screen (`screen`, the transport's norm guard) judges collected messages before they are handed out.
@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from typing import Callable, Iterable
 
-from dlion.messages import ANNOUNCEMENTS, BACK, COLLECTED
+from dlion.messages import ANNOUNCEMENTS, BACK, COLLECTED, UNWINDOWED
 
 from .wire import Message
 
@@ -84,7 +84,7 @@ class Mailbox:
         with self._cond:
             if msg.round < self._low.get(msg.kind, 0):
                 return "late"
-            if msg.round > self._round + self.window:
+            if msg.round > self._round + self.window and msg.kind not in UNWINDOWED:
                 self._beyond[msg.sender] = max(msg.round, self._beyond.get(msg.sender, msg.round))
                 return "beyond window"
             rounds = self._store[msg.kind][msg.sender]

@@ -220,3 +220,12 @@ def timed_take_all(mb, round_, senders, deadline, staleness):
     start = time.monotonic()
     got = mb.collect("grad", round_, senders, deadline, staleness)
     return got, time.monotonic() - start
+
+
+def test_an_evaluation_figure_far_ahead_is_filed_and_held_without_being_taken():
+    mb = Mailbox(window=10)
+    assert mb.put(msg("grad", 1, 500)) == "beyond window"
+    assert mb.put(msg("eval", 1, 500, acc=0.9)) is None  # a faster peer's figure, for a round reached much later
+    assert mb.put(msg("eval", 1, 520, acc=0.91)) is None
+    assert sorted(mb.held("eval", 1)) == [500, 520] and mb.held("eval", 2) == {}
+    assert sorted(mb.held("eval", 1)) == [500, 520], "held is no take"
