@@ -2,9 +2,11 @@
 
 Every `evaluation.every_iterations` optimizer steps (at the same round numbers on every peer) each peer scores the
 fixed evaluation subset, sends the figure to the others and goes on training. It waits for the others' figures of
-an evaluation round (up to `evaluation.deadline_s`) only once it is more rounds past it than the stages' staleness
-bound lets a neighbour lag (`lag`): in lockstep (0) right after its own evaluation, as all peers stop at the same
-round; with overlapped rounds, a slow evaluator holds up nobody; a peer that trains alone never waits. Only one
+an evaluation round (up to `evaluation.deadline_s`) only once it is as many rounds past it as the stages' staleness
+bound lets a neighbour lag (`lag`), less one: in lockstep (0) right after its own evaluation, as all peers stop at
+the same round; with overlapped rounds, a slow evaluator holds up nobody until the stages would wait for it anyway,
+and that wait is then timed as evaluation (left out of the training time), not in the next exchange as training; a
+peer that trains alone never waits. Only one
 round's figures are comparable, and they come in as the peers reach that round. Once every live peer's figure of a
 round is in and their mean reaches the target, the peer that sees it first tells the others to stop, with the
 figures it rests on. A peer also stops on a signal, at
@@ -129,7 +131,9 @@ class RunControl:
         back that are not all in yet; for each round once."""
         if self.lag is None:
             return
-        due = [r for r in self._pending if self._waited_through < r <= iteration - self.lag]
+        # one round before the stages would stall on a neighbour that is still evaluating: its evaluation is then
+        # waited out here, as evaluation, not in the next exchange, as training
+        due = [r for r in self._pending if self._waited_through < r <= iteration - max(0, self.lag - 1)]
         if not due:
             return
         self._waited_through = max(due)
