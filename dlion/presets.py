@@ -1,8 +1,9 @@
 """Named combinations of stage strategies, for `preset: NAME` in a config and for `scripts/compare.py`.
 
-A preset fills in `strategies` and, for the gossip presets, the `topology` they are defined on; whatever the config
-says itself wins: a `topology` block replaces the preset's graph, and under `strategies` a stage's `kind` given in the
-config replaces the preset's stage entirely, while parameters given without a `kind` are merged into it, unless the
+A preset fills in `strategies`, for the gossip presets the `topology` they are defined on, and for `full` its
+`rounds` (local steps per round); whatever the config says itself wins: a `topology` block replaces the preset's
+graph, `rounds` keys replace the preset's key by key, and under `strategies` a stage's `kind` given in the config
+replaces the preset's stage entirely, while parameters given without a `kind` are merged into it, unless the
 preset turns that stage off (kind none): then they have nothing to tune and are left out. So one scenario can tune,
 say, the exchange deadline and still run every preset, the gossip presets without a gradient exchange included.
 """
@@ -13,7 +14,8 @@ BASELINE = {"batching": {"kind": "fixed"}, "exchange": {"kind": "dense"}, "knowl
 # push-sum gossip trains each peer on its own gradient and mixes models over a time-varying directed graph
 GOSSIP = {"batching": {"kind": "fixed"}, "exchange": {"kind": "none"}, "knowledge": {"kind": "none"}}
 ONE_PEER_EXPONENTIAL = {"kind": "one-peer-exponential"}
-FULL_STALENESS = 8  # measured: hetero-4 27.2 s at 8 against 35.3 s at 2, quickstart 19.8 s against 24-33 s (single runs)
+FULL_LOCAL_STEPS = 32  # optimizer steps per round: measured 8, 16 and 32 on hetero-4 and the quickstart (benchmarks)
+FULL_STALENESS = 2  # rounds of 32 steps a neighbour may lag: with 8, slow peers' models drifted (worst peer 0.75)
 FULL_GOSSIP_EVERY = 1  # every 4 rounds gave more rounds per second but needed more rounds (docs/benchmarks.md)
 
 PRESETS: dict[str, dict] = {
@@ -35,14 +37,15 @@ PRESETS: dict[str, dict] = {
     # Sparse-Push with skew compensation, for label-skewed (non-IID) partitions
     "sparse-push-skew": {"strategies": {**GOSSIP, "gossip": {"kind": "sparse-push", "skew_compensation": "logit-adjustment"}},
                          "topology": ONE_PEER_EXPONENTIAL},
-    # the four-part peer: weighted batching, prioritized gradient exchange on every link every round (each link
-    # carries what its budget allows), Sparse-Push gossip on the time-varying graph, direct knowledge transfer over
-    # links fast enough for a model; rounds overlap: a neighbour may lag 8 rounds before anyone waits for it
+    # the four-part peer: rounds of 32 local steps on shares of the global batch weighted by the peers' rates, the
+    # round's change of parameters exchanged by prioritized top-k on every link every round (each link carries what
+    # its budget allows), Sparse-Push gossip on the time-varying graph, direct knowledge transfer over links fast
+    # enough for a model; rounds overlap: a neighbour may lag 2 rounds before anyone waits for it
     "full": {"strategies": {"batching": {"kind": "weighted"},
                             "exchange": {"kind": "prioritized", "graph": "full", "staleness": FULL_STALENESS},
                             "knowledge": {"kind": "dkt"},
                             "gossip": {"kind": "sparse-push", "staleness": FULL_STALENESS, "every": FULL_GOSSIP_EVERY}},
-             "topology": ONE_PEER_EXPONENTIAL},
+             "topology": ONE_PEER_EXPONENTIAL, "rounds": {"local_steps": FULL_LOCAL_STEPS}},
 }
 
 
@@ -64,5 +67,5 @@ def with_preset(raw: dict, preset: str) -> dict:
         filled["topology"] = dict(PRESETS[preset]["topology"])
     if "rounds" in PRESETS[preset]:
         own = raw.get("rounds")
-        filled["rounds"] = {**PRESETS[preset]["rounds"], **own} if isinstance(own, dict) or own is None else own
+        filled["rounds"] = {**PRESETS[preset]["rounds"], **(own or {})} if isinstance(own, dict) or own is None else own
     return filled

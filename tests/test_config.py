@@ -281,3 +281,12 @@ def test_rounds_default_to_one_step_and_a_preset_fills_in_its_own_under_the_conf
                           ({"steps": 2}, "rounds.steps")]:
         with pytest.raises(ConfigError, match=expected):
             config.parse({**base, "rounds": bad})
+
+
+def test_full_brings_its_rounds_and_the_configs_keys_replace_them_one_by_one():
+    base = {"peers": [{"id": 0, "port": 47000}], "training": {"max_iterations": 1}, "preset": "full"}
+    assert config.parse(base).rounds.local_steps == 32
+    own = config.parse({**base, "rounds": {"outer_momentum": 0.5}}).rounds
+    assert own.local_steps == 32 and own.outer_momentum == 0.5
+    assert config.parse({**base, "rounds": {"local_steps": 1}}).rounds.local_steps == 1
+    assert config.parse({**base, "preset": "bsp"}).rounds.local_steps == 1
