@@ -1,7 +1,7 @@
 """Named combinations of stage strategies, for `preset: NAME` in a config and for `scripts/compare.py`.
 
-A preset fills in `strategies`, for the gossip presets the `topology` they are defined on, and for `full` its
-`rounds` (local steps per round); whatever the config says itself wins: a `topology` block replaces the preset's
+A preset fills in `strategies`, for the gossip presets the `topology` they are defined on, and for `full` and
+`local-sgd` its `rounds` (local steps per round, outer step); whatever the config says itself wins: a `topology` block replaces the preset's
 graph, `rounds` keys replace the preset's key by key, and under `strategies` a stage's `kind` given in the config
 replaces the preset's stage entirely, while parameters given without a `kind` are merged into it, unless the
 preset turns that stage off (kind none): then they have nothing to tune and are left out. So one scenario can tune,
@@ -16,6 +16,7 @@ GOSSIP = {"batching": {"kind": "fixed"}, "exchange": {"kind": "none"}, "knowledg
 ONE_PEER_EXPONENTIAL = {"kind": "one-peer-exponential"}
 FULL_LOCAL_STEPS = 32  # optimizer steps per round: measured 8, 16 and 32 on hetero-4 and the quickstart (benchmarks)
 FULL_STALENESS = 2  # rounds of 32 steps a neighbour may lag: with 8, slow peers' models drifted (worst peer 0.75)
+LOCAL_SGD_ROUNDS = {"local_steps": 32, "outer_learning_rate": 0.7, "outer_momentum": 0.9}  # DiLoCo's outer step
 FULL_GOSSIP_EVERY = 1  # every 4 rounds gave more rounds per second but needed more rounds (docs/benchmarks.md)
 
 PRESETS: dict[str, dict] = {
@@ -30,6 +31,9 @@ PRESETS: dict[str, dict] = {
     # DLion: weighted dynamic batching + per-link prioritized gradient exchange + direct knowledge transfer
     "dlion": {"strategies": {"batching": {"kind": "weighted"}, "exchange": {"kind": "prioritized"},
                              "knowledge": {"kind": "dkt"}, **NO_GOSSIP}},
+    # DiLoCo-style local SGD (a baseline of the field): H local steps on equal shares, the peers' changes of
+    # parameters averaged densely in lockstep, applied by an outer SGD step with Nesterov momentum
+    "local-sgd": {"strategies": BASELINE, "rounds": LOCAL_SGD_ROUNDS},
     # stochastic gradient push: dense push-sum gossip of the model, no gradient exchange
     "sgp": {"strategies": {**GOSSIP, "gossip": {"kind": "push-sum"}}, "topology": ONE_PEER_EXPONENTIAL},
     # Sparse-Push: top-k updates of per-link public copies instead of the whole model

@@ -290,3 +290,12 @@ def test_full_brings_its_rounds_and_the_configs_keys_replace_them_one_by_one():
     assert own.local_steps == 32 and own.outer_momentum == 0.5
     assert config.parse({**base, "rounds": {"local_steps": 1}}).rounds.local_steps == 1
     assert config.parse({**base, "preset": "bsp"}).rounds.local_steps == 1
+
+
+def test_local_sgd_is_dilocos_rule_on_the_dense_exchange():
+    base = {"peers": [{"id": 0, "port": 47000}], "training": {"max_iterations": 1}, "preset": "local-sgd"}
+    cfg = config.parse(base)
+    assert cfg.rounds == config.Rounds(32, 0.7, 0.9, 8)
+    assert (cfg.strategies.batching.kind, cfg.strategies.exchange.kind, cfg.strategies.gossip.kind) == \
+        ("fixed", "dense", "none")
+    assert config.parse({**base, "rounds": {"local_steps": 500}}).rounds.outer_momentum == 0.9
