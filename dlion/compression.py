@@ -1,7 +1,8 @@
 """Compression of flat vectors on the wire: exact top-k, per-link error feedback, and the half-precision policy.
 
-The gradient plane (`exchange.prioritized`) and the model plane (`gossip.sparse_push`) both send the largest entries
-of a vector and keep the rest for later; these are the pieces they share.
+The gradient plane (`exchange.prioritized`, `exchange.gaia`, `exchange.ako`) and the model plane
+(`gossip.sparse_push`) send some entries of a vector (the largest, the significant, a partition) and keep the rest for
+later; these are the pieces they share.
 """
 from __future__ import annotations
 
@@ -44,15 +45,17 @@ class LinkResidual:
 
     def take(self, vector: np.ndarray, k: int) -> np.ndarray | Sparse:
         """Add `vector`, remove and return the `k` largest entries (all of them, densely, if that is not larger)."""
-        acc = self.residual
-        acc += vector
-        if 2 * k >= acc.size:
-            self.residual = np.zeros_like(acc)
+        self.add(vector)
+        if 2 * k >= self.residual.size:
+            acc, self.residual = self.residual, np.zeros_like(self.residual)
             return acc
-        idx = top_k_indices(np.abs(acc), k)
-        values = acc[idx]
-        acc[idx] = 0.0
-        return Sparse(idx, values, acc.size)
+        return self.take_at(top_k_indices(np.abs(self.residual), k))
+
+    def take_at(self, indices: np.ndarray) -> Sparse:
+        """Remove and return the entries at `indices` (strictly increasing uint32), whichever rule picked them."""
+        values = self.residual[indices]
+        self.residual[indices] = 0.0
+        return Sparse(indices, values, self.residual.size)
 
 
 def fits_half(values: np.ndarray) -> bool:

@@ -1,7 +1,7 @@
 """Named combinations of stage strategies, for `preset: NAME` in a config and for `scripts/compare.py`.
 
 A preset fills in `strategies`, for the gossip presets the `topology` they are defined on, and for `full` and
-`local-sgd` its `rounds` (local steps per round, outer step); whatever the config says itself wins: a `topology` block replaces the preset's
+`local-sgd` and `gaia` their `rounds` (local steps per round, outer step); whatever the config says itself wins: a `topology` block replaces the preset's
 graph, `rounds` keys replace the preset's key by key, and under `strategies` a stage's `kind` given in the config
 replaces the preset's stage entirely, while parameters given without a `kind` are merged into it, unless the
 preset turns that stage off (kind none): then they have nothing to tune and are left out. So one scenario can tune,
@@ -34,6 +34,11 @@ PRESETS: dict[str, dict] = {
     # DiLoCo-style local SGD (a baseline of the field): H local steps on equal shares, the peers' changes of
     # parameters averaged densely in lockstep, applied by an outer SGD step with Nesterov momentum
     "local-sgd": {"strategies": BASELINE, "rounds": LOCAL_SGD_ROUNDS},
+    # Gaia (a baseline of the field): per link, only the accumulated updates significant against their parameters;
+    # rounds of 4 local steps, so that what is weighed against a parameter is a change of it (Gaia's update)
+    "gaia": {"strategies": {**BASELINE, "exchange": {"kind": "gaia"}}, "rounds": {"local_steps": 4}},
+    # Ako (a baseline of the field): per link, one of 4 partitions of the accumulated gradient each round, in turn
+    "ako": {"strategies": {**BASELINE, "exchange": {"kind": "ako"}}},
     # stochastic gradient push: dense push-sum gossip of the model, no gradient exchange
     "sgp": {"strategies": {**GOSSIP, "gossip": {"kind": "push-sum"}}, "topology": ONE_PEER_EXPONENTIAL},
     # Sparse-Push: top-k updates of per-link public copies instead of the whole model

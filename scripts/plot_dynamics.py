@@ -75,7 +75,7 @@ def held(rows, since: float, tolerance: float) -> float | None:
 
 
 def link_series(iters: dict, t0: float, src: int, dst: int) -> list[tuple[float, int, float | None]]:
-    return [(e["t"] - t0, e["links"][str(dst)]["k"], e["links"][str(dst)]["bps"])
+    return [(e["t"] - t0, e["links"][str(dst)]["k"], e["links"][str(dst)].get("bps"))
             for e in iters[src] if str(dst) in e.get("links", {})]
 
 

@@ -67,9 +67,19 @@ def test_shipped_configs_are_valid():
     (["training.partition.kind=shards"], "training.partition.kind: expected one of: iid, dirichlet, label-sorted"),
     (["links.default.bandwidth=-5mbit"], "links.default.bandwidth: expected a positive bandwidth"),
     (["links.default.latency=fast"], "links.default.latency: expected a non-negative duration"),
-    (["strategies.exchange.kind=gaia"], "strategies.exchange.kind: expected a strategy kind, one of: dense"),
+    (["strategies.exchange.kind=hogwild"], "strategies.exchange.kind: expected a strategy kind, one of: dense"),
     (["strategies.exchange.deadline_s=0"], "strategies.exchange.deadline_s: expected a positive number of seconds"),
     (["strategies.exchange.topk=3"], "strategies.exchange.topk: unknown key; expected one of: deadline_s"),
+    (["strategies.exchange.kind=gaia", "strategies.exchange.threshold=0"],
+     "strategies.exchange.threshold: expected a positive number: at round 0"),
+    (["strategies.exchange.kind=gaia", "strategies.exchange.decay_rounds=-1"],
+     "strategies.exchange.decay_rounds: expected a positive number of rounds"),
+    (["strategies.exchange.kind=ako", "strategies.exchange.partitions=0"],
+     "strategies.exchange.partitions: expected a positive integer"),
+    (["strategies.exchange.kind=ako", "strategies.exchange.partitions=1.5"],
+     "strategies.exchange.partitions: expected a positive integer"),
+    (["strategies.exchange.kind=ako", "strategies.exchange.threshold=0.01"],
+     "strategies.exchange.threshold: unknown key"),
     (["evaluation.subset=20000"], "evaluation.subset: expected an integer in 1..10000"),
     (["topology.kind=edges"], "topology.edges: expected at least one edge for kind edges"),
     (["peers.7.port=1"], "peers: expected a list index below 3, got '7'"),
@@ -299,3 +309,13 @@ def test_local_sgd_is_dilocos_rule_on_the_dense_exchange():
     assert (cfg.strategies.batching.kind, cfg.strategies.exchange.kind, cfg.strategies.gossip.kind) == \
         ("fixed", "dense", "none")
     assert config.parse({**base, "rounds": {"local_steps": 500}}).rounds.outer_momentum == 0.9
+
+
+def test_gaia_and_ako_are_the_bsp_stages_with_their_exchange():
+    base = {"peers": [{"id": 0, "port": 47000}], "training": {"max_iterations": 1}}
+    for preset, steps in (("gaia", 4), ("ako", 1)):  # gaia weighs changes of parameters: rounds of local steps
+        cfg = config.parse({**base, "preset": preset})
+        assert (cfg.strategies.batching.kind, cfg.strategies.exchange.kind, cfg.strategies.gossip.kind,
+                cfg.topology.kind, cfg.rounds.local_steps) == ("fixed", preset, "none", "full", steps)
+    cfg = config.parse({**base, "preset": "ako", "strategies": {"exchange": {"partitions": 8}}})
+    assert cfg.strategies.exchange.params.partitions == 8
