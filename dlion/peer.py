@@ -1,8 +1,9 @@
 """The peer: one training loop per micro-cloud, composing the stages on flat vectors.
 
-One iteration: the batching stage picks this peer's batch size, the trainer computes a flat gradient (through the
-step clock; the batching stage learns how long that took), the exchange stage combines it with the in-neighbours'
-gradients for the round, the trainer applies the result, the gossip stage mixes the parameters with the
+One iteration (a round): the batching stage picks this peer's batch size, the round's work (`dlion.rounds`) computes
+a flat gradient, or takes `rounds.local_steps` optimizer steps and yields the change of parameters (through the step
+clock; the batching stage learns how long the peer was busy), the exchange stage combines it with the in-neighbours'
+updates for the round, the round's work applies the result, the gossip stage mixes the parameters with the
 in-neighbours' over the round's graph, and the knowledge stage may merge a better peer's parameters. Run control
 (`dlion.control`) decides when to stop and runs the evaluation protocol; `dlion.rejoin` brings a peer that fell far
 behind (restarted, or frozen) back to the others' round and state; progress events are `dlion.progress`'s.
