@@ -2,7 +2,7 @@
 """Crash one peer mid-run and watch it come back: the timeline and the issue-18 checks, from the peers' own events.
 
     python3 scripts/crash_rejoin.py configs/quickstart.yaml                 # SIGKILL peer 2, restarted after 3 s
-    python3 scripts/crash_rejoin.py configs/scenarios/hetero-4.yaml --victim 3 --at-iteration 150
+    python3 scripts/crash_rejoin.py configs/scenarios/hetero-4.yaml --victim 3 --at-iteration 4 --set preset=full
     python3 scripts/crash_rejoin.py configs/quickstart.yaml --signal stop   # SIGSTOP for 3 s (a vanished host)
 
 `kill`: `dlion run` with `restart: on-failure` (backoff = --down-s) revives the peer, which rejoins at the others'
@@ -146,7 +146,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config")
     parser.add_argument("--victim", type=int, default=None, help="the peer to hit (default: the last one)")
-    parser.add_argument("--at-iteration", type=int, default=100)
+    parser.add_argument("--at-iteration", type=int, default=5,
+                        help="the round to hit it at (full's rounds are 32 optimizer steps each)")
     parser.add_argument("--signal", choices=["kill", "stop"], default="kill")
     parser.add_argument("--down-s", type=float, default=None,
                         help="restart backoff (kill, default 3) or frozen time (stop, default 10: beyond the "
