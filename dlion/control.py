@@ -6,14 +6,13 @@ an evaluation round (up to `evaluation.deadline_s`) only once it is as many roun
 bound lets a neighbour lag (`lag`), less one: in lockstep (0) right after its own evaluation, as all peers stop at
 the same round; with overlapped rounds, a slow evaluator holds up nobody until the stages would wait for it anyway,
 and that wait is then timed as evaluation (left out of the training time), not in the next exchange as training; a
-peer that trains alone never waits. Only one
-round's figures are comparable, and they come in as the peers reach that round. Once every live peer's figure of a
-round is in and their mean reaches the target, the peer that sees it first tells the others to stop, with the
-figures it rests on. A peer also stops on a signal, at
-`max_iterations` or `max_seconds`, or when another peer's stop holds up: its figures agree with every figure of that
-round this peer has itself (its own among them, so a stop for a round this peer has not evaluated yet waits until it
-has), and their mean reaches the target. A stop that does not hold up is rejected and counted; a peer cannot end the
-run with a claim the others can check. Evaluation pauses are timed, so the run's training time can leave them out.
+peer that trains alone never waits. Only one round's figures are comparable, and they come in as the peers reach
+that round. Once every live peer's figure of a round is in and their mean reaches the target, the peer that sees it
+first tells the others to stop, with the figures it rests on. A peer also stops on a signal, at `max_iterations` or
+`max_seconds`, or when another peer's stop holds up: its figures agree with every figure of that round this peer
+has itself (its own among them, so a stop for a round this peer has not evaluated yet waits until it has), and
+their mean reaches the target. A stop that does not hold up is rejected and counted; a peer cannot end the run with
+a claim the others can check. Evaluation pauses are timed, so the run's training time can leave them out.
 """
 from __future__ import annotations
 
@@ -127,8 +126,8 @@ class RunControl:
                   peers_reported=len(figures), train_s=round(train_s, 3), eval_s=round(self.eval_s, 3))
 
     def _wait_for_figures(self, iteration: int) -> None:
-        """Wait (timed as evaluation) for the live peers' figures of the evaluation rounds `lag` or more rounds
-        back that are not all in yet; for each round once."""
+        """Wait (timed as evaluation) for the live peers' figures of the evaluation rounds `lag` - 1 or more rounds
+        back (lockstep: this one) that are not all in yet; for each round once."""
         if self.lag is None:
             return
         # one round before the stages would stall on a neighbour that is still evaluating: its evaluation is then

@@ -35,7 +35,7 @@ class Rejoin:
         `catch_up` False: it never does (a peer that trains alone has nobody's state to take); it still answers."""
         self.ctx, self.trainer, self.log = ctx, trainer, log
         self.transport = ctx.transport
-        self.every = margin
+        self.margin = margin
         self.catch_up = catch_up
         self._answered: dict[int, object] = {}  # peer -> the last rejoin request of its answered
         self._next_knock = 0.0
@@ -45,13 +45,13 @@ class Rejoin:
 
     def start(self, iteration: int) -> int:
         """The round to start training from (after the hello barrier)."""
-        return self._catch_up(iteration, self.every)
+        return self._catch_up(iteration, self.margin)
 
     def step(self, iteration: int) -> int:
         """Once per iteration: knock, answer requests, catch up. Returns the round to go on from."""
         self._knock()
         self._answer(iteration)
-        return self._catch_up(iteration, 2 * self.every)
+        return self._catch_up(iteration, 2 * self.margin)
 
     def _catch_up(self, iteration: int, margin: int) -> int:
         """Only the source's answer moves the peer (its round is in the answer): what made it ask (a hello, a
@@ -100,12 +100,12 @@ class Rejoin:
     def _lead(self, source: int, state) -> int:
         """How many rounds past the newest it knows of a rejoining peer comes back at: LEAD, plus the rounds the
         source makes, at the pace its hello and its answer show, since the answer and for BACK_MARGIN_S more (the
-        `back` must reach the others before they start that round), at most an evaluation period more."""
+        `back` must reach the others before they start that round), at most the margin more."""
         hello = self.transport.mailbox.latest(messages.HELLO, source)
         if hello is None or state.received_at <= hello.received_at:
             return LEAD
         rate = max(0.0, (state.meta["at"] - hello.meta["at"]) / (state.received_at - hello.received_at))
-        return LEAD + min(self.every, math.ceil(rate * (time.time() - state.received_at + BACK_MARGIN_S)))
+        return LEAD + min(self.margin, math.ceil(rate * (time.time() - state.received_at + BACK_MARGIN_S)))
 
     def _fetch(self, source: int, round_: int) -> tuple[object, dict]:
         """Ask `source` for its state (a request of our round `round_`) and wait for it (at most WAIT_S); take it.
