@@ -37,7 +37,7 @@ class Rejoin:
         self.transport = ctx.transport
         self.margin = margin
         self.catch_up = catch_up
-        self._answered: dict[int, object] = {}  # peer -> the last rejoin request of its answered
+        self._answered: dict[int, int] = {}  # peer -> the round of its last rejoin request answered
         self._next_knock = 0.0
         self._knocked_at = 0.0  # when we last knocked (time.time()): a hello since is an answer
         self._retry_at = 0.0  # no catch-up before this (time.monotonic()) after an unanswered request
@@ -141,11 +141,13 @@ class Rejoin:
 
     def _answer(self, iteration: int) -> None:
         """Send a peer that asks our optimizer state with our round, then our parameters, both for its request's
-        round (each request once; the state is left empty if it is larger than a message may be)."""
+        round; once per round asked for: the repeats of a request are for a lost request, and answering each of them
+        would queue whole models behind each other on a slow link (the state is left empty if it is larger than a
+        message may be)."""
         for p in self.ctx.others:  # a peer asking is not waited for (departed) until it takes part in rounds again
             msg = self.transport.mailbox.latest(messages.REJOIN, p)
-            if msg is not None and self._answered.get(p) is not msg:
-                self._answered[p] = msg
+            if msg is not None and self._answered.get(p) != msg.round:
+                self._answered[p] = msg.round
                 state, meta = self.trainer.optimizer_vector(), {"at": iteration}
                 try:
                     self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": state}, meta)

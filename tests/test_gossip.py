@@ -212,6 +212,24 @@ def test_a_dead_in_neighbour_costs_a_deadline_until_suspected_and_weight_pushed_
     assert results[0][-1].sent == {1: DIM}
 
 
+@pytest.mark.parametrize("cls,params", [(PushSum, {}), (SparsePush, {**SPARSE, "gamma": 1.0})],
+                         ids=["push-sum", "sparse-push"])
+def test_a_peer_whose_weight_drained_moves_its_model_by_exactly_its_own_update(inproc, cls, params):
+    """Peer 1 stops gossiping (restarted, frozen): peer 0 pushes into the link until it suspends it, and keeps a
+    small weight. Its training, or a state it takes at a rejoin, must move its model by exactly that change: the
+    update is not amplified by 1 / w."""
+    ids = [0, 1]
+    transports, gossips = network(inproc, ids, TopologySpec("full"), cls, deadline_s=0.05, suspend_after=3, **params)
+    z = start_vectors(ids, 3)[0]
+    for r in range(5):
+        z = gossips[0].step(r, z).params
+    assert gossips[0].w < 0.2
+    for r, change in ((5, 0.01), (6, 2.0)):  # an optimizer's step, then a whole other model taken at a rejoin
+        moved = z + np.float32(change)
+        z = gossips[0].step(r, moved).params
+        np.testing.assert_allclose(z, moved, rtol=1e-6)
+
+
 @pytest.mark.parametrize("cls,params", [(PushSum, {}), (SparsePush, SPARSE)], ids=["push-sum", "sparse-push"])
 def test_the_weight_is_conserved_across_a_departure_and_a_rejoin(inproc, cls, params):
     """Peer 2 leaves mid-run and a new process of it (fresh weight 1, newer epochs) rejoins the same graph. Nothing

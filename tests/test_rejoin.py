@@ -132,6 +132,25 @@ def test_a_lost_request_is_repeated_until_answered(inproc):
     np.testing.assert_array_equal(trainers[2].params, trainers[0].params)
 
 
+def test_repeats_of_a_request_are_answered_once_and_a_new_round_again(inproc):
+    transports = inproc(PEERS)
+    trainers = {p: Trainer(float(p)) for p in PEERS}
+    rejoins, _ = peers(transports, trainers)
+    send, answers = transports[0].send, []
+
+    def counting_send(dst, kind, *args, **kwargs):
+        answers.append((dst, kind))
+        send(dst, kind, *args, **kwargs)
+
+    transports[0].send = counting_send
+    for round_, pause in ((3, 0.02), (3, 1.0), (7, 0.02)):  # a request repeated while the whole model is still on
+        transports[2].send(0, messages.REJOIN, round_)     # its way, then a new one (requests are rate-limited)
+        time.sleep(pause)
+        rejoins[0].step(40)
+    assert answers.count((2, messages.MODEL)) == 2 and answers.count((2, messages.OPTIMIZER)) == 2
+    assert transports[2].mailbox.latest(messages.MODEL, 0).round == 7
+
+
 def test_an_unanswered_request_is_given_up_and_the_peer_trains_on_with_its_own_state(inproc, monkeypatch):
     import dlion.rejoin
     monkeypatch.setattr(dlion.rejoin, "WAIT_S", 0.3)

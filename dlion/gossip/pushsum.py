@@ -4,8 +4,11 @@ and the engine Sparse-Push shares.
 Each peer keeps a numerator x (float64) and a weight w (1 at the start), and trains the de-biased model z = x / w.
 One round t, `step(t, params)`:
 
-1. Local update: x += params - z_last, i.e. whatever changed the parameters since the last step (the optimizer's
-   step on z, unscaled, as in SGP), plus the flow-integral skew compensation's correction when it is on
+1. Local update: x += w * (params - z_last), i.e. whatever changed the parameters since the last step (the
+   optimizer's steps on z, or a state taken at a rejoin), scaled by the weight so that z moves by exactly that
+   change. SGP adds the step unscaled, which moves z by the step divided by w: harmless while weights stay near 1,
+   but a peer whose weight drained (its in-neighbours stopped pushing to it: restarted, suspended links) would take
+   steps amplified 1/w-fold and diverge. Plus the flow-integral skew compensation's correction when it is on
    (`skew.py`; the other compensation, logit adjustment, is in the trainer's loss and needs nothing here).
 2. Push: with the live out-neighbours O of round t (the topology's, minus peers that said goodbye) and the push-sum
    share a = 1/(|O| + 1), the peer gives each out-neighbour the weight dw = gamma * a * w with numerator mass
@@ -170,8 +173,7 @@ class PushSum(Strategy):
             if self.params.skew_compensation == "flow-integral":
                 self.skew = SkewCompensation(params.size, self.params.skew_gain, self.params.skew_leak)
         else:
-            self.x += params
-            self.x -= self.z
+            self.x += self.w * (params - self.z)
         if self.skew is not None:
             self.x += self.skew.correction()
         before_gossip = None if self.skew is None else self.x.copy()
