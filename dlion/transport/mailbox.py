@@ -48,6 +48,7 @@ class Mailbox:
         self._misses: dict[int, int] = defaultdict(int)
         self._departed: set[int] = set()
         self._said_bye: set[int] = set()
+        self._unreachable: set[int] = set()  # departed as our connection to them dropped, and not back up yet
 
     @property
     def round(self) -> int:
@@ -77,7 +78,10 @@ class Mailbox:
         A filed message proves its sender is alive: it re-admits a sender that had departed (a restarted peer, a
         connection that came back; `bye` is the last message on a connection, so nothing older can follow it), except
         an announcement (`messages.ANNOUNCEMENTS`: a hello, a rejoin request), which a peer sends before it takes part
-        in rounds again, so nobody waits for it meanwhile. One that is not filed proves nothing. Suspicion is cleared
+        in rounds again, so nobody waits for it meanwhile, and except while our own connection to the sender is down
+        (`mark_departed(unreachable=True)` until `reachable`): a killed process's last messages still drain from its
+        kernel's socket buffers for seconds after its death, behind a slow link, and must not make anyone wait for
+        it. One that is not filed proves nothing. Suspicion is cleared
         only by a `take` or `collect` that finds what it waited for: a sender that sends anything else, but not its
         round's messages, is still not waited for.
         """
@@ -94,7 +98,7 @@ class Mailbox:
             growth = msg.nbytes - (replaced.nbytes if replaced is not None else 0)
             if self._held[msg.sender] + growth > self.max_held_bytes:
                 return "sender memory"
-            if msg.kind not in ANNOUNCEMENTS:
+            if msg.kind not in ANNOUNCEMENTS and msg.sender not in self._unreachable:
                 self._departed.discard(msg.sender)
                 self._said_bye.discard(msg.sender)
             if msg.kind == BACK:
@@ -233,14 +237,22 @@ class Mailbox:
             earlier = [r for r in rounds if r < round]
             return rounds[max(earlier)] if earlier else None
 
-    def mark_departed(self, sender: int, said_bye: bool = False) -> None:
+    def mark_departed(self, sender: int, said_bye: bool = False, unreachable: bool = False) -> None:
         """Stop waiting for `sender` (it said bye, its connection dropped or stopped answering pings, or it never
-        answered the hello barrier)."""
+        answered the hello barrier). `unreachable`: our connection to it dropped; its messages do not re-admit it
+        until `reachable` says the connection is up again (a new process listens there, or the old one woke)."""
         with self._cond:
             self._departed.add(sender)
             if said_bye:
                 self._said_bye.add(sender)
+            if unreachable:
+                self._unreachable.add(sender)
             self._cond.notify_all()
+
+    def reachable(self, sender: int) -> None:
+        """Our connection to `sender` is up (again): its next message re-admits it."""
+        with self._cond:
+            self._unreachable.discard(sender)
 
     @property
     def departed(self) -> frozenset[int]:

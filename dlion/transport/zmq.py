@@ -6,10 +6,11 @@ link) wait in a holdback heap until their release time; the poll timeout shrinks
 
 A peer whose process dies without its bye (SIGKILL, a crash) closes its TCP connections: the thread watches each
 DEALER's monitor for that disconnection and marks the peer departed, so no stage waits for it, and gossip stops
-pushing weight to it (which would otherwise drain every sender's push-sum weight towards zero). Any later message
-from the peer re-admits it. A host that vanishes without closing its connections is only suspected by the mailbox
-after missed rounds (ZeroMQ heartbeats are not used: on a slow shaped link they queue behind data and would cut
-healthy connections).
+pushing weight to it (which would otherwise drain every sender's push-sum weight towards zero). A later message from
+the peer re-admits it once our connection to it is up again (the monitor's handshake event): the dead process's last
+messages, still draining from its kernel's socket buffers behind a slow link, do not. A host that vanishes without
+closing its connections is told by ZMTP heartbeats on a connection of their own that data never queues in (`_open`),
+or else suspected by the mailbox after missed rounds.
 
 Identity. Each DEALER announces the routing id `<peer id>.<incarnation>` (`routing_id`), the incarnation being its
 process's start time, so a restarted peer's connection never collides with its predecessor's lingering one. Routing
@@ -199,7 +200,7 @@ class ZmqTransport(Transport):
             d.curve_secretkey, d.curve_publickey = self.keys.secret, self.keys.public
             d.curve_serverkey = self.keys.peers[peer]
         d.setsockopt(zmq.LINGER, 0)
-        monitors[d.get_monitor_socket(zmq.EVENT_DISCONNECTED)] = peer
+        monitors[d.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)] = peer
         return d
 
     def _loop(self, router: zmq.Socket, dealers: dict[int, zmq.Socket], monitors: dict[zmq.Socket, int],
@@ -223,7 +224,7 @@ class ZmqTransport(Transport):
             if router in events:
                 self._receive(router)
             for monitor in events.keys() & monitors.keys():
-                self._disconnected(monitor, monitors[monitor])
+                self._connection_events(monitor, monitors[monitor])
             if self._wake_r in events:
                 try:
                     os.read(self._wake_r, 4096)
@@ -286,18 +287,21 @@ class ZmqTransport(Transport):
             reply = [b"1.0", request_id, b"200", b"OK", str(peer).encode(), b""]
         zap.send_multipart(reply)
 
-    def _disconnected(self, monitor: zmq.Socket, peer: int) -> None:
-        """The connection to `peer` closed under us: its process is gone (or restarting)."""
+    def _connection_events(self, monitor: zmq.Socket, peer: int) -> None:
+        """A connection to `peer` closed under us: its process is gone (or restarting), and what still arrives from
+        it is its last messages draining; or one came (back) up: a process listens there again."""
         while True:
             try:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event["event"] == zmq.EVENT_DISCONNECTED:
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.mailbox.reachable(peer)
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._count(peer, disconnects=1)
                 log.info("peer %s: lost the connection to peer %s (closed, or no heartbeat); no longer waiting for "
                          "it", self.peer_id, peer)
-                self.mailbox.mark_departed(peer)
+                self.mailbox.mark_departed(peer, unreachable=True)
 
     def _count_send(self, dst: int, nbytes: int, ok: bool) -> None:
         if ok:

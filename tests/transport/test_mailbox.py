@@ -103,6 +103,17 @@ def test_a_message_after_departure_readmits_the_sender_but_an_announcement_does_
     assert mb.departed == frozenset()
 
 
+def test_a_sender_whose_connection_dropped_is_re_admitted_only_once_it_is_reachable_again():
+    mb = Mailbox()
+    mb.mark_departed(1, unreachable=True)
+    mb.put(msg("grad", 1, 5))  # its dead process's last message, drained from the kernel's buffers
+    assert mb.departed == {1} and 1 in mb.collect("grad", 5, [1], time.monotonic())
+    mb.reachable(1)  # a process listens at its address again
+    assert mb.departed == {1}  # being reachable says nothing of taking part in rounds
+    mb.put(msg("grad", 1, 6))
+    assert mb.departed == frozenset()
+
+
 def test_a_sender_back_from_a_later_round_is_not_waited_for_before_it():
     mb = Mailbox()
     mb.mark_departed(1)

@@ -284,7 +284,16 @@ def test_a_peer_whose_connection_drops_without_a_bye_is_departed_until_it_speaks
     finally:
         stand_in.close(linger=0)  # what the kernel does to a SIGKILLed peer's sockets: no bye
     wait_until(lambda: 1 in t0.mailbox.departed)
-    t1 = make(1, peers=pair)  # the restarted peer: its first message re-admits it
+    late = zmq.Context.instance().socket(zmq.DEALER)  # the dead process's last message, still draining to us
+    late.setsockopt(zmq.IDENTITY, routing_id(1, 1))
+    late.connect(f"tcp://127.0.0.1:{endpoints[0][1]}")
+    try:
+        late.send_multipart(_probe(1))
+        wait_until(lambda: t0.mailbox.latest("probe", 1) is not None)
+        assert 1 in t0.mailbox.departed  # filed, but nobody waits for a peer we cannot reach
+    finally:
+        late.close(linger=0)
+    t1 = make(1, peers=pair)  # the restarted peer: once our connection to it is up, its first message re-admits it
     wait_until(lambda: (t1.send(0, "ack", 1), time.sleep(0.05), 1 not in t0.mailbox.departed)[2])
 
 
