@@ -127,7 +127,7 @@ KINDS: dict[str, Kind] = {
     REJOIN: Kind(rate=1.0, burst=2),
     BACK: Kind({"at": round_number}, rate=1.0, burst=2),
     MODEL: Kind({}, frozenset({"x"})),
-    OPTIMIZER: Kind({"at": round_number}, frozenset({"o"}), rate=1.0, burst=2),
+    OPTIMIZER: Kind({"at": round_number, "train_s": non_negative_float}, frozenset({"o"}), rate=1.0, burst=2),
     PROBE: Kind({}, frozenset(), frozenset({"payload"})),
     ACK: Kind(),
 }

@@ -38,7 +38,7 @@ class Peer:
         self.work = RoundWork(trainer, self._gradients, rounds.local_steps,
                               OuterStep(rounds.outer_learning_rate, rounds.outer_momentum), rounds.min_step_batch)
         self.rejoin = Rejoin(ctx, trainer, log, max(control.every, (control.lag or 0) + 1),
-                             catch_up=control.lag is not None)
+                             catch_up=control.lag is not None, elapsed=lambda: control.elapsed)
         self._start = resumed["iteration"] if resumed else 0
 
     def run(self) -> dict:
@@ -68,6 +68,8 @@ class Peer:
         if self.resumed:
             self.progress.samples = self.resumed["samples"]
             self.control.start(self.resumed["train_s"], self.resumed["eval_s"])
+        elif self.rejoin.train_s is not None:  # restarted and rejoined: on the others' clock
+            self.control.start(self.rejoin.train_s)
         else:
             self.control.start()
         steps, round_work_s = self.work.local_steps, 0.0

@@ -29,11 +29,15 @@ _POLL_S = 0.01
 class Rejoin:
     """One peer's side of rejoining, run from its loop."""
 
-    def __init__(self, ctx, trainer, log, margin: int, catch_up: bool = True):
+    def __init__(self, ctx, trainer, log, margin: int, catch_up: bool = True, elapsed=lambda: 0.0):
         """`margin`: rounds a peer may lag (the evaluation interval, or the stages' staleness bound if larger); one
         behind by more than that at start (twice that while training, where a slow peer may lag a little) rejoins.
-        `catch_up` False: it never does (a peer that trains alone has nobody's state to take); it still answers."""
+        `catch_up` False: it never does (a peer that trains alone has nobody's state to take); it still answers.
+        `elapsed()`: this peer's training time so far, sent with its state, so that a peer restarted from it goes on
+        with the others' clock (its time budget, its curves) instead of starting its own from zero."""
         self.ctx, self.trainer, self.log = ctx, trainer, log
+        self.elapsed = elapsed
+        self.train_s: float | None = None  # the training time of the state taken at the latest rejoin
         self.transport = ctx.transport
         self.margin = margin
         self.catch_up = catch_up
@@ -66,6 +70,7 @@ class Rejoin:
             self._retry_at = time.monotonic() + RETRY_AFTER_S
             self.log.emit("rejoin", at=iteration, was_at=iteration, asked=source, **taken)
             return iteration
+        self.train_s = state.meta["train_s"]
         newest = max([state.meta["at"], *self.transport.mailbox.newest_rounds().values()])
         at = max(iteration, newest + self._lead(source, state))
         self.transport.mailbox.advance(at)
@@ -148,7 +153,7 @@ class Rejoin:
             msg = self.transport.mailbox.latest(messages.REJOIN, p)
             if msg is not None and self._answered.get(p) != msg.round:
                 self._answered[p] = msg.round
-                state, meta = self.trainer.optimizer_vector(), {"at": iteration}
+                state, meta = self.trainer.optimizer_vector(), {"at": iteration, "train_s": self.elapsed()}
                 try:
                     self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": state}, meta)
                 except ValueError:

@@ -27,7 +27,7 @@ def test_the_wire_knows_exactly_the_declared_kinds():
     ("back", {"at": 7}, ()),
     ("hello", {"heard": "", "at": 550}, ()),
     ("model", {}, ("x",)),
-    ("optimizer", {"at": 40}, ("o",)),
+    ("optimizer", {"at": 40, "train_s": 12.5}, ("o",)),
     ("probe", {}, ()),
     ("probe", {}, ("payload",)),
 ])

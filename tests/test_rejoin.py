@@ -45,7 +45,8 @@ class Log:
 
 def peers(transports, trainers):
     logs = {p: Log() for p in transports}
-    return {p: Rejoin(stage_context(transports, p), trainers[p], logs[p], EVERY) for p in transports}, logs
+    return {p: Rejoin(stage_context(transports, p), trainers[p], logs[p], EVERY, elapsed=lambda p=p: 100.0 + p)
+            for p in transports}, logs
 
 
 def advance(transports, p, round_):
@@ -91,6 +92,7 @@ def test_a_restarted_peer_starts_at_the_others_round_with_a_leading_peers_parame
     source = rejoin["asked"]
     np.testing.assert_array_equal(trainers[2].params, trainers[source].params)  # the replica, restored exactly
     np.testing.assert_array_equal(trainers[2].optimizer, trainers[source].optimizer)
+    assert rejoins[2].train_s == 100.0 + source  # it goes on with the others' clock
     assert logs[0].events == [] and logs[1].events == []
     time.sleep(0.05)
     for p in (0, 1):  # told where it takes part from: they do not wait for it before
