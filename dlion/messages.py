@@ -25,6 +25,8 @@ SCORE = "score"      # knowledge transfer: a peer's loss on its held-out data
 FETCH = "fetch"      # knowledge transfer: send me your parameters
 MODEL = "model"      # knowledge transfer: the parameters asked for
 CREDIT = "credit"    # model plane: the push-sum weight a receiver has used from a link so far
+AVERAGE_REQUEST = "avg-request"  # model plane (AD-PSGD): average your model with mine, and send me yours
+AVERAGE_REPLY = "avg-reply"      # model plane (AD-PSGD): my model before I averaged it with your request's
 REJOIN = "rejoin"    # a restarted peer asks for the parameters to continue from (answered with a model)
 BACK = "back"        # a rejoining peer takes part in rounds again from round `at` on
 OPTIMIZER = "optimizer"  # with a rejoin answer: the answering peer's round and optimizer state (moments, step count)
@@ -122,6 +124,8 @@ KINDS: dict[str, Kind] = {
     REPORT: Kind({"rate": positive_float}),
     GOSSIP: Kind({"n": count, "w": positive_float, "e": epoch}, frozenset({"x"}), frozenset({"owed"})),
     CREDIT: Kind({"w": positive_float, "e": epoch}),
+    AVERAGE_REQUEST: Kind({}, frozenset({"x"})),  # numbered by the requester's round
+    AVERAGE_REPLY: Kind({}, frozenset({"x"})),    # numbered by the round of the request it answers
     SCORE: Kind({"loss": non_negative_float}, rate=50.0, burst=50),  # a cross-entropy
     FETCH: Kind(rate=5.0, burst=5),
     REJOIN: Kind(rate=1.0, burst=2),
@@ -134,10 +138,12 @@ KINDS: dict[str, Kind] = {
 
 
 ANNOUNCEMENTS = frozenset({HELLO, REJOIN})  # sent before a peer takes part in rounds again: they do not re-admit it
-COLLECTED = frozenset({GRAD, GOSSIP})  # kinds stages collect round by round: every message counts, none is evicted
-# filed whatever their round (no window): tiny, rate-limited and held for the last rounds only, and a slower peer
-# needs a faster one's figures of rounds it reaches much later
-UNWINDOWED = frozenset({EVAL})
+# kinds stages collect (or drain) round by round: every message counts, none is evicted
+COLLECTED = frozenset({GRAD, GOSSIP, AVERAGE_REQUEST, AVERAGE_REPLY})
+# filed whatever their round (no window), as a slower peer needs them from a faster one's rounds: evaluation figures
+# (tiny, rate-limited and held for the last rounds only) and AD-PSGD's requests (peers run at their own speeds; each
+# is drained the next round, and a sender's held bytes are bounded)
+UNWINDOWED = frozenset({EVAL, AVERAGE_REQUEST})
 
 
 class Rejection(NamedTuple):

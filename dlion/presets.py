@@ -11,9 +11,11 @@ from __future__ import annotations
 
 NO_GOSSIP = {"gossip": {"kind": "none"}}
 BASELINE = {"batching": {"kind": "fixed"}, "exchange": {"kind": "dense"}, "knowledge": {"kind": "none"}, **NO_GOSSIP}
-# push-sum gossip trains each peer on its own gradient and mixes models over a time-varying directed graph
+# the gossip presets train each peer on its own gradient and mix models (push-sum over a time-varying directed graph,
+# or AD-PSGD's pairwise averages)
 GOSSIP = {"batching": {"kind": "fixed"}, "exchange": {"kind": "none"}, "knowledge": {"kind": "none"}}
 ONE_PEER_EXPONENTIAL = {"kind": "one-peer-exponential"}
+FULL_MESH = {"kind": "full"}
 FULL_LOCAL_STEPS = 32  # optimizer steps per round: measured 8, 16 and 32 on hetero-4 and the quickstart (benchmarks)
 FULL_STALENESS = 2  # rounds of 32 steps a neighbour may lag: with 8, slow peers' models drifted (worst peer 0.75)
 LOCAL_SGD_ROUNDS = {"local_steps": 32, "outer_learning_rate": 0.7, "outer_momentum": 0.9}  # DiLoCo's outer step
@@ -46,6 +48,9 @@ PRESETS: dict[str, dict] = {
     # Sparse-Push with skew compensation, for label-skewed (non-IID) partitions
     "sparse-push-skew": {"strategies": {**GOSSIP, "gossip": {"kind": "sparse-push", "skew_compensation": "logit-adjustment"}},
                          "topology": ONE_PEER_EXPONENTIAL},
+    # AD-PSGD (a baseline of the field): after every step, a pairwise average with one random peer (any other: the
+    # full mesh), asynchronous, nobody waits; no gradient exchange
+    "ad-psgd": {"strategies": {**GOSSIP, "gossip": {"kind": "ad-psgd"}}, "topology": FULL_MESH},
     # the four-part peer: rounds of 32 local steps on shares of the global batch weighted by the peers' rates, the
     # round's change of parameters exchanged by prioritized top-k on every link every round (each link carries what
     # its budget allows), Sparse-Push gossip on the time-varying graph, direct knowledge transfer over links fast

@@ -80,6 +80,8 @@ def test_shipped_configs_are_valid():
      "strategies.exchange.partitions: expected a positive integer"),
     (["strategies.exchange.kind=ako", "strategies.exchange.threshold=0.01"],
      "strategies.exchange.threshold: unknown key"),
+    (["strategies.gossip.kind=ad-psgd", "strategies.gossip.mixing=1"],
+     "strategies.gossip.mixing: expected a number in (0, 1)"),
     (["evaluation.subset=20000"], "evaluation.subset: expected an integer in 1..10000"),
     (["topology.kind=edges"], "topology.edges: expected at least one edge for kind edges"),
     (["peers.7.port=1"], "peers: expected a list index below 3, got '7'"),
@@ -319,3 +321,15 @@ def test_gaia_and_ako_are_the_bsp_stages_with_their_exchange():
                 cfg.topology.kind, cfg.rounds.local_steps) == ("fixed", preset, "none", "full", steps)
     cfg = config.parse({**base, "preset": "ako", "strategies": {"exchange": {"partitions": 8}}})
     assert cfg.strategies.exchange.params.partitions == 8
+
+
+def test_ad_psgd_gossips_pairwise_on_the_full_mesh_after_every_step():
+    base = {"peers": [{"id": i, "port": 47000 + i} for i in range(4)], "training": {"max_iterations": 1},
+            "preset": "ad-psgd"}
+    cfg = config.parse(base)
+    assert (cfg.strategies.batching.kind, cfg.strategies.exchange.kind, cfg.strategies.gossip.kind,
+            cfg.strategies.knowledge.kind, cfg.topology.kind, cfg.rounds.local_steps) == \
+        ("fixed", "none", "ad-psgd", "none", "full", 1)
+    own = config.parse({**base, "strategies": {"gossip": {"timeout_s": 2.5}}, "topology": {"kind": "ring"}})
+    assert own.strategies.gossip.params.timeout_s == 2.5 and own.strategies.gossip.params.mixing == 0.5
+    assert own.topology.kind == "ring"

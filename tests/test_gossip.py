@@ -310,7 +310,7 @@ def test_rounds_must_increase_and_off_passes_the_parameters_through(inproc):
         gossips[0].step(3, np.ones(4, np.float32))
     untouchable = ModelAccess(get=None, set=None, score=None)  # no gossip never reads or writes the model
     assert NoGossip(NoGossip.Params(), stage_context(transports, 0)).mix(0, untouchable).params is None
-    assert set(STRATEGIES) == {"none", "push-sum", "sparse-push"}
+    assert set(STRATEGIES) == {"none", "push-sum", "sparse-push", "ad-psgd"}
 
 
 # ---- skew compensation ----------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ def test_the_wire_knows_exactly_the_declared_kinds():
     ("gossip", {"e": 3, "n": 1, "w": 0.25}, ("x",)),
     ("gossip", {"e": 3, "n": 7, "w": 2.5}, ("x", "owed")),
     ("credit", {"e": 3, "w": 2.5}, ()),
+    ("avg-request", {}, ("x",)),
+    ("avg-reply", {}, ("x",)),
     ("stop", {"figures": "0:0.875,1:0.9,2:0.5"}, ()),
     ("report", {"rate": 1234.5}, ()),
     ("score", {"loss": 0.5}, ()),
@@ -56,6 +58,8 @@ def tensors_named(names, value=1.0):
     ("gossip", {"e": 1, "n": 1}, ("x",)),
     ("gossip", {"n": 1, "w": 1.0}, ("x",)),  # no epoch
     ("gossip", {"e": -1, "n": 1, "w": 1.0}, ("x",)),
+    ("avg-request", {}, ()),                 # no model
+    ("avg-reply", {"w": 1.0}, ("x",)),       # a weight AD-PSGD does not carry
     ("stop", {}, ()),                        # a stop without its evidence
     ("stop", {"figures": "0:0.9,0:0.9"}, ()),
     ("stop", {"figures": "0:1.5"}, ()),

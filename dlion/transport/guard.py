@@ -10,9 +10,9 @@ so their gradients and parameters have magnitudes within a small factor of each 
 gradient's noise, by the square root of their ratio), while a poison must be large to do harm; the median of the
 peer's own recent figures follows training (gradients shrink as it converges) and cannot be moved by others. The
 guard judges a message when a stage takes it, after the peer's own message of the round went out, so a reference
-exists; a tensor is also compared with the same tensor of a related kind (`_RELATED`), mass owed on a gossip link
-with the model, and a tensor passes only where no (nonzero) reference exists (the knowledge stage records its own parameters
-before it fetches a model).
+exists; a tensor is also compared with the same tensor of a related kind (every kind that carries whole parameters:
+`PARAMETER_KINDS`), mass owed on a gossip link with the model, and a tensor passes only where no (nonzero) reference
+exists (the knowledge stage and AD-PSGD record their own parameters before they take a model).
 """
 from __future__ import annotations
 
@@ -27,8 +27,13 @@ from dlion import messages
 from .wire import Message, Sparse
 
 HISTORY = 16
-_RELATED = {messages.MODEL: messages.GOSSIP, messages.GOSSIP: messages.MODEL}  # both carry whole parameters "x"
-GUARDED = frozenset({messages.GRAD, messages.GOSSIP, messages.MODEL})
+# kinds whose "x" is the sender's whole parameters: each is judged against all of them (related kinds)
+PARAMETER_KINDS = frozenset({messages.GOSSIP, messages.MODEL, messages.AVERAGE_REQUEST, messages.AVERAGE_REPLY})
+GUARDED = frozenset({messages.GRAD}) | PARAMETER_KINDS
+
+
+def _related(kind: str) -> frozenset[str]:
+    return PARAMETER_KINDS if kind in PARAMETER_KINDS else frozenset({kind})
 
 
 def norm(tensor: np.ndarray | Sparse) -> float:
@@ -65,7 +70,7 @@ class NormGuard:
         """The norm a received (kind, name) tensor is compared with (module docstring), or None if there is none."""
         names = {name, "x"} if name == "owed" else {name}  # mass owed on a link is a share of the model's
         with self._lock:
-            medians = [float(np.median(self._own[key])) for k in (kind, _RELATED.get(kind)) for n in names
+            medians = [float(np.median(self._own[key])) for k in _related(kind) for n in names
                        for key in ((k, n, False), (k, n, True)) if self._own.get(key)]
         return max(medians) if medians else None
 

@@ -2,13 +2,16 @@
 
 Stages never poll the network: they `take` what a round needs (lockstep: one message per sender for the round), or
 `collect` every message up to a round that they have not used yet (overlapped rounds with bounded staleness), and
-the mailbox wakes them the moment the last expected message is filed, or at their deadline.
+the mailbox wakes them the moment the last expected message is filed, or at their deadline; or they `drain`, without
+waiting, whatever has come of a kind that is answered whenever it comes (asynchronous gossip).
 
 Hostile traffic cannot crowd it out: a message for a round more than `window` ahead of the peer's own round (the
-highest round a stage has asked for) is refused (but an evaluation figure: `messages.UNWINDOWED`), as is one that would take a sender's held bytes over `max_held_bytes`; nothing already held
-is ever evicted for a newer message, except old rounds of kinds that are not collected (read with `latest`). Only a message that is
-filed is a sign of life (it re-admits a departed sender), and only delivering a round's messages clears suspicion; a
-stage's screen (`screen`, the transport's norm guard) judges collected messages before they are handed out.
+highest round a stage has asked for) is refused (but the kinds numbered by their senders' own rounds:
+`messages.UNWINDOWED`), as is one that would take a sender's held bytes over `max_held_bytes`; nothing already held
+is ever evicted for a newer message, except old rounds of kinds that are not collected (read with `latest`). Only a
+message that is filed is a sign of life (it re-admits a departed sender), and only delivering a round's messages
+clears suspicion; a stage's screen (`screen`, the transport's norm guard) judges collected messages before they are
+handed out.
 """
 from __future__ import annotations
 
@@ -135,15 +138,29 @@ class Mailbox:
                     self._misses[s] += 1
                 else:
                     self._misses.pop(s, None)
-            found = {}
-            for s, rounds in self._store.get(kind, {}).items():
-                ready = sorted(r for r in rounds if r <= round)
-                for r in ready:
-                    self._forget(s, rounds[r])
-                passed = [m for m in (rounds.pop(r) for r in ready) if self.screen(m)]
-                if passed:
-                    found[s] = passed
-            return found
+            return self._take_out(kind, round)
+
+    def drain(self, kind: str, round: int) -> dict[int, list[Message]]:
+        """Every message of `kind` held now, whatever its round, per sender in round order, at once (no waiting, no
+        misses counted): for kinds numbered by their senders' own rounds, which a peer uses whenever they come
+        (AD-PSGD's requests and replies: `dlion.gossip.adpsgd`). `round` is this peer's: the window moves to it, as
+        with `collect`."""
+        with self._cond:
+            self._round = max(self._round, round)
+            return self._take_out(kind, None)
+
+    def _take_out(self, kind: str, up_to: int | None) -> dict[int, list[Message]]:
+        """Remove the messages of `kind` with a round up to `up_to` (None: all) and return those that pass the
+        screen, per sender in round order. With the condition held."""
+        found = {}
+        for s, rounds in self._store.get(kind, {}).items():
+            ready = sorted(r for r in rounds if up_to is None or r <= up_to)
+            for r in ready:
+                self._forget(s, rounds[r])
+            passed = [m for m in (rounds.pop(r) for r in ready) if self.screen(m)]
+            if passed:
+                found[s] = passed
+        return found
 
     def take(self, kind: str, round: int, senders: Iterable[int], deadline: float,
              staleness: int = 0) -> dict[int, Message]:

@@ -240,3 +240,16 @@ def test_an_evaluation_figure_far_ahead_is_filed_and_held_without_being_taken():
     assert mb.put(msg("eval", 1, 520, acc=0.91)) is None
     assert sorted(mb.held("eval", 1)) == [500, 520] and mb.held("eval", 2) == {}
     assert sorted(mb.held("eval", 1)) == [500, 520], "held is no take"
+
+
+def test_drain_takes_every_round_at_once_and_moves_the_window():
+    mb = Mailbox(window=10)
+    for r in (40, 3, 900):  # requests are numbered by their senders' own rounds: filed whatever the round
+        assert mb.put(msg("avg-request", 1, r)) is None
+    mb.put(msg("avg-request", 2, 5))
+    start = time.monotonic()
+    got = mb.drain("avg-request", 7)
+    assert time.monotonic() - start < 0.05
+    assert {s: [m.round for m in ms] for s, ms in got.items()} == {1: [3, 40, 900], 2: [5]}
+    assert mb.drain("avg-request", 7) == {} and mb.round == 7
+    assert mb.put(msg("avg-reply", 1, 17)) is None and mb.put(msg("avg-reply", 1, 18)) == "beyond window"
