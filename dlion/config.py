@@ -332,6 +332,23 @@ class Restart:
 
 
 @dataclass(frozen=True)
+class Replicas:
+    """Replicas of each peer's state kept by other peers, from which a restarted peer recovers its own
+    (dlion/replica.py)."""
+    copies: int = option(1, check=lambda n: n >= 0,
+                         expect="a whole number >= 0: peers that keep a replica of each peer's state (its next peers "
+                                "in id order; 0: no replicas)")
+    chunks: int = option(16, check=positive,
+                         expect="a positive integer: rounds over which a whole replica is sent, one slice a round")
+    refresh_every: int = option(8, check=positive,
+                                expect="a positive integer: every this many times a slice is sent it goes densely in "
+                                       "float32 (which repairs a difference lost on the way), in between as the "
+                                       "float16 difference from what its holder has")
+    optimizer: bool = option(True, expect="true or false: the replica includes the optimizer's variables (moments, "
+                                          "step count), not only the parameters")
+
+
+@dataclass(frozen=True)
 class Config:
     peers: tuple[PeerSpec, ...]
     name: str = "dlion"
@@ -350,6 +367,7 @@ class Config:
     security: Security = Security()
     emulation: Emulation = Emulation()
     restart: Restart = Restart()
+    replicas: Replicas = Replicas()
     schedule: tuple[Change, ...] = ()
 
     @property

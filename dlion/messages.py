@@ -30,6 +30,10 @@ AVERAGE_REPLY = "avg-reply"      # model plane (AD-PSGD): my model before I aver
 REJOIN = "rejoin"    # a restarted peer asks for the parameters to continue from (answered with a model)
 BACK = "back"        # a rejoining peer takes part in rounds again from round `at` on
 OPTIMIZER = "optimizer"  # with a rejoin answer: the answering peer's round and optimizer state (moments, step count)
+REPLICA = "replica"  # one slice of the sender's state, for the replica its holder keeps (`dlion.replica`)
+REPLICA_REQUEST = "replica-request"  # a restarted peer asks what replica of its state a peer holds, or for the replica
+REPLICA_OFFER = "replica-offer"  # the replica held of the asking peer is complete: the round of its oldest slice
+REPLICA_STATE = "replica-state"  # the replica held of the asking peer: its parameters and optimizer state
 PROBE = "probe"      # link measurement (scripts/check_emulation.py): payload or ping
 ACK = "ack"          # link measurement: the answer to a probe
 
@@ -92,6 +96,11 @@ def format_figures(figures: Mapping[int, float]) -> str:
     return ",".join(f"{p}:{acc!r}" for p, acc in sorted(figures.items()))
 
 
+def flag(v: Any) -> bool:
+    """0 or 1 (meta is flat and typed: a yes or no travels as an integer)."""
+    return _is_int(v) and v in (0, 1)
+
+
 def round_number(v: Any) -> bool:
     """A round (iteration) number: an integer >= 0 that fits 63 bits."""
     return _is_int(v) and 0 <= v < 1 << 63
@@ -132,14 +141,21 @@ KINDS: dict[str, Kind] = {
     BACK: Kind({"at": round_number}, rate=1.0, burst=2),
     MODEL: Kind({}, frozenset({"x"})),
     OPTIMIZER: Kind({"at": round_number, "train_s": non_negative_float}, frozenset({"o"}), rate=1.0, burst=2),
+    # a slice i of `of` of a state of `size` entries (the first `p` are parameters), dense or the difference from the
+    # message `base` of link epoch e (sequence number n); w: the sender's push-sum weight
+    REPLICA: Kind({"e": epoch, "n": count, "base": round_number, "i": round_number, "of": count, "size": count,
+                   "p": count, "w": positive_float}, frozenset({"d"})),
+    REPLICA_REQUEST: Kind({"whole": flag}, rate=2.0, burst=4),  # whole 0: an offer, 1: the replica itself
+    REPLICA_OFFER: Kind({"at": round_number, "w": positive_float}, rate=2.0, burst=4),
+    REPLICA_STATE: Kind({"at": round_number, "w": positive_float}, frozenset({"p", "o"}), rate=1.0, burst=2),
     PROBE: Kind({}, frozenset(), frozenset({"payload"})),
     ACK: Kind(),
 }
 
 
-ANNOUNCEMENTS = frozenset({HELLO, REJOIN})  # sent before a peer takes part in rounds again: they do not re-admit it
+ANNOUNCEMENTS = frozenset({HELLO, REJOIN, REPLICA_REQUEST})  # sent before a peer takes part in rounds again: they do not re-admit it
 # kinds stages collect (or drain) round by round: every message counts, none is evicted
-COLLECTED = frozenset({GRAD, GOSSIP, AVERAGE_REQUEST, AVERAGE_REPLY})
+COLLECTED = frozenset({GRAD, GOSSIP, AVERAGE_REQUEST, AVERAGE_REPLY, REPLICA})
 # filed whatever their round (no window), as a slower peer needs them from a faster one's rounds: evaluation figures
 # (tiny, rate-limited and held for the last rounds only) and AD-PSGD's requests (peers run at their own speeds; each
 # is drained the next round, and a sender's held bytes are bounded)

@@ -18,6 +18,7 @@ from pathlib import Path
 from dlion import checkpoint
 from dlion.progress import traffic
 from dlion.rejoin import Rejoin
+from dlion.replica import Replicas
 from dlion.rounds import OuterStep, RoundWork
 
 
@@ -37,8 +38,11 @@ class Peer:
         rounds = cfg.rounds
         self.work = RoundWork(trainer, self._gradients, rounds.local_steps,
                               OuterStep(rounds.outer_learning_rate, rounds.outer_momentum), rounds.min_step_batch)
-        self.rejoin = Rejoin(ctx, trainer, log, max(control.every, (control.lag or 0) + 1),
-                             catch_up=control.lag is not None, elapsed=lambda: control.elapsed)
+        alone = control.lag is None  # trains alone: nobody's state to take, nobody to keep its replicas
+        self.replicas = Replicas(cfg.replicas, ctx, trainer, on=not alone)
+        self.rejoin = Rejoin(ctx, trainer, log, max(control.every, (control.lag or 0) + 1), catch_up=not alone,
+                             elapsed=lambda: control.elapsed, replicas=self.replicas,
+                             take_weight=getattr(self.gossip, "take_weight", lambda weight: None))
         self._start = resumed["iteration"] if resumed else 0
 
     def run(self) -> dict:
@@ -85,6 +89,7 @@ class Peer:
             exchanged = self.exchange.exchange(iteration, update, batch, compute_s)
             self.work.apply(exchanged.grads)
             mixed = self.gossip.mix(iteration, self.ctx.model)
+            self.replicas.step(iteration, mixed.weight)
             round_work_s = max(0.0, time.monotonic() - began - compute_s - exchanged.wait_s - mixed.wait_s)
             iteration += 1
             if transfer := self.knowledge.step(iteration):

@@ -8,6 +8,13 @@ that re-admits it, the others send it every round they start from then on, and t
 rounds before; one already past that round answers with its own next round, before which the rejoining peer does
 not wait for it either. A peer also says hello, once in a while, to peers that departed without a bye: if they are
 still there, their answer tells how far they got. Every peer answers rejoin requests.
+
+Which state: it also asks every live peer what replica of its own state it holds (`dlion.replica`), and takes the
+freshest of what it has (its own checkpoint, if it restarted from one; a frozen peer's own state), its replica and
+the source's state: the replica if it is newer than what it has and as recent as the source's state, else the
+source's. A peer whose own state is within the margin of the others does not ask at all. The push-sum weight of a
+replica newer than what it has is taken in any case (`take_weight`): it is this peer's own share of the total, which
+its death took out of the system.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ LEAD = 2                # it enters at least this many rounds past the newest it
                         # after its `back` reached them
 BACK_MARGIN_S = 0.2     # and as many more as the others make, at their pace, in the time it took, and this long
 REQUEST_EVERY_S = 1.0   # how often it repeats the request meanwhile (one may be lost behind a full queue)
+REPLICA_GRACE_S = 1.0   # once the source answered, how much longer it waits for the replicas of its own state
 KNOCK_EVERY_S = 1.0     # how often a peer says hello to peers that departed without a bye
 RETRY_AFTER_S = 30.0    # after a request nobody answered, how long before a peer tries to catch up again
 _POLL_S = 0.01
@@ -29,13 +37,17 @@ _POLL_S = 0.01
 class Rejoin:
     """One peer's side of rejoining, run from its loop."""
 
-    def __init__(self, ctx, trainer, log, margin: int, catch_up: bool = True, elapsed=lambda: 0.0):
+    def __init__(self, ctx, trainer, log, margin: int, catch_up: bool = True, elapsed=lambda: 0.0, replicas=None,
+                 take_weight=lambda weight: None):
         """`margin`: rounds a peer may lag (the evaluation interval, or the stages' staleness bound if larger); one
         behind by more than that at start (twice that while training, where a slow peer may lag a little) rejoins.
         `catch_up` False: it never does (a peer that trains alone has nobody's state to take); it still answers.
         `elapsed()`: this peer's training time so far, sent with its state, so that a peer restarted from it goes on
-        with the others' clock (its time budget, its curves) instead of starting its own from zero."""
+        with the others' clock (its time budget, its curves) instead of starting its own from zero.
+        `replicas` (`dlion.replica.Replicas`): where this peer's replicas are asked for; `take_weight(w)` gives the
+        gossip the push-sum weight of the replica taken."""
         self.ctx, self.trainer, self.log = ctx, trainer, log
+        self.replicas, self.take_weight = replicas, take_weight
         self.elapsed = elapsed
         self.train_s: float | None = None  # the training time of the state taken at the latest rejoin
         self.transport = ctx.transport
@@ -66,13 +78,17 @@ class Rejoin:
         if ahead <= iteration + margin or time.monotonic() < self._retry_at:
             return iteration
         state, taken = self._fetch(source, iteration)
-        if state is None:
+        if not taken["taken"]:
             self._retry_at = time.monotonic() + RETRY_AFTER_S
             self.log.emit("rejoin", at=iteration, was_at=iteration, asked=source, **taken)
             return iteration
-        self.train_s = state.meta["train_s"]
-        newest = max([state.meta["at"], *self.transport.mailbox.newest_rounds().values()])
-        at = max(iteration, newest + self._lead(source, state))
+        if state is not None:
+            self.train_s = state.meta["train_s"]
+        # the round to be back at: past the source's answer, or, had it none (the state is a replica's), past where
+        # the others were last seen
+        seen = self.transport.mailbox.newest_rounds().values()
+        newest = max(state.meta["at"], *seen) if state is not None else max(taken["from_round"], ahead, *seen)
+        at = max(iteration, newest + (self._lead(source, state) if state is not None else LEAD))
         self.transport.mailbox.advance(at)
         left = self.transport.mailbox.left()
         self.transport.back([p for p in self.ctx.others if p not in left], at)
@@ -113,36 +129,86 @@ class Rejoin:
         return LEAD + min(self.margin, math.ceil(rate * (time.time() - state.received_at + BACK_MARGIN_S)))
 
     def _fetch(self, source: int, round_: int) -> tuple[object, dict]:
-        """Ask `source` for its state (a request of our round `round_`) and wait for it (at most WAIT_S); take it.
-        Returns the answer's `optimizer` message (its meta `at` is the source's round; None if no answer came) and
-        what happened, for the rejoin event: taken, with the optimizer state or not, how long it took."""
+        """Ask `source` for its state and every live peer what replica of this peer's state it holds (requests of
+        our round `round_`), wait for the answers (at most WAIT_S; once the source's is in, at most REPLICA_GRACE_S
+        more for offers), and take the freshest state: the best offered replica, fetched, if it is as recent as the
+        source's state, else the source's. Returns the source's answer (its `optimizer` message: meta `at` is its
+        round; None if it did not answer) and what happened, for the rejoin event: taken or not, from whom, the round
+        of the state taken, with the optimizer state or not, the replica's weight, how long it took."""
         asked = sent = time.monotonic()
         self.transport.send(source, messages.REJOIN, round_)
-        while ((msg := self.transport.mailbox.latest(messages.MODEL, source)) is None or msg.round != round_
-               or (state := self.transport.mailbox.latest(messages.OPTIMIZER, source)) is None
-               or state.round != round_):
+        holders = self.replicas.ask(round_) if self.replicas is not None else []
+        answered_at = model = state = None
+        while True:
+            if answered_at is None:
+                model, state = (self.transport.mailbox.latest(kind, source) for kind in (messages.MODEL,
+                                                                                         messages.OPTIMIZER))
+                if model is not None and state is not None and model.round == state.round == round_:
+                    answered_at = time.monotonic()
+                else:
+                    model = state = None
+            offers = self._answers(messages.REPLICA_OFFER, holders, round_)
             now = time.monotonic()
-            if now - asked > WAIT_S:
-                return None, {"taken": False, "wait_s": round(now - asked, 3)}
-            if now - sent >= REQUEST_EVERY_S:
+            if (answered_at is not None and (len(offers) == len(holders) or now - answered_at > REPLICA_GRACE_S)) \
+                    or now - asked > WAIT_S:
+                break
+            if answered_at is None and now - sent >= REQUEST_EVERY_S:
                 self.transport.send(source, messages.REJOIN, round_)
                 sent = now
-            self._answer(round_)  # were two peers to ask each other, neither waits in vain
-            time.sleep(_POLL_S)
-        waited = round(time.monotonic() - asked, 3)
+            self._wait(round_)
+        taken = {}
+        # a replica older than the state this peer has (a frozen peer's own, in memory) is of no use, nor its weight
+        offer = max((o for o in offers.values() if o.meta["at"] > round_), key=lambda o: o.meta["at"], default=None)
+        if offer is not None:
+            self.take_weight(offer.meta["w"])  # its own weight, whichever parameters it goes on from
+            taken["weight"] = offer.meta["w"]
+        if offer is not None and (state is None or offer.meta["at"] >= state.meta["at"]):
+            replica = self._replica(offer.sender, round_)
+            if replica is not None:
+                got = self._take(replica, replica.tensors["p"], replica.tensors["o"])
+                if got["taken"] or state is None:
+                    return state, {**got, **taken, "wait_s": round(time.monotonic() - asked, 3)}
+        if state is not None:
+            got = self._take(state, model.tensors["x"], state.tensors["o"])
+            return state, {**got, **taken, "wait_s": round(time.monotonic() - asked, 3)}
+        return None, {"taken": False, **taken, "wait_s": round(time.monotonic() - asked, 3)}
+
+    def _answers(self, kind: str, peers, round_: int) -> dict:
+        """The latest message of `kind` from each of `peers` that answers our request of round `round_`."""
+        return {p: msg for p in peers
+                if (msg := self.transport.mailbox.latest(kind, p)) is not None and msg.round == round_}
+
+    def _replica(self, holder: int, round_: int):
+        """Ask `holder` for the replica it offered and wait for it (at most WAIT_S); None if it did not come."""
+        self.replicas.fetch(holder, round_)
+        asked = time.monotonic()
+        while not (got := self._answers(messages.REPLICA_STATE, [holder], round_)):
+            if time.monotonic() - asked > WAIT_S:
+                return None
+            self._wait(round_)
+        return got[holder]
+
+    def _wait(self, round_: int) -> None:
+        """A poll's pause, answering others meanwhile: were two peers to ask each other, neither waits in vain."""
+        self._answer(round_)
+        time.sleep(_POLL_S)
+
+    def _take(self, msg, params, optimizer) -> dict:
+        """Continue from `params` and, if it fits, `optimizer` (empty: the sender's was too large to send)."""
         own = self.trainer.get_params()
-        if getattr(msg.tensors["x"], "shape", None) != own.shape:
+        if getattr(params, "shape", None) != own.shape:
             self.transport.reject(msg, "shape", f"expected parameters of shape {own.shape}")
-            return None, {"taken": False, "wait_s": waited}
-        self.trainer.set_params(msg.tensors["x"])
-        with_optimizer = len(state.tensors["o"]) > 0  # empty: the source's state was too large to send
+            return {"taken": False}
+        self.trainer.set_params(params)
+        with_optimizer = len(optimizer) > 0
         if with_optimizer:
             try:
-                self.trainer.set_optimizer_vector(state.tensors["o"])
+                self.trainer.set_optimizer_vector(optimizer)
             except ValueError as e:
-                self.transport.reject(state, "shape", str(e))
+                self.transport.reject(msg, "shape", str(e))
                 with_optimizer = False
-        return state, {"taken": True, "optimizer": with_optimizer, "wait_s": waited}
+        return {"taken": True, "from": "replica" if msg.kind == messages.REPLICA_STATE else "source",
+                "from_peer": msg.sender, "from_round": msg.meta["at"], "optimizer": with_optimizer}
 
     def _answer(self, iteration: int) -> None:
         """Send a peer that asks our optimizer state with our round, then our parameters, both for its request's

@@ -261,6 +261,34 @@ def test_the_weight_is_conserved_across_a_departure_and_a_rejoin(inproc, cls, pa
         restarted.close()
 
 
+@pytest.mark.parametrize("cls,params", [(PushSum, {}), (SparsePush, SPARSE)], ids=["push-sum", "sparse-push"])
+def test_a_restarted_peer_that_takes_its_replicas_weight_back_restores_the_total(inproc, cls, params):
+    """As above, but the new process of peer 2 takes the weight its replica recorded (`dlion.replica`: here, what
+    it held when it left) instead of starting from 1: the total is the number of peers again, exactly."""
+    from dlion.transport import InprocTransport
+    ids = [0, 1, 2]
+    transports, gossips = network(inproc, ids, TopologySpec("full"), cls, deadline_s=0.3, **params)
+    results = gossip_only(gossips, start_vectors(ids, 9), 4)
+    departed_w = gossips[2].w
+    transports[2].close()
+    survivors = {p: gossips[p] for p in (0, 1)}
+    results = gossip_only(survivors, {p: results[p][-1].params for p in (0, 1)}, 3, first=4)
+    restarted = InprocTransport(2, transports[0].hub, transports[0].limits)
+    restarted.start()
+    try:
+        transports[2] = restarted
+        gossips[2] = cls(cls.Params(deadline_s=0.3, **params), stage_context(transports, 2, Topology(
+            TopologySpec("full"), ids)))
+        gossips[2].take_weight(departed_w)
+        starts = {**{p: results[p][-1].params for p in (0, 1)}, 2: results[0][-1].params}
+        results = gossip_only(gossips, starts, 20, first=7)
+        assert sum(g.w for g in gossips.values()) == pytest.approx(3.0, abs=1e-12)
+        for z in finals(results).values():
+            np.testing.assert_allclose(z, finals(results)[0], atol=1e-3)
+    finally:
+        restarted.close()
+
+
 def test_unusable_messages_are_dropped_and_counted(inproc):
     transports, gossips = network(inproc, [0, 1], TopologySpec("directed-ring"), SparsePush, deadline_s=0.2,
                                   gamma=1.0, fraction=0.1)

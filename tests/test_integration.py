@@ -281,7 +281,10 @@ def test_a_killed_peer_is_restarted_by_the_launcher_and_rejoins_at_the_current_r
     assert others and all(abs(first_eval["acc"] - e["acc"]) <= 0.08 for e in others), (first_eval, others)
     final = next(e for e in reversed(events) if e["ev"] == "final")
     finals = [next(e for e in reversed(read_events(out / f"peer-{i}.jsonl")) if e["ev"] == "final") for i in (0, 1)]
-    assert final["it"] == 5000 and all(abs(final["acc"] - f["acc"]) <= 0.03 for f in finals), (final, finals)
+    assert all(abs(final["acc"] - f["acc"]) <= 0.03 for f in finals), (final, finals)
+    # on the others' clock (the rejoin answer carries it): it stops when and as they do, not a budget later
+    assert final["stop_reason"] in {f["stop_reason"] for f in finals}, (final, finals)
+    assert all(abs(final["train_s"] - f["train_s"]) <= 5.0 for f in finals), (final, finals)
     for i in (0, 1):
         waits = [e["max_wait_s"] for e in read_events(out / f"peer-{i}.jsonl") if e["ev"] == "iter"]
         assert max(waits) <= DEADLINE_S + 0.5, waits

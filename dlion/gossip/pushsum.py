@@ -169,7 +169,7 @@ class PushSum(Strategy):
         if round_ <= self.last_round:
             raise ValueError(f"gossip rounds must increase: {round_} after {self.last_round}")
         if self.x is None:
-            self.x = params.astype(np.float64)
+            self.x = params.astype(np.float64) * self.w
             if self.params.skew_compensation == "flow-integral":
                 self.skew = SkewCompensation(params.size, self.params.skew_gain, self.params.skew_leak)
         else:
@@ -195,6 +195,13 @@ class PushSum(Strategy):
         self.last_round = round_
         self.z = (self.x / self.w).astype(np.float32)
         return GossipResult(self.w, received, wait_s, sent, self.z)
+
+    def take_weight(self, weight: float) -> None:
+        """Hold `weight` from now on, the model unchanged: a restarted peer takes back its own share of the total
+        weight from its replica (`dlion.replica`)."""
+        if self.x is not None:
+            self.x *= weight / self.w
+        self.w = weight
 
     def _take_back(self, dst: int) -> None:
         """Take the weight in flight on the link to `dst` back, valued at the current model, and what it owes."""
