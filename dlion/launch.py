@@ -191,6 +191,7 @@ class Progress:
         self.state = {pid: {} for pid in self.peer_ids}
         self.stream = stream
         self.train_start: float | None = None  # Unix time the first peer started training
+        self._shown = 0.0  # when the line was last shown (seconds since the start)
 
     def poll(self) -> None:
         for pid in self.peer_ids:
@@ -224,6 +225,13 @@ class Progress:
 
     def show(self, elapsed: float) -> None:
         print(self.line(elapsed), file=self.stream, flush=True)
+
+    def tick(self, elapsed: float) -> None:
+        """Read the new events, and show the line every PROGRESS_EVERY_S (`supervise`'s tick)."""
+        self.poll()
+        if elapsed >= self._shown + PROGRESS_EVERY_S:
+            self.show(elapsed)
+            self._shown = elapsed
 
 
 def hard_limit_s(cfg: Config) -> float | None:
@@ -352,17 +360,9 @@ def run(cfg: Config, out_dir: str | Path, stream=sys.stdout, resume: bool = Fals
         with launched(cfg, out_dir, lambda resolved: prepare_out_dir(resolved, out_dir, resume),
                       lambda path: peer_argv(path, out_dir, resume_at)) as run_:
             progress = Progress(out_dir, cfg.peer_ids, stream)
-            shown = [0.0]
-
-            def tick(elapsed: float) -> None:
-                progress.poll()
-                if elapsed >= shown[0] + PROGRESS_EVERY_S:
-                    progress.show(elapsed)
-                    shown[0] = elapsed
-
             restarts = Restarts(cfg.restart, lambda peer_id: run_.restart(peer_id, peer_argv(
                 out_dir / "config.yaml", out_dir, checkpoint.latest(out_dir, peer_id))(peer_id)), out_dir, stream)
-            interrupted = supervise(run_, lambda: progress.train_start, hard_limit_s(cfg), tick, stream=stream,
+            interrupted = supervise(run_, lambda: progress.train_start, hard_limit_s(cfg), progress.tick, stream=stream,
                                     restarts=restarts)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)

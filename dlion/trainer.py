@@ -141,10 +141,12 @@ class Trainer:
 
     def __init__(self, model="cnn", optimizer="adam", learning_rate=1e-3, seed=0, input_shape=(28, 28, 1),
                  num_classes=10, momentum=0.9, label_prior=None, optimizer_params=None, lr_schedule=None,
-                 loss_from_logits=True):
+                 loss_from_logits=True, trace_at_init=True):
         """`label_prior` (class frequencies of this peer's data, or None): train with logit adjustment, the training
         logits shifted by log(prior), so that the raw logits learn class scores as if the classes were balanced
-        (a skewed peer's model then does not favour its own classes; evaluation uses the raw logits)."""
+        (a skewed peer's model then does not favour its own classes; evaluation uses the raw logits).
+        `trace_at_init` False traces each function at its first call instead: a trainer built in a tf.distribute
+        strategy's scope cannot trace its gradients outside a replica context (`replica_step`)."""
         self.model = build_model(model, input_shape, num_classes, seed, from_logits=loss_from_logits)
         self._from_logits = bool(loss_from_logits)
         self._logit_shift = None
@@ -172,7 +174,7 @@ class Trainer:
             # argument binding (~60 us, measurable against a ~10 ms step). _Input does the shape checks.
             f = tf.function(fn, input_signature=[i.spec for i in inputs], **kwargs)
             self._functions.append(f)
-            return f.get_concrete_function()
+            return f.get_concrete_function() if trace_at_init else f
 
         # XLA fuses the split and the per-variable optimizer ops into a few loops, ~2x faster than the plain graph;
         # this matters because, unlike in a fused step, the update cannot overlap with backprop. The rest stays
@@ -228,7 +230,8 @@ class Trainer:
         return loss, correct
 
     # --- public API ---------------------------------------------------------------------------------------------
-    def _batch(self, x, y):
+    def stage(self, x, y):
+        """A batch as the functions here take it: checked, staged as tensors (uint8 images scaled to [0, 1])."""
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"need a non-empty batch with one label per image, got {len(x)} images, "
                              f"{len(y)} labels")
@@ -237,7 +240,7 @@ class Trainer:
     def gradients(self, x, y) -> tuple[float, np.ndarray]:
         """Mean loss and the flat float32 gradient [num_params] of one batch; does not touch the weights
         (BatchNorm statistics do advance, as in any training-mode forward pass)."""
-        loss, grads = self._gradients(*self._batch(x, y))
+        loss, grads = self._gradients(*self.stage(x, y))
         return float(loss), grads.numpy()
 
     def apply(self, flat_grads) -> None:
@@ -262,7 +265,17 @@ class Trainer:
             return loss
 
         step = self._compile(step_fn, [self._x, self._y])
-        return lambda x, y: float(step(*self._batch(x, y)))
+        return lambda x, y: float(step(*self.stage(x, y)))
+
+    def replica_step(self, replicas: int):
+        """The two halves of a synchronous data-parallel step, for a trainer built in a tf.distribute strategy's scope
+        (with `trace_at_init` False), each to run in a replica context (`strategy.run`; scripts/anchor_mwms.py):
+        `gradients(x, y) -> (loss, flat gradient)` of this replica's staged batch, and `apply(flat)`, the optimizer
+        step on flat / `replicas`. The optimizer all-reduces (sums) the replicas' gradients before it steps: with
+        equal batches, the step of the global batch's mean gradient. Apart, so that the compute can be paced alone."""
+        def apply(flat):
+            self.optimizer.apply(self._split(flat / replicas, self._trainable), self._trainable)
+        return self._gradients_fn, apply
 
     def optimizer_state(self) -> list[np.ndarray]:
         """The optimizer's variables (its step count, moments, ...), as arrays, for a checkpoint."""
@@ -315,7 +328,7 @@ class Trainer:
             raise ValueError("evaluate needs at least one sample")
         loss_sum, correct = 0.0, 0
         for i in range(0, n, batch):
-            loss, ok = self._eval(*self._batch(x[i:i + batch], y[i:i + batch]))
+            loss, ok = self._eval(*self.stage(x[i:i + batch], y[i:i + batch]))
             loss_sum += float(loss)
             correct += int(ok)
         return loss_sum / n, correct / n

@@ -170,6 +170,12 @@ def _make_data(cfg: Config, peer_id: int, dataset, needs: Requirements) -> Local
                      *shape_and_classes(cfg, dataset))
 
 
+def batch_sampler(cfg: Config, peer_id: int, train_idx, resume_at: int | None = None) -> datamod.BatchSampler:
+    """Peer `peer_id`'s batches of its training indices, drawn in the same order by whatever trains as that peer
+    (scripts/anchor_mwms.py's worker too); a peer resumed at an iteration draws another order."""
+    return datamod.BatchSampler(train_idx, seed=(cfg.seed * 7919 + peer_id + 1, resume_at or 0))
+
+
 def _make_trainer(cfg: Config, peer_id: int, local: LocalData, needs: Requirements):
     from dlion import trainer as trainer_mod  # TensorFlow is imported here, not at module load
 
@@ -263,7 +269,7 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
     control = RunControl(cfg.training, cfg.evaluation, ctx, lambda: trainer.evaluate(x_eval, y_eval), log.emit,
                          stop_event or threading.Event(), cfg.rounds.local_steps, _lag(cfg))
     progress = ProgressReport(log, cfg.output.log_every, transport, stages.batching, clock, cfg.peer(peer_id).cores)
-    sampler = datamod.BatchSampler(local.train_idx, seed=(cfg.seed * 7919 + peer_id + 1, resume_at or 0))
+    sampler = batch_sampler(cfg, peer_id, local.train_idx, resume_at)
     return Peer(cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log, out_dir, resumed)
 
 

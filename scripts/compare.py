@@ -4,7 +4,9 @@
     python3 scripts/compare.py SCENARIO --presets bsp,dlion --repeats R --out DIR [--set KEY.PATH=VALUE ...] [--ideal]
 
 A column may also be a preset with overrides of its own, in brackets and separated by semicolons:
-`--presets "full,full[security.mode=none]"` runs the full peer with and without CURVE side by side.
+`--presets "full,full[security.mode=none]"` runs the full peer with and without CURVE side by side. A column named
+after an anchor (ANCHORS: `mwms`, TensorFlow's MultiWorkerMirroredStrategy with the scenario's settings,
+`scripts/anchor_mwms.py`) runs that script instead of `dlion run`, into the same place and with the same overrides.
 
 The claims of issue 4 are relative (dlion against the dense BSP baseline on the same machine), and this machine is
 noisy, so every preset runs in one invocation, one run after another, R times, the order alternating between repeats
@@ -62,6 +64,7 @@ from dlion.analysis import aggregate, equal_time, load_run  # noqa: E402
 from dlion.schema import ConfigError  # noqa: E402
 
 TAIL_LINES = 5
+ANCHORS = {"mwms": ROOT / "scripts" / "anchor_mwms.py"}  # columns that are not presets: the script that runs them
 COLUMNS = [  # (figure, markdown header; {t} is the equal time)
     ("repeats", "repeats"),
     ("failed", "failed"),
@@ -97,6 +100,10 @@ def markdown(scenario: str, figures: dict[str, dict], command: str, ideal: dict 
                       f"no communication): time to target {cell('time_to_target_s', ideal['time_to_target_s'])} s, "
                       f"final accuracy {cell('final_accuracy', ideal['final_accuracy'])}, "
                       f"{cell('samples_per_s', ideal['samples_per_s'])} samples/s."]
+    anchors = [name for name in figures if column_runs(name)[0] in ANCHORS]
+    if anchors:
+        lines += ["", f"{', '.join(anchors)}: TensorFlow's own distribution strategy with the scenario's settings "
+                      f"(scripts/anchor_mwms.py); its bytes are the ring all-reduce's, estimated, not counted."]
     missing = sum(f["runs_without_bytes_by_kind"] for f in figures.values())
     if missing:
         lines += ["", f"{missing} run(s) had no per-kind byte counts (`bytes_by_kind`): their grad and model bytes "
@@ -140,8 +147,20 @@ def run_dir(out: Path, column: str, repeat: int) -> Path:
     return Path(out) / "runs" / f"{safe}-r{repeat}"
 
 
+def run_argv(scenario: str, column: str, path: Path, overrides: list[str]) -> list[str]:
+    """The command line of one run of a column: `dlion run` of its preset, or its anchor's script."""
+    preset, own = column_runs(column)
+    if preset in ANCHORS:
+        argv = [sys.executable, str(ANCHORS[preset]), scenario, "--out", str(path)]
+    else:
+        argv = [sys.executable, "-m", "dlion", "run", scenario, "--out", str(path), "--set", f"preset={preset}"]
+    for item in [*overrides, *own]:
+        argv += ["--set", item]
+    return argv
+
+
 def run_one(scenario: str, column: str, path: Path, overrides: list[str]) -> tuple[int, bool]:
-    """`dlion run` of one preset into a fresh directory, its console relayed here and kept in `run.log`.
+    """One run of a column (`run_argv`) into a fresh directory, its console relayed here and kept in `run.log`.
 
     SIGINT or SIGTERM to this script (or Ctrl-C, which reaches the whole process group) is passed on to the run as
     SIGINT, which stops its peers cleanly and writes its summary. Returns the run's exit status and whether it was
@@ -149,10 +168,7 @@ def run_one(scenario: str, column: str, path: Path, overrides: list[str]) -> tup
     """
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
-    preset, own = column_runs(column)
-    argv = [sys.executable, "-m", "dlion", "run", scenario, "--out", str(path), "--set", f"preset={preset}"]
-    for item in [*overrides, *own]:
-        argv += ["--set", item]
+    argv = run_argv(scenario, column, path, overrides)
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     interrupted = []
@@ -239,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = configmod.load(args.scenario, args.set)
         for column in presets:  # a mistake stops here, before any run
             preset, own = column_runs(column)
-            configmod.load(args.scenario, [*args.set, f"preset={preset}", *own])
+            configmod.load(args.scenario, [*args.set, *([] if preset in ANCHORS else [f"preset={preset}"]), *own])
     except ConfigError as exc:
         print(f"compare: config error: {exc}", file=sys.stderr)
         return 2

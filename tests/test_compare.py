@@ -73,3 +73,30 @@ def test_a_column_is_a_preset_with_its_own_overrides():
     assert compare.column_runs("full[security.mode=none;a.b=1]") == ("full", ["security.mode=none", "a.b=1"])
     assert compare.column_runs("bsp") == ("bsp", [])
     assert compare.run_dir(Path("o"), "full[security.mode=none]", 2) == Path("o/runs/full-security.mode-none-r2")
+
+
+def test_the_mwms_column_runs_the_anchor_script_with_the_same_overrides(tmp_path):
+    path = tmp_path / "runs" / "mwms-r1"
+    argv = compare.run_argv("s.yaml", "mwms[training.max_iterations=5]", path, ["training.max_seconds=20"])
+    assert argv[1:] == [str(ROOT / "scripts" / "anchor_mwms.py"), "s.yaml", "--out", str(path),
+                        "--set", "training.max_seconds=20", "--set", "training.max_iterations=5"]
+    assert compare.run_argv("s.yaml", "bsp", path, [])[1:] == ["-m", "dlion", "run", "s.yaml", "--out", str(path),
+                                                               "--set", "preset=bsp"]
+
+
+def test_main_takes_mwms_as_a_column_and_says_its_bytes_are_estimates(tmp_path, monkeypatch, capsys):
+    columns = []
+
+    def fake_run_one(scenario, column, path, overrides):
+        columns.append(column)
+        fake_run(path, evals_until(20))
+        return 0, False
+
+    monkeypatch.setattr(compare, "run_one", fake_run_one)
+    code = compare.main([str(ROOT / "configs" / "quickstart.yaml"), "--presets", "bsp,mwms", "--repeats", "1",
+                         "--out", str(tmp_path / "cmp")])
+    assert code == 0 and columns == ["bsp", "mwms"]
+    assert list(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["presets"]) == ["bsp", "mwms"]
+    assert "mwms: TensorFlow's own distribution strategy" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert compare.main([str(ROOT / "configs" / "quickstart.yaml"), "--presets", "mwmz", "--out",
+                         str(tmp_path / "bad")]) == 2  # neither a preset nor an anchor

@@ -158,6 +158,39 @@ else:
     subprocess.run([PYTHON, "-c", code], env=python_env(), check=True, timeout=120)
 
 
+def test_replica_step_under_a_strategy_steps_on_the_mean_of_the_replicas_gradients():
+    """Two replicas (MirroredStrategy on two logical CPUs, as MWMS's workers): one plain SGD step with the halves of a
+    batch moves the parameters by the mean of the halves' gradients, as scripts/anchor_mwms.py relies on."""
+    code = """
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from dlion import data
+from dlion.trainer import Trainer
+ds = data.synthetic(64, 10, seed=0)
+x, y = ds.x_train[:32], ds.y_train[:32]
+plain = Trainer("mlp", "sgd", learning_rate=0.1, momentum=0.0, seed=3)
+before = plain.get_params()
+halves = [(x[:16], y[:16]), (x[16:], y[16:])]
+mean = sum(plain.gradients(*half)[1] for half in halves) / 2
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    tr = Trainer("mlp", "sgd", learning_rate=0.1, momentum=0.0, seed=4, trace_at_init=False)
+tr.set_params(before)  # under the strategy too
+gradients, apply = tr.replica_step(strategy.num_replicas_in_sync)
+xs, ys = (strategy.experimental_distribute_values_from_function(
+    lambda ctx, k=k: tf.constant(halves[ctx.replica_id_in_sync_group][k])) for k in (0, 1))
+
+def replica(x, y):
+    apply(gradients(x, y)[1])
+
+tf.function(lambda xs, ys: strategy.run(replica, args=(xs, ys)))(xs, ys)
+np.testing.assert_allclose(tr.get_params(), before - 0.1 * mean, atol=1e-6)
+"""
+    subprocess.run([PYTHON, "-c", code], env=python_env(), check=True, timeout=120)
+
+
 def test_label_prior_trains_on_logits_shifted_by_the_log_prior(ds):
     prior = np.array([40, 30, 10, 5, 5, 4, 3, 1, 1, 1], np.float64)
     adjusted, plain = Trainer("mlp", "adam", seed=3, label_prior=prior), Trainer("mlp", "adam", seed=3)
