@@ -77,7 +77,7 @@ class Rejoin:
         ahead, source = self._furthest_ahead()
         if ahead <= iteration + margin or time.monotonic() < self._retry_at:
             return iteration
-        state, taken = self._fetch(source, iteration)
+        state, taken = self._fetch(source, iteration, ahead)
         if not taken["taken"]:
             self._retry_at = time.monotonic() + RETRY_AFTER_S
             self.log.emit("rejoin", at=iteration, was_at=iteration, asked=source, **taken)
@@ -128,13 +128,15 @@ class Rejoin:
         rate = max(0.0, (state.meta["at"] - hello.meta["at"]) / (state.received_at - hello.received_at))
         return LEAD + min(self.margin, math.ceil(rate * (time.time() - state.received_at + BACK_MARGIN_S)))
 
-    def _fetch(self, source: int, round_: int) -> tuple[object, dict]:
+    def _fetch(self, source: int, round_: int, ahead: int) -> tuple[object, dict]:
         """Ask `source` for its state and every live peer what replica of this peer's state it holds (requests of
         our round `round_`), wait for the answers (at most WAIT_S; once the source's is in, at most REPLICA_GRACE_S
         more for offers), and take the freshest state: the best offered replica, fetched, if it is as recent as the
         source's state, else the source's. Returns the source's answer (its `optimizer` message: meta `at` is its
         round; None if it did not answer) and what happened, for the rejoin event: taken or not, from whom, the round
-        of the state taken, with the optimizer state or not, the replica's weight, how long it took."""
+        of the state taken, with the optimizer state or not, the replica's weight, how long it took. An offer is
+        believed only if it is plausible: no newer than the round the others are known at (`ahead`, or the source's
+        answer), a weight no larger than the number of peers (a weight is a share of that total)."""
         asked = sent = time.monotonic()
         self.transport.send(source, messages.REJOIN, round_)
         holders = self.replicas.ask(round_) if self.replicas is not None else []
@@ -158,7 +160,10 @@ class Rejoin:
             self._wait(round_)
         taken = {}
         # a replica older than the state this peer has (a frozen peer's own, in memory) is of no use, nor its weight
-        offer = max((o for o in offers.values() if o.meta["at"] > round_), key=lambda o: o.meta["at"], default=None)
+        newest = max(ahead, state.meta["at"] if state is not None else 0)
+        plausible = [o for o in offers.values()
+                     if round_ < o.meta["at"] <= newest and o.meta["w"] <= len(self.ctx.peer_ids)]
+        offer = max(plausible, key=lambda o: o.meta["at"], default=None)
         if offer is not None:
             self.take_weight(offer.meta["w"])  # its own weight, whichever parameters it goes on from
             taken["weight"] = offer.meta["w"]

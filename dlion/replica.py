@@ -45,10 +45,10 @@ def holders(peer_id: int, peer_ids, copies: int, departed=frozenset()) -> list[i
     return [p for p in after if p not in departed][:copies]
 
 
-def slices(size: int, chunks: int) -> list[slice]:
-    """The `chunks` contiguous slices of a vector of `size` entries (the last ones may be empty for tiny vectors)."""
+def slice_of(size: int, chunks: int, index: int) -> slice:
+    """Slice `index` of the `chunks` contiguous slices of a vector of `size` entries (the last ones may be empty)."""
     step = math.ceil(size / chunks)
-    return [slice(min(i * step, size), min((i + 1) * step, size)) for i in range(chunks)]
+    return slice(min(index * step, size), min((index + 1) * step, size))
 
 
 @dataclass
@@ -103,8 +103,8 @@ class Replicas:
         params = self.trainer.get_params()
         vector = np.concatenate([params, self.trainer.optimizer_vector()]) if self.settings.optimizer else params
         self._size = vector.size
-        parts = slices(vector.size, self.settings.chunks)
-        index = round_ % self.settings.chunks
+        chunks = self.settings.chunks
+        index = round_ % chunks
         departed = self.transport.mailbox.departed
         for dst in list(self._out):
             if dst in departed:  # when it is back, its copy may be gone: start again densely, in a new epoch
@@ -113,8 +113,9 @@ class Replicas:
             link = self._out.get(dst)
             if link is None or link.copy.size != vector.size:
                 link = self._out[dst] = _Outgoing(next(self._epochs), np.zeros(vector.size, np.float32),
-                                                  np.zeros(len(parts), np.int64), np.zeros(len(parts), np.int64))
-            self._send_slice(dst, link, vector, parts[index], index, round_, {"p": params.size, "w": float(weight)})
+                                                  np.zeros(chunks, np.int64), np.zeros(chunks, np.int64))
+            self._send_slice(dst, link, vector, slice_of(vector.size, chunks, index), index, round_,
+                             {"p": params.size, "w": float(weight)})
 
     def _send_slice(self, dst: int, link: _Outgoing, vector: np.ndarray, part: slice, index: int, round_: int,
                     meta: dict) -> None:
@@ -141,12 +142,12 @@ class Replicas:
     def _file(self, msg) -> None:
         meta, values = msg.meta, msg.tensors["d"]
         size, chunks, index = meta["size"], meta["of"], meta["i"]
-        own = self._size if self._size is not None else size
+        own = self._state_size()
         if size != own or index >= chunks or chunks > size or meta["p"] > size:
             self.transport.reject(msg, "shape", f"a slice {index} of {chunks} of a state of {size} entries; this "
                                                 f"peer's state has {own}")
             return
-        part = slices(size, chunks)[index]
+        part = slice_of(size, chunks, index)
         if not isinstance(values, np.ndarray) or values.shape != (part.stop - part.start,) or \
                 values.dtype not in (np.float16, np.float32) or (meta["base"] == 0) != (values.dtype == np.float32):
             self.transport.reject(msg, "shape", f"expected {part.stop - part.start} values of slice {index}: float32 "
@@ -190,6 +191,14 @@ class Replicas:
                 self.transport.send(p, STATE, msg.round, {"p": params, "o": optimizer}, meta)
             except ValueError:  # larger than a message may be: the parameters alone
                 self.transport.send(p, STATE, msg.round, {"p": params, "o": optimizer[:0]}, meta)
+
+    def _state_size(self) -> int:
+        """Entries in this peer's state vector (the same model and optimizer as every peer's: a replica of another
+        size is not a replica of a peer of this run)."""
+        if self._size is None:
+            params = self.trainer.get_params().size
+            self._size = params + (self.trainer.optimizer_vector().size if self.settings.optimizer else 0)
+        return self._size
 
     def ask(self, round_: int) -> list[int]:
         """Ask every live peer what replica of this peer's state it holds (a restarted peer, before it takes part

@@ -11,7 +11,7 @@ import pytest
 from conftest import stage_context
 from dlion import messages
 from dlion.rejoin import Rejoin
-from dlion.replica import Replicas, holders, slices
+from dlion.replica import Replicas, holders, slice_of
 from test_rejoin import Log, Trainer, answering
 
 PEERS = (0, 1, 2)
@@ -77,7 +77,7 @@ def test_replicas_go_to_the_next_live_peers_in_id_order():
     assert holders(3, (0, 1, 3, 7), 2) == [7, 0]
     assert holders(7, (0, 1, 3, 7), 1, departed={0}) == [1]
     assert holders(0, (0,), 2) == []
-    parts = slices(10, 4)
+    parts = [slice_of(10, 4, i) for i in range(4)]
     assert [(s.start, s.stop) for s in parts] == [(0, 3), (3, 6), (6, 9), (9, 10)]
 
 
@@ -138,9 +138,10 @@ def test_hostile_slices_are_dropped_and_counted(inproc):
     rounds(replicas, trainers, 0, 4)
     size = state_of(trainers[0]).size
     meta = {"e": 10 ** 18, "n": 1, "base": 0, "i": 0, "of": 4, "p": 100, "w": 1.0}
-    part = slices(size, 4)[0]
+    part = slice_of(size, 4, 0)
     bad = [({**meta, "size": size + 1}, np.zeros(part.stop, np.float32)),  # not our state's size
            ({**meta, "size": size, "i": 9}, np.zeros(part.stop, np.float32)),  # no such slice
+           ({**meta, "size": size, "of": 10 ** 15}, np.zeros(part.stop, np.float32)),  # more slices than entries
            ({**meta, "size": size}, np.zeros(part.stop - 1, np.float32)),  # the wrong length
            ({**meta, "size": size}, np.zeros(part.stop, np.float16)),  # dense but in half precision
            ({**meta, "size": size, "e": 1}, np.zeros(part.stop, np.float32))]  # an older epoch than the link's
@@ -198,6 +199,40 @@ def test_a_restarted_peer_takes_the_freshest_state_and_its_replicas_weight_in_an
     else:
         np.testing.assert_array_equal(trainers[0].params, trainers[event["from_peer"]].params)
     assert at > source_round
+
+
+def test_an_implausible_offer_is_not_believed(inproc):
+    """A holder that offers a replica newer than any round the others are at, or a weight beyond the number of
+    peers, is not asked for it: the restarted peer takes the source's state and keeps its own weight."""
+    trainers = {p: Trainer(float(p + 1), size=100) for p in PEERS}
+    transports, replicas = network(inproc, trainers)
+    for p in (1, 2):
+        transports[p].mailbox.advance(40)
+    for t in transports.values():
+        t.wait_for_peers(5)
+    weights = []
+    rejoin, log = restarted(transports, trainers, replicas, weights)
+    stop = threading.Event()
+
+    def liars():  # peer 1 offers from round 10**9, peer 2 a weight of 50 peers
+        while not stop.is_set():
+            for p, meta in ((1, {"at": 10 ** 9, "w": 1.0}), (2, {"at": 30, "w": 50.0})):
+                asked = transports[p].mailbox.latest(messages.REPLICA_REQUEST, 0)
+                if asked is not None:
+                    transports[p].send(0, messages.REPLICA_OFFER, asked.round, None, meta)
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=liars, daemon=True)
+    thread.start()
+    try:
+        with answering({p: Rejoin(stage_context(transports, p), trainers[p], Log(), 2) for p in (1, 2)},
+                       {1: 40, 2: 40}):
+            rejoin.start(0)
+    finally:
+        stop.set()
+        thread.join()
+    _, event = log.events[0]
+    assert event["taken"] and event["from"] == "source" and weights == [] and "weight" not in event, event
 
 
 def test_with_no_source_answering_a_restarted_peer_recovers_from_its_replica(inproc, monkeypatch):
