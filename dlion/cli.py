@@ -1,5 +1,6 @@
-"""`dlion run | peer | validate | keys | emulate | compose | report`: every command that takes a config validates it
-first and exits 2 on a mistake."""
+"""`dlion run | peer | simulate | validate | keys | emulate | compose | report`: every command that takes a config
+validates it first and exits 2 on a mistake. `simulate` runs every peer in this process in virtual time
+(`dlion.simulate.run`)."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,27 @@ def _parser() -> argparse.ArgumentParser:
     peer.add_argument("--resume-at", type=_iteration_or_latest, metavar="N",
                       help="continue from this peer's checkpoint of iteration N in the output directory, or "
                            "`latest`: from its latest one if it has any (a restarted container)")
+
+    simulate = sub.add_parser("simulate", parents=[overrides],
+                              help="run every peer of a config in this process, in virtual time: compute calibrated "
+                                   "on this host, messages timed by their links (many peers, reproducible)")
+    simulate.add_argument("config", help="YAML config file")
+    simulate.add_argument("--peers", type=int, metavar="N",
+                          help="number of peers: population.count, or the listed peers repeated to N")
+    simulate.add_argument("--out", help="output directory (default: output.dir of the config)")
+    simulate.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in the "
+                                                                   "output directory (refused otherwise)")
+    simulate.add_argument("--queue", choices=["link", "uplink"], default="link",
+                          help="what a message queues behind: earlier messages on its link (default; as the "
+                               "emulation shapes links) or all earlier messages of its sender (a shared uplink)")
+    simulate.add_argument("--calibration", metavar="FILE",
+                          help="the calibration cache to read and extend (default: $DLION_CALIBRATION or "
+                               "~/.cache/dlion/calibration.json)")
+    simulate.add_argument("--recalibrate", action="store_true", help="measure the model on this host again")
+    simulate.add_argument("--cpu-overhead", action="store_true",
+                          help="also charge each peer the CPU time its own work outside TensorFlow takes on this host "
+                               "(stages, encoding, run control), at its cores: closer to emulated runs where that "
+                               "work bounds small peers' rounds, but no longer exactly repeatable")
 
     validate = sub.add_parser("validate", parents=[overrides],
                               help="check a config, its data and its model, and print it resolved")
@@ -104,7 +126,7 @@ def main(argv=None) -> int:
         print("dlion: run needs a config file (or --resume DIR)", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        cfg = configmod.load(args.config, args.set)
+        cfg = configmod.load(args.config, args.set, peers=getattr(args, "peers", None))
         if args.command == "peer" or getattr(args, "action", None) == "shape":
             if args.id is None:
                 raise KeyError("required for emulate shape")
@@ -131,6 +153,8 @@ def main(argv=None) -> int:
                     print(line, file=sys.stderr)
             print(f"{args.config}: valid ({len(cfg.peers)} peers)", file=sys.stderr)
             return 0
+        if args.command == "simulate":
+            return _simulate(args, cfg, out_dir)
         if args.command == "run":
             from dlion import launch
             try:
@@ -183,6 +207,20 @@ def _peer(cfg, peer_id: int, out_dir: str, resume_at: int | None = None) -> int:
     run_peer(cfg, peer_id, out_dir, ready=real.enter_cgroup, resume_at=resume_at,  # the CPU cap binds once the
              **hooks)                                                           # model is built
     return 0
+
+
+def _simulate(args, cfg, out_dir: str) -> int:
+    """`dlion simulate CONFIG [--peers N] [--out DIR]`: prints the summary without its per-peer part."""
+    from dlion import launch
+    from dlion.simulate.run import simulate
+    if (earlier := launch.earlier_results(Path(out_dir))) and not args.overwrite:
+        print(f"dlion: {out_dir} holds an earlier run ({', '.join(p.name for p in earlier)}): use --overwrite to "
+              f"replace it, or another --out", file=sys.stderr)
+        return EXIT_CONFIG
+    summary = simulate(cfg, out_dir, queue=args.queue, calibration=args.calibration, recalibrate=args.recalibrate,
+                       cpu_overhead=args.cpu_overhead)
+    print(json.dumps({k: v for k, v in summary.items() if k != "peers"}))
+    return 0 if summary["peers_finished"] == len(cfg.peers) else 1
 
 
 def _compose(args, cfg) -> int:

@@ -8,6 +8,7 @@ the file (`dlion/yamlio.py`: YAML 1.2 numbers such as 1e-3, no duplicate keys).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from dlion import batching, exchange, gossip, knowledge, security, topology, yam
 from dlion import optimizers
 from dlion.data import DEFAULT_DATA_DIR
 from dlion.presets import PRESETS, with_preset
+from dlion.simulate import population
 from dlion.schema import (BANDWIDTH, DURATION, ConfigError, at_least, between, build, join, non_negative, option,
                           parse_bandwidth, parse_duration, positive, reference, written)
 
@@ -374,11 +376,20 @@ class Config:
     def peer_ids(self) -> tuple[int, ...]:
         return tuple(p.id for p in self.peers)
 
-    def peer(self, peer_id: int) -> PeerSpec:
+    @functools.cached_property
+    def _by_id(self) -> dict[int, PeerSpec]:
+        """Peers by id, for `peer` (a simulated config has hundreds); the first of a duplicated id, as validate
+        refuses."""
+        by_id: dict[int, PeerSpec] = {}
         for p in self.peers:
-            if p.id == peer_id:
-                return p
-        raise KeyError(f"no peer with id {peer_id}; peers are {list(self.peer_ids)}")
+            by_id.setdefault(p.id, p)
+        return by_id
+
+    def peer(self, peer_id: int) -> PeerSpec:
+        try:
+            return self._by_id[peer_id]
+        except (KeyError, TypeError):
+            raise KeyError(f"no peer with id {peer_id}; peers are {list(self.peer_ids)}") from None
 
     def link(self, src: int, dst: int, at: float | None = None) -> LinkSpec:
         """Bandwidth and one-way latency of the directed link src -> dst (at `at` s into training, if given).
@@ -500,22 +511,23 @@ def apply_overrides(raw: dict, overrides) -> dict:
     return raw
 
 
-def parse(raw: Any, overrides=()) -> Config:
-    """Validate a parsed YAML document (plus overrides) into a Config."""
+def parse(raw: Any, overrides=(), peers: int | None = None) -> Config:
+    """Validate a parsed YAML document (plus overrides) into a Config; a `population` block becomes the peers it
+    generates, and `peers` (`--peers N`) sets their number (`dlion.simulate.population.expand`)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("", "expected a YAML mapping at the top level", raw)
-    raw = apply_overrides(raw, overrides)
+    raw = population.expand(apply_overrides(raw, overrides), peers)
     preset = raw.get("preset")
     if isinstance(preset, str) and preset in PRESETS and isinstance(raw.get("strategies") or {}, dict):
         raw = with_preset(raw, preset)
     return build(Config, raw)
 
 
-def load(path: str | Path, overrides=()) -> Config:
-    """Read, override and validate a YAML config file."""
-    return parse(yamlio.load_file(path), overrides)
+def load(path: str | Path, overrides=(), peers: int | None = None) -> Config:
+    """Read, override and validate a YAML config file (`peers`: see `parse`)."""
+    return parse(yamlio.load_file(path), overrides, peers)
 
 
 def to_dict(cfg: Config) -> dict:
@@ -541,6 +553,10 @@ def reference_markdown() -> str:
              "in YAML 1.2 (`1e-3` is a number), and a key given twice in a mapping is an error.", "",
              "| key | default | expected |", "|---|---|---|"]
     lines += [f"| `{k}` | {d} | {e} |" for k, d, e in reference(Config)]
+    lines += ["", "## population", "", (population.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "), "",
+              "Instead of `peers`, a config may generate them (`dlion simulate --peers N` sets the count):", "",
+              "| key | default | expected |", "|---|---|---|"]
+    lines += [f"| `{k}` | {d} | {e} |" for k, d, e in reference(population.Population, "population")]
     for stage, registry in STAGE_REGISTRIES.items():
         lines += ["", f"## strategies.{stage}", "", f"`kind`: one of {', '.join(registry)} "
                   f"(default `{getattr(Strategies(), stage).kind}`).", ""]

@@ -29,16 +29,18 @@ class EventLog:
     Every event also goes to each of `sinks` (`write(event)`; `close()` with the log). A sink that fails is reported
     once and dropped: the JSONL file, which the summary rests on, and training go on without it."""
 
-    def __init__(self, path: str | Path, peer_id: int, sinks=()):
+    def __init__(self, path: str | Path, peer_id: int, sinks=(), clock=time.time):
+        """`clock`: what `t` is read from (a simulation's virtual seconds instead of Unix time)."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.peer_id = peer_id
+        self.clock = clock
         self._file = open(path, "a", buffering=1)
         self._sinks = list(sinks)
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent()  # first call primes the counter
 
     def emit(self, ev: str, **fields) -> dict:
-        event = {"ev": ev, "peer": self.peer_id, "t": time.time(), **fields}
+        event = {"ev": ev, "peer": self.peer_id, "t": self.clock(), **fields}
         self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
         for sink in list(self._sinks):
             self._to_sink(sink, sink.write, event)

@@ -8,11 +8,11 @@ in-neighbours' over the round's graph, and the knowledge stage may merge a bette
 (`dlion.control`) decides when to stop and runs the evaluation protocol; `dlion.rejoin` brings a peer that fell far
 behind (restarted, or frozen) back to the others' round and state; progress events are `dlion.progress`'s.
 The loop knows neither TensorFlow (the trainer does) nor sockets (the transport does); `dlion.wiring` builds it.
+It times everything on the stages' clock (`StageContext.clock`): the host's, or a simulation's virtual one.
 """
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from dlion import checkpoint
@@ -48,12 +48,12 @@ class Peer:
     def run(self) -> dict:
         """Train until a stop condition, evaluate on the full test set, say goodbye. Returns the final event."""
         self.transport.start()
-        barrier_start = time.monotonic()
+        barrier_start = self.ctx.clock()
         reachable = self.transport.wait_for_peers(self.cfg.transport.startup_timeout_s)
         spec = self.cfg.peer(self.ctx.peer_id)
         self.log.emit("start", pid=os.getpid(), cores=spec.cores, threads=spec.tf_threads,
                       num_params=self.trainer.num_params, train_samples=len(self.local.train_idx),
-                      barrier_s=round(time.monotonic() - barrier_start, 3), reachable=sorted(reachable),
+                      barrier_s=round(self.ctx.clock() - barrier_start, 3), reachable=sorted(reachable),
                       neighbours=list(self.ctx.topology.destinations(self.ctx.peer_id)), emulation=self.clock.method,
                       resumed_from=self.resumed["iteration"] if self.resumed else None)
         self._start = self.rejoin.start(self._start)
@@ -80,7 +80,7 @@ class Peer:
         while not (reason := self.control.stop_reason(iteration)):
             iteration = self.rejoin.step(iteration)
             batch = self.batching.batch_size(iteration)
-            began = time.monotonic()
+            began = self.ctx.clock()
             loss, update, compute_s = self.work.compute(batch)
             # the batching stage's rate is of the peer's busy time per step: its steps and its share of the round's
             # own work (measured last round), so that rounds take the same time on every peer, waits left out; it
@@ -90,7 +90,7 @@ class Peer:
             self.work.apply(exchanged.grads)
             mixed = self.gossip.mix(iteration, self.ctx.model)
             self.replicas.step(iteration, mixed.weight)
-            round_work_s = max(0.0, time.monotonic() - began - compute_s - exchanged.wait_s - mixed.wait_s)
+            round_work_s = max(0.0, self.ctx.clock() - began - compute_s - exchanged.wait_s - mixed.wait_s)
             iteration += 1
             if transfer := self.knowledge.step(iteration):
                 self.log.emit("transfer", it=iteration, **transfer)
@@ -108,10 +108,10 @@ class Peer:
         """(loss, flat gradient, compute time) of this peer's next batch, paced by the step clock."""
         idx = self.sampler.next(batch)
         x, y = self.local.dataset.x_train[idx], self.local.dataset.y_train[idx]
-        start = time.monotonic()
+        start = self.ctx.clock()
         with self.clock.step():
             loss, grads = self.trainer.gradients(x, y)
-        return loss, grads, time.monotonic() - start
+        return loss, grads, self.ctx.clock() - start
 
     def _finish(self, reason: str, iteration: int) -> dict:
         train_s, samples = self.control.elapsed, self.progress.samples

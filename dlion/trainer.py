@@ -290,22 +290,37 @@ class Trainer:
             v.assign(a)
 
     def optimizer_vector(self) -> np.ndarray:
-        """The optimizer's variables as one float32 vector: what a rejoining peer continues with."""
-        return np.concatenate([np.ravel(a).astype(np.float32) for a in self.optimizer_state()] or
-                              [np.zeros(0, np.float32)])
+        """The optimizer's variables as one float32 vector: what a rejoining peer continues with (and what a
+        simulation swaps between its peers). One traced call, not one per variable."""
+        return self._optimizer_io()[0]().numpy()
 
     def set_optimizer_vector(self, flat) -> None:
         """Restore what `optimizer_vector` gave, on a trainer of the same model and optimizer (ValueError if not)."""
-        arrays, start = [], 0
-        for own in self.optimizer_state():
-            part = np.asarray(flat[start:start + own.size])
-            if part.size != own.size:
-                break
-            arrays.append(part.reshape(own.shape).astype(own.dtype))
-            start += own.size
-        if start != len(flat) or len(arrays) != len(self.optimizer.variables):
-            raise ValueError(f"an optimizer state of {len(flat)} values does not fit this model and optimizer")
-        self.set_optimizer_state(arrays)
+        _, put, staged = self._optimizer_io()
+        flat = np.asarray(flat)
+        if flat.shape != tuple(staged.spec.shape):
+            raise ValueError(f"an optimizer state of {flat.size} values does not fit this model and optimizer")
+        put(staged(flat))
+
+    def _optimizer_io(self):
+        """(get() -> flat float32 tensor, put(flat), its `_Input`) over the optimizer's variables, traced at first
+        use."""
+        if getattr(self, "_optimizer_fns", None) is None:
+            variables = list(self.optimizer.variables)
+            sizes = [int(np.prod(v.shape)) for v in variables]
+
+            def get():
+                return tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in variables]
+                                 or [tf.zeros([0], tf.float32)], axis=0)
+
+            def put(flat):
+                for v, part in zip(variables, tf.split(flat, sizes) if variables else []):
+                    v.assign(tf.cast(tf.reshape(part, v.shape), v.dtype))
+
+            staged = _Input(tf.TensorSpec([sum(sizes)], tf.float32, name="flat_optimizer"))
+            self._optimizer_fns = (tf.function(get).get_concrete_function(),
+                                   tf.function(put, input_signature=[staged.spec]).get_concrete_function(), staged)
+        return self._optimizer_fns
 
     def get_params(self) -> np.ndarray:
         """All model variables as one fresh float32 vector [num_state]."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,10 +177,13 @@ def batch_sampler(cfg: Config, peer_id: int, train_idx, resume_at: int | None = 
     return datamod.BatchSampler(train_idx, seed=(cfg.seed * 7919 + peer_id + 1, resume_at or 0))
 
 
-def _make_trainer(cfg: Config, peer_id: int, local: LocalData, needs: Requirements):
+def _make_trainer(cfg: Config, peer_id: int, local: LocalData, needs: Requirements, threads: int | None = None):
+    """The peer's trainer, on `threads` TensorFlow threads (None: the peer's own, `PeerSpec.tf_threads`; 0: as
+    TensorFlow's thread pools already are)."""
     from dlion import trainer as trainer_mod  # TensorFlow is imported here, not at module load
 
-    trainer_mod.configure_threads(cfg.peer(peer_id).tf_threads)
+    if threads != 0:
+        trainer_mod.configure_threads(threads or cfg.peer(peer_id).tf_threads)
     tr = cfg.training
     # skew compensation by logit adjustment: this peer's label frequencies (+1 each: none is 0)
     prior = local.label_counts() + 1.0 if needs.label_prior else None
@@ -187,18 +191,25 @@ def _make_trainer(cfg: Config, peer_id: int, local: LocalData, needs: Requiremen
                                num_classes=local.num_classes, label_prior=prior, **training_options(tr))
 
 
-def make_transport(cfg: Config, peer_id: int, num_values: int, link_policy=None, **settings) -> ZmqTransport:
-    """The peer's ZeroMQ transport, accepting messages up to the largest a model of `num_values` entries needs, with
-    the config's security (CURVE keys unless `security.mode` is none; raises security.KeysError if they are
-    missing); `settings` override the config's transport settings (sndhwm, suspect_after)."""
+def transport_bounds(cfg: Config, num_values: int) -> tuple[WireLimits, dict]:
+    """What every transport of the config accepts (messages up to the largest a model of `num_values` entries needs)
+    and the bounds of its mailbox and norm guard."""
     limits = WireLimits(frozenset(cfg.peer_ids), max_message_bytes(num_values),
                         max_batch_weight=float(cfg.training.global_batch))
     tr = cfg.transport
     # a peer whose stages collect nothing moves its window at evaluations only
     window = max(tr.window_rounds, 2 * cfg.evaluation.every_iterations)
-    options = {"sndhwm": tr.sndhwm, "suspect_after": tr.suspect_after, "window_rounds": window,
-               "max_held_bytes": int(tr.max_held_mb * 2 ** 20), "max_norm_ratio": cfg.security.max_norm_ratio,
-               **settings}
+    return limits, {"suspect_after": tr.suspect_after, "window_rounds": window,
+                    "max_held_bytes": int(tr.max_held_mb * 2 ** 20), "max_norm_ratio": cfg.security.max_norm_ratio}
+
+
+def make_transport(cfg: Config, peer_id: int, num_values: int, link_policy=None, **settings) -> ZmqTransport:
+    """The peer's ZeroMQ transport, accepting messages up to the largest a model of `num_values` entries needs, with
+    the config's security (CURVE keys unless `security.mode` is none; raises security.KeysError if they are
+    missing); `settings` override the config's transport settings (sndhwm, suspect_after)."""
+    limits, bounds = transport_bounds(cfg, num_values)
+    tr = cfg.transport
+    options = {"sndhwm": tr.sndhwm, **bounds, **settings}
     keys = security.load(cfg, peer_id) if cfg.security.mode == "curve" else None
     heartbeat = (tr.heartbeat_s, tr.heartbeat_timeout_s) if tr.heartbeat_s else None
     return ZmqTransport(peer_id, {p.id: (p.address, p.port) for p in cfg.peers}, limits, link_policy=link_policy,
@@ -238,14 +249,17 @@ def _warm_up(trainer, local: LocalData, batch: int) -> None:
 
 def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dataset=None,
           clock: StepClock | None = None, link_policy=None, stop_event: threading.Event | None = None,
-          resume_at: int | None = None):
+          resume_at: int | None = None, trainer=None, now=time.monotonic, wall=time.time, warm_up: bool = True):
     """A ready peer. `transport` and `dataset` can be injected (tests, benchmarks); `clock` and `link_policy` are
     the emulation's hooks (none: unpaced compute, links as they are); `resume_at`: continue from this peer's
-    checkpoint of that iteration (dlion.checkpoint)."""
-    log = EventLog(peer_log_path(out_dir, peer_id), peer_id, sinks=tensorboard_sinks(cfg.output, out_dir, peer_id))
+    checkpoint of that iteration (dlion.checkpoint). A simulation (`dlion.simulate`) also injects the `trainer`
+    (its view of one shared model), the clocks the loop, its stages and its events run on (`now`: monotonic, `wall`:
+    an event's `t`), and leaves out the warm-up, done once for all peers."""
+    log = EventLog(peer_log_path(out_dir, peer_id), peer_id, sinks=tensorboard_sinks(cfg.output, out_dir, peer_id),
+                   clock=wall)
     needs = requirements(cfg)
     local = _make_data(cfg, peer_id, dataset, needs)
-    trainer = _make_trainer(cfg, peer_id, local, needs)
+    trainer = trainer if trainer is not None else _make_trainer(cfg, peer_id, local, needs)
     if transport is None:
         transport = make_transport(cfg, peer_id, max(trainer.num_params, trainer.num_state), link_policy)
     x_hold, y_hold = local.dataset.x_train[local.holdout_idx], local.dataset.y_train[local.holdout_idx]
@@ -256,9 +270,10 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
     others = [p for p in ids if p != peer_id]
     ctx = StageContext(peer_id, ids, transport, graph, cfg.training.global_batch, {p: cfg.cores(p) for p in ids},
                        {d: cfg.link(peer_id, d).bandwidth for d in others}, model,
-                       inbound_bandwidths={s: cfg.link(s, peer_id).bandwidth for s in others})
+                       inbound_bandwidths={s: cfg.link(s, peer_id).bandwidth for s in others}, clock=now)
     stages = _make_stages(cfg, ctx)
-    _warm_up(trainer, local, stages.batching.batch_size(0))
+    if warm_up:
+        _warm_up(trainer, local, stages.batching.batch_size(0))
     resumed = None
     if resume_at is not None:
         resumed = checkpoint.load(out_dir, peer_id, resume_at)

@@ -41,9 +41,9 @@ _LOG_EVERY_DROPS = 100
 class _Bucket:
     """A token bucket: `rate` tokens per second, at most `burst` saved up."""
 
-    def __init__(self, rate: float, burst: int):
+    def __init__(self, rate: float, burst: int, now: float):
         self.rate, self.burst = rate, burst
-        self.tokens, self.at = float(burst), time.monotonic()
+        self.tokens, self.at = float(burst), now
 
     def take(self, now: float) -> bool:
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
@@ -74,17 +74,21 @@ class Unshaped:
 
 
 class Transport(abc.ABC):
-    """A peer's endpoint: `send` to any other peer, receive into `mailbox`."""
+    """A peer's endpoint: `send` to any other peer, receive into `mailbox`.
+
+    `clock` (monotonic) and `wall` (Unix-like) are the times the transport stamps, limits rates and measures links
+    on; a simulation passes its virtual clock for both, and a mailbox class that waits in virtual time."""
 
     def __init__(self, peer_id: int, peers: Iterable[int], limits: wire.WireLimits, suspect_after: int = 2,
                  link_policy: LinkPolicy | None = None, window_rounds: int = 256, max_held_bytes: int = 64 << 20,
-                 max_norm_ratio: float = 20.0):
+                 max_norm_ratio: float = 20.0, clock=time.monotonic, wall=time.time, mailbox_type=Mailbox):
         self.peer_id = peer_id
         self.peers = frozenset(peers) - {peer_id}
         self.limits = limits
+        self._clock, self._wall = clock, wall
         self.guard = NormGuard(max_norm_ratio)
-        self.mailbox = Mailbox(suspect_after=suspect_after, window=window_rounds, max_held_bytes=max_held_bytes,
-                               screen=self._screen)
+        self.mailbox = mailbox_type(suspect_after=suspect_after, window=window_rounds, max_held_bytes=max_held_bytes,
+                                    screen=self._screen, clock=clock)
         self._stats: dict[int | str, LinkStats] = {p: LinkStats() for p in self.peers}
         self._drops: dict[int | str, int] = defaultdict(int)
         self._rejections: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -114,7 +118,7 @@ class Transport(abc.ABC):
         """Encode and hand over without blocking. A down link counts `send_failed`; only misuse raises."""
         if dst not in self.peers:
             raise ValueError(f"peer {self.peer_id}: {dst} is not another peer of this transport")
-        frames = wire.encode(kind, self.peer_id, round, tensors, meta, time.time(), self.inbound_bandwidth(dst))
+        frames = wire.encode(kind, self.peer_id, round, tensors, meta, self._wall(), self.inbound_bandwidth(dst))
         self.guard.observe(kind, tensors)
         nbytes = sum(memoryview(f).nbytes for f in frames)
         if nbytes > self.limits.max_message_bytes:
@@ -177,7 +181,7 @@ class Transport(abc.ABC):
             self._drop(link, "?", "unknown sender", f"routing id or key of {routing_sender!r} is no peer's")
             return
         try:
-            msg = wire.decode(frames, self.limits, time.time())
+            msg = wire.decode(frames, self.limits, self._wall())
         except wire.WireError as e:
             self._drop(link, "?", "malformed", e.reason)
             return
@@ -219,8 +223,10 @@ class Transport(abc.ABC):
         if declared.rate is None:
             return True
         with self._stats_lock:
-            bucket = self._buckets.setdefault((link, kind), _Bucket(declared.rate, declared.burst))
-            return bucket.take(time.monotonic())
+            now = self._clock()
+            bucket = self._buckets.get((link, kind)) or self._buckets.setdefault(
+                (link, kind), _Bucket(declared.rate, declared.burst, now))
+            return bucket.take(now)
 
     def _screen(self, msg: wire.Message) -> bool:
         """The mailbox's last check as a stage takes `msg`: the norm guard. False (counted) if it is rejected."""

@@ -29,10 +29,13 @@ class Mailbox:
     """Thread-safe; `put` is called by the transport, `take`/`latest` by the stages."""
 
     def __init__(self, suspect_after: int = 2, keep_rounds: int = 64, window: int = 256,
-                 max_held_bytes: int = 64 << 20, screen: Callable[[Message], bool] = lambda msg: True):
+                 max_held_bytes: int = 64 << 20, screen: Callable[[Message], bool] = lambda msg: True,
+                 clock: Callable[[], float] = time.monotonic):
         """`keep_rounds` bounds the rounds held per (kind, sender) of the kinds stages do not collect (those read
         with `latest`); `screen(msg)` is False for a message a stage must not get (`collect` and `latest` apply it;
-        `take` serves kinds without tensors)."""
+        `take` serves kinds without tensors). `clock` is what deadlines are measured on; a simulation in virtual
+        time also overrides `_wait` and `_wake` (`dlion.simulate.transport`)."""
+        self.clock = clock
         self.suspect_after = suspect_after
         self.keep_rounds = keep_rounds
         self.window = window
@@ -113,8 +116,19 @@ class Mailbox:
             self._latest[(msg.kind, msg.sender)] = msg
             key = (msg.kind, msg.sender)
             self._newest[key] = max(msg.round, self._newest.get(key, msg.round))
-            self._cond.notify_all()
+            self._wake(msg)
             return None
+
+    def _wait(self, timeout: float, kind: str, senders: set[int]) -> None:
+        """Block (the condition held) until a `put` or a departure wakes the waiter, or `timeout` seconds passed;
+        the waiter waits for messages of `kind` from `senders` (a hint for a virtual-time mailbox: the waiter checks
+        again whenever it wakes)."""
+        self._cond.wait(timeout)
+
+    def _wake(self, msg: Message | None = None) -> None:
+        """Wake whoever waits for what this mailbox holds (the condition held): `msg` was filed, or (None) a sender
+        departed."""
+        self._cond.notify_all()
 
     def _forget(self, sender: int, msg: Message) -> None:
         self._held[sender] -= msg.nbytes
@@ -165,7 +179,7 @@ class Mailbox:
     def take(self, kind: str, round: int, senders: Iterable[int], deadline: float,
              staleness: int = 0) -> dict[int, Message]:
         """Wait until every expected sender has a message with round in [round - staleness, round] (newest
-        wins) or until `deadline` (time.monotonic()); return what is there.
+        wins) or until `deadline` (on the mailbox's `clock`); return what is there.
 
         Departed and suspected senders are not waited for, nor a sender that said it is back from a later round on
         (a rejoined peer: `back`). Rounds are taken in increasing order, so afterwards
@@ -180,10 +194,10 @@ class Mailbox:
                 found = self._collect(kind, senders, oldest, round)
                 ahead = {s for s in senders if self._back_later(s, round)}
                 waiting = senders - found.keys() - ahead - self._departed - self._suspected()
-                remaining = deadline - time.monotonic()
+                remaining = deadline - self.clock()
                 if not waiting or remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                self._wait(remaining, kind, waiting)
             for s in senders - self._departed:
                 if s in found or s in ahead:
                     self._misses.pop(s, None)
@@ -210,10 +224,11 @@ class Mailbox:
         while True:
             behind = {s for s in senders
                       if self._newest.get((kind, s), -1) < needed and not self._back_later(s, needed)}
-            remaining = deadline - time.monotonic()
-            if not behind - self._departed - self._suspected() or remaining <= 0:
+            remaining = deadline - self.clock()
+            awaited = behind - self._departed - self._suspected()
+            if not awaited or remaining <= 0:
                 return behind
-            self._cond.wait(remaining)
+            self._wait(remaining, kind, awaited)
 
     def _collect(self, kind: str, senders: set[int], oldest: int, newest: int) -> dict[int, Message]:
         found = {}
@@ -264,7 +279,7 @@ class Mailbox:
                 self._said_bye.add(sender)
             if unreachable:
                 self._unreachable.add(sender)
-            self._cond.notify_all()
+            self._wake()
 
     def reachable(self, sender: int) -> None:
         """Our connection to `sender` is up (again): its next message re-admits it."""

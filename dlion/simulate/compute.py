@@ -1,0 +1,313 @@
+"""Simulated compute: one Keras model serves every peer, and each peer's work costs it calibrated virtual time.
+
+One model, many parameter sets. A simulation builds one `Trainer` (one graph, traced once) and gives each peer a
+`PeerModel`: a view with the trainer's interface that holds the peer's flat parameters and optimizer state while
+another peer's are loaded, and swaps its own in before it computes. Memory grows with peers x parameters, not with
+peers x graphs; a swap costs two flat copies each way (parameters, optimizer state: `Trainer.optimizer_vector`).
+
+Time. A peer's gradient step of batch b costs (fixed + per_sample x b) / cores virtual seconds, an optimizer step
+apply / cores, an evaluation of n samples (eval_fixed + eval_per_sample x n) / cores, at its cores at that virtual
+time (scheduled changes included). The figures are measured once on this host (`calibrate`), as CPU seconds on one
+TensorFlow thread (one core-equivalent, as the emulation's pacing counts CPU time), the least over repeats, and cached
+per model and host (`load_or_calibrate`): the simulation's results then depend on the config and the calibration
+only. CPU time is less sensitive to other load than wall time, not immune: on a host busy with other work (caches,
+shared cores) the same step measured two to three times slower here, so calibrate on a quiet host (the calibration
+records the load it was measured under; `--recalibrate` measures again). Work outside TensorFlow (the strategies' numpy, the wire
+encoding) costs no virtual time, unless a `HostCpu` meter charges what it takes this host (`--cpu-overhead`).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from dlion.config import Config
+
+STEP_BATCHES = (8, 32, 128)  # batch sizes the step cost is fitted over
+EVAL_SIZES = (250, 1000)     # evaluation sizes the evaluation cost is fitted over
+REPEATS = 20                 # timings per size; the least counts (a busy host inflates even CPU time: cache, SMT)
+CACHE_ENV = "DLION_CALIBRATION"  # a calibration file to use instead of the default cache
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """CPU seconds on one core-equivalent of this host, for one model and optimizer (`key`)."""
+
+    key: str
+    step_fixed_s: float
+    step_per_sample_s: float
+    apply_s: float
+    eval_fixed_s: float
+    eval_per_sample_s: float
+    load_average: float  # the host's one-minute load when measured: a busy host measures slower (`--recalibrate`)
+
+    def step_s(self, batch: int) -> float:
+        return self.step_fixed_s + self.step_per_sample_s * batch
+
+    def eval_s(self, samples: int) -> float:
+        return self.eval_fixed_s + self.eval_per_sample_s * samples
+
+
+def _cpu_seconds(fn: Callable[[], object], repeats: int = REPEATS) -> float:
+    """The least CPU time (all threads of the process) of `repeats` calls of `fn`."""
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.process_time()
+        fn()
+        best = min(best, time.process_time() - began)
+    return best
+
+
+def _line(xs, ys) -> tuple[float, float]:
+    """(intercept >= 0, slope > 0) of the least-squares line through the points."""
+    slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+    slope = max(float(slope), 1e-12)
+    return max(float(intercept), 0.0), slope
+
+
+def calibration_key(cfg: Config, trainer) -> str:
+    """What a calibration holds for: the model, its size, the optimizer, TensorFlow's version, the host's CPU."""
+    import tensorflow as tf
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    tr = cfg.training
+    return f"{tr.model}|{trainer.num_state} values|{tr.optimizer}|tf {tf.__version__}|{cpu}"
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def calibrate(trainer, x: np.ndarray, y: np.ndarray, key: str) -> Calibration:
+    """Measure `trainer` (warmed up, on one thread) on samples `x`, `y` (at least max(STEP_BATCHES, EVAL_SIZES) of
+    them); the trainer's parameters and optimizer state are left as they were."""
+    params, state = trainer.get_params(), trainer.optimizer_state()
+    steps = [_cpu_seconds(lambda b=b: trainer.gradients(x[:b], y[:b])) for b in STEP_BATCHES]
+    zeros = np.zeros(trainer.num_params, np.float32)
+    apply_s = _cpu_seconds(lambda: trainer.apply(zeros))
+    evals = [_cpu_seconds(lambda n=n: trainer.evaluate(x[:n], y[:n]), REPEATS // 4) for n in EVAL_SIZES]
+    trainer.set_params(params)
+    trainer.set_optimizer_state(state)
+    step_fixed, step_per_sample = _line(STEP_BATCHES, steps)
+    eval_fixed, eval_per_sample = _line(EVAL_SIZES, evals)
+    return Calibration(key, step_fixed, step_per_sample, apply_s, eval_fixed, eval_per_sample,
+                       round(os.getloadavg()[0], 2))
+
+
+def default_cache() -> Path:
+    """Where calibrations are kept between runs: $DLION_CALIBRATION, else ~/.cache/dlion/calibration.json."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "dlion" / "calibration.json"
+
+
+def load_or_calibrate(cfg: Config, trainer, x, y, cache: Path | None = None, recalibrate: bool = False
+                      ) -> tuple[Calibration, bool]:
+    """The cached calibration of this model on this host, or a fresh one (then cached); and whether it was measured
+    now. `cache`: a JSON file of calibrations by key (default `default_cache()`)."""
+    cache = Path(cache) if cache is not None else default_cache()
+    key = calibration_key(cfg, trainer)
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not recalibrate and isinstance(known.get(key), dict):
+        try:
+            return Calibration(**known[key]), False
+        except TypeError:
+            pass  # written by another version: measure again
+    calibration = calibrate(trainer, x, y, key)
+    known[key] = dataclasses.asdict(calibration)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(known, indent=2))
+    tmp.replace(cache)
+    return calibration, True
+
+
+def charger(actor, cfg: Config, peer_id: int) -> Callable[[float], None]:
+    """`charge(cpu_seconds)`: the peer's actor takes that work's virtual time at the peer's cores now."""
+    def charge(cpu_seconds: float) -> None:
+        actor.sleep(cpu_seconds / cfg.cores(peer_id, actor.scheduler.now))
+    return charge
+
+
+class SharedModel:
+    """The one trainer every simulated peer computes on, and which peer's state it holds now."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.owner: PeerModel | None = None
+        self.swaps = 0
+
+    def view(self, cost: Callable[[float], None], calibration: Calibration, meter: HostCpu | None = None
+             ) -> PeerModel:
+        """A peer's view, starting from the trainer's current parameters and optimizer state (every peer starts
+        from the same model, as real peers do from the same seed); `cost(cpu_seconds)` charges the peer; what the
+        view does is left out of the peer's `meter`, if it has one."""
+        return PeerModel(self, cost, calibration, meter)
+
+
+class PeerModel:
+    """One peer's model on the shared trainer: the `Trainer` interface a peer's loop and stages use, each call on this
+    peer's parameters, and the TensorFlow work charged to the peer (`cost`, in CPU seconds of one core)."""
+
+    def __init__(self, shared: SharedModel, cost: Callable[[float], None], calibration: Calibration,
+                 meter: HostCpu | None = None):
+        self.shared = shared
+        self.cost = cost
+        self.calibration = calibration
+        self._apart = meter.apart if meter is not None else contextlib.nullcontext
+        trainer = shared.trainer
+        self.num_params, self.num_state = trainer.num_params, trainer.num_state
+        self._params: np.ndarray | None = trainer.get_params()
+        self._state: np.ndarray | None = trainer.optimizer_vector()
+
+    @property
+    def _trainer(self):
+        """The shared trainer, holding this peer's state."""
+        shared = self.shared
+        if shared.owner is not self:
+            if shared.owner is not None:
+                shared.owner._unload()
+            shared.trainer.set_params(self._params)
+            shared.trainer.set_optimizer_vector(self._state)
+            self._params = self._state = None
+            shared.owner = self
+            shared.swaps += 1
+        return shared.trainer
+
+    def _unload(self) -> None:
+        trainer = self.shared.trainer
+        self._params, self._state = trainer.get_params(), trainer.optimizer_vector()
+        self.shared.owner = None
+
+    @property
+    def _loaded(self) -> bool:
+        return self.shared.owner is self
+
+    def gradients(self, x, y):
+        with self._apart():
+            result = self._trainer.gradients(x, y)
+        self.cost(self.calibration.step_s(len(x)))
+        return result
+
+    def apply(self, flat_grads) -> None:
+        with self._apart():
+            self._trainer.apply(flat_grads)
+        self.cost(self.calibration.apply_s)
+
+    def evaluate(self, x, y, batch=1000):
+        with self._apart():
+            result = self._trainer.evaluate(x, y, batch)
+        self.cost(self.calibration.eval_s(len(x)))
+        return result
+
+    def get_params(self) -> np.ndarray:
+        with self._apart():
+            return self.shared.trainer.get_params() if self._loaded else self._params.copy()
+
+    def set_params(self, flat) -> None:
+        with self._apart():
+            if self._loaded:
+                self.shared.trainer.set_params(flat)
+            else:
+                params = np.asarray(flat, np.float32)
+                if params.shape != (self.num_state,):
+                    raise ValueError(f"expected {self.num_state} parameters, got shape {params.shape}")
+                self._params = params.copy()
+
+    def optimizer_state(self) -> list[np.ndarray]:
+        with self._apart():
+            return self._trainer.optimizer_state()
+
+    def set_optimizer_state(self, arrays) -> None:
+        with self._apart():
+            self._trainer.set_optimizer_state(arrays)
+
+    def optimizer_vector(self) -> np.ndarray:
+        with self._apart():
+            return self.shared.trainer.optimizer_vector() if self._loaded else self._state.copy()
+
+    def set_optimizer_vector(self, flat) -> None:
+        with self._apart():
+            self._trainer.set_optimizer_vector(flat)
+
+    def save(self, path) -> None:
+        with self._apart():
+            self._trainer.save(path)
+
+
+class HostCpu:
+    """A peer's own work outside TensorFlow (stages, encoding, run control, events), as the CPU time it takes the
+    peer's thread on this host, charged at the peer's cores (`--cpu-overhead`): on small peers that work bounds the
+    rounds of emulated runs. Measured anew in each run, so such a run is not repeatable exactly. The actor measures
+    between its resumption (`resume`) and its settling (`pause`); what the peer's model view does is left out
+    (`apart`: the view's TensorFlow work is charged by the calibration, its swaps are the simulation's own)."""
+
+    def __init__(self, charge: Callable[[float], None]):
+        self._charge = charge
+        self._mark: float | None = None
+        self._apart_s = 0.0
+        self.charged_s = 0.0  # CPU seconds charged so far
+
+    def resume(self) -> None:
+        self._mark, self._apart_s = time.thread_time(), 0.0
+
+    def pause(self) -> None:
+        if self._mark is None:
+            return
+        spent = time.thread_time() - self._mark - self._apart_s
+        self._mark = None
+        if spent > 0:
+            self.charged_s += spent
+            self._charge(spent)
+
+    @contextlib.contextmanager
+    def apart(self):
+        began = time.thread_time()
+        try:
+            yield
+        finally:
+            self._apart_s += time.thread_time() - began
+
+
+class SimulatedClock:
+    """A simulated peer's step clock (`dlion.clock.StepClock`): its compute is charged by its `PeerModel`, so a step
+    needs no pacing; it reports the peer's cores and its scheduled changes as virtual time passes."""
+
+    method = "simulated"
+
+    def __init__(self, cfg: Config, peer_id: int, now: Callable[[], float]):
+        self.cfg, self.peer_id, self.now = cfg, peer_id, now
+        self._pending = sorted((c for c in cfg.schedule if c.peer == peer_id or c.src == peer_id),
+                               key=lambda c: c.at)
+
+    @property
+    def cores(self) -> float:
+        return self.cfg.cores(self.peer_id, self.now())
+
+    def start(self) -> None:
+        pass
+
+    def step(self):
+        return contextlib.nullcontext()
+
+    def changes(self) -> list[dict]:
+        due = [c for c in self._pending if c.at <= self.now()]
+        self._pending = self._pending[len(due):]
+        return [{k: v for k, v in vars(c).items() if v is not None} for c in due]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,61 @@
+"""`dlion simulate` end to end: 4 peers of the quickstart, a few rounds, in one process and in virtual time; the same
+outputs as a real run, and the same figures when run again."""
+import json
+
+from conftest import ROOT, requires_fashion
+from dlion import cli
+from dlion.analysis import load_run
+from dlion.metrics import read_events
+
+ARGS = ["--peers", "4", "--set", "training.model=mlp", "--set", "training.max_iterations=64",
+        "--set", "evaluation.every_iterations=32", "--set", "evaluation.subset=500"]
+VOLATILE = {"pid", "cpu", "rss_mb", "model"}  # of the host, not of the simulation
+
+
+def simulate(out, calibration, capsys):
+    code = cli.main(["simulate", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(out), "--calibration",
+                     str(calibration), *ARGS])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return code, printed
+
+
+@requires_fashion
+def test_four_simulated_peers_write_a_runs_outputs_and_repeat_exactly(tmp_path, capsys):
+    cache = tmp_path / "calibration.json"
+    code, printed = simulate(tmp_path / "a", cache, capsys)
+    assert code == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert printed["peers_finished"] == 4 and summary["emulation"] == "simulated"
+    for key in ("time_to_target_s", "final_accuracy", "worst_final_accuracy", "train_s", "bytes_sent_total",
+                "peers", "simulation"):
+        assert key in summary
+    sim = summary["simulation"]
+    assert sim["peers"] == 4 and sim["peer_iterations"] == 4 * 64 and sim["peer_iterations_per_s"] > 0
+    assert sim["peak_rss_mb"] > 0 and sim["calibration_measured"] and not sim["errors"]
+    assert 0 < summary["train_s"] <= sim["virtual_s"]  # training time in virtual seconds
+    assert all(p["finished"] and p["steps"] == 64 and 0 < p["final_accuracy"] <= 1 for p in summary["peers"].values())
+    assert (tmp_path / "a" / "config.yaml").exists() and (tmp_path / "a" / "peer-3.keras").exists()
+    assert len(load_run(tmp_path / "a")["curve"]) >= 2  # what `dlion report` and compare.py read
+
+    code, again = simulate(tmp_path / "b", cache, capsys)
+    assert code == 0 and not json.loads((tmp_path / "b" / "summary.json").read_text())["simulation"][
+        "calibration_measured"]  # the cached calibration
+    for pid in range(4):
+        first, second = (read_events(tmp_path / run / f"peer-{pid}.jsonl") for run in ("a", "b"))
+        strip = lambda events: [{k: v for k, v in e.items() if k not in VOLATILE} for e in events]
+        assert strip(first) == strip(second)
+    assert {k: v for k, v in again.items() if k != "simulation"} == {k: v for k, v in printed.items()
+                                                                     if k != "simulation"}
+
+
+def test_an_output_directory_of_an_earlier_run_is_refused(tmp_path, capsys):
+    (tmp_path / "summary.json").write_text("{}")
+    code = cli.main(["simulate", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(tmp_path), "--peers", "2"])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def test_logit_adjustment_is_refused_with_its_key(tmp_path, capsys):
+    code = cli.main(["simulate", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(tmp_path / "x"),
+                     "--set", "preset=sparse-push-skew"])
+    assert code == 2
+    assert "config error: strategies.gossip.skew_compensation: logit-adjustment" in capsys.readouterr().err
