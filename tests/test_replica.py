@@ -1,6 +1,7 @@
 """Replicas of a peer's state at its successors, across in-process peers with stand-in trainers (no TF): a replica
 round trip restores the state, a lost difference leaves a stale slice and never a wrong replica, hostile slices are
 dropped, and a restarted peer takes the freshest state and its own push-sum weight back."""
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -153,6 +154,33 @@ def test_hostile_slices_are_dropped_and_counted(inproc):
     np.testing.assert_array_equal(np.concatenate([answer.tensors["p"], answer.tensors["o"]]), state_of(trainers[0]))
 
 
+@contextlib.contextmanager
+def looping(step, pause=0.005):
+    """`step()` over and over in the background (the other peers' loops) while the block runs."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            step()
+            time.sleep(pause)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def others_at(transports, round_):
+    """Peers 1 and 2 have trained up to `round_`, and everyone's hellos say so."""
+    for p in (1, 2):
+        transports[p].mailbox.advance(round_)
+    for t in transports.values():
+        t.wait_for_peers(5)
+
+
 def restarted(transports, trainers, replicas, weights, **kwargs):
     """A new process of peer 0 (fresh state), its rejoin asking the others."""
     trainers[0] = Trainer(9.0, size=trainers[1].params.size)
@@ -169,29 +197,14 @@ def test_a_restarted_peer_takes_the_freshest_state_and_its_replicas_weight_in_an
     transports, replicas = network(inproc, trainers)
     rounds(replicas, trainers, 0, 8, weight=0.6)  # a replica of rounds 4..7 at peer 1
     mine = state_of(trainers[0])
-    for p in (1, 2):
-        transports[p].mailbox.advance(source_round)
-    for t in transports.values():
-        t.wait_for_peers(5)
+    others_at(transports, source_round)
     weights = []
     rejoin, log = restarted(transports, trainers, replicas, weights)
-    stop = threading.Event()
-
-    def others():  # peers 1 and 2 at their rounds: answering rejoin requests and replica requests
-        while not stop.is_set():
-            for p in (1, 2):
-                replicas[p].answer(source_round)
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=others, daemon=True)
-    thread.start()
-    try:
-        with answering({p: Rejoin(stage_context(transports, p), trainers[p], Log(), 2,
-                                  elapsed=lambda: 50.0) for p in (1, 2)}, {1: source_round, 2: source_round}):
-            at = rejoin.start(0)
-    finally:
-        stop.set()
-        thread.join()
+    # peers 1 and 2 at their rounds: answering rejoin requests and replica requests
+    with looping(lambda: [replicas[p].answer(source_round) for p in (1, 2)]), \
+            answering({p: Rejoin(stage_context(transports, p), trainers[p], Log(), 2, elapsed=lambda: 50.0)
+                       for p in (1, 2)}, {1: source_round, 2: source_round}):
+        at = rejoin.start(0)
     _, event = log.events[0]
     assert event["taken"] and event["from"] == expect and weights == [0.6] and event["weight"] == 0.6, event
     if expect == "replica":  # its oldest slice is of round 4, as recent as the source's state
@@ -206,31 +219,19 @@ def test_an_implausible_offer_is_not_believed(inproc):
     peers, is not asked for it: the restarted peer takes the source's state and keeps its own weight."""
     trainers = {p: Trainer(float(p + 1), size=100) for p in PEERS}
     transports, replicas = network(inproc, trainers)
-    for p in (1, 2):
-        transports[p].mailbox.advance(40)
-    for t in transports.values():
-        t.wait_for_peers(5)
+    others_at(transports, 40)
     weights = []
     rejoin, log = restarted(transports, trainers, replicas, weights)
-    stop = threading.Event()
 
-    def liars():  # peer 1 offers from round 10**9, peer 2 a weight of 50 peers
-        while not stop.is_set():
-            for p, meta in ((1, {"at": 10 ** 9, "w": 1.0}), (2, {"at": 30, "w": 50.0})):
-                asked = transports[p].mailbox.latest(messages.REPLICA_REQUEST, 0)
-                if asked is not None:
-                    transports[p].send(0, messages.REPLICA_OFFER, asked.round, None, meta)
-            time.sleep(0.2)
+    def lie():  # peer 1 offers from round 10**9, peer 2 a weight of 50 peers
+        for p, meta in ((1, {"at": 10 ** 9, "w": 1.0}), (2, {"at": 30, "w": 50.0})):
+            asked = transports[p].mailbox.latest(messages.REPLICA_REQUEST, 0)
+            if asked is not None:
+                transports[p].send(0, messages.REPLICA_OFFER, asked.round, None, meta)
 
-    thread = threading.Thread(target=liars, daemon=True)
-    thread.start()
-    try:
-        with answering({p: Rejoin(stage_context(transports, p), trainers[p], Log(), 2) for p in (1, 2)},
-                       {1: 40, 2: 40}):
-            rejoin.start(0)
-    finally:
-        stop.set()
-        thread.join()
+    with looping(lie, pause=0.2), answering({p: Rejoin(stage_context(transports, p), trainers[p], Log(), 2)
+                                             for p in (1, 2)}, {1: 40, 2: 40}):
+        rejoin.start(0)
     _, event = log.events[0]
     assert event["taken"] and event["from"] == "source" and weights == [] and "weight" not in event, event
 
@@ -242,26 +243,11 @@ def test_with_no_source_answering_a_restarted_peer_recovers_from_its_replica(inp
     transports, replicas = network(inproc, trainers)
     rounds(replicas, trainers, 0, 8, weight=0.6)
     mine = state_of(trainers[0])
-    for p in (1, 2):
-        transports[p].mailbox.advance(500)
-    for t in transports.values():
-        t.wait_for_peers(5)
+    others_at(transports, 500)
     weights = []
     rejoin, log = restarted(transports, trainers, replicas, weights)
-    stop = threading.Event()
-
-    def holders_only():  # nobody answers rejoin requests (their loops are stuck), the holders' replicas do
-        while not stop.is_set():
-            replicas[1].answer(500)
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=holders_only, daemon=True)
-    thread.start()
-    try:
+    with looping(lambda: replicas[1].answer(500)):  # nobody answers rejoin requests, the holder's replica does
         at = rejoin.start(0)
-    finally:
-        stop.set()
-        thread.join()
     _, event = log.events[0]
     assert event["taken"] and event["from"] == "replica" and event["from_peer"] == 1 and weights == [0.6]
     np.testing.assert_array_equal(state_of(trainers[0]), mine)
