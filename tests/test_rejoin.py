@@ -55,15 +55,14 @@ def advance(transports, p, round_):
 
 
 @contextlib.contextmanager
-def answering(rejoins, rounds):
-    """The peers of `rounds` run their loops' rejoin step (at their fixed rounds) in the background."""
+def looping(step, pause=0.005):
+    """`step()` over and over in the background (the other peers' loops) while the block runs."""
     stop = threading.Event()
 
     def loop():
         while not stop.is_set():
-            for p, r in rounds.items():
-                rejoins[p].step(r)
-            time.sleep(0.005)
+            step()
+            time.sleep(pause)
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
@@ -72,6 +71,11 @@ def answering(rejoins, rounds):
     finally:
         stop.set()
         thread.join()
+
+
+def answering(rejoins, rounds):
+    """The peers of `rounds` run their loops' rejoin step (at their fixed rounds) in the background."""
+    return looping(lambda: [rejoins[p].step(r) for p, r in rounds.items()])
 
 
 def test_a_restarted_peer_starts_at_the_others_round_with_a_leading_peers_parameters_and_optimizer_state(inproc):

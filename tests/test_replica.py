@@ -1,8 +1,6 @@
 """Replicas of a peer's state at its successors, across in-process peers with stand-in trainers (no TF): a replica
 round trip restores the state, a lost difference leaves a stale slice and never a wrong replica, hostile slices are
 dropped, and a restarted peer takes the freshest state and its own push-sum weight back."""
-import contextlib
-import threading
 import time
 from dataclasses import dataclass
 
@@ -13,7 +11,7 @@ from conftest import stage_context
 from dlion import messages
 from dlion.rejoin import Rejoin
 from dlion.replica import Replicas, holders, slice_of
-from test_rejoin import Log, Trainer, answering
+from test_rejoin import Log, Trainer, answering, looping
 
 PEERS = (0, 1, 2)
 
@@ -152,25 +150,6 @@ def test_hostile_slices_are_dropped_and_counted(inproc):
     assert sum(transports[1].rejections()["replica"].values()) == len(bad)
     answer = ask(transports, replicas, 200)
     np.testing.assert_array_equal(np.concatenate([answer.tensors["p"], answer.tensors["o"]]), state_of(trainers[0]))
-
-
-@contextlib.contextmanager
-def looping(step, pause=0.005):
-    """`step()` over and over in the background (the other peers' loops) while the block runs."""
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            step()
-            time.sleep(pause)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def others_at(transports, round_):
