@@ -28,7 +28,8 @@ LEAD = 2                # it enters at least this many rounds past the newest it
                         # after its `back` reached them
 BACK_MARGIN_S = 0.2     # and as many more as the others make, at their pace, in the time it took, and this long
 REQUEST_EVERY_S = 1.0   # how often it repeats the request meanwhile (one may be lost behind a full queue)
-REPLICA_GRACE_S = 1.0   # once the source answered, how much longer it waits for the replicas of its own state
+REPLICA_GRACE_S = 0.2   # once the source answered, how much longer it waits for offers of its own replica (the
+                        # others go on meanwhile: a longer wait left a fast run's peer behind by more than the lead)
 KNOCK_EVERY_S = 1.0     # how often a peer says hello to peers that departed without a bye
 RETRY_AFTER_S = 30.0    # after a request nobody answered, how long before a peer tries to catch up again
 _POLL_S = 0.01
