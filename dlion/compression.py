@@ -43,19 +43,27 @@ class LinkResidual:
         """Keep all of `vector` for later."""
         self.residual += vector
 
-    def take(self, vector: np.ndarray, k: int) -> np.ndarray | Sparse:
-        """Add `vector`, remove and return the `k` largest entries (all of them, densely, if that is not larger)."""
+    def take(self, vector: np.ndarray, k: int, half: bool = False) -> np.ndarray | Sparse:
+        """Add `vector`, remove and return the `k` largest entries (all of them, densely, if that is not larger);
+        with `half`, rounded to float16 where they fit (`rounded`): what rounding leaves stays in the residual."""
         self.add(vector)
         if 2 * k >= self.residual.size:
-            acc, self.residual = self.residual, np.zeros_like(self.residual)
-            return acc
-        return self.take_at(top_k_indices(np.abs(self.residual), k))
+            sent = rounded(self.residual, half)
+            self.residual -= sent  # exact: a float32 minus its float16 rounding is a float32
+            return sent
+        return self.take_at(top_k_indices(np.abs(self.residual), k), half)
 
-    def take_at(self, indices: np.ndarray) -> Sparse:
-        """Remove and return the entries at `indices` (strictly increasing uint32), whichever rule picked them."""
-        values = self.residual[indices]
-        self.residual[indices] = 0.0
+    def take_at(self, indices: np.ndarray, half: bool = False) -> Sparse:
+        """Remove and return the entries at `indices` (strictly increasing uint32), whichever rule picked them; with
+        `half` as in `take`."""
+        values = rounded(self.residual[indices], half)
+        self.residual[indices] -= values
         return Sparse(indices, values, self.residual.size)
+
+
+def rounded(values: np.ndarray, half: bool) -> np.ndarray:
+    """`values` to send: a float16 copy with `half` if every entry fits float16, else a float32 copy."""
+    return values.astype(np.float16 if half and fits_half(values) else np.float32)
 
 
 def fits_half(values: np.ndarray) -> bool:

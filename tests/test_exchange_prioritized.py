@@ -7,7 +7,7 @@ import pytest
 from conftest import in_threads, stage_context
 from dlion.emulate.links import ShapedLinks
 from dlion.compression import LinkResidual, top_k_indices
-from dlion.exchange.prioritized import BITS_PER_ENTRY, PrioritizedExchange
+from dlion.exchange.prioritized import BITS_PER_HALF_ENTRY, PrioritizedExchange
 from dlion.topology import Topology, TopologySpec
 from dlion.transport import Sparse
 
@@ -50,6 +50,39 @@ def test_sent_plus_residual_is_exactly_what_went_in_over_any_number_of_rounds(k)
         np.testing.assert_array_equal(total_sent + link.residual, total_in)
 
 
+@pytest.mark.parametrize("k", [5, 60])
+def test_in_half_precision_sent_plus_residual_is_exactly_what_went_in(k):
+    rng = np.random.default_rng(k)
+    link = LinkResidual(100)
+    for _ in range(50):
+        g = (rng.standard_normal(100) * 10.0 ** rng.integers(-9, 3, 100)).astype(np.float32)
+        went_in = link.residual + g
+        sent = link.take(g, k, half=True)
+        values = sent.values if isinstance(sent, Sparse) else sent
+        assert values.dtype == np.float16
+        back = np.zeros(100, np.float32)
+        back[sent.indices if isinstance(sent, Sparse) else slice(None)] = values
+        np.testing.assert_array_equal(back + link.residual, went_in)  # rounding's remainder stays, exactly
+    assert np.abs(link.residual).max() > 0  # the rounding did leave something behind
+
+
+def test_a_value_beyond_float16_goes_as_float32():
+    link = LinkResidual(4)
+    sent = link.take(np.array([1e6, 1.0, 0.5, 0.0], np.float32), 4, half=True)
+    assert sent.dtype == np.float32 and np.array_equal(sent, [1e6, 1.0, 0.5, 0.0])
+    assert not link.residual.any()
+
+
+def test_receivers_combine_float16_gradients(inproc):
+    transports = inproc(PEERS)
+    ex = exchanges(transports, configured_bps=1e9, time_budget_s=1.0)  # dense: the whole vector every round
+    grads = {p: np.full(1000, 0.1 * (p + 1), np.float32) for p in PEERS}
+    results = run_round(ex, 0, grads, {p: 1 for p in PEERS})
+    for p in PEERS:  # 0.1, 0.2 and 0.3 are not float16 numbers: each neighbour's is off by its rounding, at most
+        np.testing.assert_allclose(results[p].grads, np.full(1000, 0.2, np.float32), rtol=2 ** -11)
+        assert results[p].received == 2
+
+
 def exchanges(transports, configured_bps, graph=FULL, **params):
     p = PrioritizedExchange.Params(**params)
     return {i: PrioritizedExchange(p, stage_context(transports, i, graph,
@@ -74,10 +107,10 @@ def test_a_link_budget_follows_the_measured_rate_of_the_link(inproc):
             if q != p:
                 transports[p].send(q, "probe", 0)
     budgets = [run_round(ex, r, grads, {p: 1 for p in PEERS})[0].budgets for r in range(8)]
-    configured_k = int(80e6 * 0.05 / BITS_PER_ENTRY)  # 62,500 entries
+    configured_k = int(80e6 * 0.05 / BITS_PER_HALF_ENTRY)  # 83,333 entries (float16 values)
     assert budgets[0][1]["k"] == configured_k and budgets[0][2]["k"] == configured_k
     # the receiver measured the slow link and told the sender: its budget is now the link's real capacity
-    assert budgets[-1][1]["k"] == pytest.approx(int(8e6 * 0.05 / BITS_PER_ENTRY), rel=0.2)
+    assert budgets[-1][1]["k"] == pytest.approx(int(8e6 * 0.05 / BITS_PER_HALF_ENTRY), rel=0.2)
     assert budgets[-1][1]["bps"] == pytest.approx(8e6, rel=0.2)
     assert budgets[-1][2]["k"] > 5 * budgets[-1][1]["k"]  # the fast link keeps a large budget
 
@@ -127,8 +160,9 @@ def test_on_a_time_varying_graph_each_link_carries_its_residual_to_its_next_roun
 
 def test_a_link_too_slow_for_min_entries_every_round_sends_them_every_few_rounds(inproc):
     transports = inproc(PEERS)
-    # 64 bit/s for 1 s a round: one entry of credit per round, 4 entries at least per message
-    ex = exchanges(transports, configured_bps=64, time_budget_s=1.0, min_entries=4, deadline_s=1.0)
+    # 64 bit/s for 1 s a round: one entry of credit per round (float32 values), 4 entries at least per message
+    ex = exchanges(transports, configured_bps=64, time_budget_s=1.0, min_entries=4, deadline_s=1.0,
+                   half_precision=False)
     rng = np.random.default_rng(3)
     total_in = np.zeros(100, np.float64)
     sent_k = []

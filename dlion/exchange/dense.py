@@ -85,10 +85,10 @@ def _usable(transport, msg, own: np.ndarray) -> bool:
         shape_ok = g.size == own.size and bool((g.indices[1:] > g.indices[:-1]).all())
     else:
         shape_ok = g.shape == own.shape
-    if shape_ok and values.dtype == own.dtype:
+    if shape_ok and values.dtype in (own.dtype, np.float16):
         return True  # finite: the transport dropped anything else
-    transport.reject(msg, "shape", f"expected a float32 gradient 'g' of {own.size} entries (dense, or sparse with "
-                                   f"strictly increasing indices)")
+    transport.reject(msg, "shape", f"expected a float32 or float16 gradient 'g' of {own.size} entries (dense, or "
+                                   f"sparse with strictly increasing indices)")
     return False
 
 

@@ -5,13 +5,18 @@ sends the `k` largest-magnitude entries of (gradient + that link's residual) as 
 the residual (error feedback: nothing is dropped, it waits for a later round; on a time-varying graph, for the link's
 next round). Each round adds the link's budget to its credit of entries:
 
-    credit += bandwidth estimate x time budget / 64 bits per entry (uint32 index + float32 value), at most n
+    credit += bandwidth estimate x time budget / bits per entry, at most n
+
+(64 bits for a uint32 index and a float32 value; 48 with `half_precision`, the default: values go as float16 where
+they fit, and what rounding leaves stays in the link's residual, so the books stay exact and the rounding error is
+sent in a later round, as any entry left behind is)
 
 and the link sends k = its whole credit once that reaches `min_entries` (then the credit starts again from zero).
 A link too slow for `min_entries` every round so sends them every few rounds, never more than its rate allows; in the
 rounds between, its message carries no entries (it still tells the receiver the sender's round and batch weight,
-which the staleness bound and the weighted mean need). (64 bits is the most an entry takes: the wire sends sorted
-indices as 16-bit gaps where they fit, 48 bits in all, so a message usually leaves a quarter of its budget unused.)
+which the staleness bound and the weighted mean need). (64 or 48 bits is the most an entry takes: the wire sends
+sorted indices as 16-bit gaps where they fit, so a message usually leaves a quarter or a third of its budget unused.)
+A link whose budget covers half the vector or more gets it all, densely: 2 bytes an entry with `half_precision`.
 
 The time budget is `time_budget_s` or, by default, this peer's own compute time per iteration (smoothed), so the
 exchange takes about as long as the computation whatever the link. The bandwidth estimate is the transport's (the
@@ -38,7 +43,8 @@ from dlion.stages import ExchangeResult, StageContext
 from dlion.transport.estimate import MIN_SAMPLE_BYTES
 from dlion.transport.wire import Sparse
 
-BITS_PER_ENTRY = 64
+BITS_PER_ENTRY = 64  # the most a sparse entry takes: uint32 index, float32 value
+BITS_PER_HALF_ENTRY = 48  # ... with a float16 value
 
 
 class PrioritizedExchange(RoundExchange):
@@ -52,6 +58,8 @@ class PrioritizedExchange(RoundExchange):
         min_entries: int = option(MIN_SAMPLE_BYTES * 8 // BITS_PER_ENTRY, check=positive,
                                   expect="a positive integer (entries sent per link at least; the default keeps "
                                          "messages large enough to measure the link)")
+        half_precision: bool = option(True, expect="true or false: send values as float16 where they fit (what "
+                                                   "rounding leaves stays in the link's residual)")
         smoothing: float = option(0.3, check=lambda x: 0 < x <= 1,
                                   expect="a number in (0, 1]: weight of the newest compute time in the budget")
 
@@ -70,7 +78,8 @@ class PrioritizedExchange(RoundExchange):
         """The link's message: its credit's worth of the largest entries of gradient + residual, once the credit
         reaches `min_entries`; no entries before."""
         bps = self.ctx.transport.link_bandwidth(dst) or self.ctx.link_bandwidths.get(dst) or math.inf
-        credit = min(grads.size, self.credits.get(dst, 0.0) + bps * budget_s / BITS_PER_ENTRY)
+        bits = BITS_PER_HALF_ENTRY if self.params.half_precision else BITS_PER_ENTRY
+        credit = min(grads.size, self.credits.get(dst, 0.0) + bps * budget_s / bits)
         residual = self.residuals.setdefault(dst, LinkResidual(grads.size))
         if credit < min(self.params.min_entries, grads.size):
             self.credits[dst] = credit
@@ -78,6 +87,6 @@ class PrioritizedExchange(RoundExchange):
             payload = Sparse(np.empty(0, np.uint32), np.empty(0, np.float32), grads.size)
         else:
             self.credits[dst] = 0.0
-            payload = residual.take(grads, int(credit))
+            payload = residual.take(grads, int(credit), self.params.half_precision)
         sent = payload.indices.size if isinstance(payload, Sparse) else grads.size
         return payload, {"k": sent, "bps": None if math.isinf(bps) else round(bps)}
