@@ -246,6 +246,10 @@ class Rounds:
                                  expect="a positive integer: with local steps, a peer whose share of the global "
                                         "batch is smaller takes fewer local steps of at least this many samples, "
                                         "as many samples per round")
+    one_message: bool = option(False, expect="true or false: a round's messages to a peer (gradient part, gossip "
+                                             "part, replica slice, reports, figures) leave together at the round's "
+                                             "end, or when the peer waits, one message per link; for overlapped "
+                                             "rounds (in lockstep a peer's gradient would wait for its round's end)")
 
 
 @dataclass(frozen=True)

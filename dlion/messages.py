@@ -156,6 +156,9 @@ KINDS: dict[str, Kind] = {
 ANNOUNCEMENTS = frozenset({HELLO, REJOIN, REPLICA_REQUEST})  # sent before a peer takes part in rounds again: they do not re-admit it
 # kinds stages collect (or drain) round by round: every message counts, none is evicted
 COLLECTED = frozenset({GRAD, GOSSIP, AVERAGE_REQUEST, AVERAGE_REPLY, REPLICA})
+# what a round's stages send: while a peer holds its round's messages, these leave together, one message per link
+# (`transport.outbox`); the others (barrier, rejoin, state transfers, knowledge transfer) go at once
+BUNDLED = frozenset({GRAD, GOSSIP, CREDIT, REPLICA, REPORT, EVAL, SCORE, STOP, AVERAGE_REQUEST, AVERAGE_REPLY})
 # filed whatever their round (no window), as a slower peer needs them from a faster one's rounds: evaluation figures
 # (tiny, rate-limited and held for the last rounds only) and AD-PSGD's requests (peers run at their own speeds; each
 # is drained the next round, and a sender's held bytes are bounded)

@@ -76,6 +76,13 @@ class Peer:
             self.control.start(self.rejoin.train_s)
         else:
             self.control.start()
+        self.transport.hold(self.cfg.rounds.one_message)  # one message per link and round (`transport.outbox`)
+        try:
+            return self._rounds(iteration, every)
+        finally:
+            self.transport.hold(False)
+
+    def _rounds(self, iteration: int, every: int) -> tuple[str, int]:
         steps, round_work_s = self.work.local_steps, 0.0
         while not (reason := self.control.stop_reason(iteration)):
             iteration = self.rejoin.step(iteration)
@@ -96,7 +103,9 @@ class Peer:
                 self.log.emit("transfer", it=iteration, **transfer)
             self.progress.add(iteration, batch, loss, compute_s, exchanged, mixed, self.control.elapsed,
                               due=self.rejoin.at is not None and iteration == self.rejoin.at + 1, steps=steps)
-            if reason := self.control.after(iteration):
+            reason = self.control.after(iteration)
+            self.transport.end_round()
+            if reason:
                 break
             if every and iteration % every == 0:
                 checkpoint.save(self.out_dir, self.ctx.peer_id, iteration, self.trainer.get_params(),

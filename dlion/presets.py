@@ -54,12 +54,13 @@ PRESETS: dict[str, dict] = {
     # the four-part peer: rounds of 32 local steps on shares of the global batch weighted by the peers' rates, the
     # round's change of parameters exchanged by prioritized top-k on every link every round (each link carries what
     # its budget allows), Sparse-Push gossip on the time-varying graph, direct knowledge transfer over links fast
-    # enough for a model; rounds overlap: a neighbour may lag 2 rounds before anyone waits for it
+    # enough for a model; rounds overlap: a neighbour may lag 2 rounds before anyone waits for it; a round's
+    # messages to a peer leave together, one message per link and round
     "full": {"strategies": {"batching": {"kind": "weighted"},
                             "exchange": {"kind": "prioritized", "graph": "full", "staleness": FULL_STALENESS},
                             "knowledge": {"kind": "dkt"},
                             "gossip": {"kind": "sparse-push", "staleness": FULL_STALENESS, "every": FULL_GOSSIP_EVERY}},
-             "topology": ONE_PEER_EXPONENTIAL, "rounds": {"local_steps": FULL_LOCAL_STEPS}},
+             "topology": ONE_PEER_EXPONENTIAL, "rounds": {"local_steps": FULL_LOCAL_STEPS, "one_message": True}},
 }
 
 

@@ -62,12 +62,13 @@ def for_simulation(cfg: Config) -> Config:
 
 
 def simulate(cfg: Config, out_dir: str | Path, *, queue: str = "link", calibration: str | Path | None = None,
-             recalibrate: bool = False, cpu_overhead: bool = False, stream=sys.stdout, trace: bool = False) -> dict:
+             recalibrate: bool = False, cpu_overhead: bool = False, stream=None, trace: bool = False) -> dict:
     """Simulate `cfg` into `out_dir` (which `launch.prepare_out_dir` readies: earlier results there are replaced);
     returns (and writes) the summary, with the simulation's own figures under "simulation". `queue`: the links'
     queues (`links.QUEUES`); `calibration`: the calibration cache file (default `compute.default_cache()`);
     `cpu_overhead`: also charge the peers' own CPU time outside TensorFlow (`compute.HostCpu`; not repeatable)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    stream = stream or sys.stdout  # the one of the call, not of the import
     began = time.monotonic()
     cfg = for_simulation(cfg)
     out_dir = Path(out_dir)

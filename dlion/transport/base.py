@@ -10,7 +10,8 @@ types, ranges, batch weights, finite tensors) and its kind's rate limit, before 
 window: stages see only well-formed messages of known peers. When a stage takes a gradient or a model, the norm guard
 (`guard`) judges its size against this peer's own. Every message dropped anywhere on this path, or rejected by a
 stage (`reject`), is counted by kind and reason (`rejections`). When a message may leave is the `link_policy`'s say
-(`LinkPolicy`: at once by default; an emulation attaches one that holds messages as a slower link would)."""
+(`LinkPolicy`: at once by default; an emulation attaches one that holds messages as a slower link would). While the
+peer's loop holds its round's messages (`hold`), they leave together, one message per link (`outbox`)."""
 from __future__ import annotations
 
 import abc
@@ -28,6 +29,7 @@ from . import wire
 from .estimate import LinkEstimator
 from .guard import NormGuard
 from .mailbox import Mailbox
+from .outbox import BUNDLE_HEADER_BYTES, Outbox
 from .stats import LinkStats
 
 log = logging.getLogger("dlion.transport")
@@ -87,8 +89,10 @@ class Transport(abc.ABC):
         self.limits = limits
         self._clock, self._wall = clock, wall
         self.guard = NormGuard(max_norm_ratio)
+        self.outbox = Outbox(self._send_bundle, limits.max_message_bytes)
+        self._holding = False
         self.mailbox = mailbox_type(suspect_after=suspect_after, window=window_rounds, max_held_bytes=max_held_bytes,
-                                    screen=self._screen, clock=clock)
+                                    screen=self._screen, clock=clock, outbox=self.outbox)
         self._stats: dict[int | str, LinkStats] = {p: LinkStats() for p in self.peers}
         self._drops: dict[int | str, int] = defaultdict(int)
         self._rejections: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -128,14 +132,39 @@ class Transport(abc.ABC):
             self._bytes_by_kind[kind] += nbytes
         if self._closing:  # read without a lock: a send racing close() may follow the bye or be lost, harmlessly
             self._count(dst, send_failed=1)
+        elif (self._holding and kind in messages.BUNDLED
+              and nbytes + BUNDLE_HEADER_BYTES <= self.limits.max_message_bytes):
+            self.outbox.hold(dst, frames, nbytes)
         else:
             self._send_frames(dst, frames, nbytes)
+
+    def hold(self, on: bool = True) -> None:
+        """While on, messages of the kinds a round's stages send (`messages.BUNDLED`) are held and leave together, one
+        message per link: at `end_round`, or when this peer is about to wait (the mailbox flushes the outbox first).
+        Turning it off sends what is held."""
+        self._holding = on
+        if not on:
+            self.outbox.flush()
+
+    def end_round(self) -> None:
+        """The round's messages are complete: send them (one bundle per link)."""
+        self.outbox.flush()
+
+    def _send_bundle(self, dst: int, parts: list) -> None:
+        frames = wire.encode_bundle(parts, self._wall(), self.inbound_bandwidth(dst))
+        if self._closing:
+            self._count(dst, send_failed=1)
+        else:
+            self._count(dst, bundles_sent=1)
+            self._send_frames(dst, frames, sum(memoryview(f).nbytes for f in frames))
 
     def close(self) -> None:
         """Say bye to every peer and release the links; idempotent, never blocks on a dead peer."""
         with self._close_lock:
             if self._closing:
                 return
+            self._holding = False
+            self.outbox.flush()  # what the last round held leaves before the bye
             self._closing = True
         bye = wire.encode(messages.BYE, self.peer_id, 0)
         self._shutdown(bye, sum(memoryview(f).nbytes for f in bye))
@@ -180,24 +209,33 @@ class Transport(abc.ABC):
         if link == UNKNOWN:
             self._drop(link, "?", "unknown sender", f"routing id or key of {routing_sender!r} is no peer's")
             return
+        received_at = self._wall()
         try:
-            msg = wire.decode(frames, self.limits, self._wall())
+            bundle = wire.unbundle(frames, self.limits)
+            msgs = [wire.decode(part, self.limits, received_at) for part in (bundle.parts if bundle else [frames])]
         except wire.WireError as e:
             self._drop(link, "?", "malformed", e.reason)
             return
-        if msg.sender != link:
-            self._drop(link, msg.kind, "sender mismatch", f"header sender {msg.sender} != connection's peer {link}")
+        if mismatch := next((m for m in msgs if m.sender != link), None):
+            self._drop(link, mismatch.kind, "sender mismatch",
+                       f"header sender {mismatch.sender} != connection's peer {link}")
             return
+        stamp = bundle or msgs[0]
+        with self._stats_lock:
+            self._inbound[link].observe(sum(m.nbytes for m in msgs), stamp.sent_at, received_at)
+            if stamp.feedback_bps is not None:
+                self._outbound_bps[link] = stamp.feedback_bps
+        for msg in msgs:
+            self._file(link, msg)
+
+    def _file(self, link: int, msg: wire.Message) -> None:
+        """Check one message against its kind's declaration and rate, and file it (or drop and count)."""
         if rejected := messages.problem(msg.kind, msg.meta, msg.tensors, self.limits.max_batch_weight):
             self._drop(link, msg.kind, *rejected)
             return
         if not self._within_rate(link, msg.kind):
             self._drop(link, msg.kind, "rate", f"more {msg.kind} messages than {KINDS[msg.kind].rate:g}/s")
             return
-        with self._stats_lock:
-            self._inbound[link].observe(msg.nbytes, msg.sent_at, msg.received_at)
-            if msg.feedback_bps is not None:
-                self._outbound_bps[link] = msg.feedback_bps
         if msg.kind == messages.BYE:
             self.mailbox.mark_departed(link, said_bye=True)
             return

@@ -30,12 +30,14 @@ class Mailbox:
 
     def __init__(self, suspect_after: int = 2, keep_rounds: int = 64, window: int = 256,
                  max_held_bytes: int = 64 << 20, screen: Callable[[Message], bool] = lambda msg: True,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, outbox=None):
         """`keep_rounds` bounds the rounds held per (kind, sender) of the kinds stages do not collect (those read
         with `latest`); `screen(msg)` is False for a message a stage must not get (`collect` and `latest` apply it;
         `take` serves kinds without tensors). `clock` is what deadlines are measured on; a simulation in virtual
-        time also overrides `_wait` and `_wake` (`dlion.simulate.transport`)."""
+        time also overrides `_wait` and `_wake` (`dlion.simulate.transport`). `outbox`: the owner's held messages
+        (`transport.outbox`), sent before it waits for anyone."""
         self.clock = clock
+        self.outbox = outbox
         self.suspect_after = suspect_after
         self.keep_rounds = keep_rounds
         self.window = window
@@ -125,6 +127,19 @@ class Mailbox:
         again whenever it wakes)."""
         self._cond.wait(timeout)
 
+    def _pause(self, timeout: float, kind: str, senders: set[int]) -> None:
+        """`_wait`, but first send what the owner holds (the condition released meanwhile), and then return at once
+        for the waiter to check again: a peer never waits for others while its own round's messages, which they may
+        be waiting for, are still held."""
+        if self.outbox is not None and self.outbox.pending:
+            self._cond.release()
+            try:
+                self.outbox.flush()
+            finally:
+                self._cond.acquire()
+            return
+        self._wait(timeout, kind, senders)
+
     def _wake(self, msg: Message | None = None) -> None:
         """Wake whoever waits for what this mailbox holds (the condition held): `msg` was filed, or (None) a sender
         departed."""
@@ -197,7 +212,7 @@ class Mailbox:
                 remaining = deadline - self.clock()
                 if not waiting or remaining <= 0:
                     break
-                self._wait(remaining, kind, waiting)
+                self._pause(remaining, kind, waiting)
             for s in senders - self._departed:
                 if s in found or s in ahead:
                     self._misses.pop(s, None)
@@ -228,7 +243,7 @@ class Mailbox:
             awaited = behind - self._departed - self._suspected()
             if not awaited or remaining <= 0:
                 return behind
-            self._wait(remaining, kind, awaited)
+            self._pause(remaining, kind, awaited)
 
     def _collect(self, kind: str, senders: set[int], oldest: int, newest: int) -> dict[int, Message]:
         found = {}

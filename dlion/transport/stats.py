@@ -10,7 +10,8 @@ class LinkStats:
     `dropped` (failed validation) and `late` (discarded by the mailbox) are subsets of it. `msgs_sent`/`bytes_sent`
     count messages handed to the link, `send_failed` those it refused (down or congested). `refused` counts connections
 whose key is no peer's (CURVE; on the link "unknown"); `disconnects` the times a connection to the peer dropped or
-stopped answering heartbeats."""
+stopped answering heartbeats. `bundles_sent` counts the messages handed over that carried a round's held messages
+(`outbox`): one per link and round, when the round's messages leave together."""
 
     msgs_sent: int = 0
     bytes_sent: int = 0
@@ -21,6 +22,7 @@ stopped answering heartbeats."""
     send_failed: int = 0
     refused: int = 0
     disconnects: int = 0
+    bundles_sent: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -29,6 +29,8 @@ _MAX_ITEMS = 64
 _HEADER_FIELDS = frozenset({"v", "k", "s", "r", "m", "t", "ts", "bw"})
 _DENSE_FIELDS = frozenset({"n", "d", "sh", "e"})
 _SPARSE_FIELDS = _DENSE_FIELDS | {"nnz", "id"}
+_BUNDLE_FIELDS = frozenset({"v", "b", "ts", "bw"})
+MAX_BUNDLE_PARTS = _MAX_ITEMS  # messages in one bundle (a peer's round sends a few per link)
 
 
 class WireError(ValueError):
@@ -146,6 +148,64 @@ def encode(kind: str, sender: int, round: int, tensors: Mapping[str, np.ndarray 
     return [header, *frames]
 
 
+def encode_bundle(parts: Sequence[Sequence], sent_at: float = 0.0,
+                  feedback_bps: float | None = None) -> list[bytes | memoryview]:
+    """Frames for one multipart message carrying several encoded messages (`encode`'s frames each): a bundle header
+    (each part's frame count, and the time and link feedback of the bundle, which the receiver measures the link by)
+    followed by the parts' frames."""
+    if not 1 <= len(parts) <= MAX_BUNDLE_PARTS:
+        raise WireError(f"a bundle carries 1 to {MAX_BUNDLE_PARTS} messages, not {len(parts)}")
+    header = msgpack.packb({"v": VERSION, "b": [len(part) for part in parts], "ts": float(sent_at),
+                            "bw": None if feedback_bps is None else float(feedback_bps)})
+    return [header, *(frame for part in parts for frame in part)]
+
+
+class Bundle(NamedTuple):
+    """What a bundle header says: the frames of each message it carries, when it was sent, and the link feedback."""
+
+    parts: list[Sequence]
+    sent_at: float
+    feedback_bps: float | None
+
+
+def unbundle(frames: Sequence, limits: WireLimits) -> Bundle | None:
+    """The parts of a bundle (`encode_bundle`), or None if `frames` are one message; each part is then decoded, and
+    checked, on its own. Raises WireError on a malformed bundle header."""
+    if not frames:
+        raise WireError("no frames")
+    total = sum(_nbytes(f) for f in frames)
+    if total > limits.max_message_bytes:
+        raise WireError(f"message too large ({total} > {limits.max_message_bytes} bytes)")
+    h = _unpack_map(frames[0], limits)
+    if "b" not in h:
+        return None
+    if h.keys() != _BUNDLE_FIELDS:
+        raise WireError(f"bundle header fields: expected {sorted(_BUNDLE_FIELDS)}, got {sorted(map(repr, h))}")
+    if not _is_int(h["v"]) or h["v"] != VERSION:
+        raise WireError(f"unsupported schema version {h['v']!r}")
+    counts = h["b"]
+    if not (isinstance(counts, list) and 1 <= len(counts) <= MAX_BUNDLE_PARTS
+            and all(_is_int(c) and c >= 1 for c in counts)):
+        raise WireError(f"bundle part counts are not a list of 1 to {MAX_BUNDLE_PARTS} positive integers")
+    if sum(counts) != len(frames) - 1:
+        raise WireError(f"bundle frame count mismatch (header implies {sum(counts) + 1}, got {len(frames)})")
+    sent_at, feedback = _stamp(h)
+    parts, i = [], 1
+    for count in counts:
+        parts.append(frames[i:i + count])
+        i += count
+    return Bundle(parts, sent_at, feedback)
+
+
+def _stamp(h: dict) -> tuple[float, float | None]:
+    """A header's sent time and link feedback, checked."""
+    if not (isinstance(h["ts"], float) and math.isfinite(h["ts"]) and h["ts"] >= 0):
+        raise WireError(f"bad sent time {h['ts']!r}")
+    if h["bw"] is not None and not (isinstance(h["bw"], float) and 0 < h["bw"] < math.inf):
+        raise WireError(f"bad link feedback {h['bw']!r}")
+    return h["ts"], h["bw"]
+
+
 def _index_frame(name: str, indices: np.ndarray) -> tuple[bytes | memoryview, str]:
     """The indices as 16-bit gaps where they are increasing and every gap fits, else as they are (uint32)."""
     if indices.size:
@@ -162,6 +222,14 @@ def _wire_array(name: str, a: np.ndarray) -> np.ndarray:
 
 
 def _unpack_header(frame, limits: WireLimits) -> dict:
+    header = _unpack_map(frame, limits)
+    missing, extra = _HEADER_FIELDS - header.keys(), header.keys() - _HEADER_FIELDS
+    if missing or extra:
+        raise WireError(f"header fields: missing {sorted(missing)}, unexpected {sorted(map(repr, extra))}")
+    return header
+
+
+def _unpack_map(frame, limits: WireLimits) -> dict:
     if _nbytes(frame) > MAX_HEADER_BYTES:
         raise WireError("header too large")
     try:
@@ -172,9 +240,6 @@ def _unpack_header(frame, limits: WireLimits) -> dict:
         raise WireError(f"bad msgpack header ({type(e).__name__})") from None
     if not isinstance(header, dict):
         raise WireError("header is not a map")
-    missing, extra = _HEADER_FIELDS - header.keys(), header.keys() - _HEADER_FIELDS
-    if missing or extra:
-        raise WireError(f"header fields: missing {sorted(missing)}, unexpected {sorted(map(repr, extra))}")
     return header
 
 
@@ -226,10 +291,7 @@ def decode(frames: Sequence, limits: WireLimits, received_at: float = 0.0) -> Me
     if not (_is_int(h["r"]) and h["r"] >= 0):
         raise WireError(f"bad round {h['r']!r}")
     meta = _check_meta(h["m"], limits.max_meta_entries)
-    if not (isinstance(h["ts"], float) and math.isfinite(h["ts"]) and h["ts"] >= 0):
-        raise WireError(f"bad sent time {h['ts']!r}")
-    if h["bw"] is not None and not (isinstance(h["bw"], float) and 0 < h["bw"] < math.inf):
-        raise WireError(f"bad link feedback {h['bw']!r}")
+    sent_at, feedback = _stamp(h)
     if not isinstance(h["t"], list):
         raise WireError("tensor list is not a list")
     specs = [_parse_spec(s) for s in h["t"]]
@@ -252,4 +314,4 @@ def decode(frames: Sequence, limits: WireLimits, received_at: float = 0.0) -> Me
             _check_indices(indices, shape[0])
             tensors[name] = Sparse(indices.astype(np.uint32, copy=False), values, shape[0])
             i += 2
-    return Message(h["k"], h["s"], h["r"], meta, tensors, total, received_at, h["ts"], h["bw"])
+    return Message(h["k"], h["s"], h["r"], meta, tensors, total, received_at, sent_at, feedback)

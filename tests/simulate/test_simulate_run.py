@@ -59,3 +59,18 @@ def test_logit_adjustment_is_refused_with_its_key(tmp_path, capsys):
                      "--set", "preset=sparse-push-skew"])
     assert code == 2
     assert "config error: strategies.gossip.skew_compensation: logit-adjustment" in capsys.readouterr().err
+
+
+@requires_fashion
+def test_the_full_peer_sends_one_message_per_link_and_round(tmp_path, capsys):
+    code = cli.main(["simulate", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(tmp_path / "run"),
+                     "--calibration", str(tmp_path / "calibration.json"), *ARGS, "--set", "preset=full",
+                     "--set", "rounds.local_steps=4"])
+    capsys.readouterr()
+    assert code == 0
+    for peer in range(4):
+        final = [e for e in read_events(tmp_path / "run" / f"peer-{peer}.jsonl") if e["ev"] == "final"][0]
+        rounds = final["it"]
+        assert rounds == 64 // 4 and final["bytes_by_kind"]["grad"] and final["bytes_by_kind"]["gossip"]
+        for link in final["links"].values():  # gradient part, gossip part, replica slice, figures: one message
+            assert link["msgs_sent"] == link["bundles_sent"] == rounds

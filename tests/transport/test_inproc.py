@@ -170,3 +170,51 @@ def test_each_peer_learns_its_outgoing_link_rate_from_the_receiver(make):
     a.mailbox.take("ack", 1, [1], time.monotonic() + 1)
     assert a.link_bandwidth(1) == b.inbound_bandwidth(0)
     assert a.bytes_by_kind()["probe"] > 3 * 48_000 and b.bytes_by_kind() == {"ack": b.stats()[0].bytes_sent}
+
+
+def test_a_rounds_held_messages_leave_together_one_message_per_link(make):
+    a, b, c = make(0), make(1), make(2)
+    a.hold()
+    a.send(1, "grad", 3, {"g": np.ones(4, np.float32)}, {"w": 2.0})
+    a.send(1, "gossip", 3, {"x": np.ones(4, np.float32)}, {"n": 1, "w": 0.5, "e": 1})
+    a.send(1, "eval", 3, None, {"acc": 0.5})
+    a.send(2, "grad", 3, {"g": np.ones(4, np.float32)}, {"w": 2.0})
+    a.send(1, "hello", 0, meta={"heard": "", "at": 0})  # not a round's message: at once
+    assert b.stats()[0].msgs_received == 1 and b.mailbox.latest("eval", 0) is None
+    a.end_round()
+    assert a.stats()[1].msgs_sent == 2 and a.stats()[1].bundles_sent == 1 and a.stats()[2].bundles_sent == 1
+    assert b.stats()[0].msgs_received == 2 and b.stats()[0].dropped == 0
+    got = b.mailbox.collect("grad", 3, [0], time.monotonic())
+    assert got[0][0].meta == {"w": 2.0} and b.mailbox.latest("eval", 0).meta == {"acc": 0.5}
+    assert b.mailbox.collect("gossip", 3, [0], time.monotonic())[0][0].meta["n"] == 1
+    assert c.mailbox.collect("grad", 3, [0], time.monotonic())[0][0].tensors["g"].tolist() == [1, 1, 1, 1]
+    assert a.bytes_by_kind()["grad"] > 0 and a.bytes_by_kind()["eval"] > 0  # counted per kind as before
+
+
+def test_a_peer_about_to_wait_sends_what_it_holds_first(make):
+    a, b = make(0), make(1)
+    a.hold()
+
+    def holder():  # sends its gradient (held), then waits for the answer
+        a.send(1, "grad", 0, {"g": np.ones(4, np.float32)}, {"w": 1.0})
+        return a.mailbox.collect("grad", 0, [1], time.monotonic() + 5.0)
+
+    def answerer():  # answers only once it has the holder's gradient
+        got = b.mailbox.collect("grad", 0, [0], time.monotonic() + 5.0)
+        b.send(0, "grad", 0, {"g": np.ones(4, np.float32)}, {"w": 1.0})
+        return got
+
+    start = time.monotonic()
+    got = in_threads(lambda p: (holder, answerer)[p](), [0, 1])
+    assert time.monotonic() - start < 2.0 and got[0][1] and got[1][0]  # nobody waited for the deadline
+
+
+def test_held_messages_beyond_the_size_limit_go_as_more_bundles_and_close_sends_them(make):
+    a, b = make(0), make(1)
+    a.hold()
+    for r in range(3):  # 3 x 24 KB: two fit a bundle of the 64 KB limit, the third goes in a second one
+        a.send(1, "grad", r, {"g": np.ones(6000, np.float32)}, {"w": 1.0})
+    a.close()  # flushes before its bye
+    assert a.stats()[1].bundles_sent == 2 and b.stats()[0].dropped == 0
+    assert sorted(b.mailbox.collect("grad", 2, [0], time.monotonic())[0], key=lambda m: m.round)[2].round == 2
+    assert 0 in b.mailbox.departed

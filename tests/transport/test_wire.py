@@ -191,3 +191,37 @@ def test_sparse_indices_travel_as_16_bit_gaps_where_they_fit(indices, encoding, 
     assert msgpack.unpackb(frames[0])["t"][0]["id"] == encoding and len(bytes(frames[1])) == index_bytes
     got = decode(frames, LIMITS).tensors["s"]
     assert got.indices.dtype == np.uint32 and got.indices.tolist() == indices and got.size == 100_000
+
+
+def test_a_bundle_carries_its_messages_and_its_own_send_time():
+    from dlion.transport.wire import encode_bundle, unbundle
+    grad = encode("grad", 1, 4, {"g": np.arange(5, dtype=np.float16)}, {"w": 8.0}, sent_at=1.0)
+    figure = encode("eval", 1, 4, None, {"acc": 0.5}, sent_at=2.0)
+    frames = encode_bundle([grad, figure], sent_at=1795000000.5, feedback_bps=1e7)
+    bundle = unbundle(frames, LIMITS)
+    assert (bundle.sent_at, bundle.feedback_bps) == (1795000000.5, 1e7)
+    got = [decode(part, LIMITS) for part in bundle.parts]
+    assert [(m.kind, m.round) for m in got] == [("grad", 4), ("eval", 4)]
+    assert got[0].tensors["g"].tolist() == [0, 1, 2, 3, 4] and got[1].meta == {"acc": 0.5}
+    assert unbundle(grad, LIMITS) is None  # one message, not a bundle
+
+
+BAD_BUNDLES = {
+    "counts beyond the frames": (lambda h: h.update(b=[2, 5]), "frame count"),
+    "a part without frames": (lambda h: h.update(b=[0, 2, 1]), "part counts"),
+    "counts not a list": (lambda h: h.update(b=3), "part counts"),
+    "an extra field": (lambda h: h.update(k="grad"), "bundle header fields"),
+    "a bad send time": (lambda h: h.update(ts=-1.0), "sent time"),
+    "another version": (lambda h: h.update(v=2), "version"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_BUNDLES)
+def test_unbundle_rejects(name):
+    from dlion.transport.wire import encode_bundle, unbundle
+    change, match = BAD_BUNDLES[name]
+    frames = encode_bundle([encode("eval", 1, 4, None, {"acc": 0.5}), encode("grad", 1, 4, None, {"w": 1.0})])
+    header = msgpack.unpackb(frames[0])
+    change(header)
+    with pytest.raises(WireError, match=match):
+        unbundle([msgpack.packb(header), *frames[1:]], LIMITS)
