@@ -204,8 +204,8 @@ def _peer(cfg, peer_id: int, out_dir: str, resume_at: int | None = None) -> int:
     from dlion.wiring import run_peer
     emulation = fallback.for_peer(cfg, peer_id, turns_dir=Path(out_dir))
     hooks = {} if emulation is None else {"clock": emulation, "link_policy": emulation.link_policy}
-    run_peer(cfg, peer_id, out_dir, ready=real.enter_cgroup, resume_at=resume_at,  # the CPU cap binds once the
-             **hooks)                                                           # model is built
+    run_peer(cfg, peer_id, out_dir, ready=real.enter_cgroup, trained=real.leave_cap,  # the CPU cap binds from
+             resume_at=resume_at, **hooks)                             # the model's build to the training's end
     return 0
 
 

@@ -27,6 +27,7 @@ from dlion import data as datamod
 from dlion import security, yamlio
 from dlion.config import Config, Emulation, Restart, to_dict
 from dlion.emulate import EmulationError, turns
+from dlion.emulate.real import TRAINED_SUFFIX
 from dlion.analysis import summarize
 from dlion.metrics import peer_log_path, read_events
 
@@ -63,7 +64,7 @@ def prepare_out_dir(cfg: Config, out_dir: Path, resume: bool = False) -> Path:
     there (the caller asked: `--overwrite`), while a resumed run appends to them. CPU turn locks go either way."""
     out_dir.mkdir(parents=True, exist_ok=True)
     turns.remove_locks(out_dir)
-    stale = [*out_dir.glob(".peer-*.ready")]
+    stale = [*out_dir.glob(".peer-*.ready"), *out_dir.glob(f".peer-*{TRAINED_SUFFIX}")]
     if not resume:
         stale += [*out_dir.glob("peer-*.jsonl"), *out_dir.glob("peer-*.log"), *out_dir.glob("peer-*.keras"),
                   out_dir / "summary.json"]
@@ -262,13 +263,16 @@ class Launched:
         return start_peer(peer_id, argv, self.out_dir, self.emulation)
 
     def attach_ready(self) -> None:
-        """Move every peer that said it is ready into its CPU cgroup (real method)."""
+        """Move every peer that said it is ready into its CPU cgroup, and every peer that said its training is over
+        out of it (real method: `real.enter_cgroup`, `real.leave_cap`)."""
         for peer_id, proc in self.procs.items():
-            path = ready_file(self.out_dir, peer_id)
-            if self.emulation and path.exists():
-                path.unlink()
-                if proc.poll() is None:
-                    self.emulation.attach(peer_id, proc.pid)  # `ip netns exec` execs the peer: same pid
+            ready = ready_file(self.out_dir, peer_id)
+            for path, move in ((ready, lambda pid: self.emulation.attach(peer_id, pid)),
+                               (ready.with_suffix(TRAINED_SUFFIX), lambda pid: self.emulation.release(pid))):
+                if self.emulation and path.exists():
+                    path.unlink()
+                    if proc.poll() is None:
+                        move(proc.pid)  # `ip netns exec` execs the peer: same pid
 
 
 @contextlib.contextmanager

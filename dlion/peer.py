@@ -45,8 +45,9 @@ class Peer:
                              take_weight=getattr(self.gossip, "take_weight", lambda weight: None))
         self._start = resumed["iteration"] if resumed else 0
 
-    def run(self) -> dict:
-        """Train until a stop condition, evaluate on the full test set, say goodbye. Returns the final event."""
+    def run(self, after_training=lambda: None) -> dict:
+        """Train until a stop condition, call `after_training()`, evaluate on the full test set, say goodbye. Returns
+        the final event."""
         self.transport.start()
         barrier_start = self.ctx.clock()
         reachable = self.transport.wait_for_peers(self.cfg.transport.startup_timeout_s)
@@ -60,6 +61,7 @@ class Peer:
         self.clock.start()
         try:
             reason, iteration = self._train()
+            after_training()
             final = self._finish(reason, iteration)
         finally:
             self.clock.close()

@@ -289,9 +289,10 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
 
 
 def run_peer(cfg: Config, peer_id: int, out_dir: str | Path, clock: StepClock | None = None,
-             link_policy=None, ready=lambda: None, resume_at: int | None = None) -> dict:
+             link_policy=None, ready=lambda: None, trained=lambda: None, resume_at: int | None = None) -> dict:
     """Run one peer in this process until it stops; SIGTERM and SIGINT end it cleanly after the current step.
-    `ready()` is called once the peer is built (TensorFlow imported, model traced), before it meets the others."""
+    `ready()` is called once the peer is built (TensorFlow imported, model traced), before it meets the others;
+    `trained()` once its training is over, before its final evaluation."""
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -302,4 +303,4 @@ def run_peer(cfg: Config, peer_id: int, out_dir: str | Path, clock: StepClock | 
     signal.signal(signal.SIGINT, on_signal)
     peer = build(cfg, peer_id, out_dir, clock=clock, link_policy=link_policy, stop_event=stop, resume_at=resume_at)
     ready()
-    return peer.run()
+    return peer.run(after_training=trained)

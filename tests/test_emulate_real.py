@@ -297,3 +297,14 @@ def test_a_peer_says_it_is_ready_and_waits_for_its_cgroup(tmp_path, monkeypatch)
     monkeypatch.setenv(real.CGROUP_ENV, "/nowhere")
     with pytest.raises(EmulationError, match="not moved"):
         real.enter_cgroup(timeout_s=0.1)
+
+
+def test_a_peer_says_its_training_is_over_without_waiting(tmp_path, monkeypatch):
+    ready = tmp_path / ".peer-2.ready"
+    monkeypatch.delenv(real.READY_ENV, raising=False)
+    real.leave_cap()  # not under the real method: nothing to do
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setenv(real.READY_ENV, str(ready))
+    monkeypatch.setenv(real.CGROUP_ENV, "/dlion-x/p2")
+    real.leave_cap()
+    assert (tmp_path / ".peer-2.trained").exists()

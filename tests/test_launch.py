@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from dlion import config
+from dlion import config, launch
 from dlion.config import Restart
 from dlion.launch import Progress, Restarts, hard_limit_s, prepare_out_dir
 from dlion.metrics import EventLog, peer_log_path
@@ -90,3 +90,33 @@ def test_no_restart_for_a_peer_that_finished_when_no_one_else_trains_or_under_ne
             assert started == [] and not restarts.pending
     finally:
         alive.kill()
+
+
+def test_the_launcher_caps_a_ready_peer_and_uncaps_it_once_its_training_is_over(tmp_path):
+    class Emulation:
+        def __init__(self):
+            self.moves = []
+
+        def attach(self, peer_id, pid):
+            self.moves.append(("attach", peer_id, pid))
+
+        def release(self, pid):
+            self.moves.append(("release", pid))
+
+    class Alive:
+        pid = 4242
+
+        def poll(self):
+            return None
+
+    emulation = Emulation()
+    run_ = launch.Launched(None, {1: Alive()}, emulation, 0.0, tmp_path)
+    run_.attach_ready()
+    assert emulation.moves == []
+    launch.ready_file(tmp_path, 1).touch()
+    run_.attach_ready()
+    (tmp_path / ".peer-1.trained").touch()
+    run_.attach_ready()
+    run_.attach_ready()  # each file is acted on once
+    assert emulation.moves == [("attach", 1, 4242), ("release", 4242)]
+    assert not list(tmp_path.glob(".peer-*"))

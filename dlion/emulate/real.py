@@ -68,6 +68,7 @@ CGROUP_V2 = Path("/sys/fs/cgroup")
 COMMAND_TIMEOUT_S = 30
 READY_ENV = "DLION_READY"  # the file a peer creates once it is ready to train ...
 CGROUP_ENV = "DLION_CGROUP"  # ... and the CPU cgroup it then waits to be moved into
+TRAINED_SUFFIX = ".trained"  # the ready file's name with this suffix: the peer's training is over (`leave_cap`)
 ENTER_TIMEOUT_S = 60.0
 
 
@@ -354,6 +355,10 @@ class RealEmulation:
         """Move process `pid` (all its threads) into the peer's CPU cgroup."""
         _join(self._cgroup_dir(peer_id), pid)
 
+    def release(self, pid: int) -> None:
+        """Move process `pid` out of its peer's CPU cgroup, to the hierarchy's root: no cap."""
+        _join(self._cgroup_base()[1], pid)
+
     def peer_env(self, peer_id: int, ready_file: Path) -> dict[str, str]:
         """What a peer process is told in its environment: the file to create once it is ready to train, and the CPU
         cgroup it then waits to be moved into (`enter_cgroup`), so that importing TensorFlow and building the model
@@ -536,6 +541,15 @@ def enter_cgroup(timeout_s: float = ENTER_TIMEOUT_S) -> None:
         if time.monotonic() > deadline:
             raise EmulationError(f"not moved into CPU cgroup {group} within {timeout_s:.0f} s of saying so in {ready}")
         time.sleep(0.02)
+
+
+def leave_cap() -> None:
+    """Say this peer's training is over (a file next to its ready file): the launcher then moves it out of its CPU
+    cgroup, so that its final evaluation and saving, which are no part of the emulated training, run at the machine's
+    speed. Does not wait. Nothing to do where `enter_cgroup` had nothing to do."""
+    ready, group = os.environ.get(READY_ENV), os.environ.get(CGROUP_ENV)
+    if ready and group:
+        Path(ready).with_suffix(TRAINED_SUFFIX).touch()
 
 
 def _in_cgroup(group: str) -> bool:
