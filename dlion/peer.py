@@ -39,10 +39,11 @@ class Peer:
         self.work = RoundWork(trainer, self._gradients, rounds.local_steps,
                               OuterStep(rounds.outer_learning_rate, rounds.outer_momentum), rounds.min_step_batch)
         alone = control.lag is None  # trains alone: nobody's state to take, nobody to keep its replicas
+        apart = control.lag == 0 and cfg.strategies.gossip.kind == "none"  # models that never mix again
         self.replicas = Replicas(cfg.replicas, ctx, trainer, on=not alone)
         self.rejoin = Rejoin(ctx, trainer, log, max(control.every, (control.lag or 0) + 1), catch_up=not alone,
                              elapsed=lambda: control.elapsed, replicas=self.replicas,
-                             take_weight=getattr(self.gossip, "take_weight", lambda weight: None))
+                             take_weight=getattr(self.gossip, "take_weight", lambda weight: None), resync=apart)
         self._start = resumed["iteration"] if resumed else 0
 
     def run(self, after_training=lambda: None) -> dict:

@@ -12,7 +12,12 @@ still there, their answer tells how far they got. Every peer answers rejoin requ
 Which state: it also asks every live peer what replica of its own state it holds (`dlion.replica`), and takes the
 freshest of what it has (its own checkpoint, if it restarted from one; a frozen peer's own state), its replica and
 the source's state: the replica if it is newer than what it has and as recent as the source's state, else the
-source's. A peer whose own state is within the margin of the others does not ask at all. The push-sum weight of a
+source's. A peer whose own state is within the margin of the others does not ask at all. Where the peers' models
+never mix again (`resync`: lockstep rounds and no gossip, as in BSP, where every peer applies the same combined
+gradient each round), a state from before the round it comes back at would leave its model behind theirs for good,
+by the rounds it missed: there it asks the source once more for the state of that very round, which the source sends
+as it starts the round (a request for a round is answered once the answerer has reached it), and the peers go on
+from the same parameters. The push-sum weight of a
 replica newer than what it has is taken in any case (`take_weight`): it is this peer's own share of the total, which
 its death took out of the system.
 """
@@ -39,14 +44,15 @@ class Rejoin:
     """One peer's side of rejoining, run from its loop."""
 
     def __init__(self, ctx, trainer, log, margin: int, catch_up: bool = True, elapsed=lambda: 0.0, replicas=None,
-                 take_weight=lambda weight: None):
+                 take_weight=lambda weight: None, resync: bool = False):
         """`margin`: rounds a peer may lag (the evaluation interval, or the stages' staleness bound if larger); one
         behind by more than that at start (twice that while training, where a slow peer may lag a little) rejoins.
         `catch_up` False: it never does (a peer that trains alone has nobody's state to take); it still answers.
         `elapsed()`: this peer's training time so far, sent with its state, so that a peer restarted from it goes on
         with the others' clock (its time budget, its curves) instead of starting its own from zero.
         `replicas` (`dlion.replica.Replicas`): where this peer's replicas are asked for; `take_weight(w)` gives the
-        gossip the push-sum weight of the replica taken."""
+        gossip the push-sum weight of the replica taken. `resync`: take the source's state of the round it comes back
+        at too (the module's docstring)."""
         self.ctx, self.trainer, self.log = ctx, trainer, log
         self.replicas, self.take_weight = replicas, take_weight
         self.elapsed = elapsed
@@ -54,6 +60,7 @@ class Rejoin:
         self.transport = ctx.transport
         self.margin = margin
         self.catch_up = catch_up
+        self.resync = resync
         self._answered: dict[int, int] = {}  # peer -> the round of its last rejoin request answered
         self._next_knock = 0.0
         self._knocked_at = 0.0  # when we last knocked (time.time()): a hello since is an answer
@@ -93,6 +100,8 @@ class Rejoin:
         self.transport.mailbox.advance(at)
         left = self.transport.mailbox.left()
         self.transport.back([p for p in self.ctx.others if p not in left], at)
+        if self.resync and state is not None:
+            taken["resync"] = self._state_of_round(source, at)
         self.log.emit("rejoin", at=at, was_at=iteration, asked=source, **taken)
         self.at = at
         return at
@@ -179,6 +188,21 @@ class Rejoin:
             return state, {**got, **taken, "wait_s": round(time.monotonic() - asked, 3)}
         return None, {"taken": False, **taken, "wait_s": round(time.monotonic() - asked, 3)}
 
+    def _state_of_round(self, source: int, round_: int) -> bool:
+        """Ask `source` for its state as it starts round `round_` and take it (at most WAIT_S); whether it came."""
+        asked = sent = time.monotonic()
+        self.transport.send(source, messages.REJOIN, round_)
+        while time.monotonic() - asked <= WAIT_S:
+            model, state = (self.transport.mailbox.latest(kind, source) for kind in (messages.MODEL,
+                                                                                     messages.OPTIMIZER))
+            if model is not None and state is not None and model.round == state.round == round_:
+                return self._take(state, model.tensors["x"], state.tensors["o"])["taken"]
+            if time.monotonic() - sent >= REQUEST_EVERY_S:
+                self.transport.send(source, messages.REJOIN, round_)
+                sent = time.monotonic()
+            time.sleep(_POLL_S)
+        return False
+
     def _answers(self, kind: str, peers, round_: int) -> dict:
         """The latest message of `kind` from each of `peers` that answers our request of round `round_`."""
         return {p: msg for p in peers
@@ -218,12 +242,13 @@ class Rejoin:
 
     def _answer(self, iteration: int) -> None:
         """Send a peer that asks our optimizer state with our round, then our parameters, both for its request's
-        round; once per round asked for: the repeats of a request are for a lost request, and answering each of them
-        would queue whole models behind each other on a slow link (the state is left empty if it is larger than a
-        message may be)."""
+        round, once we have reached that round (a request for a round still ahead is for the state we start it with);
+        once per round asked for: the repeats of a request are for a lost request, and answering each of them would
+        queue whole models behind each other on a slow link (the state is left empty if it is larger than a message
+        may be)."""
         for p in self.ctx.others:  # a peer asking is not waited for (departed) until it takes part in rounds again
             msg = self.transport.mailbox.latest(messages.REJOIN, p)
-            if msg is not None and self._answered.get(p) != msg.round:
+            if msg is not None and self._answered.get(p) != msg.round and msg.round <= iteration:
                 self._answered[p] = msg.round
                 state, meta = self.trainer.optimizer_vector(), {"at": iteration, "train_s": self.elapsed()}
                 try:

@@ -222,3 +222,46 @@ def test_a_peer_already_past_the_round_a_rejoined_peer_comes_back_at_says_from_w
     assert transports[2].mailbox.latest(messages.BACK, 1) is None  # peer 1 is behind 500: it will send round 500
     got = transports[2].mailbox.take(messages.GRAD, 505, [0, 1], time.monotonic() + 0.3)
     assert got == {}  # waited only for peer 1 (0.3 s), not for peer 0 before 521
+
+
+def test_a_request_for_a_round_still_ahead_is_answered_as_the_answerer_starts_it(inproc):
+    transports = inproc(PEERS)
+    trainers = {p: Trainer(float(p)) for p in PEERS}
+    rejoins, _ = peers(transports, trainers)
+    advance(transports, 0, 304)
+    advance(transports, 2, 305)  # it comes back at 305
+    transports[2].send(0, messages.REJOIN, 305)
+    time.sleep(0.05)
+    rejoins[0].step(304)
+    time.sleep(0.05)
+    assert transports[2].mailbox.latest(messages.MODEL, 0) is None  # not yet: its state of 305 does not exist
+    trainers[0].params[:] = 7.0  # what round 304 made of it
+    rejoins[0].step(305)
+    time.sleep(0.05)
+    model, state = (transports[2].mailbox.latest(kind, 0) for kind in (messages.MODEL, messages.OPTIMIZER))
+    assert model.round == state.round == 305 and state.meta["at"] == 305 and model.tensors["x"][0] == 7.0
+
+
+def test_where_models_never_mix_a_rejoining_peer_takes_the_state_of_the_round_it_comes_back_at(inproc):
+    transports = inproc(PEERS)
+    trainers = {0: Trainer(1.0), 1: Trainer(1.0), 2: Trainer(9.0)}
+    logs = {p: Log() for p in PEERS}
+    rejoins = {p: Rejoin(stage_context(transports, p), trainers[p], logs[p], EVERY, resync=True) for p in PEERS}
+    rounds = {0: 300, 1: 300}
+    for p in (0, 1):
+        advance(transports, p, 300)
+    for t in transports.values():
+        t.wait_for_peers(5)
+
+    def others_train():  # the others go on in lockstep, a round at a time, their parameters the round's number
+        for p in (0, 1):
+            rounds[p] += 1
+            trainers[p].params[:] = rounds[p]
+            rejoins[p].step(rounds[p])
+
+    with looping(others_train, pause=0.02):
+        at = rejoins[2].start(0)
+    ev, rejoin = logs[2].events[0]
+    assert rejoin["taken"] and rejoin["resync"] and at > 300 + LEAD - 1, rejoin
+    # the parameters the others started round `at` with, not those of the round the first answer was of
+    assert trainers[2].params[0] == at
