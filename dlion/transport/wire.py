@@ -171,18 +171,13 @@ class Bundle(NamedTuple):
 def unbundle(frames: Sequence, limits: WireLimits) -> Bundle | None:
     """The parts of a bundle (`encode_bundle`), or None if `frames` are one message; each part is then decoded, and
     checked, on its own. Raises WireError on a malformed bundle header."""
-    if not frames:
-        raise WireError("no frames")
-    total = sum(_nbytes(f) for f in frames)
-    if total > limits.max_message_bytes:
-        raise WireError(f"message too large ({total} > {limits.max_message_bytes} bytes)")
+    _total(frames, limits)
     h = _unpack_map(frames[0], limits)
     if "b" not in h:
         return None
     if h.keys() != _BUNDLE_FIELDS:
         raise WireError(f"bundle header fields: expected {sorted(_BUNDLE_FIELDS)}, got {sorted(map(repr, h))}")
-    if not _is_int(h["v"]) or h["v"] != VERSION:
-        raise WireError(f"unsupported schema version {h['v']!r}")
+    _check_version(h)
     counts = h["b"]
     if not (isinstance(counts, list) and 1 <= len(counts) <= MAX_BUNDLE_PARTS
             and all(_is_int(c) and c >= 1 for c in counts)):
@@ -195,6 +190,21 @@ def unbundle(frames: Sequence, limits: WireLimits) -> Bundle | None:
         parts.append(frames[i:i + count])
         i += count
     return Bundle(parts, sent_at, feedback)
+
+
+def _total(frames: Sequence, limits: WireLimits) -> int:
+    """The bytes of all `frames`, checked against the limit."""
+    if not frames:
+        raise WireError("no frames")
+    total = sum(_nbytes(f) for f in frames)
+    if total > limits.max_message_bytes:
+        raise WireError(f"message too large ({total} > {limits.max_message_bytes} bytes)")
+    return total
+
+
+def _check_version(h: dict) -> None:
+    if not _is_int(h["v"]) or h["v"] != VERSION:
+        raise WireError(f"unsupported schema version {h['v']!r}")
 
 
 def _stamp(h: dict) -> tuple[float, float | None]:
@@ -276,14 +286,9 @@ def _array(frame, dtype: np.dtype, count: int, what: str) -> np.ndarray:
 
 def decode(frames: Sequence, limits: WireLimits, received_at: float = 0.0) -> Message:
     """Validate and decode frames (bytes-like); raises WireError on any problem."""
-    if not frames:
-        raise WireError("no frames")
-    total = sum(_nbytes(f) for f in frames)
-    if total > limits.max_message_bytes:
-        raise WireError(f"message too large ({total} > {limits.max_message_bytes} bytes)")
+    total = _total(frames, limits)
     h = _unpack_header(frames[0], limits)
-    if not _is_int(h["v"]) or h["v"] != VERSION:
-        raise WireError(f"unsupported schema version {h['v']!r}")
+    _check_version(h)
     if not isinstance(h["k"], str) or h["k"] not in KINDS:
         raise WireError(f"unknown kind {h['k']!r}")
     if not _is_int(h["s"]) or h["s"] not in limits.known_senders:
