@@ -43,7 +43,7 @@ class Peer:
         self.replicas = Replicas(cfg.replicas, ctx, trainer, on=not alone)
         self.rejoin = Rejoin(ctx, trainer, log, max(control.every, (control.lag or 0) + 1), catch_up=not alone,
                              elapsed=lambda: control.elapsed, replicas=self.replicas,
-                             take_weight=getattr(self.gossip, "take_weight", lambda weight: None), resync=apart)
+                             take_weight=self.gossip.take_weight, resync=apart)
         self._start = resumed["iteration"] if resumed else 0
 
     def run(self, after_training=lambda: None) -> dict:

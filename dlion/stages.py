@@ -96,6 +96,10 @@ class Exchange(Protocol):
 class Gossip(Protocol):
     def mix(self, round_: int, model: ModelAccess) -> GossipResult: ...
 
+    def take_weight(self, weight: float) -> None:
+        """Hold this push-sum weight from now on (a restarted peer's own share, from its replica); a gossip without
+        weights has nothing to take."""
+
 
 class Knowledge(Protocol):
     def step(self, round_: int) -> dict | None: ...

@@ -83,6 +83,9 @@ class AdPsgd(Strategy):
             model.set(result.params)
         return result
 
+    def take_weight(self, weight: float) -> None:
+        pass  # pairwise averages keep no weights
+
     def step(self, round_: int, params: np.ndarray) -> GossipResult:
         """One round (module docstring): replies and requests that have arrived folded in, maybe a new request sent;
         returns the parameters to continue from."""

@@ -82,6 +82,9 @@ class NoGossip(Strategy):
     def mix(self, round_: int, model: ModelAccess) -> GossipResult:
         return GossipResult(1.0, 0, 0.0)
 
+    def take_weight(self, weight: float) -> None:
+        pass  # no weights
+
 
 @dataclass
 class _Link:
