@@ -43,7 +43,8 @@ class Peer:
         self.replicas = Replicas(cfg.replicas, ctx, trainer, on=not alone)
         self.rejoin = Rejoin(ctx, trainer, log, max(control.every, (control.lag or 0) + 1), catch_up=not alone,
                              elapsed=lambda: control.elapsed, replicas=self.replicas,
-                             take_weight=self.gossip.take_weight, resync=apart)
+                             take_weight=self.gossip.take_weight, resync=apart,
+                             frozen_after_s=cfg.transport.heartbeat_timeout_s if cfg.transport.heartbeat_s else None)
         self._start = resumed["iteration"] if resumed else 0
 
     def run(self, after_training=lambda: None) -> dict:

@@ -7,7 +7,11 @@ for it meanwhile. Then it tells every peer it is back from a round a little past
 that re-admits it, the others send it every round they start from then on, and they do not wait for it in the
 rounds before; one already past that round answers with its own next round, before which the rejoining peer does
 not wait for it either. A peer also says hello, once in a while, to peers that departed without a bye: if they are
-still there, their answer tells how far they got. Every peer answers rejoin requests.
+still there, their answer tells how far they got. Every peer answers rejoin requests. A peer whose own loop stood
+still for longer than the others give a silent peer (`frozen_after_s`: a frozen or suspended host) was given up by
+them, and they went on: for a while after it wakes it catches up as soon as they are more than LEAD rounds ahead (the
+rounds a rejoining peer comes back past), instead of the training margin; going on from where it froze, a few rounds
+behind, would make them wait for it round after round, as far behind as it stays.
 
 Which state: it also asks every live peer what replica of its own state it holds (`dlion.replica`), and takes the
 freshest of what it has (its own checkpoint, if it restarted from one; a frozen peer's own state), its replica and
@@ -33,6 +37,7 @@ LEAD = 2                # it enters at least this many rounds past the newest it
                         # after its `back` reached them
 BACK_MARGIN_S = 0.2     # and as many more as the others make, at their pace, in the time it took, and this long
 REQUEST_EVERY_S = 1.0   # how often it repeats the request meanwhile (one may be lost behind a full queue)
+WOKEN_S = 5.0           # for how long after waking from a freeze a peer catches up at LEAD rounds behind
 REPLICA_GRACE_S = 0.2   # once the source answered, how much longer it waits for offers of its own replica (the
                         # others go on meanwhile: a longer wait left a fast run's peer behind by more than the lead)
 KNOCK_EVERY_S = 1.0     # how often a peer says hello to peers that departed without a bye
@@ -44,7 +49,7 @@ class Rejoin:
     """One peer's side of rejoining, run from its loop."""
 
     def __init__(self, ctx, trainer, log, margin: int, catch_up: bool = True, elapsed=lambda: 0.0, replicas=None,
-                 take_weight=lambda weight: None, resync: bool = False):
+                 take_weight=lambda weight: None, resync: bool = False, frozen_after_s: float | None = None):
         """`margin`: rounds a peer may lag (the evaluation interval, or the stages' staleness bound if larger); one
         behind by more than that at start (twice that while training, where a slow peer may lag a little) rejoins.
         `catch_up` False: it never does (a peer that trains alone has nobody's state to take); it still answers.
@@ -52,7 +57,8 @@ class Rejoin:
         with the others' clock (its time budget, its curves) instead of starting its own from zero.
         `replicas` (`dlion.replica.Replicas`): where this peer's replicas are asked for; `take_weight(w)` gives the
         gossip the push-sum weight of the replica taken. `resync`: take the source's state of the round it comes back
-        at too (the module's docstring)."""
+        at too (the module's docstring). `frozen_after_s`: a pause of its own loop that long counts as a freeze (the
+        transport's heartbeat timeout; None: never)."""
         self.ctx, self.trainer, self.log = ctx, trainer, log
         self.replicas, self.take_weight = replicas, take_weight
         self.elapsed = elapsed
@@ -61,6 +67,9 @@ class Rejoin:
         self.margin = margin
         self.catch_up = catch_up
         self.resync = resync
+        self.frozen_after_s = frozen_after_s
+        self._stepped_at: float | None = None  # when the loop last came by (time.monotonic())
+        self._woken_until = 0.0  # catching up at LEAD rounds behind until then, after a freeze
         self._answered: dict[int, int] = {}  # peer -> the round of its last rejoin request answered
         self._next_knock = 0.0
         self._knocked_at = 0.0  # when we last knocked (time.time()): a hello since is an answer
@@ -75,7 +84,12 @@ class Rejoin:
         """Once per iteration: knock, answer requests, catch up. Returns the round to go on from."""
         self._knock()
         self._answer(iteration)
-        return self._catch_up(iteration, 2 * self.margin)
+        now = time.monotonic()
+        if (self.frozen_after_s is not None and self._stepped_at is not None
+                and now - self._stepped_at > self.frozen_after_s):
+            self._woken_until = now + WOKEN_S
+        self._stepped_at = now
+        return self._catch_up(iteration, LEAD if now < self._woken_until else 2 * self.margin)
 
     def _catch_up(self, iteration: int, margin: int) -> int:
         """Only the source's answer moves the peer (its round is in the answer): what made it ask (a hello, a
@@ -90,8 +104,6 @@ class Rejoin:
             self._retry_at = time.monotonic() + RETRY_AFTER_S
             self.log.emit("rejoin", at=iteration, was_at=iteration, asked=source, **taken)
             return iteration
-        if state is not None:
-            self.train_s = state.meta["train_s"]
         # the round to be back at: past the source's answer, or, had it none (the state is a replica's), past where
         # the others were last seen
         seen = self.transport.mailbox.newest_rounds().values()
@@ -100,8 +112,13 @@ class Rejoin:
         self.transport.mailbox.advance(at)
         left = self.transport.mailbox.left()
         self.transport.back([p for p in self.ctx.others if p not in left], at)
+        clock = state  # the answer whose training time this peer goes on from
         if self.resync and state is not None:
-            taken["resync"] = self._state_of_round(source, at)
+            synced = self._state_of_round(source, at)
+            taken["resync"] = synced is not None
+            clock = synced or state
+        if clock is not None:  # the others' clocks ran on while the answer came and was taken
+            self.train_s = clock.meta["train_s"] + max(0.0, time.time() - clock.received_at)
         self.log.emit("rejoin", at=at, was_at=iteration, asked=source, **taken)
         self.at = at
         return at
@@ -188,20 +205,21 @@ class Rejoin:
             return state, {**got, **taken, "wait_s": round(time.monotonic() - asked, 3)}
         return None, {"taken": False, **taken, "wait_s": round(time.monotonic() - asked, 3)}
 
-    def _state_of_round(self, source: int, round_: int) -> bool:
-        """Ask `source` for its state as it starts round `round_` and take it (at most WAIT_S); whether it came."""
+    def _state_of_round(self, source: int, round_: int):
+        """Ask `source` for its state as it starts round `round_` and take it (at most WAIT_S); its answer (the
+        `optimizer` message), None if none came or it could not be taken."""
         asked = sent = time.monotonic()
         self.transport.send(source, messages.REJOIN, round_)
         while time.monotonic() - asked <= WAIT_S:
             model, state = (self.transport.mailbox.latest(kind, source) for kind in (messages.MODEL,
                                                                                      messages.OPTIMIZER))
             if model is not None and state is not None and model.round == state.round == round_:
-                return self._take(state, model.tensors["x"], state.tensors["o"])["taken"]
+                return state if self._take(state, model.tensors["x"], state.tensors["o"])["taken"] else None
             if time.monotonic() - sent >= REQUEST_EVERY_S:
                 self.transport.send(source, messages.REJOIN, round_)
                 sent = time.monotonic()
             time.sleep(_POLL_S)
-        return False
+        return None
 
     def _answers(self, kind: str, peers, round_: int) -> dict:
         """The latest message of `kind` from each of `peers` that answers our request of round `round_`."""

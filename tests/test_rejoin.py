@@ -96,7 +96,8 @@ def test_a_restarted_peer_starts_at_the_others_round_with_a_leading_peers_parame
     source = rejoin["asked"]
     np.testing.assert_array_equal(trainers[2].params, trainers[source].params)  # the replica, restored exactly
     np.testing.assert_array_equal(trainers[2].optimizer, trainers[source].optimizer)
-    assert rejoins[2].train_s == 100.0 + source  # it goes on with the others' clock
+    # it goes on with the others' clock, which ran on while the answer came and was taken
+    assert 100.0 + source <= rejoins[2].train_s < 100.0 + source + rejoin["wait_s"] + 0.5
     assert logs[0].events == [] and logs[1].events == []
     time.sleep(0.05)
     for p in (0, 1):  # told where it takes part from: they do not wait for it before
@@ -265,3 +266,24 @@ def test_where_models_never_mix_a_rejoining_peer_takes_the_state_of_the_round_it
     assert rejoin["taken"] and rejoin["resync"] and at > 300 + LEAD - 1, rejoin
     # the parameters the others started round `at` with, not those of the round the first answer was of
     assert trainers[2].params[0] == at
+
+
+def test_a_peer_woken_from_a_freeze_catches_up_as_soon_as_the_others_are_more_than_lead_rounds_ahead(inproc):
+    transports = inproc(PEERS)
+    trainers = {0: Trainer(1.0), 1: Trainer(1.0), 2: Trainer(9.0)}
+    logs = {p: Log() for p in PEERS}
+    rejoins = {p: Rejoin(stage_context(transports, p), trainers[p], logs[p], EVERY, frozen_after_s=0.2)
+               for p in PEERS}
+    for t in transports.values():
+        t.wait_for_peers(5)
+    for p in (0, 1):
+        advance(transports, p, 40 + LEAD + 1)  # the others went on while it stood still
+    transports[0].knock([2]), transports[1].knock([2])  # their hellos say where they are
+    time.sleep(0.05)
+    with answering(rejoins, {0: 40 + LEAD + 1, 1: 40 + LEAD + 1}):
+        assert rejoins[2].step(40) == 40  # its loop came by in time: within the training margin, it goes on
+        assert rejoins[2].step(40) == 40 and logs[2].events == []
+        time.sleep(0.3)  # frozen
+        at = rejoins[2].step(40)
+    assert at > 40 + LEAD and logs[2].events[0][1]["taken"]
+    np.testing.assert_array_equal(trainers[2].params, trainers[0].params)

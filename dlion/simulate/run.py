@@ -52,13 +52,15 @@ WARM_UP_BATCH = 32
 
 
 def for_simulation(cfg: Config) -> Config:
-    """The config as simulated: no checkpoints (a simulation is not resumed) and no TensorBoard writers (hundreds of
-    peers); refused (ConfigError) where one shared model cannot stand for the peers'."""
+    """The config as simulated: no checkpoints (a simulation is not resumed), no TensorBoard writers (hundreds of
+    peers), no heartbeats (nothing freezes; a peer's loop may stand still for long on the host's clock while the
+    others' steps run); refused (ConfigError) where one shared model cannot stand for the peers'."""
     if wiring.requirements(cfg).label_prior:
         raise ConfigError("strategies.gossip.skew_compensation",
                           "logit-adjustment gives every peer its own loss, which one shared model cannot simulate; "
                           "use none or flow-integral")
-    return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, checkpoint_every=None, tensorboard=False))
+    return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, checkpoint_every=None, tensorboard=False),
+                               transport=dataclasses.replace(cfg.transport, heartbeat_s=None))
 
 
 def simulate(cfg: Config, out_dir: str | Path, *, queue: str = "link", calibration: str | Path | None = None,
