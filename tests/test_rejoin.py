@@ -287,3 +287,19 @@ def test_a_peer_woken_from_a_freeze_catches_up_as_soon_as_the_others_are_more_th
         at = rejoins[2].step(40)
     assert at > 40 + LEAD and logs[2].events[0][1]["taken"]
     np.testing.assert_array_equal(trainers[2].params, trainers[0].params)
+
+
+def test_a_peer_asking_to_rejoin_is_not_waited_for_until_it_is_back(inproc):
+    transports = inproc(PEERS)
+    for t in transports.values():
+        t.wait_for_peers(5)
+    advance(transports, 0, 12)
+    transports[2].send(0, messages.GRAD, 10, {"g": np.zeros(3, np.float32)}, {"w": 1.0})  # woken: its last round
+    transports[2].send(0, messages.REJOIN, 10)
+    time.sleep(0.05)
+    start = time.monotonic()
+    assert transports[0].mailbox.collect(messages.GRAD, 12, [2], start + 2.0) and time.monotonic() - start < 0.5
+    assert 2 in transports[0].mailbox.departed
+    transports[2].back([0], 14)
+    time.sleep(0.05)
+    assert 2 not in transports[0].mailbox.departed
