@@ -245,9 +245,10 @@ class Transport(abc.ABC):
             else:
                 self._drop(link, msg.kind, refused, f"{msg.kind} round {msg.round}: {refused}")
             return
-        if msg.kind == messages.REJOIN:
-            # A peer asking for the state to rejoin from takes part in no round until its `back`: nobody waits for it
-            # meanwhile, also where its last round's messages re-admitted it (a peer woken from a freeze).
+        if msg.kind == messages.REJOIN and msg.round < self.mailbox.round:
+            # A peer behind us asking for the state to rejoin from takes part in no round until its `back`: nobody
+            # waits for it meanwhile, also where its last round's messages re-admitted it (a peer woken from a
+            # freeze). (A request for a round still ahead is from a peer already back, for that round's state.)
             self.mailbox.mark_departed(link)
         if msg.kind == messages.BACK and msg.meta["at"] <= self.mailbox.round:
             # A peer back in rounds we have already started: what we send it begins with our next round, so it
