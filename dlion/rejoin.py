@@ -170,12 +170,9 @@ class Rejoin:
         answered_at = model = state = None
         while True:
             if answered_at is None:
-                model, state = (self.transport.mailbox.latest(kind, source) for kind in (messages.MODEL,
-                                                                                         messages.OPTIMIZER))
-                if model is not None and state is not None and model.round == state.round == round_:
+                model, state = self._source_answer(source, round_)
+                if state is not None:
                     answered_at = time.monotonic()
-                else:
-                    model = state = None
             offers = self._answers(messages.REPLICA_OFFER, holders, round_)
             now = time.monotonic()
             if (answered_at is not None and (len(offers) == len(holders) or now - answered_at > REPLICA_GRACE_S)) \
@@ -211,15 +208,22 @@ class Rejoin:
         asked = sent = time.monotonic()
         self.transport.send(source, messages.REJOIN, round_)
         while time.monotonic() - asked <= WAIT_S:
-            model, state = (self.transport.mailbox.latest(kind, source) for kind in (messages.MODEL,
-                                                                                     messages.OPTIMIZER))
-            if model is not None and state is not None and model.round == state.round == round_:
+            model, state = self._source_answer(source, round_)
+            if state is not None:
                 return state if self._take(state, model.tensors["x"], state.tensors["o"])["taken"] else None
             if time.monotonic() - sent >= REQUEST_EVERY_S:
                 self.transport.send(source, messages.REJOIN, round_)
                 sent = time.monotonic()
             time.sleep(_POLL_S)
         return None
+
+    def _source_answer(self, source: int, round_: int) -> tuple:
+        """`source`'s answer to our request of round `round_`: its `model` and `optimizer` messages, (None, None)
+        until both are in."""
+        model, state = (self.transport.mailbox.latest(kind, source) for kind in (messages.MODEL, messages.OPTIMIZER))
+        if model is not None and state is not None and model.round == state.round == round_:
+            return model, state
+        return None, None
 
     def _answers(self, kind: str, peers, round_: int) -> dict:
         """The latest message of `kind` from each of `peers` that answers our request of round `round_`."""
