@@ -7,9 +7,11 @@ import argparse
 import importlib.metadata
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import dlion
 from dlion import config as configmod
@@ -173,7 +175,7 @@ def main(argv=None) -> int:
         if resume_at == "latest":
             from dlion import checkpoint
             resume_at = checkpoint.latest(out_dir, args.id)
-        return _peer(cfg, args.id, out_dir, resume_at)
+        _end_process(_peer(cfg, args.id, out_dir, resume_at))
     except (DataError, ConfigError, security.KeysError, EmulationError) as exc:
         return _refused(exc)
 
@@ -207,6 +209,15 @@ def _peer(cfg, peer_id: int, out_dir: str, resume_at: int | None = None) -> int:
     run_peer(cfg, peer_id, out_dir, ready=real.enter_cgroup, trained=real.leave_cap,  # the CPU cap binds from
              resume_at=resume_at, **hooks)                             # the model's build to the training's end
     return 0
+
+
+def _end_process(code: int) -> NoReturn:
+    """End a finished peer's process at once: its results are on disk and its links closed, and the interpreter's
+    teardown of TensorFlow would keep the launcher (and a run's wall time) waiting another second or two."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _simulate(args, cfg, out_dir: str) -> int:

@@ -2,14 +2,14 @@
 
 The launcher never trains: it writes the resolved config next to the results, starts `python -m dlion peer` once per
 peer (the same command a container or another host runs), tails the peers' JSONL files for a progress line, and at the
-end writes `summary.json`. Peers stop themselves at the run's stop condition; the launcher only enforces a hard time
+end writes `summary.json`. `dlion run` forks its peers from one process that has imported TensorFlow already
+(`dlion.forkserver`), so that their start-up skips the import. Peers stop themselves at the run's stop condition; the launcher only enforces a hard time
 limit and Ctrl-C (SIGTERM counts as Ctrl-C: both stop the peers and take the emulation down). Each child gets SIGTERM
 if the launcher dies (PR_SET_PDEATHSIG), so no peer outlives it.
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
@@ -28,21 +28,15 @@ from dlion import security, yamlio
 from dlion.config import Config, Emulation, Restart, to_dict
 from dlion.emulate import EmulationError, turns
 from dlion.emulate.real import TRAINED_SUFFIX
+from dlion.forkserver import ForkServer, die_with_parent
 from dlion.analysis import summarize
 from dlion.metrics import peer_log_path, read_events
 
 PROGRESS_EVERY_S = 2.0
+FORK_SERVER_LOG = "forkserver.log"
 TERM_GRACE_S = 20.0
 HARD_LIMIT_SLACK_S = 120.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask the kernel to send SIGTERM when the launcher dies, however it dies."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+DLION = [sys.executable, "-m", "dlion"]  # a command the fork server runs (its arguments follow)
 
 
 def _interrupt(signum, frame) -> None:
@@ -105,28 +99,35 @@ def peer_argv(config_path: Path, out_dir: Path, resume_at: int | None = None) ->
     """The command line of each peer: `dlion peer` with the resolved config (continuing from the checkpoint of
     iteration `resume_at`, if given)."""
     resume = [] if resume_at is None else ["--resume-at", str(resume_at)]
-    return lambda peer_id: [sys.executable, "-m", "dlion", "peer", "--config", str(config_path), "--id",
-                            str(peer_id), "--out", str(out_dir), *resume]
+    return lambda peer_id: [*DLION, "peer", "--config", str(config_path), "--id", str(peer_id), "--out",
+                            str(out_dir), *resume]
 
 
 def start_peers(cfg: Config, argv_for: Callable[[int], list[str]], out_dir: Path, procs: dict[int, subprocess.Popen],
-                emulation=None) -> None:
+                emulation=None, forks: ForkServer | None = None) -> None:
     """Start one process per peer, `argv_for(peer_id)`, into `procs` (filled as they start, so that a failure midway
     still leaves the caller every started process to stop)."""
     for peer in cfg.peers:
-        procs[peer.id] = start_peer(peer.id, argv_for(peer.id), out_dir, emulation)
+        procs[peer.id] = start_peer(peer.id, argv_for(peer.id), out_dir, emulation, forks)
 
 
-def start_peer(peer_id: int, argv: list[str], out_dir: Path, emulation=None) -> subprocess.Popen:
-    """Start one peer's process; under real emulation, inside the peer's namespace, told which CPU cgroup to join
-    once it is ready to train. Its console goes to `out_dir/peer-<id>.log`, appended to (a resumed or restarted
-    peer continues it)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), PYTHONUNBUFFERED="1")
-    with open(out_dir / f"peer-{peer_id}.log", "a") as console:
-        return subprocess.Popen(
-            emulation.wrap(peer_id, argv) if emulation else argv, stdout=console, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-            env={**env, **(emulation.peer_env(peer_id, ready_file(out_dir, peer_id)) if emulation else {})})
+def peer_environment() -> dict[str, str]:
+    """The environment every peer process starts with (TensorFlow's start-up chatter off unless asked for)."""
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), PYTHONUNBUFFERED="1")
+
+
+def start_peer(peer_id: int, argv: list[str], out_dir: Path, emulation=None, forks: ForkServer | None = None):
+    """Start one peer's process (a `dlion` command forked by `forks` if given, else a process of its own); under
+    real emulation, inside the peer's namespace, told which CPU cgroup to join once it is ready to train. Its console
+    goes to `out_dir/peer-<id>.log`, appended to (a resumed or restarted peer continues it)."""
+    console = out_dir / f"peer-{peer_id}.log"
+    env = emulation.peer_env(peer_id, ready_file(out_dir, peer_id)) if emulation else {}
+    if forks is not None and argv[:len(DLION)] == DLION:
+        return forks.start(argv[len(DLION):], console, env, emulation.namespace(peer_id) if emulation else None)
+    with open(console, "a") as stream:
+        return subprocess.Popen(emulation.wrap(peer_id, argv) if emulation else argv, stdout=stream,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+                                env={**peer_environment(), **env})
 
 
 class Restarts:
@@ -250,17 +251,18 @@ def ready_file(out_dir: Path, peer_id: int) -> Path:
 @dataclasses.dataclass
 class Launched:
     """Peer processes running under the config's emulation: the config they run with, their processes by peer id,
-    the real emulation around them (None if in-process), when they were started (monotonic), and where."""
+    the real emulation around them (None if in-process), when the launch began (monotonic), and where."""
 
     cfg: Config
     procs: dict[int, subprocess.Popen]
     emulation: object
     started: float
     out_dir: Path
+    forks: ForkServer | None = None
 
     def restart(self, peer_id: int, argv: list[str]) -> subprocess.Popen:
         """Start a peer's process again, as it was started (namespace, CPU cgroup, console)."""
-        return start_peer(peer_id, argv, self.out_dir, self.emulation)
+        return start_peer(peer_id, argv, self.out_dir, self.emulation, self.forks)
 
     def attach_ready(self) -> None:
         """Move every peer that said it is ready into its CPU cgroup, and every peer that said its training is over
@@ -277,21 +279,28 @@ class Launched:
 
 @contextlib.contextmanager
 def launched(cfg: Config, out_dir: Path, write_config: Callable[[Config], Path],
-             argv_for: Callable[[Path], Callable[[int], list[str]]] = None):
+             argv_for: Callable[[Path], Callable[[int], list[str]]] = None, fork: bool = False):
     """Set up the config's emulation, start one process per peer, and on leaving stop them all and take everything
     down again. `write_config(cfg)` writes the config the peers run with (addresses resolved) and returns its path;
-    `argv_for(config_path)` gives each peer's command (default: `dlion peer`)."""
+    `argv_for(config_path)` gives each peer's command (default: `dlion peer`); with `fork`, `dlion` commands are
+    forked from a fork server, which imports while the emulation comes up."""
     cfg, emulation = resolve_emulation(cfg)
     procs: dict[int, subprocess.Popen] = {}
+    forks = None
+    started = time.monotonic()  # wall time counts the emulation's set-up and the fork server's imports
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if fork:
+            forks = ForkServer(out_dir / FORK_SERVER_LOG, env=peer_environment())
         if emulation:
             cfg = bring_up(cfg, emulation)
         config_path = write_config(cfg)
-        started = time.monotonic()
         start_peers(cfg, (argv_for or (lambda path: peer_argv(path, out_dir)))(config_path), out_dir, procs,
-                    emulation)
-        yield Launched(cfg, procs, emulation, started, out_dir)
+                    emulation, forks)
+        yield Launched(cfg, procs, emulation, started, out_dir, forks)
     finally:
+        if forks:
+            forks.close()
         stop_peers(procs)
         turns.remove_locks(out_dir)
         if emulation:
@@ -362,7 +371,7 @@ def run(cfg: Config, out_dir: str | Path, stream=sys.stdout, resume: bool = Fals
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with launched(cfg, out_dir, lambda resolved: prepare_out_dir(resolved, out_dir, resume),
-                      lambda path: peer_argv(path, out_dir, resume_at)) as run_:
+                      lambda path: peer_argv(path, out_dir, resume_at), fork=True) as run_:
             progress = Progress(out_dir, cfg.peer_ids, stream)
             restarts = Restarts(cfg.restart, lambda peer_id: run_.restart(peer_id, peer_argv(
                 out_dir / "config.yaml", out_dir, checkpoint.latest(out_dir, peer_id))(peer_id)), out_dir, stream)
