@@ -250,6 +250,13 @@ class Rounds:
                                              "part, replica slice, reports, figures) leave together at the round's "
                                              "end, or when the peer waits, one message per link; for overlapped "
                                              "rounds (in lockstep a peer's gradient would wait for its round's end)")
+    final_average: bool = option(False, expect="true or false: once training is over, every peer sends its model to "
+                                               "every other (float16 where it fits) and each ends with their "
+                                               "average, weighted by push-sum weight (dlion/consensus.py)")
+    final_average_timeout_s: float = option(10.0, check=positive,
+                                            expect="a positive number of seconds: the longest a peer waits for the "
+                                                   "others' models of the final average (one that has not come is "
+                                                   "left out)")
 
 
 @dataclass(frozen=True)

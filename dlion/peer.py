@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from dlion import checkpoint
+from dlion.consensus import FinalAverage
 from dlion.progress import traffic
 from dlion.rejoin import Rejoin
 from dlion.replica import Replicas
@@ -46,6 +47,9 @@ class Peer:
                              take_weight=self.gossip.take_weight, resync=apart,
                              frozen_after_s=cfg.transport.heartbeat_timeout_s if cfg.transport.heartbeat_s else None)
         self._start = resumed["iteration"] if resumed else 0
+        self.final_average = (FinalAverage(ctx, rounds.final_average_timeout_s)
+                              if rounds.final_average and not alone else None)
+        self._weight = 1.0  # the push-sum weight after the last round's mixing (1 without push-sum)
 
     def run(self, after_training=lambda: None) -> dict:
         """Train until a stop condition, call `after_training()`, evaluate on the full test set, say goodbye. Returns
@@ -64,6 +68,8 @@ class Peer:
         try:
             reason, iteration = self._train()
             after_training()
+            if self.final_average and reason != "signal":  # stopped by a signal: the others may not be averaging
+                self.log.emit("average", it=iteration, **self.final_average.run(iteration, self._weight))
             final = self._finish(reason, iteration)
         finally:
             self.clock.close()
@@ -100,6 +106,7 @@ class Peer:
             exchanged = self.exchange.exchange(iteration, update, batch, compute_s)
             self.work.apply(exchanged.grads)
             mixed = self.gossip.mix(iteration, self.ctx.model)
+            self._weight = mixed.weight
             self.replicas.step(iteration, mixed.weight)
             round_work_s = max(0.0, self.ctx.clock() - began - compute_s - exchanged.wait_s - mixed.wait_s)
             iteration += 1

@@ -57,13 +57,14 @@ PRESETS: dict[str, dict] = {
     # round's change of parameters exchanged by prioritized top-k on every link every round (each link carries what
     # its budget allows), Sparse-Push gossip on the time-varying graph, direct knowledge transfer over links fast
     # enough for a model; rounds overlap: a neighbour may lag 2 rounds before anyone waits for it; a round's
-    # messages to a peer leave together, one message per link and round
+    # messages to a peer leave together, one message per link and round; at the end, the peers average their models
     "full": {"strategies": {"batching": {"kind": "weighted"},
                             "exchange": {"kind": "prioritized", "graph": "full", "staleness": FULL_STALENESS},
                             "knowledge": {"kind": "dkt"},
                             "gossip": {"kind": "sparse-push", "staleness": FULL_STALENESS, "every": FULL_GOSSIP_EVERY}},
              "topology": ONE_PEER_EXPONENTIAL, "rounds": {"local_steps": FULL_LOCAL_STEPS, "one_message": True,
-                                                         "min_step_batch": FULL_MIN_STEP_BATCH}},
+                                                         "min_step_batch": FULL_MIN_STEP_BATCH,
+                                                         "final_average": True}},
 }
 
 

@@ -28,7 +28,8 @@ from .wire import Message, Sparse
 
 HISTORY = 16
 # kinds whose "x" is the sender's whole parameters: each is judged against all of them (related kinds)
-PARAMETER_KINDS = frozenset({messages.GOSSIP, messages.MODEL, messages.AVERAGE_REQUEST, messages.AVERAGE_REPLY})
+PARAMETER_KINDS = frozenset({messages.GOSSIP, messages.MODEL, messages.AVERAGE_REQUEST, messages.AVERAGE_REPLY,
+                             messages.FINAL_MODEL})
 GUARDED = frozenset({messages.GRAD}) | PARAMETER_KINDS
 
 
