@@ -211,20 +211,19 @@ class Transport(abc.ABC):
             return
         received_at = self._wall()
         try:
-            bundle = wire.unbundle(frames, self.limits)
-            msgs = [wire.decode(part, self.limits, received_at) for part in (bundle.parts if bundle else [frames])]
+            received = wire.receive(frames, self.limits, received_at)
         except wire.WireError as e:
             self._drop(link, "?", "malformed", e.reason)
             return
+        msgs = received.messages
         if mismatch := next((m for m in msgs if m.sender != link), None):
             self._drop(link, mismatch.kind, "sender mismatch",
                        f"header sender {mismatch.sender} != connection's peer {link}")
             return
-        stamp = bundle or msgs[0]
         with self._stats_lock:
-            self._inbound[link].observe(sum(m.nbytes for m in msgs), stamp.sent_at, received_at)
-            if stamp.feedback_bps is not None:
-                self._outbound_bps[link] = stamp.feedback_bps
+            self._inbound[link].observe(sum(m.nbytes for m in msgs), received.sent_at, received_at)
+            if received.feedback_bps is not None:
+                self._outbound_bps[link] = received.feedback_bps
         for msg in msgs:
             self._file(link, msg)
 

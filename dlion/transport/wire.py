@@ -160,21 +160,29 @@ def encode_bundle(parts: Sequence[Sequence], sent_at: float = 0.0,
     return [header, *(frame for part in parts for frame in part)]
 
 
-class Bundle(NamedTuple):
-    """What a bundle header says: the frames of each message it carries, when it was sent, and the link feedback."""
+class Received(NamedTuple):
+    """What one multipart message brought: its messages (one, or a bundle's), and the time it was sent and the link
+    feedback it carried, which the receiver measures the link by."""
 
-    parts: list[Sequence]
+    messages: list[Message]
     sent_at: float
     feedback_bps: float | None
 
 
-def unbundle(frames: Sequence, limits: WireLimits) -> Bundle | None:
-    """The parts of a bundle (`encode_bundle`), or None if `frames` are one message; each part is then decoded, and
-    checked, on its own. Raises WireError on a malformed bundle header."""
-    _total(frames, limits)
+def receive(frames: Sequence, limits: WireLimits, received_at: float = 0.0) -> Received:
+    """Validate and decode one multipart message: a message (`encode`) or a bundle of them (`encode_bundle`), each
+    part decoded and checked on its own. The first header is unpacked once. Raises WireError on any problem."""
+    total = _total(frames, limits)
     h = _unpack_map(frames[0], limits)
     if "b" not in h:
-        return None
+        msg = _decode(frames, h, total, limits, received_at)
+        return Received([msg], msg.sent_at, msg.feedback_bps)
+    parts, sent_at, feedback = _bundle_parts(frames, h)
+    return Received([decode(part, limits, received_at) for part in parts], sent_at, feedback)
+
+
+def _bundle_parts(frames: Sequence, h: dict) -> tuple[list[Sequence], float, float | None]:
+    """A bundle's parts (the frames of each message), its send time and link feedback, from its unpacked header."""
     if h.keys() != _BUNDLE_FIELDS:
         raise WireError(f"bundle header fields: expected {sorted(_BUNDLE_FIELDS)}, got {sorted(map(repr, h))}")
     _check_version(h)
@@ -189,7 +197,7 @@ def unbundle(frames: Sequence, limits: WireLimits) -> Bundle | None:
     for count in counts:
         parts.append(frames[i:i + count])
         i += count
-    return Bundle(parts, sent_at, feedback)
+    return parts, sent_at, feedback
 
 
 def _total(frames: Sequence, limits: WireLimits) -> int:
@@ -229,14 +237,6 @@ def _wire_array(name: str, a: np.ndarray) -> np.ndarray:
     if a.dtype.name not in _WIRE_DTYPE:
         raise WireError(f"tensor {name!r}: dtype {a.dtype} not allowed")
     return np.asarray(a, dtype=_WIRE_DTYPE[a.dtype.name], order="C")  # keeps 0-d shapes, unlike ascontiguousarray
-
-
-def _unpack_header(frame, limits: WireLimits) -> dict:
-    header = _unpack_map(frame, limits)
-    missing, extra = _HEADER_FIELDS - header.keys(), header.keys() - _HEADER_FIELDS
-    if missing or extra:
-        raise WireError(f"header fields: missing {sorted(missing)}, unexpected {sorted(map(repr, extra))}")
-    return header
 
 
 def _unpack_map(frame, limits: WireLimits) -> dict:
@@ -285,9 +285,16 @@ def _array(frame, dtype: np.dtype, count: int, what: str) -> np.ndarray:
 
 
 def decode(frames: Sequence, limits: WireLimits, received_at: float = 0.0) -> Message:
-    """Validate and decode frames (bytes-like); raises WireError on any problem."""
+    """Validate and decode one message's frames (bytes-like); raises WireError on any problem."""
     total = _total(frames, limits)
-    h = _unpack_header(frames[0], limits)
+    return _decode(frames, _unpack_map(frames[0], limits), total, limits, received_at)
+
+
+def _decode(frames: Sequence, h: dict, total: int, limits: WireLimits, received_at: float) -> Message:
+    """The message of `frames`, whose first header `h` is unpacked already."""
+    missing, extra = _HEADER_FIELDS - h.keys(), h.keys() - _HEADER_FIELDS
+    if missing or extra:
+        raise WireError(f"header fields: missing {sorted(missing)}, unexpected {sorted(map(repr, extra))}")
     _check_version(h)
     if not isinstance(h["k"], str) or h["k"] not in KINDS:
         raise WireError(f"unknown kind {h['k']!r}")

@@ -194,16 +194,17 @@ def test_sparse_indices_travel_as_16_bit_gaps_where_they_fit(indices, encoding, 
 
 
 def test_a_bundle_carries_its_messages_and_its_own_send_time():
-    from dlion.transport.wire import encode_bundle, unbundle
+    from dlion.transport.wire import encode_bundle, receive
     grad = encode("grad", 1, 4, {"g": np.arange(5, dtype=np.float16)}, {"w": 8.0}, sent_at=1.0)
     figure = encode("eval", 1, 4, None, {"acc": 0.5}, sent_at=2.0)
     frames = encode_bundle([grad, figure], sent_at=1795000000.5, feedback_bps=1e7)
-    bundle = unbundle(frames, LIMITS)
-    assert (bundle.sent_at, bundle.feedback_bps) == (1795000000.5, 1e7)
-    got = [decode(part, LIMITS) for part in bundle.parts]
-    assert [(m.kind, m.round) for m in got] == [("grad", 4), ("eval", 4)]
+    received = receive(frames, LIMITS, received_at=1795000001.0)
+    assert (received.sent_at, received.feedback_bps) == (1795000000.5, 1e7)
+    got = received.messages
+    assert [(m.kind, m.round, m.received_at) for m in got] == [("grad", 4, 1795000001.0), ("eval", 4, 1795000001.0)]
     assert got[0].tensors["g"].tolist() == [0, 1, 2, 3, 4] and got[1].meta == {"acc": 0.5}
-    assert unbundle(grad, LIMITS) is None  # one message, not a bundle
+    alone = receive(grad, LIMITS)  # one message, not a bundle: stamped by its own header
+    assert [m.kind for m in alone.messages] == ["grad"] and alone.sent_at == 1.0
 
 
 BAD_BUNDLES = {
@@ -217,11 +218,11 @@ BAD_BUNDLES = {
 
 
 @pytest.mark.parametrize("name", BAD_BUNDLES)
-def test_unbundle_rejects(name):
-    from dlion.transport.wire import encode_bundle, unbundle
+def test_a_malformed_bundle_header_is_rejected(name):
+    from dlion.transport.wire import encode_bundle, receive
     change, match = BAD_BUNDLES[name]
     frames = encode_bundle([encode("eval", 1, 4, None, {"acc": 0.5}), encode("grad", 1, 4, None, {"w": 1.0})])
     header = msgpack.unpackb(frames[0])
     change(header)
     with pytest.raises(WireError, match=match):
-        unbundle([msgpack.packb(header), *frames[1:]], LIMITS)
+        receive([msgpack.packb(header), *frames[1:]], LIMITS)
