@@ -68,10 +68,14 @@ class Mailbox:
         """The highest round each sender was seen at: of a message filed, or refused as beyond the window (a peer
         that fell far behind learns so from what it cannot file)."""
         with self._cond:
-            newest = dict(self._beyond)
-            for (_, sender), round_ in self._newest.items():
-                newest[sender] = max(round_, newest.get(sender, round_))
-            return newest
+            return self._seen_rounds()
+
+    def _seen_rounds(self) -> dict[int, int]:
+        """`newest_rounds`, with the condition held."""
+        seen = dict(self._beyond)
+        for (_, sender), round_ in self._newest.items():
+            seen[sender] = max(round_, seen.get(sender, round_))
+        return seen
 
     def advance(self, round_: int) -> None:
         """Move the window to at least `round_`: a rejoining peer accepts the rounds the others are at."""
@@ -128,17 +132,26 @@ class Mailbox:
         self._cond.wait(timeout)
 
     def _pause(self, timeout: float, kind: str, senders: set[int]) -> None:
-        """`_wait`, but first send what the owner holds (the condition released meanwhile), and then return at once
-        for the waiter to check again: a peer never waits for others while its own round's messages, which they may
-        be waiting for, are still held."""
-        if self.outbox is not None and self.outbox.pending:
+        """`_wait`, but first send what the owner holds for peers that may be waiting for it (the condition released
+        meanwhile), and then return at once for the waiter to check again: a peer never waits for others while its own
+        round's messages, which they may be waiting for, are still held.
+
+        A peer last seen two or more rounds behind this one's round t is at round t - 1 at most, and whatever its
+        staleness bound, waits for rounds of ours up to t - 1, all sent: what is held for it stays held, to leave with
+        the rest of the round as one message. That is the peer waited for, typically."""
+        if self.outbox is not None and (due := self._maybe_waiting(self.outbox.destinations())):
             self._cond.release()
             try:
-                self.outbox.flush()
+                self.outbox.flush(due)
             finally:
                 self._cond.acquire()
             return
         self._wait(timeout, kind, senders)
+
+    def _maybe_waiting(self, peers: set[int]) -> set[int]:
+        """Of `peers`, those not seen two or more rounds behind this peer's round (never seen: maybe waiting)."""
+        seen = self._seen_rounds()
+        return {p for p in peers if seen.get(p, self._round) >= self._round - 1}
 
     def _wake(self, msg: Message | None = None) -> None:
         """Wake whoever waits for what this mailbox holds (the condition held): `msg` was filed, or (None) a sender

@@ -3,9 +3,9 @@
 A round's stages each send their own message (the gradient part, the gossip part, a replica slice, a report, an
 evaluation figure); each would cost the link a latency of its own. While the peer's loop holds its messages
 (`Transport.hold`), those of the kinds a round's stages send (`messages.BUNDLED`) wait here, per destination, and
-leave as one bundle (`wire.encode_bundle`) per link: at the end of the round, or as soon as the peer is about to
-wait for anyone (the mailbox flushes first: nobody may wait for a message this peer still holds). A bundle is
-stamped when it leaves, so the receiver measures the link by it, and never exceeds the largest message receivers
+leave as one bundle (`wire.encode_bundle`) per link: at the end of the round, or, for the links to peers that may be
+waiting for them, as soon as the peer is about to wait for anyone (the mailbox flushes those first: nobody may wait for
+a message this peer still holds; `Mailbox._pause` says which). A bundle is stamped when it leaves, so the receiver measures the link by it, and never exceeds the largest message receivers
 accept: more parts than fit go as a second bundle.
 """
 from __future__ import annotations
@@ -28,19 +28,23 @@ class Outbox:
         self._held: dict[int, list[tuple[Sequence, int]]] = {}
         self._lock = threading.Lock()
 
-    @property
-    def pending(self) -> bool:
-        """Whether any message is held (read without the lock: the holder's own thread is the one that asks)."""
-        return bool(self._held)
+    def destinations(self) -> set[int]:
+        """The peers messages are held for."""
+        with self._lock:
+            return set(self._held)
 
     def hold(self, dst: int, frames: Sequence, nbytes: int) -> None:
         with self._lock:
             self._held.setdefault(dst, []).append((frames, nbytes))
 
-    def flush(self) -> None:
-        """Send everything held: per destination, in the order held, as few bundles as the size limit allows."""
+    def flush(self, only: set[int] | None = None) -> None:
+        """Send everything held (for the destinations `only`, if given): per destination, in the order held, as few
+        bundles as the size limit allows."""
         with self._lock:
-            held, self._held = self._held, {}
+            if only is None:
+                held, self._held = self._held, {}
+            else:
+                held = {dst: self._held.pop(dst) for dst in list(self._held) if dst in only}
         for dst, messages in held.items():
             for parts in self._batches(messages):
                 self._send(dst, parts)

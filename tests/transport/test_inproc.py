@@ -209,6 +209,27 @@ def test_a_peer_about_to_wait_sends_what_it_holds_first(make):
     assert time.monotonic() - start < 2.0 and got[0][1] and got[1][0]  # nobody waited for the deadline
 
 
+def test_a_waiting_peer_keeps_holding_what_it_holds_for_a_peer_two_rounds_behind(make):
+    a, b, c = make(0), make(1), make(2)
+    b.send(0, "grad", 2, {"g": np.ones(4, np.float32)}, {"w": 1.0})  # b was last seen at round 2, c at round 5
+    c.send(0, "grad", 5, {"g": np.ones(4, np.float32)}, {"w": 1.0})
+    deadline = time.monotonic() + 2.0
+    while a.mailbox.newest_rounds() != {1: 2, 2: 5}:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    a.hold()
+    for dst in (1, 2):
+        a.send(dst, "grad", 5, {"g": np.ones(4, np.float32)}, {"w": 1.0})
+    a.mailbox.collect("grad", 5, [1], time.monotonic() + 0.3, staleness=2)  # waits for b's round 3: in vain
+    # c may be waiting for round 5 (it is there): it got a's message before a waited; b waits for rounds up to 4 - s
+    # of a's at most, all sent: its message stays held, to leave with the rest of the round
+    assert c.stats()[0].msgs_received == 1 and b.stats()[0].msgs_received == 0
+    a.send(1, "eval", 5, None, {"acc": 0.5})
+    a.end_round()
+    assert a.stats()[1].bundles_sent == 1 and b.stats()[0].msgs_received == 1
+    assert b.mailbox.latest("eval", 0).meta == {"acc": 0.5}
+
+
 def test_held_messages_beyond_the_size_limit_go_as_more_bundles_and_close_sends_them(make):
     a, b = make(0), make(1)
     a.hold()
