@@ -1,8 +1,9 @@
 """Progress reporting: a peer's `iter` events, each summing up the iterations since the one before.
 
 What an event holds: the batch and the whole allocation, the measured compute rate, per outgoing link the exchange's
-budget, the gossip's weight and entries sent, averages of loss, compute and wait times, traffic counters, CPU and
-memory. The loop hands over each iteration's results (`add`); every `log_every` iterations an event is written, and
+budget, the gossip's weight and entries sent, averages of loss, compute and wait times and of the round's training
+time (`round_s`: what is neither compute nor wait is the round's own work and the step clock's pacing), traffic
+counters, CPU and memory. The loop hands over each iteration's results (`add`); every `log_every` iterations an event is written, and
 each scheduled change the step clock applied is written as a `change` event with the iteration it came in.
 """
 from __future__ import annotations
@@ -31,13 +32,17 @@ class ProgressReport:
         self.default_cores = default_cores
         self.rows: list[tuple] = []
         self.samples = 0
+        self._elapsed = None  # training time at the previous iteration
 
     def add(self, iteration: int, batch: int, loss: float, compute_s: float, exchanged: ExchangeResult,
             mixed: GossipResult, elapsed: float, due: bool = False, steps: int = 1) -> None:
         """Record iteration `iteration` (counted from 1: a round of `steps` optimizer steps on batches of `batch`)
         and write the event when due (every `log_every` iterations, or when the caller says so)."""
         self.samples += batch * steps
-        self.rows.append((loss, compute_s, exchanged.wait_s + mixed.wait_s, exchanged.received, batch * steps))
+        round_s = np.nan if self._elapsed is None else elapsed - self._elapsed
+        self._elapsed = elapsed
+        self.rows.append((loss, compute_s, exchanged.wait_s + mixed.wait_s, exchanged.received, batch * steps,
+                          round_s))
         for change in self.clock.changes():
             self.log.emit("change", it=iteration, **change)
         if iteration % self.log_every and not due:
@@ -54,9 +59,11 @@ class ProgressReport:
 
     def _flush(self) -> dict:
         rows = np.array(self.rows, dtype=np.float64)
-        loss, compute_s, wait_s, received, batch = rows.mean(axis=0)
+        loss, compute_s, wait_s, received, batch = rows[:, :5].mean(axis=0)
+        round_s = np.nanmean(rows[:, 5]) if not np.isnan(rows[:, 5]).all() else None
         self.rows.clear()
         return {"loss": round(float(loss), 5), "compute_s": round(float(compute_s), 5),
                 "wait_s": round(float(wait_s), 5), "max_wait_s": round(float(rows[:, 2].max()), 5),
+                "round_s": None if round_s is None else round(float(round_s), 5),
                 "received": round(float(received), 2),
                 "compute_sps": round(float(batch / max(compute_s, 1e-9)), 1)}
