@@ -164,6 +164,9 @@ def main(argv=None) -> int:
             except launch.LaunchError as exc:
                 print(f"dlion: {exc}", file=sys.stderr)
                 return EXIT_CONFIG
+            except launch.ForkServerError as exc:  # the peers could not be started: nothing of the run is left
+                print(f"dlion: {exc}", file=sys.stderr)
+                return 1
             print(json.dumps({k: v for k, v in summary.items() if k != "peers"}))
             return 0 if summary["peers_finished"] == len(cfg.peers) else 1
         if cfg.security.mode == "none":

@@ -18,6 +18,7 @@ import ctypes
 import importlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from pathlib import Path
 PRELOAD = ("dlion.cli", "dlion.wiring", "dlion.trainer", "dlion.emulate.fallback", "dlion.emulate.real")
 NETNS_DIR = Path("/var/run/netns")  # where `ip netns add` keeps a named namespace
 REPARENT_TIMEOUT_S = 10.0
+READY_TIMEOUT_S = 180.0  # for the server's imports (a loaded machine)
+FORK_TIMEOUT_S = 30.0  # for a fork's answer
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _CLONE_NEWNET = 0x40000000
@@ -104,14 +107,21 @@ class ForkServer:
         """Fork `dlion <args>` with `env` added to its environment, its output appended to `console`, inside the
         named network namespace if given."""
         if not self._ready:
-            self._reply()  # the server says it has imported everything
+            self._reply(READY_TIMEOUT_S)  # the server says it has imported everything
             self._ready = True
         request = {"args": args, "env": env, "console": str(console), "netns": netns, "parent": os.getpid()}
-        self._proc.stdin.write(json.dumps(request) + "\n")
-        self._proc.stdin.flush()
-        return ForkedProcess(self._reply()["pid"], ["dlion", *args])
+        try:
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            raise ForkServerError(f"the fork server exited with {self._proc.wait()}; see {self.log_path}") from None
+        return ForkedProcess(self._reply(FORK_TIMEOUT_S)["pid"], ["dlion", *args])
 
-    def _reply(self) -> dict:
+    def _reply(self, timeout_s: float) -> dict:
+        """The server's next answer line (it writes one per request, so none waits in the reader's buffer)."""
+        if not select.select([self._proc.stdout], [], [], timeout_s)[0]:
+            self._proc.kill()
+            raise ForkServerError(f"the fork server did not answer within {timeout_s:g} s; see {self.log_path}")
         line = self._proc.stdout.readline()
         if not line:
             raise ForkServerError(f"the fork server exited with {self._proc.wait()}; see {self.log_path}")
@@ -122,12 +132,10 @@ class ForkServer:
 
     def close(self, timeout_s: float = 5.0) -> None:
         """End the server (its peers run on)."""
-        with_stdin = self._proc.stdin
-        if not with_stdin.closed:
-            try:
-                with_stdin.close()
-            except BrokenPipeError:
-                pass
+        try:
+            self._proc.stdin.close()  # the server's loop ends
+        except BrokenPipeError:
+            pass
         try:
             self._proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -201,9 +209,9 @@ def become_peer(request: dict) -> int:
     die_with_parent()
     if os.getppid() != request["parent"]:
         return 1  # it died in between
+    _take_console(request["console"])  # first: what goes wrong from here on is written there
     if request["netns"]:
         _enter_namespace(NETNS_DIR / request["netns"])
-    _take_console(request["console"])
     os.environ.update(request["env"])
     sys.argv = ["dlion", *request["args"]]
     from dlion import cli

@@ -3,9 +3,9 @@
 The launcher never trains: it writes the resolved config next to the results, starts `python -m dlion peer` once per
 peer (the same command a container or another host runs), tails the peers' JSONL files for a progress line, and at the
 end writes `summary.json`. `dlion run` forks its peers from one process that has imported TensorFlow already
-(`dlion.forkserver`), so that their start-up skips the import. Peers stop themselves at the run's stop condition; the launcher only enforces a hard time
-limit and Ctrl-C (SIGTERM counts as Ctrl-C: both stop the peers and take the emulation down). Each child gets SIGTERM
-if the launcher dies (PR_SET_PDEATHSIG), so no peer outlives it.
+(`dlion.forkserver`), so that their start-up skips the import. Peers stop themselves at the run's stop condition; the
+launcher only enforces a hard time limit and Ctrl-C (SIGTERM counts as Ctrl-C: both stop the peers and take the
+emulation down). Each child gets SIGTERM if the launcher dies (PR_SET_PDEATHSIG), so no peer outlives it.
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Progress reporting: a peer's `iter` events, each summing up the iterations since the one before.
 
 What an event holds: the batch and the whole allocation, the measured compute rate, per outgoing link the exchange's
-budget, the gossip's weight and entries sent, averages of loss, compute and wait times and of the round's training
-time (`round_s`: what is neither compute nor wait is the round's own work and the step clock's pacing), traffic
-counters, CPU and memory. The loop hands over each iteration's results (`add`); every `log_every` iterations an event is written, and
-each scheduled change the step clock applied is written as a `change` event with the iteration it came in.
+budget, the gossip's weight and entries sent, averages of loss, compute and wait times and of a round's length
+(`round_s`, on the clock `samples_per_s` divides by: evaluation pauses included), traffic counters, CPU and memory.
+The loop hands over each iteration's results (`add`); every `log_every` iterations an event is written, and each
+scheduled change the step clock applied is written as a `change` event with the iteration it came in.
 """
 from __future__ import annotations
 

@@ -55,23 +55,27 @@ def test_a_departed_peer_is_not_waited_for_and_a_silent_one_only_until_the_timeo
     np.testing.assert_allclose(models[0].x, 1.0)
 
 
-def test_a_hostile_weight_counts_at_most_as_the_whole_system_and_a_wrong_shape_is_dropped(inproc):
+def peer_0_averages(inproc, sent):
+    """Peer 0's final average (model 1.0, weight 1) of what peers 1 and 2 send it: {sender: (x, w)}."""
     transports = inproc(PEERS)
-    models = {0: Model(1.0), 1: Model(1.0), 2: Model(1.0)}
-    transports[1].send(0, messages.FINAL_MODEL, 3, {"x": np.full(1000, 1.5, np.float32)}, {"w": 1e30})
-    transports[2].send(0, messages.FINAL_MODEL, 3, {"x": np.full(10, 1.0, np.float32)}, {"w": 1.0})
+    models = {p: Model(1.0) for p in PEERS}
+    for sender, (x, w) in sent.items():
+        transports[sender].send(0, messages.FINAL_MODEL, 3, {"x": x}, {"w": w})
     event = averages(transports, models, timeout_s=1.0)[0].run(3, 1.0)
+    return event, models[0].x, transports[0].rejections().get(messages.FINAL_MODEL, {})
+
+
+def test_a_hostile_weight_counts_at_most_as_the_whole_system_and_a_wrong_shape_is_dropped(inproc):
+    event, x, rejected = peer_0_averages(inproc, {1: (np.full(1000, 1.5, np.float32), 1e30),
+                                                 2: (np.full(10, 1.0, np.float32), 1.0)})
     assert event["peers"] == [1]
-    np.testing.assert_allclose(models[0].x, (1.0 + 3 * 1.5) / 4)  # weight 1e30 counted as 3
-    assert transports[0].rejections()[messages.FINAL_MODEL]["shape"] == 1
+    np.testing.assert_allclose(x, (1.0 + 3 * 1.5) / 4)  # weight 1e30 counted as 3
+    assert rejected["shape"] == 1
 
 
 def test_a_model_far_larger_than_the_peers_own_is_rejected_by_the_norm_guard(inproc):
-    transports = inproc(PEERS)
-    models = {0: Model(1.0), 1: Model(1.0), 2: Model(1.0)}
-    transports[1].send(0, messages.FINAL_MODEL, 3, {"x": np.full(1000, 1e4, np.float32)}, {"w": 1.0})
-    transports[2].send(0, messages.FINAL_MODEL, 3, {"x": np.full(1000, 2.0, np.float32)}, {"w": 1.0})
-    event = averages(transports, models, timeout_s=1.0)[0].run(3, 1.0)
+    event, x, rejected = peer_0_averages(inproc, {1: (np.full(1000, 1e4, np.float32), 1.0),
+                                                 2: (np.full(1000, 2.0, np.float32), 1.0)})
     assert event["peers"] == [2]
-    np.testing.assert_allclose(models[0].x, 1.5)
-    assert sum(transports[0].rejections()[messages.FINAL_MODEL].values()) == 1
+    np.testing.assert_allclose(x, 1.5)
+    assert sum(rejected.values()) == 1

@@ -5,8 +5,9 @@ evaluation figure); each would cost the link a latency of its own. While the pee
 (`Transport.hold`), those of the kinds a round's stages send (`messages.BUNDLED`) wait here, per destination, and
 leave as one bundle (`wire.encode_bundle`) per link: at the end of the round, or, for the links to peers that may be
 waiting for them, as soon as the peer is about to wait for anyone (the mailbox flushes those first: nobody may wait for
-a message this peer still holds; `Mailbox._pause` says which). A bundle is stamped when it leaves, so the receiver measures the link by it, and never exceeds the largest message receivers
-accept: more parts than fit go as a second bundle.
+a message this peer still holds; `Mailbox._pause` says which). A bundle is stamped when it leaves, so the receiver
+measures the link by it, and never exceeds the largest message receivers accept: more parts than fit go as a second
+bundle.
 """
 from __future__ import annotations
 
