@@ -250,6 +250,10 @@ class Rounds:
                                              "part, replica slice, reports, figures) leave together at the round's "
                                              "end, or when the peer waits, one message per link; for overlapped "
                                              "rounds (in lockstep a peer's gradient would wait for its round's end)")
+    drift_correction: bool = option(False, expect="true or false: with local steps, each step also moves the "
+                                                  "parameters by its share of the last round's combined change minus "
+                                                  "the peer's own (SCAFFOLD's correction, for data spread unevenly; "
+                                                  "dlion/rounds.py)")
     final_average: bool = option(False, expect="true or false: once training is over, every peer sends its model to "
                                                "every other (float16 where it fits) and each ends with their "
                                                "average, weighted by push-sum weight (dlion/consensus.py)")

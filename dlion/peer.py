@@ -38,7 +38,8 @@ class Peer:
         self.transport = ctx.transport
         rounds = cfg.rounds
         self.work = RoundWork(trainer, self._gradients, rounds.local_steps,
-                              OuterStep(rounds.outer_learning_rate, rounds.outer_momentum), rounds.min_step_batch)
+                              OuterStep(rounds.outer_learning_rate, rounds.outer_momentum), rounds.min_step_batch,
+                              rounds.drift_correction)
         alone = control.lag is None  # trains alone: nobody's state to take, nobody to keep its replicas
         apart = control.lag == 0 and cfg.strategies.gossip.kind == "none"  # models that never mix again
         self.replicas = Replicas(cfg.replicas, ctx, trainer, on=not alone)

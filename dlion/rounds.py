@@ -9,6 +9,15 @@ messages, parameter copies) are then paid once per H steps; on a peer with a fra
 small batch's gradient. A peer whose share of the global batch is below `min_step_batch` takes fewer, larger local
 steps for about the same samples per round (a step has a fixed cost too). The exchange and gossip strategies do
 not change: they see one flat vector per round.
+
+Drift correction (`rounds.drift_correction`, SCAFFOLD's control variates on changes of parameters): on data spread
+unevenly, a peer's local steps drift towards its own classes, and the average of the peers' drifting changes is a
+poor step. With the correction, each local step also moves the parameters by 1/steps of the last round's
+difference between the combined change and the peer's own uncorrected change: over a round, the local path follows
+the peers' common direction instead of its own data's. The corrections of all peers sum to zero where the last
+combination was their weighted mean, so the combination itself is not biased by them (Karimireddy et al. 2020,
+"SCAFFOLD", option II, with changes of parameters in place of gradients times the learning rate, which also holds for
+an adaptive optimizer's steps).
 """
 from __future__ import annotations
 
@@ -44,26 +53,37 @@ class RoundWork:
     num_params; `gradients(batch)` -> (loss, flat gradient, compute seconds) of this peer's next batch."""
 
     def __init__(self, trainer, gradients: Callable, local_steps: int = 1, outer: OuterStep | None = None,
-                 min_step_batch: int = 1):
+                 min_step_batch: int = 1, drift_correction: bool = False):
         self.trainer, self.gradients, self.local_steps = trainer, gradients, local_steps
         self.min_step_batch = min_step_batch
         self.outer = outer or OuterStep()
+        self.drift_correction = drift_correction and local_steps > 1
         self._start: np.ndarray | None = None  # trainable parameters where the current round started
         self._end: np.ndarray | None = None  # all model variables after its local steps
+        self._own: np.ndarray | None = None  # this round's change without the correction
+        self.correction: np.ndarray | None = None  # to add to a round's change over its local steps
 
     def compute(self, batch: int) -> tuple[float, np.ndarray, float]:
         if self.local_steps == 1:
             return self.gradients(batch)
         n = self.trainer.num_params
         self._start = self.trainer.get_params()[:n]
+        steps = self.steps(batch)
+        per_step = None if self.correction is None else self.correction / np.float32(len(steps))
         losses, compute_s = [], 0.0
-        for step_batch in self.steps(batch):
+        for step_batch in steps:
             loss, grads, seconds = self.gradients(step_batch)
             self.trainer.apply(grads)
+            if per_step is not None:
+                state = self.trainer.get_params()
+                state[:n] -= per_step
+                self.trainer.set_params(state)
             losses.append(loss)
             compute_s += seconds
         self._end = self.trainer.get_params()
         change = self._start - self._end[:n]
+        if self.drift_correction:
+            self._own = change if self.correction is None else change - self.correction
         return float(np.mean(losses)), change, compute_s
 
     def steps(self, batch: int) -> list[int]:
@@ -82,3 +102,5 @@ class RoundWork:
         state = self._end  # the non-trainable variables (BatchNorm statistics) stay as the local steps left them
         state[:self.trainer.num_params] = self._start - self.outer(combined)
         self.trainer.set_params(state)
+        if self.drift_correction:
+            self.correction = combined - self._own

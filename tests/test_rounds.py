@@ -104,3 +104,47 @@ def test_a_small_share_takes_fewer_larger_local_steps_for_as_many_samples():
     assert RoundWork(trainer, trainer.gradients, local_steps=2, min_step_batch=8).steps(1) == [2]
     work.compute(2)
     assert len(trainer.applied) == 4
+
+
+def _two_peers_on_their_own_halves(drift_correction: bool, rounds: int = 300):
+    """Peers a and b, each with its own half of the data, averaging their changes every round of 8 local steps;
+    returns their parameters, their RoundWorks and the least-squares solution of all the data."""
+    a, b = LinearTrainer(seed=2, lr=0.05), LinearTrainer(seed=2, lr=0.05)
+    x, y = a.x, a.y
+    a.x, a.y, b.x, b.y = x[:16], y[:16] + 2.0, x[16:], y[16:] - 2.0  # unevenly spread: their optima lie apart
+    works = [RoundWork(t, t.gradients, 8, drift_correction=drift_correction) for t in (a, b)]
+    for _ in range(rounds):
+        changes = [work.compute(16)[1] for work in works]
+        mean = (changes[0] + changes[1]) / 2
+        for work in works:
+            work.apply(mean)
+    best = np.linalg.lstsq(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y]), rcond=None)[0]
+    return a.get_params()[:5], b.get_params()[:5], works, best
+
+
+def test_drift_correction_takes_local_sgd_to_the_optimum_of_all_the_data():
+    """Plain local SGD on unevenly spread data stops short of the optimum of all the data (each peer's local steps
+    drift towards its own); with the correction the peers' paths follow the common direction and get there."""
+    a, b, works, best = _two_peers_on_their_own_halves(drift_correction=True)
+    assert np.allclose(a, b) and np.linalg.norm(a - best) < 1e-3
+    np.testing.assert_allclose(works[0].correction, -works[1].correction, atol=1e-6)  # they sum to zero
+    plain, _, _, _ = _two_peers_on_their_own_halves(drift_correction=False)
+    assert np.linalg.norm(plain - best) > 100 * np.linalg.norm(a - best)
+
+
+def test_drift_correction_moves_each_local_step_by_its_share_of_the_last_rounds_difference():
+    trainer = LinearTrainer()
+    work = RoundWork(trainer, trainer.gradients, local_steps=4, drift_correction=True)
+    _, own, _ = work.compute(8)
+    assert work.correction is None  # nothing to correct by in the first round
+    work.apply(own + 1.0)  # the others' changes pulled the combination 1.0 away from this peer's own
+    np.testing.assert_allclose(work.correction, 1.0)
+    start = trainer.get_params()
+    _, change, _ = work.compute(8)
+    assert len(trainer.applied) == 8  # still one optimizer step per local step
+    plain = LinearTrainer()
+    plain.state = start.copy()
+    for _ in range(4):
+        plain.apply(plain.gradients(8)[1])
+        plain.state[:5] -= 0.25  # a quarter of the correction after each step
+    np.testing.assert_allclose(change, start[:5] - plain.state[:5], rtol=1e-5)
