@@ -159,12 +159,13 @@ def main(argv=None) -> int:
             return _simulate(args, cfg, out_dir)
         if args.command == "run":
             from dlion import launch
+            from dlion.forkserver import ForkServerError
             try:
                 summary = launch.run(cfg, out_dir, resume=bool(args.resume), overwrite=args.overwrite)
             except launch.LaunchError as exc:
                 print(f"dlion: {exc}", file=sys.stderr)
                 return EXIT_CONFIG
-            except launch.ForkServerError as exc:  # the peers could not be started: nothing of the run is left
+            except ForkServerError as exc:  # the peers could not be started: nothing of the run is left
                 print(f"dlion: {exc}", file=sys.stderr)
                 return 1
             print(json.dumps({k: v for k, v in summary.items() if k != "peers"}))
