@@ -52,5 +52,6 @@ class FinalAverage:
             total += w
             used.append(p)
             received += msg.nbytes
-        self.ctx.model.set((mass / total).astype(own.dtype))
+        if total > 0:  # (a drained peer alone has nothing to average)
+            self.ctx.model.set((mass / total).astype(own.dtype))
         return {"peers": used, "wait_s": round(wait_s, 3), "bytes_received": received}
