@@ -32,7 +32,7 @@ class ProgressReport:
         self.default_cores = default_cores
         self.rows: list[tuple] = []
         self.samples = 0
-        self._elapsed = None  # training time at the previous iteration
+        self._elapsed = None  # the run's clock (`elapsed`, evaluation included) at the previous iteration
 
     def add(self, iteration: int, batch: int, loss: float, compute_s: float, exchanged: ExchangeResult,
             mixed: GossipResult, elapsed: float, due: bool = False, steps: int = 1) -> None:
