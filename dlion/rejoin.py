@@ -31,6 +31,8 @@ import math
 import time
 
 from dlion import messages
+from dlion.compression import rounded
+from dlion.transport.wire import BFLOAT16
 
 WAIT_S = 10.0           # how long a rejoining peer waits for the state it asked for
 LEAD = 2                # it enters at least this many rounds past the newest it knows of: rounds the others start
@@ -267,14 +269,18 @@ class Rejoin:
         round, once we have reached that round (a request for a round still ahead is for the state we start it with);
         once per round asked for: the repeats of a request are for a lost request, and answering each of them would
         queue whole models behind each other on a slow link (the state is left empty if it is larger than a message
-        may be)."""
+        may be). The state goes in half the bytes, a slow link's seconds in a restarted peer's way: the optimizer's
+        moments in bfloat16 (float32's range, a relative rounding of 2^-9: statistics that need no more, and second
+        moments too small for float16), the parameters in float16 where they fit, except where the peers must go on
+        from the same parameters (`resync`)."""
         for p in self.ctx.others:  # a peer asking is not waited for (departed) until it takes part in rounds again
             msg = self.transport.mailbox.latest(messages.REJOIN, p)
             if msg is not None and self._answered.get(p) != msg.round and msg.round <= iteration:
                 self._answered[p] = msg.round
-                state, meta = self.trainer.optimizer_vector(), {"at": iteration, "train_s": self.elapsed()}
+                state, meta = self.trainer.optimizer_vector().astype(BFLOAT16), {"at": iteration, "train_s": self.elapsed()}
                 try:
                     self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": state}, meta)
                 except ValueError:
                     self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": state[:0]}, meta)
-                self.transport.send(p, messages.MODEL, msg.round, {"x": self.trainer.get_params()})
+                self.transport.send(p, messages.MODEL, msg.round,
+                                    {"x": rounded(self.trainer.get_params(), half=not self.resync)})

@@ -9,17 +9,19 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
 
+import ml_dtypes
 import msgpack
 import numpy as np
 
 from dlion.messages import KINDS
 
 VERSION = 3  # 2: sent_at and link feedback in the header; 3: sparse indices may travel as 16-bit gaps
-DTYPES = ("float32", "float16", "float64", "int32", "int64", "uint32", "uint8")
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)  # float32's range in half its bytes: for values too small for float16
+DTYPES = ("float32", "float16", "float64", "int32", "int64", "uint32", "uint8", "bfloat16")
 INDEX_DTYPE = "uint32"
 GAP_ENCODING = "gap16"  # sorted indices whose first entry and every step fit 16 bits: 2 bytes per index, not 4
 # Little-endian on the wire whatever the host order, so mixed machines agree.
-_WIRE_DTYPE = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
+_WIRE_DTYPE = {name: (BFLOAT16 if name == "bfloat16" else np.dtype(name)).newbyteorder("<") for name in DTYPES}
 _META_TYPES = (bool, int, float, str, type(None))
 
 # A header is small: a few keys, short strings, at most _MAX_ITEMS tensors. These bound the unpacker.
@@ -90,7 +92,8 @@ def _nbytes(frame) -> int:
 
 def _raw(a: np.ndarray) -> memoryview:
     """The array's bytes without a copy (the caller already made it contiguous)."""
-    return memoryview(a.reshape(-1)).cast("B")
+    flat = a.reshape(-1)
+    return memoryview(flat.view(np.uint16) if flat.dtype == BFLOAT16 else flat).cast("B")  # no buffer format
 
 
 def _check_meta(meta, max_entries: int | None) -> dict:
@@ -278,10 +281,13 @@ def _parse_spec(spec) -> tuple[str, np.dtype, tuple[int, ...], int | None, str |
 
 
 def _array(frame, dtype: np.dtype, count: int, what: str) -> np.ndarray:
+    """The frame's `count` values; bfloat16 is only a wire encoding: it arrives as float32, which every check of
+    floats (finite entries, dtypes a strategy accepts) knows."""
     expected = count * dtype.itemsize
     if _nbytes(frame) != expected:
         raise WireError(f"{what}: frame has {_nbytes(frame)} bytes, header implies {expected}")
-    return np.frombuffer(frame, dtype=dtype)
+    values = np.frombuffer(frame, dtype=dtype)
+    return values.astype(np.float32) if dtype == BFLOAT16 else values
 
 
 def decode(frames: Sequence, limits: WireLimits, received_at: float = 0.0) -> Message:

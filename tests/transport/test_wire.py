@@ -3,7 +3,9 @@ import msgpack
 import numpy as np
 import pytest
 
+from dlion import messages
 from dlion.transport import KINDS, Sparse, WireError, WireLimits, decode, encode
+from dlion.transport.wire import BFLOAT16
 
 LIMITS = WireLimits(known_senders=frozenset({0, 1, 2}), max_message_bytes=1 << 17)
 
@@ -37,6 +39,28 @@ def test_dense_roundtrip(dtype, shape):
     assert msg.tensors["w"].dtype == a.dtype and msg.tensors["w"].shape == shape
     np.testing.assert_array_equal(msg.tensors["w"], a)
     assert msg.nbytes == sum(len(bytes(f)) for f in frames)
+
+
+def test_bfloat16_travels_in_two_bytes_a_value_and_arrives_as_float32_with_float32s_range():
+    a = np.array([1e-30, 3e-9, -2.5, 1.0 / 3.0, 3e38], np.float32)
+    frames = encode("optimizer", 1, 4, {"o": a.astype(BFLOAT16), "s": Sparse(np.array([1, 3], np.uint32),
+                                                                         a[[1, 3]].astype(BFLOAT16), 5)},
+                    {"at": 4, "train_s": 1.0})
+    assert len(bytes(frames[1])) == 2 * a.size
+    msg = decode([bytes(f) for f in frames], LIMITS)
+    got = msg.tensors["o"]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, a, rtol=2.0 ** -8)  # round to nearest: half of bfloat16's 2^-7 spacing
+    assert got[0] != 0.0 and np.isfinite(got).all()  # float16 would lose the first two and overflow the last
+    assert msg.tensors["s"].values.dtype == np.float32
+    np.testing.assert_allclose(msg.tensors["s"].values, a[[1, 3]], rtol=2.0 ** -8)
+
+
+def test_a_non_finite_bfloat16_tensor_is_seen_as_non_finite():
+    frames = encode("optimizer", 1, 4, {"o": np.array([1.0, np.inf], np.float32).astype(BFLOAT16)},
+                    {"at": 4, "train_s": 1.0})
+    msg = decode([bytes(f) for f in frames], LIMITS)
+    assert messages.problem(msg.kind, msg.meta, msg.tensors).reason == "non-finite"
 
 
 def test_sparse_roundtrip_and_mixed_tensors():
