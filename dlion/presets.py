@@ -22,6 +22,10 @@ FULL_MIN_STEP_BATCH = 32  # a slow peer's small share goes in fewer steps of 32:
 FULL_STALENESS = 2  # rounds of 32 steps a neighbour may lag: with 8, slow peers' models drifted (worst peer 0.75)
 LOCAL_SGD_ROUNDS = {"local_steps": 32, "outer_learning_rate": 0.7, "outer_momentum": 0.9}  # DiLoCo's outer step
 FULL_GOSSIP_EVERY = 1  # every 4 rounds gave more rounds per second but needed more rounds (docs/benchmarks.md)
+# share of the model per gossip message: a round of 32 local steps moves the model as far as 32 single steps, and at
+# Sparse-Push's 1% an entry's public copy lags a whole run, so mixing pulled every model back towards old values;
+# 10% was faster to the target than 1% and 5% on hetero-4, wan-8 and the skewed scenario (docs/benchmarks.md)
+FULL_GOSSIP_FRACTION = 0.1
 
 PRESETS: dict[str, dict] = {
     # the reference without collaboration: each peer trains alone on its own data, nothing sent but evaluations
@@ -61,7 +65,8 @@ PRESETS: dict[str, dict] = {
     "full": {"strategies": {"batching": {"kind": "weighted"},
                             "exchange": {"kind": "prioritized", "graph": "full", "staleness": FULL_STALENESS},
                             "knowledge": {"kind": "dkt"},
-                            "gossip": {"kind": "sparse-push", "staleness": FULL_STALENESS, "every": FULL_GOSSIP_EVERY}},
+                            "gossip": {"kind": "sparse-push", "staleness": FULL_STALENESS, "every": FULL_GOSSIP_EVERY,
+                                       "fraction": FULL_GOSSIP_FRACTION}},
              "topology": ONE_PEER_EXPONENTIAL, "rounds": {"local_steps": FULL_LOCAL_STEPS, "one_message": True,
                                                          "min_step_batch": FULL_MIN_STEP_BATCH,
                                                          "final_average": True}},
