@@ -103,6 +103,23 @@ def test_sparse_push_conserves_numerator_mass_with_its_debts(inproc):
     np.testing.assert_allclose(sum(g.x for g in gossips.values()) + debts, total, atol=1e-9)
 
 
+@pytest.mark.parametrize("fraction,dtype", [(0.25, "float16"), (0.5, "float32")], ids=["sparse link", "dense link"])
+def test_a_links_first_dense_message_is_float16_where_sparse_ones_follow_and_the_copies_agree(inproc, fraction, dtype):
+    ids = [0, 1]
+    transports, gossips = network(inproc, ids, TopologySpec("full"), SparsePush, gamma=0.5, fraction=fraction,
+                                  refresh_every=None)
+    starts = start_vectors(ids, 2)
+    in_threads(lambda p: gossips[p].step(0, starts[p]), ids)
+    first = transports[1].mailbox.latest(KIND, 0).tensors["x"]
+    assert not isinstance(first, Sparse) and first.dtype.name == dtype
+    np.testing.assert_array_equal(gossips[1]._in[0].copy, gossips[0]._out[1].copy)  # both ends hold the same copy
+    debts = sum(link.debt for g in gossips.values() for link in g._out.values())
+    if dtype == "float16":  # the rounding is owed, not lost
+        assert np.abs(debts).max() > 0
+    total = sum(v.astype(np.float64) for v in starts.values())
+    np.testing.assert_allclose(sum(g.x for g in gossips.values()) + debts, total, atol=1e-9)
+
+
 def test_sparse_updates_go_in_half_precision_while_the_models_move_and_in_full_once_they_agree(inproc):
     ids = [0, 1, 2, 3]
     transports, gossips = network(inproc, ids, TopologySpec("one-peer-exponential"), SparsePush, **SPARSE)
@@ -129,7 +146,7 @@ def test_the_weight_travels_even_when_the_sparse_part_is_empty(inproc):
     ids = [0, 1, 2]
     spec = TopologySpec("edges", edges=((0, 1), (0, 2), (1, 0), (2, 0)))  # irregular: the weights move
     transports, gossips = network(inproc, ids, spec, SparsePush, gamma=0.5, fraction=0.1, refresh_every=None)
-    same = np.linspace(-1, 1, DIM).astype(np.float32)
+    same = np.linspace(-1, 1, DIM).astype(np.float16).astype(np.float32)  # exact in the first, float16, message
     results = gossip_only(gossips, {p: same for p in ids}, 6)
     weights, topology = {p: 1.0 for p in ids}, Topology(spec, ids)
     for r in range(6):

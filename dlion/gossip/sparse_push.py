@@ -23,8 +23,10 @@ out-neighbour j, with the weight dw = gamma * w / (|out| + 1) the engine pushes:
 - Weight. The running weight sum goes in meta with every message, also when no entry differs and the sparse part is
   empty: the weight must mix every round for x / w to stay unbiased, and its share of dw * v is paid now.
 - The first message of a link, and every `refresh_every`-th one, carries the whole model densely (resetting both
-  copies), so copies start from the truth rather than from zero, which would drag receivers' z towards zero. When
-  2k >= n the model always goes densely (as `exchange.prioritized` does), with any debt as a dense "owed".
+  copies), so copies start from the truth rather than from zero, which would drag receivers' z towards zero; with
+  `half_precision` in float16 where it fits (half the bytes of a link's most expensive message), what rounding
+  leaves going into the debt like any copy's lag, repaid by the sparse messages' "owed". When 2k >= n the model
+  always goes densely (as `exchange.prioritized` does), in float32, with any debt as a dense "owed".
 
 Why a debt instead of the textbook consensus step x <- x + gamma (sum of mixing-weighted public copies - x_hat):
 there the sender takes its own public copy out of x rather than its model, which keeps the copy's error in its own
@@ -54,7 +56,7 @@ from typing import Optional
 
 import numpy as np
 
-from dlion.compression import fits_half, half_when_coarse, top_k_indices
+from dlion.compression import fits_half, half_when_coarse, rounded, top_k_indices
 from dlion.gossip.pushsum import PushSum, _Link
 from dlion.schema import option, positive
 from dlion.stages import StageContext
@@ -78,8 +80,8 @@ class SparsePush(PushSum):
                                               expect="a positive integer (messages of a link between dense refreshes "
                                                      "of its public copy), or null for never after the first")
         half_precision: bool = option(True, expect="true or false: send a sparse update's values and owed mass as "
-                                                   "float16 (6 bytes per entry with the index instead of 10; copies "
-                                                   "and debts stay exact)")
+                                                   "float16 (6 bytes per entry with the index instead of 10), and a "
+                                                   "sparse link's dense refreshes too (copies and debts stay exact)")
 
     def __init__(self, params: Params, ctx: StageContext):
         super().__init__(params, ctx)
@@ -90,12 +92,15 @@ class SparsePush(PushSum):
         k = math.ceil(self.params.fraction * n)
         every = self.params.refresh_every
         if link.copy is None or 2 * k >= n or (every is not None and (link.seq - 1) % every == 0):
-            tensors = {"x": z32}
+            # float16 only where later messages are sparse: their owed entries repay what rounding left, where an
+            # always-dense link would have to send it as a dense float32 "owed" every round
+            sent = rounded(z32, self.params.half_precision and 2 * k < n)
+            tensors = {"x": sent}
             if np.any(link.debt):
                 owed = np.asarray(link.debt, np.float32)
                 tensors["owed"] = owed
                 link.debt = link.debt - owed
-            link.copy = z32.copy()  # the message may alias z32 until it leaves; the copy changes later
+            link.copy = sent.astype(np.float32)  # exactly the receiver's copy; what rounding left is owed below
         else:
             pending = link.debt + dw * z32 - dw * link.copy
             score = np.abs(pending)
@@ -123,7 +128,9 @@ class SparsePush(PushSum):
             if owed is not None and not (isinstance(owed, np.ndarray) and owed.shape == self.x.shape
                                          and owed.dtype == np.float32):
                 return "shape", f"expected 'owed' as float32 of {self.x.size} entries with a dense 'x'"
-            return super()._tensor_problem(msg, link)
+            if not (isinstance(x, np.ndarray) and x.shape == self.x.shape and x.dtype in SPARSE_DTYPES):
+                return "shape", f"expected a dense float16/32 'x' of {self.x.size} entries"
+            return None
         if (x.size != self.x.size or x.values.dtype not in SPARSE_DTYPES
                 or not bool((x.indices[1:] > x.indices[:-1]).all())):
             return "shape", f"expected a float16/32 sparse 'x' of size {self.x.size} with strictly increasing indices"
