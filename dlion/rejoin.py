@@ -277,7 +277,8 @@ class Rejoin:
             msg = self.transport.mailbox.latest(messages.REJOIN, p)
             if msg is not None and self._answered.get(p) != msg.round and msg.round <= iteration:
                 self._answered[p] = msg.round
-                state, meta = self.trainer.optimizer_vector().astype(BFLOAT16), {"at": iteration, "train_s": self.elapsed()}
+                state = self.trainer.optimizer_vector().astype(BFLOAT16)
+                meta = {"at": iteration, "train_s": self.elapsed()}
                 try:
                     self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": state}, meta)
                 except ValueError:
