@@ -111,6 +111,7 @@ class PushSum(Strategy):
     """Dense push-sum (SGP): each round, split x and w equally among self and the round's out-neighbours."""
 
     gamma = 1.0  # share of the push-sum mixing applied each round: dense push-sum moves all of it
+    DENSE_DTYPES: tuple = (np.float32,)  # what a dense model ("x") may arrive as
 
     @dataclass(frozen=True)
     class Params:
@@ -294,8 +295,9 @@ class PushSum(Strategy):
 
     def _tensor_problem(self, msg, link: _Link) -> tuple[str, str] | None:
         x = msg.tensors["x"]
-        if not (isinstance(x, np.ndarray) and x.shape == self.x.shape and x.dtype == np.float32):
-            return "shape", f"expected a dense float32 'x' of {self.x.size} entries"
+        if not (isinstance(x, np.ndarray) and x.shape == self.x.shape and x.dtype in self.DENSE_DTYPES):
+            names = "/".join(np.dtype(d).name for d in self.DENSE_DTYPES)
+            return "shape", f"expected a dense {names} 'x' of {self.x.size} entries"
         return None
 
     def _incoming(self, link: _Link, msg, dw: float) -> np.ndarray:

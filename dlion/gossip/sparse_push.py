@@ -69,6 +69,8 @@ SPARSE_DTYPES = (np.float16, np.float32)
 class SparsePush(PushSum):
     """Push-sum with top-k updates of per-link public copies of the model, per-link debts, periodic dense refreshes."""
 
+    DENSE_DTYPES = SPARSE_DTYPES  # a sparse link's dense refreshes go in float16
+
     @dataclass(frozen=True)
     class Params(PushSum.Params):
         gamma: float = option(0.25, check=lambda x: 0 < x <= 1,
@@ -128,9 +130,7 @@ class SparsePush(PushSum):
             if owed is not None and not (isinstance(owed, np.ndarray) and owed.shape == self.x.shape
                                          and owed.dtype == np.float32):
                 return "shape", f"expected 'owed' as float32 of {self.x.size} entries with a dense 'x'"
-            if not (isinstance(x, np.ndarray) and x.shape == self.x.shape and x.dtype in SPARSE_DTYPES):
-                return "shape", f"expected a dense float16/32 'x' of {self.x.size} entries"
-            return None
+            return super()._tensor_problem(msg, link)
         if (x.size != self.x.size or x.values.dtype not in SPARSE_DTYPES
                 or not bool((x.indices[1:] > x.indices[:-1]).all())):
             return "shape", f"expected a float16/32 sparse 'x' of size {self.x.size} with strictly increasing indices"
