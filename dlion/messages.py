@@ -29,7 +29,7 @@ AVERAGE_REQUEST = "avg-request"  # model plane (AD-PSGD): average your model wit
 AVERAGE_REPLY = "avg-reply"      # model plane (AD-PSGD): my model before I averaged it with your request's
 REJOIN = "rejoin"    # a restarted peer asks for the parameters to continue from (answered with a model)
 BACK = "back"        # a rejoining peer takes part in rounds again from round `at` on
-OPTIMIZER = "optimizer"  # with a rejoin answer: the answering peer's round and optimizer state (moments, step count)
+OPTIMIZER = "optimizer"  # with a rejoin answer: the answering peer's round and optimizer state (o; n: its scalars)
 FINAL_MODEL = "final-model"  # the final average: the sender's parameters and push-sum weight (`dlion.consensus`)
 REPLICA = "replica"  # one slice of the sender's state, for the replica its holder keeps (`dlion.replica`)
 REPLICA_REQUEST = "replica-request"  # a restarted peer asks what replica of its state a peer holds, or for the replica
@@ -142,7 +142,8 @@ KINDS: dict[str, Kind] = {
     BACK: Kind({"at": round_number}, rate=1.0, burst=2),
     MODEL: Kind({}, frozenset({"x"})),
     FINAL_MODEL: Kind({"w": positive_float}, frozenset({"x"}), rate=1.0, burst=2),
-    OPTIMIZER: Kind({"at": round_number, "train_s": non_negative_float}, frozenset({"o"}), rate=1.0, burst=2),
+    OPTIMIZER: Kind({"at": round_number, "train_s": non_negative_float}, frozenset({"o"}), frozenset({"n"}), rate=1.0,
+                    burst=2),
     # a slice i of `of` of a state of `size` entries (the first `p` are parameters), dense or the difference from the
     # message `base` of link epoch e (sequence number n); w: the sender's push-sum weight
     REPLICA: Kind({"e": epoch, "n": count, "base": round_number, "i": round_number, "of": count, "size": count,

@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
+
 from dlion import messages
 from dlion.compression import rounded
 from dlion.transport.wire import BFLOAT16
@@ -257,12 +259,23 @@ class Rejoin:
         with_optimizer = len(optimizer) > 0
         if with_optimizer:
             try:
-                self.trainer.set_optimizer_vector(optimizer)
+                self.trainer.set_optimizer_vector(self._exact_scalars(optimizer, msg.tensors.get("n")))
             except ValueError as e:
                 self.transport.reject(msg, "shape", str(e))
                 with_optimizer = False
         return {"taken": True, "from": "replica" if msg.kind == messages.REPLICA_STATE else "source",
                 "from_peer": msg.sender, "from_round": msg.meta["at"], "optimizer": with_optimizer}
+
+    def _exact_scalars(self, optimizer: np.ndarray, scalars) -> np.ndarray:
+        """`optimizer` with the optimizer's scalars (`Trainer.optimizer_scalars`) as sent exactly, if they were."""
+        if scalars is None:
+            return optimizer
+        at = self.trainer.optimizer_scalars()
+        if scalars.shape != at.shape or at.size and at[-1] >= optimizer.size:
+            raise ValueError(f"{scalars.size} optimizer scalars do not fit this model and optimizer")
+        optimizer = np.array(optimizer, np.float32)
+        optimizer[at] = scalars
+        return optimizer
 
     def _answer(self, iteration: int) -> None:
         """Send a peer that asks our optimizer state with our round, then our parameters, both for its request's
@@ -271,16 +284,17 @@ class Rejoin:
         queue whole models behind each other on a slow link (the state is left empty if it is larger than a message
         may be). The state goes in half the bytes, a slow link's seconds in a restarted peer's way: the optimizer's
         moments in bfloat16 (float32's range, a relative rounding of 2^-9: statistics that need no more, and second
-        moments too small for float16), the parameters in float16 where they fit, except where the peers must go on
-        from the same parameters (`resync`)."""
+        moments too small for float16), its scalars (step count, learning rate) exactly, the parameters in float16
+        where they fit, except where the peers must go on from the same parameters (`resync`)."""
         for p in self.ctx.others:  # a peer asking is not waited for (departed) until it takes part in rounds again
             msg = self.transport.mailbox.latest(messages.REJOIN, p)
             if msg is not None and self._answered.get(p) != msg.round and msg.round <= iteration:
                 self._answered[p] = msg.round
-                state = self.trainer.optimizer_vector().astype(BFLOAT16)
+                state = self.trainer.optimizer_vector()
+                encoded = {"o": state.astype(BFLOAT16), "n": state[self.trainer.optimizer_scalars()]}
                 meta = {"at": iteration, "train_s": self.elapsed()}
                 try:
-                    self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": state}, meta)
+                    self.transport.send(p, messages.OPTIMIZER, msg.round, encoded, meta)
                 except ValueError:
                     self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": state[:0]}, meta)
                 self.transport.send(p, messages.MODEL, msg.round,

@@ -302,12 +302,20 @@ class Trainer:
             raise ValueError(f"an optimizer state of {flat.size} values does not fit this model and optimizer")
         put(staged(flat))
 
+    def optimizer_scalars(self) -> np.ndarray:
+        """Where `optimizer_vector` holds the optimizer's scalars (its step count, its learning rate): values that a
+        rounding encoding would corrupt, so a sender sends them exactly, unlike the moments."""
+        self._optimizer_io()
+        return self._optimizer_scalars
+
     def _optimizer_io(self):
         """(get() -> flat float32 tensor, put(flat), its `_Input`) over the optimizer's variables, traced at first
         use."""
         if getattr(self, "_optimizer_fns", None) is None:
             variables = list(self.optimizer.variables)
             sizes = [int(np.prod(v.shape)) for v in variables]
+            starts = np.cumsum([0] + sizes)
+            self._optimizer_scalars = starts[:-1][np.array(sizes, np.int64) == 1]
 
             def get():
                 return tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in variables]

@@ -18,7 +18,8 @@ class Trainer:
 
     def __init__(self, value: float, size: int = 500):
         self.params = np.full(size, value, np.float32)
-        self.optimizer = np.full(2 * size + 1, value / 10, np.float32)
+        # a step count and a learning rate that bfloat16 would round, then the moments
+        self.optimizer = np.concatenate([[1001 + value, 0.0021], np.full(2 * size, value / 10)]).astype(np.float32)
 
     def get_params(self):
         return self.params.copy()
@@ -28,6 +29,9 @@ class Trainer:
 
     def optimizer_vector(self):
         return self.optimizer.copy()
+
+    def optimizer_scalars(self):
+        return np.array([0, 1])
 
     def set_optimizer_vector(self, flat):
         if len(flat) != len(self.optimizer):
@@ -95,11 +99,12 @@ def test_a_restarted_peer_starts_at_the_others_round_with_a_leading_peers_parame
     assert rejoin["taken"] and rejoin["optimizer"] and rejoin["wait_s"] < 1.0, rejoin
     source = rejoin["asked"]
     np.testing.assert_array_equal(trainers[2].params, trainers[source].params)  # exact in float16
-    # the optimizer's moments in bfloat16: half the bytes, within its rounding
+    # the optimizer's moments in bfloat16: half the bytes, within its rounding; its step count and learning rate exact
     np.testing.assert_allclose(trainers[2].optimizer, trainers[source].optimizer, rtol=2.0 ** -8)
+    np.testing.assert_array_equal(trainers[2].optimizer[:2], trainers[source].optimizer[:2])
     size = trainers[2].params.size
     model, state = (transports[2].mailbox.latest(kind, source) for kind in (messages.MODEL, messages.OPTIMIZER))
-    assert model.nbytes < 2 * size + 1024 and state.nbytes < 2 * (2 * size + 1) + 1024
+    assert model.nbytes < 2 * size + 1024 and state.nbytes < 2 * (2 * size + 2) + 1024
     # it goes on with the others' clock, which ran on while the answer came and was taken
     assert 100.0 + source <= rejoins[2].train_s < 100.0 + source + rejoin["wait_s"] + 0.5
     assert logs[0].events == [] and logs[1].events == []

@@ -237,3 +237,13 @@ def test_optimizer_state_carries_over_to_a_fresh_trainer(cnn, ds, as_vector):
         Trainer("mlp", "adam", seed=0).set_optimizer_vector(cnn.optimizer_vector())
     with pytest.raises(ValueError, match="does not fit"):
         other.set_optimizer_vector(cnn.optimizer_vector()[:-1])
+
+
+def test_the_optimizers_scalars_are_its_step_count_and_learning_rate(cnn, ds):
+    """What a rejoin answer sends exactly while it rounds the moments."""
+    cnn.apply(cnn.gradients(ds.x_train[:32], ds.y_train[:32])[1])
+    vector = cnn.optimizer_vector()
+    at = cnn.optimizer_scalars()
+    steps, learning_rate = cnn.optimizer.iterations.numpy(), cnn.optimizer.learning_rate.numpy()
+    assert vector[at].tolist() == [float(steps), pytest.approx(learning_rate)] and steps >= 1
+    assert at.size == 2 and vector.size > 2 * cnn.get_params().size  # the rest: Adam's two moments per parameter
