@@ -36,6 +36,7 @@ log = logging.getLogger("dlion.transport")
 
 UNKNOWN = "unknown"
 HELLO_INTERVAL_S = 0.1
+LATE_GRACE_S = 1.0  # how long a peer that finds the run in progress waits for the peers that do not answer
 _LOG_FIRST_DROPS = 5
 _LOG_EVERY_DROPS = 100
 
@@ -318,9 +319,14 @@ class Transport(abc.ABC):
         self._hello(peers)
 
     def wait_for_peers(self, timeout_s: float) -> set[int]:
-        """Hello barrier: returns the peers reachable both ways; the others are marked departed."""
+        """Hello barrier: returns the peers reachable both ways; the others are marked departed. A peer that finds
+        the run in progress (a hello from a peer past round 0: it was restarted, or is late) waits at most
+        LATE_GRACE_S more for the rest: the live ones answer at once, and a missing one is gone (the others marked
+        it departed too; if it comes back, it rejoins as this peer does)."""
         deadline = time.monotonic() + timeout_s
         while (confirmed := self._confirmed()) != self.peers and time.monotonic() < deadline:
+            if any(self.mailbox.latest(messages.HELLO, p).meta["at"] > 0 for p in confirmed):
+                deadline = min(deadline, time.monotonic() + LATE_GRACE_S)
             self._hello(self.peers)
             time.sleep(max(0.0, min(HELLO_INTERVAL_S, deadline - time.monotonic())))
         self._hello(self.peers)  # the last one: lets peers that wait for our confirmation finish too

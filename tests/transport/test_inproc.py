@@ -9,6 +9,7 @@ import pytest
 from conftest import in_threads
 from dlion.emulate.links import ShapedLinks
 from dlion.transport import InprocHub, InprocTransport, Sparse, WireLimits, encode
+from dlion.transport.base import LATE_GRACE_S
 
 LIMITS = WireLimits(known_senders=frozenset({0, 1, 2}), max_message_bytes=1 << 16)
 
@@ -79,6 +80,27 @@ def test_a_peer_joining_after_the_barrier_is_answered(make):
     assert 2 in a.mailbox.departed, "a hello is no round: nobody waits for it yet"
     c.send(0, "probe", 1)
     assert 2 not in a.mailbox.departed, "its first round message re-admits it"
+
+
+def test_a_restarted_peer_that_finds_the_run_in_progress_does_not_wait_for_a_missing_peer(make):
+    a = make(0)
+    barrier_all([a], 0.2)  # peers 1 and 2 never came: 0 trains on
+    a.mailbox.advance(5)
+    restarted = make(1)
+    t0 = time.monotonic()
+    assert restarted.wait_for_peers(30) == {0}
+    assert time.monotonic() - t0 < LATE_GRACE_S + 1.0, "not the whole timeout for peer 2"
+    assert restarted.mailbox.departed == {2}
+
+
+def test_at_the_start_of_a_run_the_barrier_waits_for_a_late_peer(make):
+    a, b = make(0), make(1)
+    late = threading.Timer(LATE_GRACE_S + 0.5, lambda: make(2))
+    late.start()
+    try:
+        assert barrier_all([a, b], 10) == {0: {1, 2}, 1: {0, 2}}
+    finally:
+        late.join()
 
 
 def test_send_to_an_absent_or_closed_peer_counts_send_failed(make):
