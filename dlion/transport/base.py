@@ -306,7 +306,9 @@ class Transport(abc.ABC):
 
     def back(self, peers: Iterable[int], round_: int) -> None:
         """Tell `peers` this peer takes part in rounds from `round_` on (a rejoin): they re-admit it and do not
-        wait for it before that round; one that is already further answers with its own next round."""
+        wait for it before that round; one that is already further answers with its own next round. Nor does this
+        peer wait for theirs before it (`Mailbox.rejoined`)."""
+        self.mailbox.rejoined(round_)
         for p in peers:
             self._back(p, round_)
 

@@ -53,6 +53,7 @@ class Mailbox:
         self._newest: dict[tuple[str, int], int] = {}  # the highest round filed per (kind, sender)
         self._beyond: dict[int, int] = {}  # the highest round per sender refused as beyond the window
         self._back_at: dict[int, int] = {}  # a rejoined sender takes part from this round on (`back` message)
+        self._rejoined_at = 0  # this peer takes part from this round on (it rejoined): the others send from there
         self._misses: dict[int, int] = defaultdict(int)
         self._departed: set[int] = set()
         self._said_bye: set[int] = set()
@@ -329,9 +330,18 @@ class Mailbox:
         with self._cond:
             return frozenset(self._departed - self._said_bye)
 
+    def rejoined(self, round_: int) -> None:
+        """This peer takes part in rounds from `round_` on (it rejoined and said `back`): the others send it their
+        messages from that round on, so no sender is waited for before it. For the first rounds back, then, a lag of
+        up to the staleness bound more than usual goes unwaited-for: else each of them would wait for the others' first
+        messages, whole models on a slow link, as if it were lockstep."""
+        with self._cond:
+            self._rejoined_at = max(self._rejoined_at, round_)
+
     def _back_later(self, sender: int, round_: int) -> bool:
-        """`sender` said it takes part only from a round after `round_` on (`back`): nothing to wait for before."""
-        return self._back_at.get(sender, 0) > round_
+        """`sender` said it takes part only from a round after `round_` on (`back`), or this peer does (`rejoined`):
+        nothing to wait for before."""
+        return max(self._back_at.get(sender, 0), self._rejoined_at) > round_
 
     def _suspected(self) -> frozenset[int]:
         """Senders that missed `suspect_after` consecutive takes and sent nothing since."""

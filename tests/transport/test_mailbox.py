@@ -128,6 +128,27 @@ def test_a_sender_back_from_a_later_round_is_not_waited_for_before_it():
     assert got == {} and elapsed >= 0.2  # from round 7 on it is waited for
 
 
+def test_a_peer_back_from_a_round_waits_for_no_sender_before_it():
+    """Its first rounds back go on as the staleness bound allows: the others' messages before its `back` round were
+    never sent to it."""
+    mb = Mailbox()
+    mb.put(msg("grad", 1, 3))  # from before it left
+    mb.rejoined(20)
+    mb.advance(20)
+    collected = []
+    for round_ in (20, 21):
+        t0 = time.monotonic()
+        collected.append(mb.collect("grad", round_, [1], time.monotonic() + 1.0, staleness=2))
+        assert time.monotonic() - t0 < 0.1
+    assert [{s: [m.round for m in ms] for s, ms in got.items()} for got in collected] == [{1: [3]}, {}]
+    assert suspected(mb) == frozenset()
+    t0 = time.monotonic()
+    mb.collect("grad", 22, [1], time.monotonic() + 0.2, staleness=2)  # 20 is its back round: waited for
+    assert time.monotonic() - t0 >= 0.2
+    got, elapsed = timed_take(mb, "grad", 20, [1], time.monotonic() + 0.2)
+    assert got == {} and elapsed >= 0.2, "in lockstep its back round's message is waited for"
+
+
 def suspected(mb):
     """The senders a take would not wait for (white box: the mailbox keeps this to itself)."""
     with mb._cond:
