@@ -250,6 +250,11 @@ class Rounds:
                                              "part, replica slice, reports, figures) leave together at the round's "
                                              "end, or when the peer waits, one message per link; for overlapped "
                                              "rounds (in lockstep a peer's gradient would wait for its round's end)")
+    update_weights: Literal["batch", "uniform"] = option(
+        "batch", expect="batch (a peer's update counts in the combination by its batch: the least noisy mean where "
+                        "the peers' data are alike) or uniform (every peer's update alike: the mean of the peers' "
+                        "own objectives, as gossip averages models; for data spread unevenly, where batch weights "
+                        "tilt the model to the fastest peers' classes)")
     drift_correction: bool = option(False, expect="true or false: with local steps, each step also moves the "
                                                   "parameters by its share of the last round's combined change minus "
                                                   "the peer's own (SCAFFOLD's correction, for data spread unevenly; "

@@ -20,7 +20,7 @@ from dlion.consensus import FinalAverage
 from dlion.progress import traffic
 from dlion.rejoin import Rejoin
 from dlion.replica import Replicas
-from dlion.rounds import OuterStep, RoundWork
+from dlion.rounds import OuterStep, RoundWork, update_weight
 
 
 
@@ -104,7 +104,8 @@ class Peer:
             # own work (measured last round), so that rounds take the same time on every peer, waits left out; it
             # may report the rate: before this round's update
             self.batching.observe(iteration, batch, (compute_s + round_work_s) / steps)
-            exchanged = self.exchange.exchange(iteration, update, batch, compute_s)
+            exchanged = self.exchange.exchange(iteration, update, update_weight(
+                self.cfg.rounds.update_weights, batch, self.cfg.training.global_batch, len(self.ctx.peer_ids)), compute_s)
             self.work.apply(exchanged.grads)
             mixed = self.gossip.mix(iteration, self.ctx.model)
             self._weight = mixed.weight

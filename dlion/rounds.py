@@ -26,6 +26,14 @@ from typing import Callable
 import numpy as np
 
 
+def update_weight(weights: str, batch: int, global_batch: int, peers: int) -> float:
+    """What a peer's update counts for in the exchange's weighted mean (`rounds.update_weights`). batch: its batch,
+    so the mean is the global batch's gradient (or change), the least noisy where the peers' data are alike. uniform:
+    the same for every peer, the mean of the peers' own objectives (as gossip averages models): where data are spread
+    unevenly, batch weights tilt the model towards the classes of the peers fastest at computing."""
+    return global_batch / peers if weights == "uniform" else float(batch)
+
+
 class OuterStep:
     """SGD with Nesterov momentum on the combined change of parameters (a descent direction, like a gradient), as
     DiLoCo's outer optimizer; rate 1 and momentum 0 apply the change as it is."""

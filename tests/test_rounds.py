@@ -4,7 +4,7 @@ the trainer, with one non-trainable variable that each forward pass moves (as Ba
 import numpy as np
 import pytest
 
-from dlion.rounds import OuterStep, RoundWork
+from dlion.rounds import OuterStep, RoundWork, update_weight
 
 
 class LinearTrainer:
@@ -148,3 +148,16 @@ def test_drift_correction_moves_each_local_step_by_its_share_of_the_last_rounds_
         plain.apply(plain.gradients(8)[1])
         plain.state[:5] -= 0.25  # a quarter of the correction after each step
     np.testing.assert_allclose(change, start[:5] - plain.state[:5], rtol=1e-5)
+
+
+@pytest.mark.parametrize("weights, optimum", [("batch", 0.6), ("uniform", 0.0)])
+def test_uniform_update_weights_find_the_mean_of_the_peers_objectives_whatever_their_batches(weights, optimum):
+    """A fast peer (batch 8) whose data pull x to 1 and a slow one (batch 2) whose data pull it to -1: batch weights
+    settle where the fast peer's data weigh four times the slow one's, uniform ones in the middle."""
+    targets, batches = (1.0, -1.0), (8, 2)
+    w = [update_weight(weights, b, global_batch=10, peers=2) for b in batches]
+    assert w == ([8.0, 2.0] if weights == "batch" else [5.0, 5.0])
+    x = 0.3
+    for _ in range(200):  # the exchange's weighted mean of the peers' gradients of (x - target)^2
+        x -= 0.1 * sum(wi * 2 * (x - t) for wi, t in zip(w, targets)) / sum(w)
+    assert x == pytest.approx(optimum, abs=1e-6)
