@@ -27,6 +27,19 @@ FULL_GOSSIP_EVERY = 1  # every 4 rounds gave more rounds per second but needed m
 # 10% was faster to the target than 1% and 5% on hetero-4, wan-8 and the skewed scenario (docs/benchmarks.md)
 FULL_GOSSIP_FRACTION = 0.1
 
+# the four-part peer: rounds of 32 local steps on shares of the global batch weighted by the peers' rates, the
+# round's change of parameters exchanged by prioritized top-k on every link every round (each link carries what
+# its budget allows), Sparse-Push gossip on the time-varying graph, direct knowledge transfer over links fast
+# enough for a model; rounds overlap: a neighbour may lag 2 rounds before anyone waits for it; a round's
+# messages to a peer leave together, one message per link and round; at the end, the peers average their models
+FULL = {"strategies": {"batching": {"kind": "weighted"},
+                       "exchange": {"kind": "prioritized", "graph": "full", "staleness": FULL_STALENESS},
+                       "knowledge": {"kind": "dkt"},
+                       "gossip": {"kind": "sparse-push", "staleness": FULL_STALENESS, "every": FULL_GOSSIP_EVERY,
+                                  "fraction": FULL_GOSSIP_FRACTION}},
+        "topology": ONE_PEER_EXPONENTIAL, "rounds": {"local_steps": FULL_LOCAL_STEPS, "one_message": True,
+                                                    "min_step_batch": FULL_MIN_STEP_BATCH, "final_average": True}}
+
 PRESETS: dict[str, dict] = {
     # the reference without collaboration: each peer trains alone on its own data, nothing sent but evaluations
     "local": {"strategies": {**GOSSIP, **NO_GOSSIP}},
@@ -57,19 +70,10 @@ PRESETS: dict[str, dict] = {
     # AD-PSGD (a baseline of the field): after every step, a pairwise average with one random peer (any other: the
     # full mesh), asynchronous, nobody waits; no gradient exchange
     "ad-psgd": {"strategies": {**GOSSIP, "gossip": {"kind": "ad-psgd"}}, "topology": FULL_MESH},
-    # the four-part peer: rounds of 32 local steps on shares of the global batch weighted by the peers' rates, the
-    # round's change of parameters exchanged by prioritized top-k on every link every round (each link carries what
-    # its budget allows), Sparse-Push gossip on the time-varying graph, direct knowledge transfer over links fast
-    # enough for a model; rounds overlap: a neighbour may lag 2 rounds before anyone waits for it; a round's
-    # messages to a peer leave together, one message per link and round; at the end, the peers average their models
-    "full": {"strategies": {"batching": {"kind": "weighted"},
-                            "exchange": {"kind": "prioritized", "graph": "full", "staleness": FULL_STALENESS},
-                            "knowledge": {"kind": "dkt"},
-                            "gossip": {"kind": "sparse-push", "staleness": FULL_STALENESS, "every": FULL_GOSSIP_EVERY,
-                                       "fraction": FULL_GOSSIP_FRACTION}},
-             "topology": ONE_PEER_EXPONENTIAL, "rounds": {"local_steps": FULL_LOCAL_STEPS, "one_message": True,
-                                                         "min_step_batch": FULL_MIN_STEP_BATCH,
-                                                         "final_average": True}},
+    "full": FULL,
+    # the four-part peer with skew compensation, for label-skewed (non-IID) data: every peer's update weighs the same
+    # in the exchange's mean, not its batch, which weighted batching makes largest on the fastest peers
+    "full-skew": {**FULL, "rounds": {**FULL["rounds"], "update_weights": "uniform"}},
 }
 
 

@@ -283,6 +283,10 @@ def test_gossip_presets_bring_their_graph_unless_the_config_has_one():
         ["weighted", "prioritized", "sparse-push", "dkt"]
     bsp = config.parse({**base, "preset": "bsp"})
     assert bsp.topology.kind == "full" and bsp.strategies.gossip.kind == "none"
+    full_skew = config.parse({**base, "preset": "full-skew", "rounds": {"local_steps": 8}})
+    assert (full.rounds.update_weights, full_skew.rounds.update_weights) == ("batch", "uniform")
+    assert full_skew.rounds.local_steps == 8 and full_skew.rounds.final_average  # full's rounds under the config's
+    assert full_skew.strategies == config.parse({**base, "preset": "full"}).strategies
 
 
 def test_rounds_default_to_one_step_and_a_preset_fills_in_its_own_under_the_configs():
