@@ -114,6 +114,28 @@ def test_with_staleness_a_late_gradient_is_used_next_round_at_its_staleness_weig
     assert result.received == 1
 
 
+def test_a_rejoined_peers_first_rounds_count_the_unheard_neighbours_as_zero_updates(transports):
+    """Back at round 10 it waits for nobody before the others' round-10 messages come (they never sent it rounds 8
+    and 9); its own round alone must not move it at full weight from the state it took."""
+    params = DenseExchange.Params(deadline_s=2.0, staleness=2, staleness_exponent=1.0)
+    ex = {p: DenseExchange(params, stage_context(transports, p)) for p in PEERS}
+    transports[0].back([1, 2], 10)
+    ones = np.ones(4, np.float32)
+    start = time.monotonic()
+    first = ex[0].exchange(10, ones * 3, 1)
+    assert time.monotonic() - start < 0.5
+    np.testing.assert_allclose(first.grads, 1.0)  # its own 3 at weight 1, two unheard zeros at weight 1 each
+    transports[1].send(0, "grad", 10, {"g": ones * 6}, {"w": 1.0})
+    time.sleep(0.05)
+    second = ex[0].exchange(11, ones * 3, 1)
+    np.testing.assert_allclose(second.grads, (3 + 6 / 2) / (1 + 1 / 2 + 1))  # peer 1's round 10 at staleness 1
+    transports[2].send(0, "grad", 11, {"g": ones * 9}, {"w": 1.0})
+    transports[1].send(0, "grad", 11, {"g": ones * 6}, {"w": 1.0})
+    time.sleep(0.05)
+    third = ex[0].exchange(12, ones * 3, 1)  # from here on, the bound as usual: nothing unheard counts
+    np.testing.assert_allclose(third.grads, (3 + 6 / 2 + 9 / 2) / (1 + 1 / 2 + 1 / 2))
+
+
 @pytest.mark.parametrize("compute_s,fresh", [(0.3, True), (0.005, False)])
 def test_with_staleness_a_gradient_about_to_arrive_is_waited_for_up_to_the_patience(transports, compute_s, fresh):
     params = DenseExchange.Params(deadline_s=2.0, staleness=2, patience=1.0)

@@ -52,19 +52,25 @@ def gather(ctx: StageContext, graph, round_: int, params, own: np.ndarray, weigh
     wait_s = ctx.clock() - start
     weighted = [(msg, staleness_weight(round_ - msg.round, params.staleness_exponent))
                 for msgs in got.values() for msg in msgs]
-    total, used = combine(ctx.transport, own, weight, weighted)
+    mailbox = ctx.transport.mailbox
+    unheard = set()
+    if 0 < mailbox.rejoined_at > round_ - params.staleness:  # its first rounds back (`Mailbox.rejoined`; 0: never)
+        unheard = set(expected) - got.keys() - mailbox.departed
+    total, used = combine(ctx.transport, own, weight, weighted, unheard_weight=len(unheard) * weight)
     return ExchangeResult(total, used, wait_s, budgets or {})
 
 
-def combine(transport, own: np.ndarray, weight: float, weighted) -> tuple[np.ndarray, int]:
+def combine(transport, own: np.ndarray, weight: float, weighted, unheard_weight: float = 0.0) -> tuple[np.ndarray, int]:
     """Weighted mean of our gradient and the neighbours' (dense or sparse 'g', batch weight 'w' in meta, times the
-    factor each comes with in `weighted`: (message, factor) pairs).
+    factor each comes with in `weighted`: (message, factor) pairs), and of zero updates of `unheard_weight` in all:
+    for in-neighbours not heard from yet in a rejoined peer's first rounds, so that a round of its own data alone does
+    not move it at full weight away from the state it took.
 
     A message that cannot be combined (wrong size or dtype, non-finite values) is dropped and counted by the
     transport. Returns the mean and how many neighbour gradients went into it.
     """
     usable = [(msg, factor * msg.meta["w"]) for msg, factor in weighted if _usable(transport, msg, own)]
-    if not usable:
+    if not usable and not unheard_weight:
         return own, 0
     total = own * np.float32(weight)
     for msg, w in usable:
@@ -73,7 +79,7 @@ def combine(transport, own: np.ndarray, weight: float, weighted) -> tuple[np.nda
             total[g.indices] += g.values * w  # strictly increasing, so unique: fancy-index += is exact
         else:
             total += g * w
-    total /= np.float32(weight + sum(w for _, w in usable))
+    total /= np.float32(weight + sum(w for _, w in usable) + unheard_weight)
     return total, len(usable)
 
 

@@ -338,6 +338,11 @@ class Mailbox:
         with self._cond:
             self._rejoined_at = max(self._rejoined_at, round_)
 
+    @property
+    def rejoined_at(self) -> int:
+        """The round this peer last rejoined at (`rejoined`; 0 if it never did)."""
+        return self._rejoined_at
+
     def _back_later(self, sender: int, round_: int) -> bool:
         """`sender` said it takes part only from a round after `round_` on (`back`), or this peer does (`rejoined`):
         nothing to wait for before."""
