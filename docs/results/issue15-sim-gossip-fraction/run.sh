@@ -1,7 +1,7 @@
 #!/bin/bash
 # usage: run.sh NAME CONFIG [--set ...]
 name=$1; cfg=$2; shift 2
-cd /work/main
+cd "$(git rev-parse --show-toplevel)"
 python3 -m dlion simulate $cfg --out /tmp/sim/$name --overwrite "$@" > /tmp/sim/$name.log 2>&1
 python3 - "$name" <<'PY'
 import json,sys,glob
