@@ -315,7 +315,7 @@ class Trainer:
             variables = list(self.optimizer.variables)
             sizes = [int(np.prod(v.shape)) for v in variables]
             starts = np.cumsum([0] + sizes)
-            self._optimizer_scalars = starts[:-1][np.array(sizes, np.int64) == 1]
+            self._optimizer_scalars = starts[:-1][[len(v.shape) == 0 for v in variables]].astype(np.int64)
 
             def get():
                 return tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in variables]
