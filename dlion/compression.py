@@ -18,10 +18,14 @@ HALF_ROUNDING = 2.0 ** -11  # float16's relative rounding error, at most
 
 
 def top_k_indices(magnitudes: np.ndarray, k: int) -> np.ndarray:
-    """Sorted indices of the `k` largest entries of `magnitudes` (exact), in about one pass for small k."""
+    """Sorted indices of the `k` largest entries of `magnitudes` (exact; among equal entries the first ones), in
+    about two passes over the vector and none of sorting: the k-th largest is found among the candidates, and the
+    candidates are already in index order."""
     n = magnitudes.size
     if k >= n:
         return np.arange(n, dtype=np.uint32)
+    if k <= 0:
+        return np.zeros(0, np.uint32)
     sample = magnitudes[::SAMPLE_STRIDE]
     # a threshold a little below the sample's k-th largest keeps >= k candidates almost always; check anyway
     want = min(sample.size, math.ceil(k * sample.size / n * 1.5) + 1)
@@ -29,8 +33,12 @@ def top_k_indices(magnitudes: np.ndarray, k: int) -> np.ndarray:
     candidates = np.flatnonzero(magnitudes >= threshold)
     if candidates.size < k:
         candidates = np.arange(n)
-    top = candidates[np.argpartition(magnitudes[candidates], candidates.size - k)[candidates.size - k:]]
-    return np.sort(top).astype(np.uint32)
+    values = magnitudes[candidates]
+    kth = np.partition(values, values.size - k)[values.size - k]
+    keep = values > kth
+    if short := k - int(np.count_nonzero(keep)):
+        keep[np.flatnonzero(values == kth)[:short]] = True
+    return candidates[keep].astype(np.uint32)
 
 
 class LinkResidual:

@@ -31,6 +31,15 @@ def test_top_k_when_the_sample_misses_the_large_entries():
     assert np.array_equal(top_k_indices(mags, 100), where[-100:].astype(np.uint32))
 
 
+@pytest.mark.parametrize("k", [0, 3, 5, 40])
+def test_top_k_among_equal_entries_takes_the_first(k):
+    mags = np.zeros(1000, np.float32)
+    mags[[10, 500, 900]] = 2.0
+    mags[[20, 30]] = 1.0  # a sparse residual: the rest are ties at zero
+    expected = np.sort(np.argsort(-mags, kind="stable")[:k]).astype(np.uint32)
+    assert np.array_equal(top_k_indices(mags, k), expected)
+
+
 @pytest.mark.parametrize("k", [1, 7, 40, 60])
 def test_sent_plus_residual_is_exactly_what_went_in_over_any_number_of_rounds(k):
     rng = np.random.default_rng(k)
