@@ -6,14 +6,17 @@ another peer's are loaded, and swaps its own in before it computes. Memory grows
 peers x graphs; a swap costs two flat copies each way (parameters, optimizer state: `Trainer.optimizer_vector`).
 
 Time. A peer's gradient step of batch b costs (fixed + per_sample x b) / cores virtual seconds, an optimizer step
-apply / cores, an evaluation of n samples (eval_fixed + eval_per_sample x n) / cores, at its cores at that virtual
-time (scheduled changes included). The figures are measured once on this host (`calibrate`), as CPU seconds on one
-TensorFlow thread (one core-equivalent, as the emulation's pacing counts CPU time), the least over repeats, and cached
-per model and host (`load_or_calibrate`): the simulation's results then depend on the config and the calibration
-only. CPU time is less sensitive to other load than wall time, not immune: on a host busy with other work (caches,
-shared cores) the same step measured two to three times slower here, so calibrate on a quiet host (the calibration
-records the load it was measured under; `--recalibrate` measures again). Work outside TensorFlow (the strategies' numpy, the wire
-encoding) costs no virtual time, unless a `HostCpu` meter charges what it takes this host (`--cpu-overhead`).
+apply / cores, an evaluation of n samples (eval_fixed + eval_per_sample x n) / cores, a copy of n model or optimizer
+values between the model and a flat vector (which the peer's stages ask for every round) copy_per_value x n / cores,
+at its cores at that virtual time (scheduled changes included). The figures are measured once on this host
+(`calibrate`), as CPU seconds on one TensorFlow thread (one core-equivalent, as the emulation's pacing counts CPU
+time), the median over repeats, and cached per model and host (`load_or_calibrate`): the simulation's results then
+depend on the config and the calibration only. The median, not the least: a run's steps cost what a step typically
+costs, and the least is 15-30% below that (measured in docs/benchmarks.md). CPU time is less sensitive to other load
+than wall time, not immune: on a host busy with other work (caches, shared cores) the same step measured two to three
+times slower here, so calibrate on a quiet host (the calibration records the load it was measured under;
+`--recalibrate` measures again). Work outside TensorFlow (the strategies' numpy, the wire encoding) costs no virtual
+time, unless a `HostCpu` meter charges what it takes this host (`--cpu-overhead`).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from dlion.config import Config
 
 STEP_BATCHES = (8, 32, 128)  # batch sizes the step cost is fitted over
 EVAL_SIZES = (250, 1000)     # evaluation sizes the evaluation cost is fitted over
-REPEATS = 20                 # timings per size; the least counts (a busy host inflates even CPU time: cache, SMT)
+REPEATS = 20                 # timings per size; the median counts
 CACHE_ENV = "DLION_CALIBRATION"  # a calibration file to use instead of the default cache
 
 
@@ -46,6 +49,7 @@ class Calibration:
     apply_s: float
     eval_fixed_s: float
     eval_per_sample_s: float
+    copy_per_value_s: float  # moving model variables or optimizer state between the model and a flat vector, per value
     load_average: float  # the host's one-minute load when measured: a busy host measures slower (`--recalibrate`)
 
     def step_s(self, batch: int) -> float:
@@ -54,15 +58,18 @@ class Calibration:
     def eval_s(self, samples: int) -> float:
         return self.eval_fixed_s + self.eval_per_sample_s * samples
 
+    def copy_s(self, values: int) -> float:
+        return self.copy_per_value_s * values
+
 
 def _cpu_seconds(fn: Callable[[], object], repeats: int = REPEATS) -> float:
-    """The least CPU time (all threads of the process) of `repeats` calls of `fn`."""
-    best = float("inf")
+    """The median CPU time (all threads of the process) of `repeats` calls of `fn`."""
+    spent = []
     for _ in range(repeats):
         began = time.process_time()
         fn()
-        best = min(best, time.process_time() - began)
-    return best
+        spent.append(time.process_time() - began)
+    return float(np.median(spent))
 
 
 def _line(xs, ys) -> tuple[float, float]:
@@ -96,11 +103,15 @@ def calibrate(trainer, x: np.ndarray, y: np.ndarray, key: str) -> Calibration:
     zeros = np.zeros(trainer.num_params, np.float32)
     apply_s = _cpu_seconds(lambda: trainer.apply(zeros))
     evals = [_cpu_seconds(lambda n=n: trainer.evaluate(x[:n], y[:n]), REPEATS // 4) for n in EVAL_SIZES]
+    optimizer_values = trainer.optimizer_vector().size
+    copies_s = _cpu_seconds(lambda: (trainer.set_params(trainer.get_params()),
+                                     trainer.set_optimizer_vector(trainer.optimizer_vector())))
     trainer.set_params(params)
     trainer.set_optimizer_state(state)
     step_fixed, step_per_sample = _line(STEP_BATCHES, steps)
     eval_fixed, eval_per_sample = _line(EVAL_SIZES, evals)
-    return Calibration(key, step_fixed, step_per_sample, apply_s, eval_fixed, eval_per_sample,
+    copy_per_value = copies_s / (2 * (trainer.num_state + optimizer_values))
+    return Calibration(key, step_fixed, step_per_sample, apply_s, eval_fixed, eval_per_sample, copy_per_value,
                        round(os.getloadavg()[0], 2))
 
 
@@ -173,6 +184,7 @@ class PeerModel:
         self.num_params, self.num_state = trainer.num_params, trainer.num_state
         self._params: np.ndarray | None = trainer.get_params()
         self._state: np.ndarray | None = trainer.optimizer_vector()
+        self.num_optimizer = self._state.size
 
     @property
     def _trainer(self):
@@ -216,7 +228,9 @@ class PeerModel:
 
     def get_params(self) -> np.ndarray:
         with self._apart():
-            return self.shared.trainer.get_params() if self._loaded else self._params.copy()
+            params = self.shared.trainer.get_params() if self._loaded else self._params.copy()
+        self._copied(self.num_state)
+        return params
 
     def set_params(self, flat) -> None:
         with self._apart():
@@ -227,22 +241,33 @@ class PeerModel:
                 if params.shape != (self.num_state,):
                     raise ValueError(f"expected {self.num_state} parameters, got shape {params.shape}")
                 self._params = params.copy()
+        self._copied(self.num_state)
 
     def optimizer_state(self) -> list[np.ndarray]:
         with self._apart():
-            return self._trainer.optimizer_state()
+            state = self._trainer.optimizer_state()
+        self._copied(self.num_optimizer)
+        return state
 
     def set_optimizer_state(self, arrays) -> None:
         with self._apart():
             self._trainer.set_optimizer_state(arrays)
+        self._copied(self.num_optimizer)
 
     def optimizer_vector(self) -> np.ndarray:
         with self._apart():
-            return self.shared.trainer.optimizer_vector() if self._loaded else self._state.copy()
+            vector = self.shared.trainer.optimizer_vector() if self._loaded else self._state.copy()
+        self._copied(self.num_optimizer)
+        return vector
 
     def set_optimizer_vector(self, flat) -> None:
         with self._apart():
             self._trainer.set_optimizer_vector(flat)
+        self._copied(self.num_optimizer)
+
+    def _copied(self, values: int) -> None:
+        """Charge a copy the peer asked for (a real peer pays it; the simulation's own swaps between peers are free)."""
+        self.cost(self.calibration.copy_s(values))
 
     def save(self, path) -> None:
         with self._apart():
@@ -273,6 +298,13 @@ class HostCpu:
         if spent > 0:
             self.charged_s += spent
             self._charge(spent)
+
+    def flush(self) -> None:
+        """Charge what was spent so far and go on measuring: before the peer reads its clock, so that the time it
+        reads (and stamps on what it sends) comes after the work it did, as on a real machine."""
+        if self._mark is not None:
+            self.pause()
+            self.resume()
 
     @contextlib.contextmanager
     def apart(self):

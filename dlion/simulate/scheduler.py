@@ -39,8 +39,14 @@ class Scheduler:
         self.trace: list[tuple[float, str]] | None = [] if trace else None
 
     def clock(self) -> float:
-        """The virtual time as the baton holder sees it: now, plus the running actor's debt."""
-        return self.now + self.current._debt if self.current is not None else self.now
+        """The virtual time as the baton holder sees it: now, plus the running actor's debt (its metered CPU time
+        included, when the actor itself asks)."""
+        actor = self.current
+        if actor is None:
+            return self.now
+        if actor.meter is not None and threading.current_thread() is actor.thread:
+            actor.meter.flush()
+        return self.now + actor._debt
 
     def at(self, when: float, callback: Callable[[], None], label: str = "") -> None:
         """Run `callback` at virtual time `when` (not before now) on the scheduler's thread; `label` names it in the
