@@ -100,37 +100,47 @@ class Replicas:
             return
         self.receive(round_)
         self.answer(round_)
-        params = self.trainer.get_params()
-        vector = np.concatenate([params, self.trainer.optimizer_vector()]) if self.settings.optimizer else params
-        self._size = vector.size
-        chunks = self.settings.chunks
+        size, chunks = self._state_size(), self.settings.chunks
         index = round_ % chunks
+        part = slice_of(size, chunks, index)
+        current = self._current(part)
         departed = self.transport.mailbox.departed
         for dst in list(self._out):
             if dst in departed:  # when it is back, its copy may be gone: start again densely, in a new epoch
                 del self._out[dst]
         for dst in holders(self.ctx.peer_id, self.ctx.peer_ids, self.settings.copies, departed):
             link = self._out.get(dst)
-            if link is None or link.copy.size != vector.size:
-                link = self._out[dst] = _Outgoing(next(self._epochs), np.zeros(vector.size, np.float32),
+            if link is None or link.copy.size != size:
+                link = self._out[dst] = _Outgoing(next(self._epochs), np.zeros(size, np.float32),
                                                   np.zeros(chunks, np.int64), np.zeros(chunks, np.int64))
-            self._send_slice(dst, link, vector, slice_of(vector.size, chunks, index), index, round_,
-                             {"p": params.size, "w": float(weight)})
+            self._send_slice(dst, link, current, part, index, round_, {"p": self.trainer.num_state, "w": float(weight)})
 
-    def _send_slice(self, dst: int, link: _Outgoing, vector: np.ndarray, part: slice, index: int, round_: int,
+    def _current(self, part: slice) -> np.ndarray:
+        """The entries `part` of this peer's state vector now, copied out of the model only from the pieces (its
+        variables, its optimizer's) that the slice covers: a round sends one slice, a small peer pays every copy."""
+        params = self.trainer.num_state
+        pieces = []
+        if part.start < params:
+            pieces.append(self.trainer.get_params()[part.start:min(part.stop, params)])
+        if part.stop > params:
+            pieces.append(self.trainer.optimizer_vector()[max(part.start - params, 0):part.stop - params])
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def _send_slice(self, dst: int, link: _Outgoing, current: np.ndarray, part: slice, index: int, round_: int,
                     meta: dict) -> None:
-        diff = vector[part] - link.copy[part]
+        """Send `current`, the entries `part` of the state, to a holder: densely or as the difference from its copy."""
+        diff = current - link.copy[part]
         dense = link.passes[index] % self.settings.refresh_every == 0 or not fits_half(diff)
         link.seq += 1
         if dense:
-            values, base = vector[part].copy(), 0
+            values, base = current.copy(), 0
             link.copy[part] = values
         else:
             values, base = diff.astype(np.float16), int(link.last[index])
             link.copy[part] += values.astype(np.float32)
         self.transport.send(dst, REPLICA, round_, {"d": values},
                             {"e": link.epoch, "n": link.seq, "base": base, "i": index, "of": self.settings.chunks,
-                             "size": vector.size, **meta})
+                             "size": link.copy.size, **meta})
         link.last[index], link.passes[index] = link.seq, link.passes[index] + 1
 
     def receive(self, round_: int) -> None:
@@ -196,8 +206,8 @@ class Replicas:
         """Entries in this peer's state vector (the same model and optimizer as every peer's: a replica of another
         size is not a replica of a peer of this run)."""
         if self._size is None:
-            params = self.trainer.get_params().size
-            self._size = params + (self.trainer.optimizer_vector().size if self.settings.optimizer else 0)
+            optimizer = self.trainer.optimizer_vector().size if self.settings.optimizer else 0
+            self._size = self.trainer.num_state + optimizer
         return self._size
 
     def ask(self, round_: int) -> list[int]:

@@ -21,6 +21,10 @@ class Trainer:
         # a step count and a learning rate that bfloat16 would round, then the moments
         self.optimizer = np.concatenate([[1001 + value, 0.0021], np.full(2 * size, value / 10)]).astype(np.float32)
 
+    @property
+    def num_state(self):
+        return self.params.size
+
     def get_params(self):
         return self.params.copy()
 

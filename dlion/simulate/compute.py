@@ -278,8 +278,10 @@ class HostCpu:
     """A peer's own work outside TensorFlow (stages, encoding, run control, events), as the CPU time it takes the
     peer's thread on this host, charged at the peer's cores (`--cpu-overhead`): on small peers that work bounds the
     rounds of emulated runs. Measured anew in each run, so such a run is not repeatable exactly. The actor measures
-    between its resumption (`resume`) and its settling (`pause`); what the peer's model view does is left out
-    (`apart`: the view's TensorFlow work is charged by the calibration, its swaps are the simulation's own)."""
+    between its resumption (`resume`) and its settling (`pause`), and charges what it measured so far whenever the peer
+    reads its clock (`flush`); what the peer's model view does is left out (`apart`: the view's TensorFlow work and the
+    copies it is asked for are charged by the calibration, its swaps are the simulation's own); the decoding of what
+    the peer receives, on the scheduler's thread, is charged to it too (`elsewhere`)."""
 
     def __init__(self, charge: Callable[[float], None]):
         self._charge = charge
@@ -298,6 +300,17 @@ class HostCpu:
         if spent > 0:
             self.charged_s += spent
             self._charge(spent)
+
+    @contextlib.contextmanager
+    def elsewhere(self):
+        """Charge the peer the CPU time the block takes on another thread (the scheduler's, delivering to it)."""
+        began = time.thread_time()
+        try:
+            yield
+        finally:
+            if (spent := time.thread_time() - began) > 0:
+                self.charged_s += spent
+                self._charge(spent)
 
     def flush(self) -> None:
         """Charge what was spent so far and go on measuring: before the peer reads its clock, so that the time it

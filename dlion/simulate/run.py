@@ -12,8 +12,8 @@ took. The outputs are a real run's (`summary.json` from `dlion.analysis.summariz
 in virtual seconds from the start, the peers' models), so `dlion report` and scripts/compare.py read them alike.
 
 What it does not model: CPU time outside TensorFlow (the strategies' numpy work, encoding, the event log) costs no
-virtual time, unless `cpu_overhead` charges what it takes this host (measured, so no longer repeatable exactly; the
-receiving side's decoding is not charged either way); peers do not contend for a host (each has its own cores); links
+virtual time, unless `cpu_overhead` charges what it takes this host, the receiving side's decoding and checks
+included (measured, so no longer repeatable exactly); peers do not contend for a host (each has its own cores); links
 have no loss, jitter or congestion beyond their own queues (`links`); there is no hello barrier (the network is up at
 time 0) and no crash, freeze or restart, hence no rejoin (a rejoin's waits use the host's clock and would stall the
 simulation); checkpoints and TensorBoard are off. Skew compensation by logit adjustment (a per-peer loss) cannot

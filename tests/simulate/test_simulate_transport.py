@@ -130,3 +130,33 @@ def test_a_wait_for_several_peers_wakes_once_when_the_last_of_them_is_in():
     (done, at), = ended
     assert done and at == pytest.approx(0.5 + 0.010, abs=1e-3)  # peer 2's figure, sent at 0.5 s, 10 ms away
     assert [label for _, label in sched.trace].count("wake peer-1") == 1
+
+
+def test_with_the_cpu_meter_the_receiver_pays_for_decoding_what_it_received_before_it_reads_it():
+    from dlion.simulate.compute import HostCpu
+    import threading
+    sched, actors, transports = network()
+    paid = []
+
+    def charge(cpu_s):  # the receiver's own work is free here; each decoding on another thread costs it 1 s
+        if threading.current_thread() is not actors[1].thread:
+            paid.append(cpu_s)
+            actors[1].sleep(1.0)
+
+    actors[1].meter = HostCpu(charge)
+    got = {}
+
+    def sender():
+        transports[0].send(1, messages.GRAD, 0, {"g": np.ones(25_000, np.float32)}, {"w": 32.0})
+
+    def receiver():
+        msgs = transports[1].mailbox.collect(messages.GRAD, 0, [0], deadline=5.0)
+        got["read"], got["msgs"] = sched.now, msgs
+
+    actors[0].start(sender)
+    actors[1].start(receiver)
+    sched.run()
+    arrival = 8 * transports[0].stats()[1].bytes_sent / RATE + LATENCY
+    assert len(paid) == 1 and paid[0] > 0
+    assert got["read"] == pytest.approx(arrival + 1.0)  # it read the message after paying for its decoding
+    assert got["msgs"][0][0].tensors["g"].size == 25_000
