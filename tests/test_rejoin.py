@@ -25,6 +25,8 @@ class Trainer:
     def num_state(self):
         return self.params.size
 
+    num_params = num_state  # no non-trainable variables
+
     def get_params(self):
         return self.params.copy()
 

@@ -62,76 +62,59 @@ def burn(cpu_s):
         pass
 
 
-def test_the_cpu_overhead_meter_charges_own_work_at_the_cores_but_not_the_models():
+def metered(body):
+    """Run `body(actor, sched)` as peer 1 (0.5 cores) with its CPU time metered; returns the actor."""
     from dlion.simulate.compute import HostCpu
-    cfg = config()
     sched = Scheduler()
-    actor = sched.actor("peer-1")  # 0.5 cores
-    actor.meter = HostCpu(charger(actor, cfg, 1))
+    actor = sched.actor("peer-1")
+    actor.meter = HostCpu(charger(actor, config(), 1))
+    actor.start(lambda: body(actor, sched))
+    sched.run()
+    return actor
+
+
+def test_the_cpu_overhead_meter_charges_own_work_at_the_cores_but_not_the_models():
     seen = {}
 
-    def run():
+    def run(actor, sched):
         burn(0.05)  # the peer's own work: 0.05 CPU-s at 0.5 cores
         with actor.meter.apart():
             burn(0.05)  # the model view's: charged by the calibration instead
         actor.settle()
         seen["t"] = sched.clock()
 
-    actor.start(run)
-    sched.run()
+    actor = metered(run)
     assert 0.1 <= seen["t"] < 0.15
     assert 0.05 <= actor.meter.charged_s < 0.075
 
 
 def test_work_done_before_the_peer_reads_its_clock_is_in_the_time_it_reads():
     """What the peer stamps on a message it sends after work (an encoding, a top-k) comes after that work."""
-    from dlion.simulate.compute import HostCpu
-    cfg = config()
-    sched = Scheduler()
-    actor = sched.actor("peer-1")  # 0.5 cores
-    actor.meter = HostCpu(charger(actor, cfg, 1))
     seen = {}
 
-    def run():
+    def run(actor, sched):
         burn(0.05)
         seen["t"] = sched.clock()  # before any settle
         actor.settle()
 
-    actor.start(run)
-    sched.run()
+    metered(run)
     assert 0.1 <= seen["t"] < 0.15
 
 
 def test_copies_of_the_model_a_peer_asks_for_cost_it_time_but_the_simulations_swaps_do_not():
     import numpy as np
     from dlion.simulate.compute import SharedModel
-
-    class Trainer:
-        num_params = num_state = 1000
-
-        def __init__(self):
-            self.params, self.state = np.zeros(1000, np.float32), np.zeros(2000, np.float32)
-
-        def get_params(self):
-            return self.params.copy()
-
-        def set_params(self, flat):
-            self.params = np.array(flat, np.float32)
-
-        def optimizer_vector(self):
-            return self.state.copy()
-
-        def set_optimizer_vector(self, flat):
-            self.state = np.array(flat, np.float32)
+    from test_rejoin import Trainer  # flat parameters and optimizer state, no TensorFlow
 
     charged = {0: 0.0, 1: 0.0}
-    shared = SharedModel(Trainer())
+    shared = SharedModel(Trainer(0.0, size=1000))
+    optimizer = shared.trainer.optimizer.size
     views = [shared.view(lambda s, p=p: charged.__setitem__(p, charged[p] + s), CAL) for p in (0, 1)]
     views[0].set_params(np.ones(1000, np.float32))
-    views[0].set_optimizer_vector(np.ones(2000, np.float32))  # loads peer 0's state into the model: a swap
-    views[1].set_optimizer_vector(np.zeros(2000, np.float32))  # unloads peer 0's, loads peer 1's: a swap
+    views[0].set_optimizer_vector(np.ones(optimizer, np.float32))  # loads peer 0's state into the model: a swap
+    views[1].set_optimizer_vector(np.zeros(optimizer, np.float32))  # unloads peer 0's, loads peer 1's: a swap
     views[1].get_params()
     assert shared.swaps == 2
-    assert charged[0] == pytest.approx((1000 + 2000) * 1e-6)
-    assert charged[1] == pytest.approx((2000 + 1000) * 1e-6)
+    assert charged[0] == pytest.approx((1000 + optimizer) * 1e-6)
+    assert charged[1] == pytest.approx((optimizer + 1000) * 1e-6)
     assert np.array_equal(views[0].get_params(), np.ones(1000)) and not views[1].get_params().any()
