@@ -25,6 +25,7 @@ from dlion.stages import StageContext
 
 KEEP_EVALUATIONS = 4096  # evaluation rounds whose figures a peer keeps (a float per peer each): a peer that trains
                          # alone may be hundreds of evaluations ahead of a slow one that completes a round later
+IDLE_EVERY_S = 0.05  # while waiting for the others' figures, how often the peer does what it does meanwhile (`idle`)
 
 
 class RunControl:
@@ -54,6 +55,9 @@ class RunControl:
         self._floor = 0  # figures of rounds below this were let go
         self._waited_through = -1  # the last evaluation round waited for (each is waited for once)
         self._judged: dict[int, object] = {}  # peer -> the last stop message of it already judged
+        # what the peer does meanwhile when it waits for the others' figures, every IDLE_EVERY_S, with the round it
+        # goes on with (the rejoin stage answers requests: a restarted peer need not wait for the next round)
+        self.idle: Callable[[int], None] | None = None
 
     def start(self, elapsed: float = 0.0, eval_s: float = 0.0) -> None:
         """Start the clock; a resumed run starts with the time its checkpoint had already spent."""
@@ -137,8 +141,13 @@ class RunControl:
             return
         self._waited_through = max(due)
         began = self.clock()
-        self.transport.mailbox.wait_for(messages.EVAL, max(due), self.ctx.live(self.ctx.others),
-                                        began + self.deadline_s)
+        deadline = began + self.deadline_s
+        while not self.transport.mailbox.wait_for(messages.EVAL, max(due), self.ctx.live(self.ctx.others),
+                                                  deadline if self.idle is None else
+                                                  min(deadline, self.clock() + IDLE_EVERY_S)):
+            if self.idle is None or self.clock() >= deadline:
+                break
+            self.idle(iteration)
         self.eval_s += self.clock() - began
 
     def _absorb(self) -> dict[int, dict[int, float]]:

@@ -47,7 +47,8 @@ class Peer:
                              elapsed=lambda: control.elapsed, replicas=self.replicas,
                              take_weight=self.gossip.take_weight, resync=apart,
                              frozen_after_s=cfg.transport.heartbeat_timeout_s if cfg.transport.heartbeat_s else None)
-        self._start = resumed["iteration"] if resumed else 0
+        control.idle = self.rejoin.answer  # while it waits for the others' figures, it answers rejoin requests
+        self._start = self._round = resumed["iteration"] if resumed else 0
         self.final_average = (FinalAverage(ctx, rounds.final_average_timeout_s)
                               if rounds.final_average and not alone else None)
         self._weight = 1.0  # the push-sum weight after the last round's mixing (1 without push-sum)
@@ -96,7 +97,7 @@ class Peer:
     def _rounds(self, iteration: int, every: int) -> tuple[str, int]:
         steps, round_work_s = self.work.local_steps, 0.0
         while not (reason := self.control.stop_reason(iteration)):
-            iteration = self.rejoin.step(iteration)
+            iteration = self._round = self.rejoin.step(iteration)
             batch = self.batching.batch_size(iteration)
             began = self.ctx.clock()
             loss, update, compute_s = self.work.compute(batch)
@@ -128,6 +129,7 @@ class Peer:
 
     def _gradients(self, batch: int):
         """(loss, flat gradient, compute time) of this peer's next batch, paced by the step clock."""
+        self.rejoin.answer_within(self._round)  # a restarted peer asking for a state need not wait for the round's end
         idx = self.sampler.next(batch)
         x, y = self.local.dataset.x_train[idx], self.local.dataset.y_train[idx]
         start = self.ctx.clock()

@@ -87,7 +87,7 @@ class Rejoin:
     def step(self, iteration: int) -> int:
         """Once per iteration: knock, answer requests, catch up. Returns the round to go on from."""
         self._knock()
-        self._answer(iteration)
+        self.answer(iteration)
         now = time.monotonic()
         if (self.frozen_after_s is not None and self._stepped_at is not None
                 and now - self._stepped_at > self.frozen_after_s):
@@ -246,7 +246,7 @@ class Rejoin:
 
     def _wait(self, round_: int) -> None:
         """A poll's pause, answering others meanwhile: were two peers to ask each other, neither waits in vain."""
-        self._answer(round_)
+        self.answer(round_)
         time.sleep(_POLL_S)
 
     def _take(self, msg, params, optimizer) -> dict:
@@ -277,7 +277,14 @@ class Rejoin:
         optimizer[at] = scalars
         return optimizer
 
-    def _answer(self, iteration: int) -> None:
+    def answer_within(self, iteration: int) -> None:
+        """Between two local steps of round `iteration`: answer with the state as it is, so that a peer asking does
+        not wait out the rest of the round (on a small peer, seconds it cannot train in) for a state no better; not
+        where the peers must go on from the very same parameters (`resync`), which are those a round starts with."""
+        if not self.resync:
+            self.answer(iteration)
+
+    def answer(self, iteration: int) -> None:
         """Send a peer that asks our optimizer state with our round, then our parameters, both for its request's
         round, once we have reached that round (a request for a round still ahead is for the state we start it with);
         once per round asked for: the repeats of a request are for a lost request, and answering each of them would

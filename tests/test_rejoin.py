@@ -320,3 +320,22 @@ def test_a_peer_asking_to_rejoin_is_not_waited_for_until_it_is_back(inproc):
     transports[2].back([0], 14)
     time.sleep(0.05)
     assert 2 not in transports[0].mailbox.departed
+
+
+def test_between_local_steps_a_request_is_answered_with_the_state_as_it_is_unless_the_peers_resync(inproc):
+    transports = inproc(PEERS)
+    trainers = {p: Trainer(float(p)) for p in PEERS}
+    logs = {p: Log() for p in PEERS}
+    mixing = Rejoin(stage_context(transports, 0), trainers[0], logs[0], EVERY)
+    lockstep = Rejoin(stage_context(transports, 1), trainers[1], logs[1], EVERY, resync=True)
+    for asked in (0, 1):
+        transports[2].send(asked, messages.REJOIN, 3)
+    time.sleep(0.05)
+    trainers[0].params[:] = 5.5  # partway through round 40's local steps
+    mixing.answer_within(40)
+    lockstep.answer_within(40)
+    time.sleep(0.05)
+    model = transports[2].mailbox.latest(messages.MODEL, 0)
+    assert model.round == 3 and model.tensors["x"][0] == 5.5
+    assert transports[2].mailbox.latest(messages.OPTIMIZER, 0).meta["at"] == 40
+    assert transports[2].mailbox.latest(messages.MODEL, 1) is None  # the state a round starts with, at its start
