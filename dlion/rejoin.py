@@ -75,6 +75,8 @@ class Rejoin:
         self._stepped_at: float | None = None  # when the loop last came by (time.monotonic())
         self._woken_until = 0.0  # catching up at LEAD rounds behind until then, after a freeze
         self._answered: dict[int, int] = {}  # peer -> the round of its last rejoin request answered
+        self._requests_seen = 0  # rejoin requests filed when this peer last looked at them
+        self._requests_ahead = False  # one of them is for a round this peer has not reached yet
         self._next_knock = 0.0
         self._knocked_at = 0.0  # when we last knocked (time.time()): a hello since is an answer
         self._retry_at = 0.0  # no catch-up before this (time.monotonic()) after an unanswered request
@@ -293,9 +295,15 @@ class Rejoin:
         moments in bfloat16 (float32's range, a relative rounding of 2^-9: statistics that need no more, and second
         moments too small for float16), its scalars (step count, learning rate) exactly, the parameters in float16
         where they fit, except where the peers must go on from the same parameters (`resync`)."""
+        filed = self.transport.mailbox.filed(messages.REJOIN)
+        if filed == self._requests_seen and not self._requests_ahead:
+            return  # nothing new, nothing waiting for a round still ahead
+        self._requests_seen, self._requests_ahead = filed, False
         for p in self.ctx.others:  # a peer asking is not waited for (departed) until it takes part in rounds again
             msg = self.transport.mailbox.latest(messages.REJOIN, p)
-            if msg is not None and self._answered.get(p) != msg.round and msg.round <= iteration:
+            if msg is not None and self._answered.get(p) != msg.round and msg.round > iteration:
+                self._requests_ahead = True
+            elif msg is not None and self._answered.get(p) != msg.round:
                 self._answered[p] = msg.round
                 state = self.trainer.optimizer_vector()
                 encoded = {"o": state.astype(BFLOAT16), "n": state[self.trainer.optimizer_scalars()]}

@@ -49,6 +49,7 @@ class Mailbox:
         self._store: dict[str, dict[int, dict[int, Message]]] = defaultdict(lambda: defaultdict(dict))
         self._low: dict[str, int] = {}
         self._latest: dict[tuple[str, int], Message] = {}
+        self._filed: dict[str, int] = defaultdict(int)  # messages filed so far per kind (`filed`)
         self._screened: dict[tuple[str, int], Message] = {}  # the latest message per key once it passed the screen
         self._newest: dict[tuple[str, int], int] = {}  # the highest round filed per (kind, sender)
         self._beyond: dict[int, int] = {}  # the highest round per sender refused as beyond the window
@@ -121,6 +122,7 @@ class Mailbox:
             if len(rounds) > self.keep_rounds and msg.kind not in COLLECTED:
                 self._forget(msg.sender, rounds.pop(min(rounds)))
             self._latest[(msg.kind, msg.sender)] = msg
+            self._filed[msg.kind] += 1
             key = (msg.kind, msg.sender)
             self._newest[key] = max(msg.round, self._newest.get(key, msg.round))
             self._wake(msg)
@@ -275,6 +277,11 @@ class Mailbox:
         for sender, rounds in self._store.get(kind, {}).items():
             for r in [r for r in rounds if r < low]:
                 self._forget(sender, rounds.pop(r))
+
+    def filed(self, kind: str) -> int:
+        """How many messages of `kind` were filed so far: whether anything came since a caller last looked, without
+        a look per sender (a peer checks for rejoin requests between every two steps)."""
+        return self._filed[kind]
 
     def latest(self, kind: str, sender: int) -> Message | None:
         """The most recently filed message of `kind` from `sender`, whatever its round, if it passes the screen
