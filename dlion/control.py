@@ -142,10 +142,10 @@ class RunControl:
         self._waited_through = max(due)
         began = self.clock()
         deadline = began + self.deadline_s
-        while not self.transport.mailbox.wait_for(messages.EVAL, max(due), self.ctx.live(self.ctx.others),
-                                                  deadline if self.idle is None else
-                                                  min(deadline, self.clock() + IDLE_EVERY_S)):
-            if self.idle is None or self.clock() >= deadline:
+        while True:
+            until = deadline if self.idle is None else min(deadline, self.clock() + IDLE_EVERY_S)
+            if self.transport.mailbox.wait_for(messages.EVAL, max(due), self.ctx.live(self.ctx.others), until) \
+                    or until >= deadline:
                 break
             self.idle(iteration)
         self.eval_s += self.clock() - began

@@ -110,7 +110,7 @@ class Replicas:
                 del self._out[dst]
         for dst in holders(self.ctx.peer_id, self.ctx.peer_ids, self.settings.copies, departed):
             link = self._out.get(dst)
-            if link is None or link.copy.size != size:
+            if link is None:
                 link = self._out[dst] = _Outgoing(next(self._epochs), np.zeros(size, np.float32),
                                                   np.zeros(chunks, np.int64), np.zeros(chunks, np.int64))
             self._send_slice(dst, link, current, part, index, round_, {"p": self.trainer.num_state, "w": float(weight)})
@@ -124,7 +124,7 @@ class Replicas:
             pieces.append(self.trainer.get_params()[part.start:min(part.stop, params)])
         if part.stop > params:
             pieces.append(self.trainer.optimizer_vector()[max(part.start - params, 0):part.stop - params])
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)  # the last slices may be empty
 
     def _send_slice(self, dst: int, link: _Outgoing, current: np.ndarray, part: slice, index: int, round_: int,
                     meta: dict) -> None:

@@ -231,3 +231,13 @@ def test_with_no_source_answering_a_restarted_peer_recovers_from_its_replica(inp
     assert event["taken"] and event["from"] == "replica" and event["from_peer"] == 1 and weights == [0.6]
     np.testing.assert_array_equal(state_of(trainers[0]), mine)
     assert at >= 500
+
+
+def test_an_empty_last_slice_of_a_small_state_without_the_optimizer_goes_too(inproc):
+    trainers = {p: Trainer(float(p + 1), size=9) for p in PEERS}  # 9 entries in 4 slices of 3: the last is empty
+    transports, replicas = network(inproc, trainers, refresh_every=1, chunks=4, optimizer=False)
+    rounds(replicas, trainers, 0, 4, rng=np.random.default_rng(2))
+    rounds(replicas, trainers, 4, 4)
+    answer = ask(transports, replicas, 1)
+    np.testing.assert_array_equal(answer.tensors["p"], trainers[0].params)
+    assert answer.tensors["o"].size == 0

@@ -297,9 +297,7 @@ class HostCpu:
             return
         spent = time.thread_time() - self._mark - self._apart_s
         self._mark = None
-        if spent > 0:
-            self.charged_s += spent
-            self._charge(spent)
+        self._bill(spent)
 
     @contextlib.contextmanager
     def elsewhere(self):
@@ -308,9 +306,12 @@ class HostCpu:
         try:
             yield
         finally:
-            if (spent := time.thread_time() - began) > 0:
-                self.charged_s += spent
-                self._charge(spent)
+            self._bill(time.thread_time() - began)
+
+    def _bill(self, spent: float) -> None:
+        if spent > 0:
+            self.charged_s += spent
+            self._charge(spent)
 
     def flush(self) -> None:
         """Charge what was spent so far and go on measuring: before the peer reads its clock, so that the time it
