@@ -149,12 +149,9 @@ class Trainer:
         strategy's scope cannot trace its gradients outside a replica context (`replica_step`)."""
         self.model = build_model(model, input_shape, num_classes, seed, from_logits=loss_from_logits)
         self._from_logits = bool(loss_from_logits)
-        self._logit_shift = None
-        if label_prior is not None:
-            prior = np.asarray(label_prior, np.float64)
-            if prior.shape != (num_classes,) or not (prior > 0).all():
-                raise ValueError(f"label_prior must be {num_classes} positive frequencies, got {label_prior!r}")
-            self._logit_shift = tf.constant(np.log(prior / prior.sum()), tf.float32)
+        self._num_classes = num_classes
+        self._logit_shift = tf.Variable(tf.zeros([num_classes]), trainable=False, name="logit_shift")
+        self.set_label_prior(label_prior)
         self.optimizer = _make_optimizer(optimizer, learning_rate, momentum, optimizer_params, lr_schedule)
         self._trainable = list(self.model.trainable_variables)
         self._state = self._trainable + list(self.model.non_trainable_variables)
@@ -188,6 +185,16 @@ class Trainer:
         self._set = compile_(self._set_fn, [self._params_in])
         self._get = compile_(lambda: _flat(self._state), [])
 
+    def set_label_prior(self, label_prior) -> None:
+        """Train with logit adjustment for these class frequencies from now on (None: without)."""
+        if label_prior is None:
+            self._logit_shift.assign(tf.zeros([self._num_classes]))
+            return
+        prior = np.asarray(label_prior, np.float64)
+        if prior.shape != (self._num_classes,) or not (prior > 0).all():
+            raise ValueError(f"label_prior must be {self._num_classes} positive frequencies, got {label_prior!r}")
+        self._logit_shift.assign(np.log(prior / prior.sum()).astype(np.float32))
+
     # --- graph bodies -------------------------------------------------------------------------------------------
     def _logits(self, outputs):
         """The model's outputs as logits: as they are, or for probabilities their logs, kept epsilon (1e-7) away
@@ -199,8 +206,7 @@ class Trainer:
 
     def _loss(self, x, y):
         logits = self._logits(self.model(x, training=True))
-        if self._logit_shift is not None:
-            logits = logits + self._logit_shift
+        logits = logits + self._logit_shift  # zero without a label prior
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
         if self.model.losses:  # regularisers of import-path models
             loss += tf.add_n(self.model.losses)

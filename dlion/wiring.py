@@ -185,10 +185,15 @@ def _make_trainer(cfg: Config, peer_id: int, local: LocalData, needs: Requiremen
     if threads != 0:
         trainer_mod.configure_threads(threads or cfg.peer(peer_id).tf_threads)
     tr = cfg.training
-    # skew compensation by logit adjustment: this peer's label frequencies (+1 each: none is 0)
-    prior = local.label_counts() + 1.0 if needs.label_prior else None
     return trainer_mod.Trainer(model=tr.model, seed=cfg.seed, input_shape=local.input_shape,
-                               num_classes=local.num_classes, label_prior=prior, **training_options(tr))
+                               num_classes=local.num_classes, label_prior=label_prior(local, needs),
+                               **training_options(tr))
+
+
+def label_prior(local: LocalData, needs: Requirements):
+    """The class frequencies a peer's loss is adjusted for (skew compensation by logit adjustment): its own label
+    counts, +1 each so that none is 0; None where no strategy asks for it."""
+    return local.label_counts() + 1.0 if needs.label_prior else None
 
 
 def transport_bounds(cfg: Config, num_values: int) -> tuple[WireLimits, dict]:
@@ -259,7 +264,10 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
                    clock=wall)
     needs = requirements(cfg)
     local = _make_data(cfg, peer_id, dataset, needs)
-    trainer = trainer if trainer is not None else _make_trainer(cfg, peer_id, local, needs)
+    if trainer is None:
+        trainer = _make_trainer(cfg, peer_id, local, needs)
+    elif needs.label_prior:  # a simulated peer's view of a shared model: its own loss all the same
+        trainer.set_label_prior(label_prior(local, needs))
     if transport is None:
         transport = make_transport(cfg, peer_id, max(trainer.num_params, trainer.num_state), link_policy)
     x_hold, y_hold = local.dataset.x_train[local.holdout_idx], local.dataset.y_train[local.holdout_idx]

@@ -204,6 +204,8 @@ def test_label_prior_trains_on_logits_shifted_by_the_log_prior(ds):
     assert adjusted.evaluate(x, y) == pytest.approx(plain.evaluate(x, y))
     with pytest.raises(ValueError, match="label_prior"):
         Trainer("mlp", "adam", label_prior=np.zeros(10))
+    adjusted.set_label_prior(None)  # and back to the plain loss
+    assert adjusted.gradients(x, y)[0] == pytest.approx(plain.gradients(x, y)[0], rel=1e-6)
 
 
 def test_uint8_images_are_scaled_as_float_images_in_0_1(cnn, ds):

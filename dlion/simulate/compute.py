@@ -158,8 +158,9 @@ class SharedModel:
     """The one trainer every simulated peer computes on, and which peer's state it holds now."""
 
     def __init__(self, trainer):
-        self.trainer = trainer
+        self.trainer = trainer  # built without a label prior
         self.owner: PeerModel | None = None
+        self.label_prior = None  # the one on the trainer now
         self.swaps = 0
 
     def view(self, cost: Callable[[float], None], calibration: Calibration, meter: HostCpu | None = None
@@ -185,6 +186,7 @@ class PeerModel:
         self._params: np.ndarray | None = trainer.get_params()
         self._state: np.ndarray | None = trainer.optimizer_vector()
         self.num_optimizer = self._state.size
+        self._label_prior = None  # this peer's loss's (logit adjustment), set on the trainer with its state
 
     @property
     def _trainer(self):
@@ -195,6 +197,9 @@ class PeerModel:
                 shared.owner._unload()
             shared.trainer.set_params(self._params)
             shared.trainer.set_optimizer_vector(self._state)
+            if self._label_prior is not shared.label_prior:
+                shared.trainer.set_label_prior(self._label_prior)
+                shared.label_prior = self._label_prior
             self._params = self._state = None
             shared.owner = self
             shared.swaps += 1
@@ -208,6 +213,12 @@ class PeerModel:
     @property
     def _loaded(self) -> bool:
         return self.shared.owner is self
+
+    def set_label_prior(self, label_prior) -> None:
+        self._label_prior = label_prior
+        if self._loaded:
+            self.shared.trainer.set_label_prior(label_prior)
+            self.shared.label_prior = label_prior
 
     def gradients(self, x, y):
         with self._apart():

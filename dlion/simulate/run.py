@@ -39,7 +39,6 @@ from dlion import wiring
 from dlion.analysis import summarize
 from dlion.config import Config
 from dlion.launch import prepare_out_dir
-from dlion.schema import ConfigError
 from dlion.transport.inproc import InprocHub
 
 from . import compute
@@ -54,11 +53,7 @@ WARM_UP_BATCH = 32
 def for_simulation(cfg: Config) -> Config:
     """The config as simulated: no checkpoints (a simulation is not resumed), no TensorBoard writers (hundreds of
     peers), no heartbeats (nothing freezes; a peer's loop may stand still for long on the host's clock while the
-    others' steps run); refused (ConfigError) where one shared model cannot stand for the peers'."""
-    if wiring.requirements(cfg).label_prior:
-        raise ConfigError("strategies.gossip.skew_compensation",
-                          "logit-adjustment gives every peer its own loss, which one shared model cannot simulate; "
-                          "use none or flow-integral")
+    others' steps run)."""
     return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, checkpoint_every=None, tensorboard=False),
                                transport=dataclasses.replace(cfg.transport, heartbeat_s=None))
 
@@ -92,7 +87,8 @@ def simulate(cfg: Config, out_dir: str | Path, *, queue: str = "link", calibrati
             "all their threads)")
         threads = 0
     first = wiring._make_data(cfg, ids[0], dataset, needs)
-    trainer = wiring._make_trainer(cfg, ids[0], first, needs, threads=threads)
+    # the shared model starts without a label prior: each peer's view sets its own (logit adjustment)
+    trainer = wiring._make_trainer(cfg, ids[0], first, dataclasses.replace(needs, label_prior=False), threads=threads)
     wiring._warm_up(trainer, first, WARM_UP_BATCH)
     sample = np.resize(first.train_idx, max(*compute.STEP_BATCHES, *compute.EVAL_SIZES))
     x, y = first.dataset.x_train[sample], first.dataset.y_train[sample]

@@ -2,6 +2,8 @@
 outputs as a real run, and the same figures when run again."""
 import json
 
+import pytest
+
 from conftest import ROOT, requires_fashion
 from dlion import cli
 from dlion.analysis import load_run
@@ -54,11 +56,25 @@ def test_an_output_directory_of_an_earlier_run_is_refused(tmp_path, capsys):
     assert code == 2 and "--overwrite" in capsys.readouterr().err
 
 
-def test_logit_adjustment_is_refused_with_its_key(tmp_path, capsys):
-    code = cli.main(["simulate", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(tmp_path / "x"),
-                     "--set", "preset=sparse-push-skew"])
-    assert code == 2
-    assert "config error: strategies.gossip.skew_compensation: logit-adjustment" in capsys.readouterr().err
+def test_each_simulated_peer_trains_with_its_own_label_prior_on_the_shared_model():
+    """Logit adjustment gives every peer its own loss: a view of the shared model computes what a trainer of its
+    own with the peer's prior computes, whichever peer's state the model held before."""
+    import numpy as np
+    pytest.importorskip("tensorflow")
+    from dlion.simulate.compute import SharedModel
+    from dlion.trainer import Trainer
+    from test_simulate_compute import CAL
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 28, 28, 1), np.float32), rng.integers(0, 10, 32)
+    priors = [np.array([40, 30, 10, 5, 5, 4, 3, 1, 1, 1], np.float64), None, np.arange(1, 11, dtype=np.float64)]
+    shared = SharedModel(Trainer("mlp", "adam", seed=3))
+    views = [shared.view(lambda s: None, CAL) for _ in priors]
+    for view, prior in zip(views, priors):
+        view.set_label_prior(prior)
+    for view, prior in [*zip(views, priors), *zip(views[::-1], priors[::-1])]:
+        own = Trainer("mlp", "adam", seed=3, label_prior=prior)
+        assert view.gradients(x, y)[0] == pytest.approx(own.gradients(x, y)[0], rel=1e-5)
 
 
 @requires_fashion
