@@ -183,7 +183,9 @@ class Training:
     max_iterations: Optional[int] = option(None, check=positive,
                                            expect="a positive integer (optimizer steps: a round of "
                                                   "rounds.local_steps counts as that many) or null")
-    max_seconds: Optional[float] = option(None, check=positive, expect="a positive number of seconds or null")
+    max_seconds: Optional[float] = option(None, check=positive,
+                                          expect="a positive number of seconds since training began, evaluations "
+                                                 "included (time to target counts training time only), or null")
     target_accuracy: Optional[float] = option(None, check=between(0.0, 1.0), expect="an accuracy in [0, 1] or null")
     stop_at_target: bool = True
 
