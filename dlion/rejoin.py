@@ -301,16 +301,18 @@ class Rejoin:
         self._requests_seen, self._requests_ahead = filed, False
         for p in self.ctx.others:  # a peer asking is not waited for (departed) until it takes part in rounds again
             msg = self.transport.mailbox.latest(messages.REJOIN, p)
-            if msg is not None and self._answered.get(p) != msg.round and msg.round > iteration:
+            if msg is None or self._answered.get(p) == msg.round:
+                continue
+            if msg.round > iteration:
                 self._requests_ahead = True
-            elif msg is not None and self._answered.get(p) != msg.round:
-                self._answered[p] = msg.round
-                state = self.trainer.optimizer_vector()
-                encoded = {"o": state.astype(BFLOAT16), "n": state[self.trainer.optimizer_scalars()]}
-                meta = {"at": iteration, "train_s": self.elapsed()}
-                try:
-                    self.transport.send(p, messages.OPTIMIZER, msg.round, encoded, meta)
-                except ValueError:
-                    self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": state[:0]}, meta)
-                self.transport.send(p, messages.MODEL, msg.round,
-                                    {"x": rounded(self.trainer.get_params(), half=not self.resync)})
+                continue
+            self._answered[p] = msg.round
+            state = self.trainer.optimizer_vector()
+            encoded = {"o": state.astype(BFLOAT16), "n": state[self.trainer.optimizer_scalars()]}
+            meta = {"at": iteration, "train_s": self.elapsed()}
+            try:
+                self.transport.send(p, messages.OPTIMIZER, msg.round, encoded, meta)
+            except ValueError:
+                self.transport.send(p, messages.OPTIMIZER, msg.round, {"o": state[:0]}, meta)
+            self.transport.send(p, messages.MODEL, msg.round,
+                                {"x": rounded(self.trainer.get_params(), half=not self.resync)})

@@ -163,6 +163,12 @@ class SharedModel:
         self.label_prior = None  # the one on the trainer now
         self.swaps = 0
 
+    def use_label_prior(self, label_prior) -> None:
+        """Put a peer's label prior on the trainer, unless it is the one there already."""
+        if label_prior is not self.label_prior:
+            self.trainer.set_label_prior(label_prior)
+            self.label_prior = label_prior
+
     def view(self, cost: Callable[[float], None], calibration: Calibration, meter: HostCpu | None = None
              ) -> PeerModel:
         """A peer's view, starting from the trainer's current parameters and optimizer state (every peer starts
@@ -197,9 +203,7 @@ class PeerModel:
                 shared.owner._unload()
             shared.trainer.set_params(self._params)
             shared.trainer.set_optimizer_vector(self._state)
-            if self._label_prior is not shared.label_prior:
-                shared.trainer.set_label_prior(self._label_prior)
-                shared.label_prior = self._label_prior
+            shared.use_label_prior(self._label_prior)
             self._params = self._state = None
             shared.owner = self
             shared.swaps += 1
@@ -217,8 +221,7 @@ class PeerModel:
     def set_label_prior(self, label_prior) -> None:
         self._label_prior = label_prior
         if self._loaded:
-            self.shared.trainer.set_label_prior(label_prior)
-            self.shared.label_prior = label_prior
+            self.shared.use_label_prior(label_prior)
 
     def gradients(self, x, y):
         with self._apart():
