@@ -266,8 +266,15 @@ class Rounds:
                                                "average, weighted by push-sum weight (dlion/consensus.py)")
     final_average_timeout_s: float = option(10.0, check=positive,
                                             expect="a positive number of seconds: the longest a peer waits for the "
-                                                   "others' models of the final average (one that has not come is "
+                                                   "others' models of the final average, and for their class "
+                                                   "statistics of the classifier refit (one that has not come is "
                                                    "left out)")
+    classifier_refit: Literal["none", "always", "when-skewed"] = option(
+        "none", expect="none, always or when-skewed: once training is over (after the final average), every peer "
+                       "shares its label counts and the count, mean and covariance of its features per class, and "
+                       "each refits the model's last layer on features drawn from them, every class alike (CCVR, "
+                       "against label skew; needs a model ending in a Dense layer); when-skewed refits only where a "
+                       "peer's labels are spread unlike the union's (dlion/classifier.py)")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""The final average: once training is over, the peers end with one model (`rounds.final_average`).
+"""The final average: once training is over, the peers end with one model (`rounds.final_average`); and `gather`,
+the exchange it makes (every live peer's message of a kind, within a timeout), which the classifier refit
+(`dlion.classifier`) makes too.
 
 Gossip leaves the peers' models close but not equal, and a peer that joined the stop late, or sits behind a slow
 link, ends a little behind the others. A user wants one model at the end. So every peer sends its model, with its
@@ -14,11 +16,48 @@ claiming a huge weight; its model passes the norm guard like any model.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 from dlion import messages
 from dlion.compression import rounded
 from dlion.stages import StageContext
+from dlion.transport.wire import Message
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What an end-of-training exchange collected: the usable messages, the wait and their bytes."""
+
+    messages: list[Message]
+    wait_s: float
+    nbytes: int
+
+
+def gather(ctx: StageContext, kind: str, round_: int, tensors: dict, timeout_s: float,
+           check: Callable[[Message], tuple[str, str] | None], meta: dict | None = None) -> Gathered:
+    """Send `tensors` (and `meta`) as `kind` to every live peer, wait until each has sent its own (or until the
+    timeout, or until it left), and keep the latest message of each other peer that `check` finds no problem with
+    ((reason, detail) drops and counts it)."""
+    transport = ctx.transport
+    peers = ctx.live(ctx.others)
+    for p in peers:
+        transport.send(p, kind, round_, tensors, meta or {})
+    began = ctx.clock()
+    transport.mailbox.wait_for(kind, 0, peers, began + timeout_s)
+    wait_s = ctx.clock() - began
+    kept = []
+    for p in ctx.others:
+        msg = transport.mailbox.latest(kind, p)
+        if msg is None:
+            continue
+        if found := check(msg):
+            transport.reject(msg, *found)
+            continue
+        kept.append(msg)
+    return Gathered(kept, round(wait_s, 3), sum(msg.nbytes for msg in kept))
 
 
 class FinalAverage:
@@ -30,28 +69,21 @@ class FinalAverage:
         """Send this peer's model, wait for the others', and set the model to the weighted average. Returns the
         `average` event's figures: who was averaged in, the wait and the bytes received."""
         own = self.ctx.model.get()
-        peers = self.ctx.live(self.ctx.others)
-        sent = rounded(own, self.half)
         self.transport.guard.observe(messages.FINAL_MODEL, {"x": own})  # what the others' models are judged by
-        for p in peers:
-            self.transport.send(p, messages.FINAL_MODEL, round_, {"x": sent}, {"w": weight})
-        began = self.ctx.clock()
-        self.transport.mailbox.wait_for(messages.FINAL_MODEL, 0, peers, began + self.timeout_s)
-        wait_s = self.ctx.clock() - began
-        mass, total, used, received = own.astype(np.float64) * weight, weight, [], 0
-        for p in self.ctx.others:
-            msg = self.transport.mailbox.latest(messages.FINAL_MODEL, p)
-            if msg is None:
-                continue
+
+        def check(msg):
             theirs = msg.tensors["x"]
             if not isinstance(theirs, np.ndarray) or theirs.shape != own.shape or theirs.dtype.kind != "f":
-                self.transport.reject(msg, "shape", f"expected parameters 'x' of shape {own.shape}")
-                continue
+                return "shape", f"expected parameters 'x' of shape {own.shape}"
+            return None
+
+        got = gather(self.ctx, messages.FINAL_MODEL, round_, {"x": rounded(own, self.half)}, self.timeout_s, check,
+                     {"w": weight})
+        mass, total = own.astype(np.float64) * weight, weight
+        for msg in got.messages:
             w = min(float(msg.meta["w"]), float(len(self.ctx.peer_ids)))
-            mass += w * theirs.astype(np.float64)
+            mass += w * msg.tensors["x"].astype(np.float64)
             total += w
-            used.append(p)
-            received += msg.nbytes
         if total > 0:  # (a drained peer alone has nothing to average)
             self.ctx.model.set((mass / total).astype(own.dtype))
-        return {"peers": used, "wait_s": round(wait_s, 3), "bytes_received": received}
+        return {"peers": [msg.sender for msg in got.messages], "wait_s": got.wait_s, "bytes_received": got.nbytes}

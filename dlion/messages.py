@@ -31,6 +31,8 @@ REJOIN = "rejoin"    # a restarted peer asks for the parameters to continue from
 BACK = "back"        # a rejoining peer takes part in rounds again from round `at` on
 OPTIMIZER = "optimizer"  # with a rejoin answer: the answering peer's round and optimizer state (o; n: its scalars)
 FINAL_MODEL = "final-model"  # the final average: the sender's parameters and push-sum weight (`dlion.consensus`)
+LABEL_COUNTS = "label-counts"  # the classifier refit: the sender's training label counts (`dlion.classifier`)
+CLASS_STATS = "class-stats"  # the classifier refit: the sender's per-class feature statistics
 REPLICA = "replica"  # one slice of the sender's state, for the replica its holder keeps (`dlion.replica`)
 REPLICA_REQUEST = "replica-request"  # a restarted peer asks what replica of its state a peer holds, or for the replica
 REPLICA_OFFER = "replica-offer"  # the replica held of the asking peer is complete: the round of its oldest slice
@@ -142,6 +144,8 @@ KINDS: dict[str, Kind] = {
     BACK: Kind({"at": round_number}, rate=1.0, burst=2),
     MODEL: Kind({}, frozenset({"x"})),
     FINAL_MODEL: Kind({"w": positive_float}, frozenset({"x"}), rate=1.0, burst=2),
+    LABEL_COUNTS: Kind({}, frozenset({"h"}), rate=1.0, burst=2),
+    CLASS_STATS: Kind({}, frozenset({"c", "n", "m", "s"}), rate=1.0, burst=2),  # classes, counts, means, spreads
     OPTIMIZER: Kind({"at": round_number, "train_s": non_negative_float}, frozenset({"o"}), frozenset({"n"}), rate=1.0,
                     burst=2),
     # a slice i of `of` of a state of `size` entries (the first `p` are parameters), dense or the difference from the

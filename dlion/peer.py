@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from dlion import checkpoint
+from dlion.classifier import ClassifierRefit
 from dlion.consensus import FinalAverage
 from dlion.progress import traffic
 from dlion.rejoin import Rejoin
@@ -51,6 +52,10 @@ class Peer:
         self._start = self._round = resumed["iteration"] if resumed else 0
         self.final_average = (FinalAverage(ctx, rounds.final_average_timeout_s)
                               if rounds.final_average and not alone else None)
+        self.refit = (ClassifierRefit(ctx, trainer, local.dataset.x_train[local.train_idx],
+                                      local.dataset.y_train[local.train_idx], local.num_classes,
+                                      rounds.final_average_timeout_s, cfg.seed, rounds.classifier_refit == "always")
+                      if rounds.classifier_refit != "none" else None)
         self._weight = 1.0  # the push-sum weight after the last round's mixing (1 without push-sum)
 
     def run(self, after_training=lambda: None) -> dict:
@@ -72,6 +77,8 @@ class Peer:
             after_training()
             if self.final_average and reason != "signal":  # stopped by a signal: the others may not be averaging
                 self.log.emit("average", it=iteration, **self.final_average.run(iteration, self._weight))
+            if self.refit and reason != "signal":
+                self.log.emit("refit", it=iteration, **self.refit.run(iteration))
             final = self._finish(reason, iteration)
         finally:
             self.clock.close()

@@ -32,13 +32,15 @@ FULL_GOSSIP_FRACTION = 0.1
 # its budget allows), Sparse-Push gossip on the time-varying graph, direct knowledge transfer over links fast
 # enough for a model; rounds overlap: a neighbour may lag 2 rounds before anyone waits for it; a round's
 # messages to a peer leave together, one message per link and round; at the end, the peers average their models
+# and, where their labels are spread unevenly, refit the last layer on their shared class statistics
 FULL = {"strategies": {"batching": {"kind": "weighted"},
                        "exchange": {"kind": "prioritized", "graph": "full", "staleness": FULL_STALENESS},
                        "knowledge": {"kind": "dkt"},
                        "gossip": {"kind": "sparse-push", "staleness": FULL_STALENESS, "every": FULL_GOSSIP_EVERY,
                                   "fraction": FULL_GOSSIP_FRACTION}},
         "topology": ONE_PEER_EXPONENTIAL, "rounds": {"local_steps": FULL_LOCAL_STEPS, "one_message": True,
-                                                    "min_step_batch": FULL_MIN_STEP_BATCH, "final_average": True}}
+                                                    "min_step_batch": FULL_MIN_STEP_BATCH, "final_average": True,
+                                                    "classifier_refit": "when-skewed"}}
 
 PRESETS: dict[str, dict] = {
     # the reference without collaboration: each peer trains alone on its own data, nothing sent but evaluations

@@ -90,6 +90,23 @@ def _make_optimizer(name, learning_rate, momentum, params=None, schedule=None):
                          **optimizers.keyword_arguments(name, params, momentum))
 
 
+def classifier_parts(model: keras.Model) -> tuple[keras.layers.Dense, keras.Model]:
+    """(last layer, body) of a model whose last layer the classifier refit can retrain (`dlion.classifier`): a Dense
+    layer with a bias and a linear or softmax activation, on a graph that can be cut before it (the body: the model
+    up to that layer's input). ValueError saying what is missing otherwise."""
+    last = model.layers[-1] if model.layers else None
+    if not (isinstance(last, keras.layers.Dense) and last.use_bias
+            and last.activation in (keras.activations.linear, keras.activations.softmax)):
+        raise ValueError(f"the classifier refit needs a model whose last layer is a Dense layer with a bias and no "
+                         f"activation (or a softmax); model {model.name!r} ends in "
+                         f"{type(last).__name__ if last else 'no layer'}")
+    try:
+        return last, keras.Model(model.inputs, last.input)
+    except (AttributeError, ValueError, TypeError) as exc:
+        raise ValueError(f"the classifier refit needs a functional or sequential model (it takes the features before "
+                         f"the last layer): {exc}") from None
+
+
 _ALIGN = 64  # bytes; TF kernels assume buffers at least this aligned
 
 
@@ -343,6 +360,29 @@ class Trainer:
     def set_params(self, flat) -> None:
         """Overwrite all model variables from a flat vector [num_state] (e.g. after parameter sync)."""
         self._set(self._params_in(flat))
+
+    def check_classifier(self) -> None:
+        """Raise ValueError unless the classifier refit can retrain this model's last layer (`classifier_parts`)."""
+        if getattr(self, "_body", None) is None:
+            self._head, body = classifier_parts(self.model)
+            self._body = tf.function(lambda x: body(x, training=False), input_signature=[self._x.spec])
+
+    def features(self, x, batch=1000) -> np.ndarray:
+        """The inputs' features: what the last layer takes, in inference mode, [n, d] float32, in chunks of
+        `batch`."""
+        self.check_classifier()
+        return np.concatenate([self._body(self._x(x[i:i + batch])).numpy() for i in range(0, len(x), batch)])
+
+    def classifier(self) -> tuple[np.ndarray, np.ndarray]:
+        """The last layer's kernel [d, classes] and bias [classes]."""
+        self.check_classifier()
+        return self._head.kernel.numpy(), self._head.bias.numpy()
+
+    def set_classifier(self, kernel, bias) -> None:
+        """Overwrite the last layer's kernel and bias (same shapes as `classifier` gives)."""
+        self.check_classifier()
+        self._head.kernel.assign(np.asarray(kernel, np.float32))
+        self._head.bias.assign(np.asarray(bias, np.float32))
 
     def save(self, path) -> None:
         """The model as a `.keras` file: `keras.models.load_model(path)` gives it back (logits out, or probabilities

@@ -79,6 +79,12 @@ def check_model(cfg: Config) -> list[str]:
                                 from_logits=cfg.training.loss_from_logits)
         except ValueError as exc:
             raise ConfigError("training.model", str(exc)) from None
+        if cfg.rounds.classifier_refit != "none":
+            from dlion.trainer import classifier_parts
+            try:
+                classifier_parts(model)
+            except ValueError as exc:
+                raise ConfigError("rounds.classifier_refit", str(exc)) from None
         params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
         lines.append(f"training.model: {cfg.training.model}: {params:,} parameters, input {shape}, {classes} classes"
                      + (f" (data: {source})" if source else ""))
@@ -268,6 +274,8 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
         trainer = _make_trainer(cfg, peer_id, local, needs)
     elif needs.label_prior:  # a simulated peer's view of a shared model: its own loss all the same
         trainer.set_label_prior(label_prior(local, needs))
+    if cfg.rounds.classifier_refit != "none":
+        trainer.check_classifier()  # before anything starts
     if transport is None:
         transport = make_transport(cfg, peer_id, max(trainer.num_params, trainer.num_state), link_policy)
     x_hold, y_hold = local.dataset.x_train[local.holdout_idx], local.dataset.y_train[local.holdout_idx]

@@ -110,6 +110,14 @@ def test_validate_builds_the_model_on_the_data_and_names_a_bad_one(tmp_path):
         bad = dlion("validate", "examples/own-data.yaml", *data, "--set", f"training.model={model}")
         assert bad.returncode == 2 and "config error: training.model:" in bad.stderr and problem in bad.stderr, \
             bad.stderr
+    (tmp_path / "sigmoid.py").write_text(
+        "import keras\n"
+        "def build(input_shape, num_classes):\n"
+        "    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),\n"
+        "                             keras.layers.Dense(num_classes, activation='sigmoid')])\n")
+    bad = dlion("validate", "examples/own-data.yaml", *data, "--set", f"training.model={tmp_path / 'sigmoid.py'}:build",
+                "--set", "rounds.classifier_refit=always")
+    assert bad.returncode == 2 and "config error: rounds.classifier_refit:" in bad.stderr, bad.stderr
 
 
 def test_run_with_a_missing_data_file_starts_nothing(tmp_path):

@@ -249,3 +249,33 @@ def test_the_optimizers_scalars_are_its_step_count_and_learning_rate(cnn, ds):
     steps, learning_rate = cnn.optimizer.iterations.numpy(), cnn.optimizer.learning_rate.numpy()
     assert vector[at].tolist() == [float(steps), pytest.approx(learning_rate)] and steps >= 1
     assert at.size == 2 and vector.size > 2 * cnn.get_params().size  # the rest: Adam's two moments per parameter
+
+
+def test_features_and_the_classifier_give_the_models_logits_and_a_set_layer_is_the_models(cnn_bn, ds):
+    x = ds.x_train[:64]
+    features = cnn_bn.features(x, batch=25)
+    kernel, bias = cnn_bn.classifier()
+    assert features.shape == (64, 128) and kernel.shape == (128, 10) and bias.shape == (10,)
+    np.testing.assert_allclose(features @ kernel + bias, cnn_bn.model(x, training=False).numpy(), atol=1e-4)
+    before = cnn_bn.get_params()
+    cnn_bn.set_classifier(kernel + 1.0, bias - 1.0)
+    changed = cnn_bn.get_params() != before
+    assert changed.sum() == kernel.size + bias.size  # the last layer, nothing else
+    cnn_bn.set_classifier(kernel, bias)
+    np.testing.assert_array_equal(cnn_bn.get_params(), before)
+
+
+def test_a_model_whose_last_layer_cannot_be_refitted_is_refused_with_the_reason():
+    import keras
+    from dlion.trainer import classifier_parts
+
+    def sequential(*layers):
+        return keras.Sequential([keras.Input((4,)), *layers])
+
+    last, body = classifier_parts(sequential(keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)))
+    assert last.units == 3 and body.output_shape == (None, 8)
+    for model, says in ((sequential(keras.layers.Dense(3), keras.layers.Softmax()), "ends in Softmax"),
+                        (sequential(keras.layers.Dense(3, use_bias=False)), "Dense layer with a bias"),
+                        (sequential(keras.layers.Dense(3, activation="sigmoid")), "no activation")):
+        with pytest.raises(ValueError, match=says):
+            classifier_parts(model)

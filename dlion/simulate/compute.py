@@ -240,6 +240,23 @@ class PeerModel:
         self.cost(self.calibration.eval_s(len(x)))
         return result
 
+    def check_classifier(self) -> None:
+        self.shared.trainer.check_classifier()
+
+    def features(self, x, batch=1000) -> np.ndarray:
+        with self._apart():
+            result = self._trainer.features(x, batch)
+        self.cost(self.calibration.eval_s(len(x)))  # a forward pass in inference mode, as an evaluation's
+        return result
+
+    def classifier(self) -> tuple[np.ndarray, np.ndarray]:
+        with self._apart():
+            return self._trainer.classifier()
+
+    def set_classifier(self, kernel, bias) -> None:
+        with self._apart():
+            self._trainer.set_classifier(kernel, bias)
+
     def get_params(self) -> np.ndarray:
         with self._apart():
             params = self.shared.trainer.get_params() if self._loaded else self._params.copy()

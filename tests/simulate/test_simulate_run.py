@@ -90,7 +90,28 @@ def test_the_full_peer_sends_one_message_per_link_and_round(tmp_path, capsys):
         rounds = final["it"]
         assert rounds == 64 // 4 and final["bytes_by_kind"]["grad"] and final["bytes_by_kind"]["gossip"]
         for link in final["links"].values():  # gradient part, gossip part, replica slice, figures: one message,
-            # nothing alone but the final average's model after the last round; a round in which the peer had to wait
-            # for a neighbour sent what it held before waiting and the rest at its end (depends on the host's
-            # calibration: none here, one in a CI run)
-            assert link["msgs_sent"] == link["bundles_sent"] + 1 and rounds <= link["bundles_sent"] <= rounds + 2
+            # nothing alone but the final average's model and the label counts of the classifier refit (the
+            # quickstart's labels are spread alike: no class statistics follow) after the last round; a round in which
+            # the peer had to wait for a neighbour sent what it held before waiting and the rest at its end (depends
+            # on the host's calibration: none here, one in a CI run)
+            assert link["msgs_sent"] == link["bundles_sent"] + 2 and rounds <= link["bundles_sent"] <= rounds + 2
+        refit = [e for e in read_events(tmp_path / "run" / f"peer-{peer}.jsonl") if e["ev"] == "refit"][0]
+        assert not refit["refitted"] and refit["skew"] < 0.1
+
+
+@requires_fashion
+def test_on_label_skewed_data_the_full_peer_refits_one_last_layer_for_all(tmp_path, capsys):
+    code = cli.main(["simulate", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(tmp_path / "run"),
+                     "--calibration", str(tmp_path / "calibration.json"), *ARGS, "--set", "preset=full",
+                     "--set", "rounds.local_steps=8", "--set", "training.partition.kind=dirichlet",
+                     "--set", "training.partition.alpha=0.1"])
+    capsys.readouterr()
+    assert code == 0
+    finals = []
+    for peer in range(4):
+        events = read_events(tmp_path / "run" / f"peer-{peer}.jsonl")
+        refit = next(e for e in events if e["ev"] == "refit")
+        assert refit["refitted"] and refit["skew"] > 0.5 and refit["covariance"] == "full"
+        assert sorted(refit["peers"]) == [p for p in range(4) if p != peer] and refit["classes"] == list(range(10))
+        finals.append(next(e for e in events if e["ev"] == "final")["acc"])
+    assert max(finals) - min(finals) < 1e-3, finals  # one model: the same average, the same refitted layer
