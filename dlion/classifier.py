@@ -136,9 +136,9 @@ def _spread(stats: ClassStats) -> np.ndarray:
 
 def problem(tensors: dict, own: ClassStats, num_classes: int, max_count: int, ratio: float) -> tuple[str, str] | None:
     """Why received statistics (`ClassStats.tensors`) cannot be used ((reason, detail)), or None: shapes as this
-    peer's own, classes distinct
-    and in range, counts in 1..`max_count`, and each class's mean norm and spread at most `ratio` (and `ratio`
-    squared) times this peer's own largest."""
+    peer's own, classes distinct and in range, counts in 1..`max_count` (a sender's weight in a class is bounded),
+    variances not negative, and each class's mean norm and spread at most `ratio` (and `ratio` squared) times this
+    peer's own largest."""
     c, n, m, s = (np.asarray(tensors[k]) for k in ("c", "n", "m", "s"))
     d = own.means.shape[1]
     k = len(c) if c.ndim == 1 else -1

@@ -29,8 +29,9 @@ class Peer:
     """One peer process's loop over its wired parts (`dlion.wiring.build`)."""
 
     def __init__(self, cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log, out_dir,
-                 resumed: dict | None = None):
-        """`resumed`: the checkpoint (dlion.checkpoint.load) this peer continues from, already in its trainer."""
+                 resumed: dict | None = None, refit: ClassifierRefit | None = None):
+        """`resumed`: the checkpoint (dlion.checkpoint.load) this peer continues from, already in its trainer;
+        `refit`: the classifier refit to run after the final average (`rounds.classifier_refit`), if any."""
         self.cfg, self.ctx, self.local, self.trainer, self.sampler = cfg, ctx, local, trainer, sampler
         self.out_dir, self.resumed = out_dir, resumed
         self.batching, self.exchange = stages.batching, stages.exchange
@@ -52,10 +53,7 @@ class Peer:
         self._start = self._round = resumed["iteration"] if resumed else 0
         self.final_average = (FinalAverage(ctx, rounds.final_average_timeout_s)
                               if rounds.final_average and not alone else None)
-        self.refit = (ClassifierRefit(ctx, trainer, local.dataset.x_train[local.train_idx],
-                                      local.dataset.y_train[local.train_idx], local.num_classes,
-                                      rounds.final_average_timeout_s, cfg.seed, rounds.classifier_refit == "always")
-                      if rounds.classifier_refit != "none" else None)
+        self.refit = refit
         self._weight = 1.0  # the push-sum weight after the last round's mixing (1 without push-sum)
 
     def run(self, after_training=lambda: None) -> dict:

@@ -15,6 +15,7 @@ import numpy as np
 
 from dlion import data as datamod
 from dlion import checkpoint, hooks, security, sources
+from dlion.classifier import ClassifierRefit
 from dlion.clock import StepClock, Unpaced
 from dlion.config import STAGE_REGISTRIES, Config
 from dlion.schema import ConfigError
@@ -84,7 +85,9 @@ def check_model(cfg: Config) -> list[str]:
             try:
                 classifier_parts(model)
             except ValueError as exc:
-                raise ConfigError("rounds.classifier_refit", str(exc)) from None
+                if cfg.rounds.classifier_refit == "always":
+                    raise ConfigError("rounds.classifier_refit", str(exc)) from None
+                lines.append(f"rounds.classifier_refit: when-skewed, but the trained layer stays: {exc}")
         params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
         lines.append(f"training.model: {cfg.training.model}: {params:,} parameters, input {shape}, {classes} classes"
                      + (f" (data: {source})" if source else ""))
@@ -274,8 +277,6 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
         trainer = _make_trainer(cfg, peer_id, local, needs)
     elif needs.label_prior:  # a simulated peer's view of a shared model: its own loss all the same
         trainer.set_label_prior(label_prior(local, needs))
-    if cfg.rounds.classifier_refit != "none":
-        trainer.check_classifier()  # before anything starts
     if transport is None:
         transport = make_transport(cfg, peer_id, max(trainer.num_params, trainer.num_state), link_policy)
     x_hold, y_hold = local.dataset.x_train[local.holdout_idx], local.dataset.y_train[local.holdout_idx]
@@ -301,7 +302,24 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
                          stop_event or threading.Event(), cfg.rounds.local_steps, _lag(cfg))
     progress = ProgressReport(log, cfg.output.log_every, transport, stages.batching, clock, cfg.peer(peer_id).cores)
     sampler = batch_sampler(cfg, peer_id, local.train_idx, resume_at)
-    return Peer(cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log, out_dir, resumed)
+    return Peer(cfg, ctx, local, trainer, sampler, stages, clock, control, progress, log, out_dir, resumed,
+                _make_refit(cfg, ctx, trainer, local))
+
+
+def _make_refit(cfg: Config, ctx: StageContext, trainer, local: LocalData) -> ClassifierRefit | None:
+    """The classifier refit's end-of-training step, if the config asks for it. A model whose last layer cannot be
+    refitted is refused with `always` (before anything starts) and keeps its trained layer with `when-skewed`."""
+    mode = cfg.rounds.classifier_refit
+    if mode == "none":
+        return None
+    try:
+        trainer.check_classifier()
+    except ValueError:
+        if mode == "always":
+            raise
+        return None
+    return ClassifierRefit(ctx, trainer, local.dataset.x_train[local.train_idx], local.dataset.y_train[local.train_idx],
+                           local.num_classes, cfg.rounds.final_average_timeout_s, cfg.seed, always=mode == "always")
 
 
 def run_peer(cfg: Config, peer_id: int, out_dir: str | Path, clock: StepClock | None = None,

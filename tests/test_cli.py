@@ -115,9 +115,11 @@ def test_validate_builds_the_model_on_the_data_and_names_a_bad_one(tmp_path):
         "def build(input_shape, num_classes):\n"
         "    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),\n"
         "                             keras.layers.Dense(num_classes, activation='sigmoid')])\n")
-    bad = dlion("validate", "examples/own-data.yaml", *data, "--set", f"training.model={tmp_path / 'sigmoid.py'}:build",
-                "--set", "rounds.classifier_refit=always")
+    sigmoid = ("--set", f"training.model={tmp_path / 'sigmoid.py'}:build")
+    bad = dlion("validate", "examples/own-data.yaml", *data, *sigmoid, "--set", "rounds.classifier_refit=always")
     assert bad.returncode == 2 and "config error: rounds.classifier_refit:" in bad.stderr, bad.stderr
+    kept = dlion("validate", "examples/own-data.yaml", *data, *sigmoid)  # `full` refits when skewed: not this model
+    assert kept.returncode == 0 and "when-skewed, but the trained layer stays" in kept.stderr, kept.stderr
 
 
 def test_run_with_a_missing_data_file_starts_nothing(tmp_path):
