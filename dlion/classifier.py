@@ -129,9 +129,12 @@ def counts_problem(counts, num_classes: int) -> tuple[str, str] | None:
     return None
 
 
-def _spread(stats: ClassStats) -> np.ndarray:
-    """Each class's total variance (the trace of its covariance)."""
-    return np.einsum("kii->k", stats.covariances) if stats.full else stats.covariances.sum(axis=1)
+def _variances(spread: np.ndarray, d: int, full: bool) -> np.ndarray:
+    """Each class's variances [k, d] from a message's spreads ("s"): a packed covariance's diagonal, or themselves."""
+    if not full:
+        return spread
+    rows, cols = np.triu_indices(d)
+    return spread[:, rows == cols]
 
 
 def problem(tensors: dict, own: ClassStats, num_classes: int, max_count: int, ratio: float) -> tuple[str, str] | None:
@@ -150,12 +153,12 @@ def problem(tensors: dict, own: ClassStats, num_classes: int, max_count: int, ra
         return "classes", f"expected distinct classes in 0..{num_classes - 1}"
     if n.min() < 1 or n.max() > max_count:
         return "counts", f"expected counts in 1..{max_count}"
-    theirs = ClassStats.from_tensors(tensors, own.full)
-    spread, diagonal = _spread(theirs), (np.einsum("kii->ki", theirs.covariances) if own.full else theirs.covariances)
-    if diagonal.min() < 0:
+    variances = _variances(s.astype(np.float64), d, own.full)
+    if variances.min() < 0:
         return "covariance", "negative variances"
-    if np.linalg.norm(theirs.means, axis=1).max() > ratio * np.linalg.norm(own.means, axis=1).max() \
-            or spread.max() > ratio ** 2 * max(_spread(own).max(), 1e-12):
+    own_variances = np.einsum("kii->ki", own.covariances) if own.full else own.covariances
+    if np.linalg.norm(m.astype(np.float64), axis=1).max() > ratio * np.linalg.norm(own.means, axis=1).max() \
+            or variances.sum(axis=1).max() > ratio ** 2 * max(own_variances.sum(axis=1).max(), 1e-12):
         return "norm", f"a class's mean or spread is more than {ratio:g}x this peer's own"
     return None
 
@@ -204,17 +207,18 @@ class ClassifierRefit:
     """The end-of-training step: share label counts, and where the labels are skewed (or `always`) this peer's class
     statistics; combine the others'; refit the last layer."""
 
-    def __init__(self, ctx: StageContext, trainer, x_train: np.ndarray, y_train: np.ndarray, num_classes: int,
-                 timeout_s: float, seed: int, always: bool = False):
-        """`x_train`, `y_train`: this peer's training samples (their features are summarised, nothing else leaves);
-        `always`: refit whatever the skew."""
+    def __init__(self, ctx: StageContext, trainer, x: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
+                 num_classes: int, timeout_s: float, seed: int, always: bool = False):
+        """`x[train_idx]`, `y[train_idx]`: this peer's training samples (their features are summarised, nothing else
+        leaves; only the summarised ones are copied, and only when the refit runs); `always`: refit whatever the
+        skew."""
         self.ctx, self.trainer, self.num_classes, self.timeout_s, self.seed = ctx, trainer, num_classes, timeout_s, seed
-        self.always = always
-        self.label_counts = np.bincount(y_train, minlength=num_classes).astype(np.int64)
-        rng = np.random.default_rng(seed * 7907 + ctx.peer_id)
-        order = rng.permutation(len(y_train))
-        picked = np.sort(np.concatenate([order[y_train[order] == c][:SAMPLES_PER_CLASS] for c in np.unique(y_train)]))
-        self.x, self.y = x_train[picked], y_train[picked]
+        self.always, self._x = always, x
+        labels = y[train_idx]
+        self.label_counts = np.bincount(labels, minlength=num_classes).astype(np.int64)
+        order = np.random.default_rng(seed * 7907 + ctx.peer_id).permutation(len(labels))
+        picked = np.sort(np.concatenate([order[labels[order] == c][:SAMPLES_PER_CLASS] for c in np.unique(labels)]))
+        self.summarised, self.y = train_idx[picked], labels[picked]
 
     def run(self, round_: int) -> dict:
         """Both exchanges and the refit. Returns the `refit` event's figures: the label skew, whether the layer was
@@ -228,7 +232,7 @@ class ClassifierRefit:
             return event
         kernel, bias = self.trainer.classifier()
         full = self.num_classes * kernel.shape[0] ** 2 <= self.trainer.num_params
-        own = summarise(self.trainer.features(self.x), self.y, full)
+        own = summarise(self.trainer.features(self._x[self.summarised]), self.y, full)
         ratio = self.ctx.transport.guard.ratio
         stats = gather(self.ctx, messages.CLASS_STATS, round_, own.tensors(), self.timeout_s,
                        lambda msg: problem(msg.tensors, own, self.num_classes, SAMPLES_PER_CLASS, ratio))

@@ -318,8 +318,8 @@ def _make_refit(cfg: Config, ctx: StageContext, trainer, local: LocalData) -> Cl
         if mode == "always":
             raise
         return None
-    return ClassifierRefit(ctx, trainer, local.dataset.x_train[local.train_idx], local.dataset.y_train[local.train_idx],
-                           local.num_classes, cfg.rounds.final_average_timeout_s, cfg.seed, always=mode == "always")
+    return ClassifierRefit(ctx, trainer, local.dataset.x_train, local.dataset.y_train, local.train_idx, local.num_classes,
+                           cfg.rounds.final_average_timeout_s, cfg.seed, always=mode == "always")
 
 
 def run_peer(cfg: Config, peer_id: int, out_dir: str | Path, clock: StepClock | None = None,

@@ -164,8 +164,8 @@ def refits(inproc, peers=PEERS, timeout_s=5.0, holdings=HOLDINGS, always=False):
     stages = {}
     for p in peers:
         x, y = samples(holdings[p], seed=10 + p)
-        stages[p] = ClassifierRefit(stage_context(transports, p), trainers[p], x, y, CLASSES, timeout_s, seed=7,
-                                    always=always)
+        stages[p] = ClassifierRefit(stage_context(transports, p), trainers[p], x, y, np.arange(len(y)), CLASSES,
+                                    timeout_s, seed=7, always=always)
     return transports, trainers, stages
 
 
