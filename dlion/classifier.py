@@ -236,7 +236,9 @@ class ClassifierRefit:
         ratio = self.ctx.transport.guard.ratio
         stats = gather(self.ctx, messages.CLASS_STATS, round_, own.tensors(), self.timeout_s,
                        lambda msg: problem(msg.tensors, own, self.num_classes, SAMPLES_PER_CLASS, ratio))
-        combined = combine([own] + [ClassStats.from_tensors(msg.tensors, full) for msg in stats.messages])
+        # every peer combines the statistics as they travelled (its own too), in the peers' order: one layer for all
+        sent = {self.ctx.peer_id: own.tensors()} | {msg.sender: msg.tensors for msg in stats.messages}
+        combined = combine([ClassStats.from_tensors(sent[p], full) for p in sorted(sent)])
         features, labels = draw(combined, VIRTUAL_PER_CLASS, np.random.default_rng(self.seed))
         self.trainer.set_classifier(*refit(kernel, bias, features, labels, self.seed))
         return {**event, "peers": [msg.sender for msg in stats.messages],

@@ -10,7 +10,9 @@ weights, which is what push-sum converges to (weight 1 each without push-sum: th
 sent its model by then is left out, so peers may end with averages of different sets after a failure.
 
 Models go in float16 where they fit, as the prioritized exchange's changes do: the average then differs from the
-float32 one by at most the float16 rounding of the received models, far below what changes an accuracy. A received
+float32 one by at most the float16 rounding of the models, far below what changes an accuracy. A peer averages its
+own model as it sent it, and sums the models in the peers' order, so peers that averaged the same set end with
+exactly the same model (the classifier refit then starts from one body everywhere). A received
 weight counts at most as the whole system's (the number of peers), so one sender cannot outweigh every other by
 claiming a huge weight; its model passes the norm guard like any model.
 """
@@ -77,12 +79,15 @@ class FinalAverage:
                 return "shape", f"expected parameters 'x' of shape {own.shape}"
             return None
 
-        got = gather(self.ctx, messages.FINAL_MODEL, round_, {"x": rounded(own, self.half)}, self.timeout_s, check,
-                     {"w": weight})
-        mass, total = own.astype(np.float64) * weight, weight
-        for msg in got.messages:
-            w = min(float(msg.meta["w"]), float(len(self.ctx.peer_ids)))
-            mass += w * msg.tensors["x"].astype(np.float64)
+        sent = rounded(own, self.half)
+        got = gather(self.ctx, messages.FINAL_MODEL, round_, {"x": sent}, self.timeout_s, check, {"w": weight})
+        models = {self.ctx.peer_id: (sent, weight)}
+        models.update({msg.sender: (msg.tensors["x"], min(float(msg.meta["w"]), float(len(self.ctx.peer_ids))))
+                       for msg in got.messages})
+        mass, total = np.zeros(own.shape, np.float64), 0.0
+        for peer in sorted(models):
+            x, w = models[peer]
+            mass += w * x.astype(np.float64)
             total += w
         if total > 0:  # (a drained peer alone has nothing to average)
             self.ctx.model.set((mass / total).astype(own.dtype))
