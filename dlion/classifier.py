@@ -22,7 +22,9 @@ Covariances are full where the statistics of every class fit in one model's size
 diagonal otherwise. Received counts and statistics are checked before use: label counts of the model's classes,
 statistics' classes in range and distinct, counts at most the sender's cap, and every class's mean and spread within
 the norm guard's ratio of this peer's own largest (a sender cannot move a class far by claiming extreme features); a
-message that fails is dropped and counted.
+message that fails is dropped and counted. Claimed label counts can make the peers refit on IID data (which costs
+a few tenths of a point), but cannot hide a skew: where two honest peers' label distributions are 2 x the threshold
+apart, one of them is at least the threshold from any union (the triangle inequality).
 """
 from __future__ import annotations
 

@@ -151,6 +151,23 @@ def test_label_skew_is_the_largest_total_variation_from_the_union():
     assert label_skew(iid) < classifier.SKEW_THRESHOLD / 5
 
 
+def test_no_claimed_label_counts_hide_a_skew_between_honest_peers():
+    """Honest peers whose label distributions are 2 x threshold apart (total variation) refit whatever a hostile
+    peer claims: by the triangle inequality one of them is at least half that distance from any union."""
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        honest = [np.round(rng.dirichlet(np.full(CLASSES, 0.3)) * rng.integers(100, 10_000)).astype(np.int64) + 1
+                  for _ in range(3)]
+        shares = [h / h.sum() for h in honest]
+        if max(0.5 * np.abs(a - b).sum() for a in shares for b in shares) < 2 * classifier.SKEW_THRESHOLD:
+            continue
+        mean = np.mean(shares, axis=0)
+        for claim in [*shares, mean, np.ones(CLASSES), rng.dirichlet(np.ones(CLASSES))]:
+            for scale in (1, 1e3, 1e9):  # from a peer's size to one that drowns the others
+                counts = np.round(claim / claim.sum() * scale * 1e4).astype(np.int64)
+                assert label_skew(honest + [counts]) >= classifier.SKEW_THRESHOLD * 0.999
+
+
 @pytest.mark.parametrize("counts", [np.zeros(CLASSES, np.int64), np.array([1, 2, 3]), np.array([1, -1, 0, 0]),
                                     np.array([1.0, 0.0, 0.0, 0.0])])
 def test_label_counts_of_another_shape_or_sign_are_refused(counts):
