@@ -275,6 +275,11 @@ class Rounds:
                        "each refits the model's last layer on features drawn from them, every class alike (CCVR, "
                        "against label skew; needs a model ending in a Dense layer); when-skewed refits only where a "
                        "peer's labels are spread unlike the union's (dlion/classifier.py)")
+    learning_rate_scale: float = option(1.0, check=positive,
+                                        expect="a positive number: the peer's optimizer runs at "
+                                               "training.learning_rate times this (with local steps the peers' "
+                                               "averaged change is shorter than one model's, their batches' noise "
+                                               "cancelling; a larger rate makes up for it)")
 
 
 @dataclass(frozen=True)

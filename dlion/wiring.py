@@ -98,15 +98,21 @@ def check_optimizer(cfg: Config) -> str:
     """`dlion validate`: build the configured Keras optimizer, so that Keras's own checks of its arguments run before
     anything starts; a ConfigError naming training.optimizer_params if they fail."""
     from dlion import trainer as trainer_mod  # TensorFlow
-    tr = cfg.training
+    tr, peak = cfg.training, learning_rate(cfg)
     try:
-        optimizer = trainer_mod._make_optimizer(tr.optimizer, tr.learning_rate, tr.momentum, tr.optimizer_params,
-                                                tr.lr_schedule)
+        optimizer = trainer_mod._make_optimizer(tr.optimizer, peak, tr.momentum, tr.optimizer_params, tr.lr_schedule)
     except (TypeError, ValueError) as exc:
         raise ConfigError("training.optimizer_params", f"{tr.optimizer} refuses them: {exc}") from None
-    rate = (f"{tr.learning_rate:g}" if tr.lr_schedule.kind == "constant" and not tr.lr_schedule.warmup_steps
-            else f"{tr.lr_schedule.kind} schedule peaking at {tr.learning_rate:g}")
+    rate = (f"{peak:g}" if tr.lr_schedule.kind == "constant" and not tr.lr_schedule.warmup_steps
+            else f"{tr.lr_schedule.kind} schedule peaking at {peak:g}")
+    if (scale := cfg.rounds.learning_rate_scale) != 1:
+        rate += f" (training.learning_rate {tr.learning_rate:g} x rounds.learning_rate_scale {scale:g})"
     return f"training.optimizer: {type(optimizer).__name__}, learning rate {rate}"
+
+
+def learning_rate(cfg: Config) -> float:
+    """The peer's (peak) learning rate: the training's, times the rounds' scale."""
+    return cfg.training.learning_rate * cfg.rounds.learning_rate_scale
 
 
 def evaluation_split(cfg: Config, dataset: datamod.Dataset, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -194,9 +200,9 @@ def _make_trainer(cfg: Config, peer_id: int, local: LocalData, needs: Requiremen
     if threads != 0:
         trainer_mod.configure_threads(threads or cfg.peer(peer_id).tf_threads)
     tr = cfg.training
+    options = training_options(tr) | {"learning_rate": learning_rate(cfg)}
     return trainer_mod.Trainer(model=tr.model, seed=cfg.seed, input_shape=local.input_shape,
-                               num_classes=local.num_classes, label_prior=label_prior(local, needs),
-                               **training_options(tr))
+                               num_classes=local.num_classes, label_prior=label_prior(local, needs), **options)
 
 
 def label_prior(local: LocalData, needs: Requirements):

@@ -306,6 +306,10 @@ def test_full_brings_its_rounds_and_the_configs_keys_replace_them_one_by_one():
     assert own.local_steps == 32 and own.outer_momentum == 0.5
     assert config.parse({**base, "rounds": {"local_steps": 1}}).rounds.local_steps == 1
     assert config.parse({**base, "preset": "bsp"}).rounds.local_steps == 1
+    assert config.parse(base).rounds.learning_rate_scale == 1.5
+    assert config.parse({**base, "preset": "bsp"}).rounds.learning_rate_scale == 1.0
+    with pytest.raises(ConfigError, match="rounds.learning_rate_scale"):
+        config.parse({**base, "rounds": {"learning_rate_scale": 0}})
 
 
 def test_local_sgd_is_dilocos_rule_on_the_dense_exchange():

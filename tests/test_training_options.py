@@ -291,3 +291,14 @@ def test_training_options_are_the_trainers_arguments():
     assert set(options) <= set(inspect.signature(Trainer).parameters)
     tr = Trainer("mlp", **options)
     assert isinstance(tr.optimizer, keras.optimizers.Nadam) and tr.optimizer.epsilon == 1e-6
+
+
+def test_the_rounds_learning_rate_scale_multiplies_the_peers_rate():
+    from dlion import wiring
+    from dlion.stages import Requirements
+    cfg = parse(["rounds.learning_rate_scale=1.5"], learning_rate=0.002)
+    trainer = wiring._make_trainer(cfg, 0, wiring._make_data(cfg, 0, None, Requirements()), Requirements(), threads=0)
+    assert float(trainer.optimizer.learning_rate) == pytest.approx(0.003)
+    assert wiring.check_optimizer(cfg).endswith(
+        "learning rate 0.003 (training.learning_rate 0.002 x rounds.learning_rate_scale 1.5)")
+    assert wiring.check_optimizer(parse(learning_rate=0.002)).endswith("learning rate 0.002")
