@@ -8,6 +8,7 @@ the same helpers, so their defaults live next to the strategy and are validated 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from collections.abc import Mapping
@@ -242,15 +243,15 @@ def written(meta: Mapping, value: Any) -> Any:
 
 
 def positive(x) -> bool:
-    return x > 0
+    return math.isfinite(x) and x > 0  # infinity is no rate, size or deadline: `.inf` would mean a hang or a NaN
 
 
 def non_negative(x) -> bool:
-    return x >= 0
+    return math.isfinite(x) and x >= 0
 
 
 def at_least(lo) -> Check:
-    return lambda x: x >= lo
+    return lambda x: math.isfinite(x) and x >= lo
 
 
 def between(lo, hi) -> Check:

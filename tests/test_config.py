@@ -144,6 +144,19 @@ def test_a_bare_number_where_a_unit_belongs_is_refused_with_a_hint(overrides, se
     assert error(overrides, **sections).startswith(expected)
 
 
+@pytest.mark.parametrize("override, path", [
+    ("training.learning_rate=.inf", "training.learning_rate"),
+    ("rounds.learning_rate_scale=.inf", "rounds.learning_rate_scale"),
+    ("rounds.final_average_timeout_s=.inf", "rounds.final_average_timeout_s"),
+    ("evaluation.deadline_s=.inf", "evaluation.deadline_s"),
+    ("training.max_seconds=-.inf", "training.max_seconds"),
+    ("peers.0.cores=.inf", "peers[0].cores"),
+    ("training.learning_rate=.nan", "training.learning_rate"),
+])
+def test_an_infinite_or_nan_number_is_refused_where_a_finite_one_belongs(override, path):
+    assert error([override]).startswith(f"{path}: expected a positive")
+
+
 def test_a_zero_duration_needs_no_unit():
     assert parse(["links.default.latency=0"]).link(0, 1).latency == 0.0
 
