@@ -199,7 +199,7 @@ class Quantity:
             raise ValueError(value)
         multiplier, divisor = self.units.get(unit, (1, 1))
         result = number * multiplier / divisor
-        if result < 0 or (self.positive and result == 0):
+        if not math.isfinite(result) or result < 0 or (self.positive and result == 0):
             raise ValueError(value)
         return result
 

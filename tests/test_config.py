@@ -118,9 +118,11 @@ def test_link_overrides_and_units():
     assert parse_bandwidth("1000bit") == 1000 and parse_bandwidth("1e3kbit") == 1e6
     assert parse_duration("25ms") == 0.025 and parse_duration("1.5s") == 1.5 and parse_duration("200us") == 0.0002
     assert parse_duration(0) == 0 and parse_duration("0") == 0  # zero is the same in every unit
-    for bad in ("0mbit", "fast", "10mbps", True, 100, "100"):
+    for bad in ("0mbit", "fast", "10mbps", True, 100, "100", "1e400gbit"):
         with pytest.raises(ValueError):
             parse_bandwidth(bad)
+    with pytest.raises(ValueError):
+        parse_duration("1e999ms")  # infinity: a link that never delivers
 
 
 @pytest.mark.parametrize("overrides, sections, expected", [
