@@ -20,8 +20,8 @@ from dlion import optimizers
 from dlion.data import DEFAULT_DATA_DIR
 from dlion.presets import PRESETS, with_preset
 from dlion.simulate import population
-from dlion.schema import (BANDWIDTH, DURATION, ConfigError, at_least, between, build, join, non_negative, option,
-                          parse_bandwidth, parse_duration, positive, reference, written)
+from dlion.schema import (BANDWIDTH, DURATION, ConfigError, above, at_least, between, build, join, non_negative,
+                          option, parse_bandwidth, parse_duration, positive, reference, written)
 
 SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # a node label's value that a placement constraint can name
 STAGE_REGISTRIES = {"batching": batching.STRATEGIES, "exchange": exchange.STRATEGIES,
@@ -351,7 +351,7 @@ class Security:
                                                   "(`dlion keys CONFIG -o DIR`), or null: `dlion run` makes fresh "
                                                   "keys for the run in <output>/keys")
     max_norm_ratio: float = option(
-        20.0, check=lambda x: x > 1,
+        20.0, check=above(1),
         expect="a number > 1: a received gradient or model whose RMS exceeds this many times the median RMS of "
                "this peer's own recent messages of that kind is rejected (dlion/transport/guard.py)")
 
@@ -361,8 +361,8 @@ class Restart:
     policy: Literal["never", "on-failure"] = option(
         "never", expect="never, or on-failure: `dlion run` starts a peer again that ended with an error or was killed "
                         "while others still train (it rejoins at their round), as docker-compose's restart policy")
-    max_restarts: int = option(3, check=lambda n: n >= 0, expect="a whole number >= 0: restarts per peer at most")
-    backoff_s: float = option(2.0, check=lambda x: x >= 0,
+    max_restarts: int = option(3, check=non_negative, expect="a whole number >= 0: restarts per peer at most")
+    backoff_s: float = option(2.0, check=non_negative,
                               expect="a number of seconds >= 0 before a restart, doubled at each further restart of "
                                      "the same peer")
 
@@ -371,7 +371,7 @@ class Restart:
 class Replicas:
     """Replicas of each peer's state kept by other peers, from which a restarted peer recovers its own
     (dlion/replica.py)."""
-    copies: int = option(1, check=lambda n: n >= 0,
+    copies: int = option(1, check=non_negative,
                          expect="a whole number >= 0: peers that keep a replica of each peer's state (its next peers "
                                 "in id order; 0: no replicas)")
     chunks: int = option(16, check=positive,
@@ -584,7 +584,8 @@ def reference_markdown() -> str:
              "Generated from `dlion/config.py` by `python3 scripts/gen_config_doc.py`; a test keeps it in sync.",
              "Durations take `s`, `ms`, `us`; bandwidths take `bit`, `kbit`, `mbit`, `gbit` (decimal, as `tc`).",
              "The unit is required: a bare number (`latency: 10`) is refused as ambiguous, 0 aside. Numbers read as",
-             "in YAML 1.2 (`1e-3` is a number), and a key given twice in a mapping is an error.", "",
+             "in YAML 1.2 (`1e-3` is a number), and a key given twice in a mapping is an error. Every number is",
+             "finite: `.inf` and `.nan` are refused wherever a number, duration or bandwidth is expected.", "",
              "| key | default | expected |", "|---|---|---|"]
     lines += [f"| `{k}` | {d} | {e} |" for k, d, e in reference(Config)]
     lines += ["", "## population", "", (population.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "), "",

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from dlion import messages
-from dlion.schema import between, option, positive
+from dlion.schema import between, non_negative, option, positive
 from dlion.stages import Requirements, StageContext, Strategy
 
 
@@ -47,8 +47,8 @@ class KnowledgeTransfer(Strategy):
         every: int = option(50, check=positive, expect="a positive integer (iterations between quality scores)")
         alpha: float = option(0.5, check=lambda x: 0 < x <= 1, expect="a number in (0, 1]: weight of the best "
                                                                        "peer's parameters in the merge")
-        margin: float = option(0.05, check=lambda x: x >= 0, expect="a non-negative fraction: how much higher than "
-                                                                    "the best peer's loss a peer's must be to fetch")
+        margin: float = option(0.05, check=non_negative, expect="a non-negative fraction: how much higher than "
+                                                                "the best peer's loss a peer's must be to fetch")
         holdout: float = option(0.05, check=between(0.001, 0.5),
                                 expect="a fraction in [0.001, 0.5] of each peer's training data kept for scores")
         patience: int = option(10, check=positive,

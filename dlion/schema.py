@@ -254,6 +254,10 @@ def at_least(lo) -> Check:
     return lambda x: math.isfinite(x) and x >= lo
 
 
+def above(lo) -> Check:
+    return lambda x: math.isfinite(x) and x > lo
+
+
 def between(lo, hi) -> Check:
     return lambda x: lo <= x <= hi
 

@@ -1,10 +1,14 @@
 """Config validation: every mistake gives one message naming the key path and the expected form."""
 import copy
+import dataclasses
+import math
+import typing
 
 import pytest
 
 from dlion import config
 from dlion.schema import ConfigError, parse_bandwidth, parse_duration
+from dlion.simulate import population
 
 BASE = {
     "peers": [{"id": 0, "port": 47000}, {"id": 1, "port": 47001}, {"id": 2, "port": 47002, "cores": 0.5}],
@@ -154,9 +158,46 @@ def test_a_bare_number_where_a_unit_belongs_is_refused_with_a_hint(overrides, se
     ("training.max_seconds=-.inf", "training.max_seconds"),
     ("peers.0.cores=.inf", "peers[0].cores"),
     ("training.learning_rate=.nan", "training.learning_rate"),
+    ("restart.backoff_s=.inf", "restart.backoff_s"),
+    ("security.max_norm_ratio=.inf", "security.max_norm_ratio"),
 ])
 def test_an_infinite_or_nan_number_is_refused_where_a_finite_one_belongs(override, path):
-    assert error([override]).startswith(f"{path}: expected a positive")
+    assert error([override]).startswith(f"{path}: expected a ")
+
+
+def _option_classes(cls, seen):
+    """`cls` and every dataclass its fields hold (sections, list items), each once."""
+    if cls in seen:
+        return
+    seen.add(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        for tp in (hints[f.name], *typing.get_args(hints[f.name])):
+            if dataclasses.is_dataclass(tp):
+                _option_classes(tp, seen)
+
+
+def test_no_number_option_anywhere_takes_infinity():
+    """Every float option of the config, the strategies' parameters and the population refuses infinity, so an
+    option added later with a bare `x > 0` check fails here."""
+    classes = set()
+    for root in (config.Config, population.Population,
+                 *(strategy.Params for registry in config.STAGE_REGISTRIES.values() for strategy in registry.values())):
+        _option_classes(root, classes)
+    accepted = []
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if float not in (hints[f.name], *typing.get_args(hints[f.name])) or "expect" not in f.metadata:
+                continue
+            parse, check = f.metadata.get("parse"), f.metadata.get("check")
+            try:
+                value = parse("1e999" + ("s" if parse is parse_duration else "gbit")) if parse else math.inf
+                if check is None or check(value):
+                    accepted.append(f"{cls.__qualname__}.{f.name}")
+            except ValueError:
+                pass
+    assert len(classes) > 10 and accepted == []
 
 
 def test_a_zero_duration_needs_no_unit():

@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from dlion import messages
-from dlion.schema import option, positive
+from dlion.schema import non_negative, option, positive
 from dlion.smoothing import Ema
 from dlion.stages import ExchangeResult, StageContext, Strategy
 from dlion.topology import Topology, TopologySpec
@@ -109,10 +109,10 @@ class RoundParams:
     staleness: int = option(0, check=lambda x: x >= 0,
                             expect="a non-negative integer: rounds an in-neighbour may lag before the peer waits for "
                                    "it (0: lockstep)")
-    staleness_exponent: float = option(0.5, check=lambda x: x >= 0,
+    staleness_exponent: float = option(0.5, check=non_negative,
                                        expect="a non-negative number: a gradient used s rounds late weighs "
                                               "(1 + s)^-exponent of its batch weight")
-    patience: float = option(0.0, check=lambda x: x >= 0,
+    patience: float = option(0.0, check=non_negative,
                              expect="a non-negative number: with staleness, how long to wait for this round's "
                                     "gradients before using older ones, in multiples of the peer's compute time per "
                                     "round")
