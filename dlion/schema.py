@@ -242,20 +242,25 @@ def written(meta: Mapping, value: Any) -> Any:
     return value
 
 
+def _finite(x) -> bool:
+    """Infinity is no rate, size or deadline (`.inf` would mean a hang or a NaN); an integer is finite, however large."""
+    return not isinstance(x, float) or math.isfinite(x)
+
+
 def positive(x) -> bool:
-    return math.isfinite(x) and x > 0  # infinity is no rate, size or deadline: `.inf` would mean a hang or a NaN
+    return _finite(x) and x > 0
 
 
 def non_negative(x) -> bool:
-    return math.isfinite(x) and x >= 0
+    return _finite(x) and x >= 0
 
 
 def at_least(lo) -> Check:
-    return lambda x: math.isfinite(x) and x >= lo
+    return lambda x: _finite(x) and x >= lo
 
 
 def above(lo) -> Check:
-    return lambda x: math.isfinite(x) and x > lo
+    return lambda x: _finite(x) and x > lo
 
 
 def between(lo, hi) -> Check:

@@ -165,6 +165,11 @@ def test_an_infinite_or_nan_number_is_refused_where_a_finite_one_belongs(overrid
     assert error([override]).startswith(f"{path}: expected a ")
 
 
+def test_a_huge_integer_is_checked_as_an_integer():
+    assert parse(["training.max_iterations=1" + "0" * 400]).training.max_iterations == 10**400  # no OverflowError
+    assert error(["training.max_iterations=-1" + "0" * 400]).startswith("training.max_iterations: expected a positive")
+
+
 def _option_classes(cls, seen):
     """`cls` and every dataclass its fields hold (sections, list items), each once."""
     if cls in seen:
