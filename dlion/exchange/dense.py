@@ -106,7 +106,7 @@ class RoundParams:
     """What every exchange says about its rounds: which graph, how long to wait, how stale a gradient may be."""
 
     deadline_s: float = option(5.0, check=positive, expect="a positive number of seconds")
-    staleness: int = option(0, check=lambda x: x >= 0,
+    staleness: int = option(0, check=non_negative,
                             expect="a non-negative integer: rounds an in-neighbour may lag before the peer waits for "
                                    "it (0: lockstep)")
     staleness_exponent: float = option(0.5, check=non_negative,

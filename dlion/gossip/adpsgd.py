@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlion import messages
-from dlion.schema import option, positive
+from dlion.schema import non_negative, option, positive
 from dlion.stages import GossipResult, ModelAccess, StageContext, Strategy
 
 REQUEST, REPLY = messages.AVERAGE_REQUEST, messages.AVERAGE_REPLY
@@ -64,7 +64,7 @@ class AdPsgd(Strategy):
         timeout_s: float = option(10.0, check=positive,
                                   expect="a positive number of seconds a request may wait for its reply before it "
                                          "is forgotten and a new one may go")
-        seed: int = option(0, check=lambda x: x >= 0,
+        seed: int = option(0, check=non_negative,
                            expect="a non-negative integer: with the peer's id, seeds its draws of partners")
 
     def __init__(self, params: Params, ctx: StageContext):

@@ -65,7 +65,7 @@ import numpy as np
 
 from dlion import messages
 from dlion.gossip.skew import SkewCompensation
-from dlion.schema import option, positive
+from dlion.schema import non_negative, option, positive
 from dlion.stages import GossipResult, ModelAccess, Requirements, StageContext, Strategy
 from dlion.transport.wire import Sparse
 
@@ -117,7 +117,7 @@ class PushSum(Strategy):
     class Params:
         deadline_s: float = option(5.0, check=positive, expect="a positive number of seconds to wait for the "
                                                                  "round's in-neighbours")
-        staleness: int = option(0, check=lambda x: x >= 0,
+        staleness: int = option(0, check=non_negative,
                                 expect="a non-negative integer: gossip rounds an in-neighbour may lag before the peer "
                                        "waits for it (0: lockstep)")
         every: int = option(1, check=positive, expect="a positive integer: training rounds per gossip round")
