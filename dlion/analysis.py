@@ -37,31 +37,13 @@ def accuracy_curve(evals: list[dict], peer_ids, t0: float) -> list[tuple[float, 
     return curve
 
 
-def round_curve(evals: list[dict], peer_ids) -> list[tuple[float, float]]:
-    """(training seconds, mean over peers of their figures of one evaluation round) for every round every peer
-    reported, at the latest training time among those figures: when the run control could first judge that round."""
-    rounds: dict[int, dict[int, dict]] = {}
-    for e in evals:
-        rounds.setdefault(e.get("it", 0), {})[e["peer"]] = e
-    curve = []
-    for figures in rounds.values():
-        if len(figures) == len(peer_ids) and all("train_s" in e for e in figures.values()):
-            curve.append((max(e["train_s"] for e in figures.values()),
-                          sum(e["acc"] for e in figures.values()) / len(figures)))
-    return sorted(curve)
-
-
 def time_to_target(evals: list[dict], peer_ids, target: float | None, t0: float) -> float | None:
-    """Training seconds (evaluation pauses left out) until the peers' mean evaluation accuracy first reached the
-    target, None if it never did: the earlier of the mean of each peer's latest figure (`accuracy_curve`) and the
-    mean of one round's figures once all are in (`round_curve`, what the stop rule judges; with overlapped rounds
-    the peers evaluate a round at different times, so the two differ)."""
+    """Training seconds (evaluation pauses left out) until the mean of each peer's latest evaluation figure
+    (`accuracy_curve`) first reached the target, what the stop rule judges (`dlion.control`); None if it never did."""
     if target is None:
         return None
-    times = [next((t for t, acc in curve if acc >= target), None)
-             for curve in (accuracy_curve(evals, peer_ids, t0), round_curve(evals, peer_ids))]
-    reached = [t for t in times if t is not None]
-    return round(min(reached), 3) if reached else None
+    reached = next((t for t, acc in accuracy_curve(evals, peer_ids, t0) if acc >= target), None)
+    return None if reached is None else round(reached, 3)
 
 
 def value_at(curve: list[tuple[float, float]], t: float) -> float | None:

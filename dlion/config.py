@@ -530,7 +530,7 @@ def apply_overrides(raw: dict, overrides) -> dict:
         for i, key in enumerate(keys):
             last = i == len(keys) - 1
             if isinstance(node, list):
-                if not key.isdigit() or int(key) >= len(node):
+                if not (key.isascii() and key.isdigit()) or int(key) >= len(node):
                     raise ConfigError(path, f"expected a list index below {len(node)}", key)
                 key = int(key)
             elif not isinstance(node, dict):

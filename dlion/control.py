@@ -6,13 +6,19 @@ an evaluation round (up to `evaluation.deadline_s`) only once it is as many roun
 bound lets a neighbour lag (`lag`), less one: in lockstep (0) right after its own evaluation, as all peers stop at
 the same round; with overlapped rounds, a slow evaluator holds up nobody until the stages would wait for it anyway,
 and that wait is then timed as evaluation (left out of the training time), not in the next exchange as training; a
-peer that trains alone never waits. Only one round's figures are comparable, and they come in as the peers reach
-that round. Once every live peer's figure of a round is in and their mean reaches the target, the peer that sees it
-first tells the others to stop, with the figures it rests on. A peer also stops on a signal, at `max_iterations` or
-`max_seconds`, or when another peer's stop holds up: its figures agree with every figure of that round this peer
-has itself (its own among them, so a stop for a round this peer has not evaluated yet waits until it has), and
-their mean reaches the target. A stop that does not hold up is rejected and counted; a peer cannot end the run with
-a claim the others can check. Evaluation pauses are timed, so the run's training time can leave them out.
+peer that trains alone never waits.
+
+The target is met when the mean of every live peer's newest figure reaches it: what the run's time to target reads
+(`dlion.analysis`), each figure standing for its peer's model as last scored. (Waiting for one round's figures from
+every peer instead would stop a run whose peers train at their own pace only when its slowest peer has got there:
+a peer training alone would go on for several times the time to target.) The peer that sees it first tells the
+others to stop, with the figures it rests on, each with its round. A peer also stops on a signal, at
+`max_iterations` or `max_seconds`, or when another peer's stop holds up: every figure it names is one this peer has
+(its own among them; one of a round this peer has not received yet from that peer is judged once it has), it names
+every live peer, and their mean reaches the target. A stop that does not hold up is rejected and counted: a peer
+cannot end the run with a claim the others cannot check. (A claim can pick among the peers' recent genuine figures,
+which moves the mean less than a peer can already move it with a false figure of its own.) Evaluation pauses are
+timed, so the run's training time can leave them out.
 """
 from __future__ import annotations
 
@@ -51,10 +57,12 @@ class RunControl:
         self.started = self.clock()
         self.eval_s = 0.0  # time spent evaluating so far
         self.figures: dict[int, dict[int, float]] = {}  # eval round -> {peer: accuracy} this peer has, recent rounds
-        self._pending: set[int] = set()  # rounds this peer evaluated, not yet judged against the target
+        self.newest: dict[int, tuple[int, float]] = {}  # peer -> (round, accuracy) of its newest figure here
+        self._pending: set[int] = set()  # rounds this peer evaluated whose figures it has not waited for yet
         self._floor = 0  # figures of rounds below this were let go
         self._waited_through = -1  # the last evaluation round waited for (each is waited for once)
         self._judged: dict[int, object] = {}  # peer -> the last stop message of it already judged
+        self._seen_stop: dict[int, tuple[object, float]] = {}  # peer -> its latest stop message, and when first seen
         # what the peer does meanwhile when it waits for the others' figures, every IDLE_EVERY_S, with the round it
         # goes on with (the rejoin stage answers requests: a restarted peer need not wait for the next round)
         self.idle: Callable[[int], None] | None = None
@@ -85,18 +93,22 @@ class RunControl:
         msg = self.transport.mailbox.latest(messages.STOP, peer)
         if msg is None or self._judged.get(peer) is msg:
             return False
-        evaluated = [r for r, f in self._absorb().items() if self.ctx.peer_id in f]
-        if msg.round not in evaluated and msg.round > max(evaluated, default=-1):
-            return False  # not evaluated that round yet: judge it then
-        self._judged[peer] = msg
         claimed = messages.parse_figures(msg.meta["figures"])  # declared well-formed
-        known = self.figures[msg.round] if msg.round in evaluated else None
+        self._absorb()
+        seen = self._seen_stop.setdefault(peer, (msg, self.clock()))
+        if seen[0] is not msg:
+            seen = self._seen_stop[peer] = (msg, self.clock())
+        if self.clock() < seen[1] + self.deadline_s and any(
+                p != self.ctx.peer_id and round_ > self.newest.get(p, (-1, 0.0))[0] for p, (round_, _) in claimed.items()):
+            return False  # a figure on its way here from its peer: judge the stop once it came (or at the deadline)
+        self._judged[peer] = msg
         target = self.training.target_accuracy
-        if known is None:
-            problem = f"round {msg.round} is not among this peer's recent evaluations"
-        elif any(claimed.get(p) != acc for p, acc in known.items()):
-            problem = f"its figures {claimed} disagree with this peer's {known}"
-        elif peer not in claimed or target is None or sum(claimed.values()) / len(claimed) < target:
+        needed = set(self.ctx.live(self.ctx.others)) | {self.ctx.peer_id, peer}
+        if unknown := {p: f for p, f in claimed.items() if self.figures.get(f[0], {}).get(p) != f[1]}:
+            problem = f"its figures {unknown} are not among this peer's recent ones"
+        elif not needed <= claimed.keys():
+            problem = f"its figures leave out peers {sorted(needed - claimed.keys())}"
+        elif target is None or sum(acc for _, acc in claimed.values()) / len(claimed) < target:
             problem = f"its figures {claimed} do not reach the target {target}"
         else:
             return True
@@ -104,15 +116,15 @@ class RunControl:
         return False
 
     def after(self, iteration: int) -> str | None:
-        """After `iteration` rounds: evaluate when due; "target" if all the peers' figures of an evaluated round are
-        in and their mean met it, and the run stops there."""
+        """After `iteration` rounds: evaluate when due; "target" if the mean of the live peers' newest figures
+        reaches it, and the run stops there."""
         if iteration % self.every == 0:
             self._evaluate(iteration)
         self._wait_for_figures(iteration)
         reached = self._reached()
         if reached is None or not self.training.stop_at_target:
             return None
-        self._broadcast(messages.STOP, reached, {"figures": messages.format_figures(self.figures[reached])})
+        self._broadcast(messages.STOP, iteration, {"figures": messages.format_figures(reached)})
         return "target"
 
     def _evaluate(self, iteration: int) -> None:
@@ -121,7 +133,7 @@ class RunControl:
         train_s = began - self.started - self.eval_s
         loss, acc = self.evaluate()
         self._broadcast(messages.EVAL, iteration, {"acc": float(acc)})
-        self.figures.setdefault(iteration, {})[self.ctx.peer_id] = float(acc)
+        self._file(self.ctx.peer_id, iteration, float(acc))
         self._pending.add(iteration)
         figures = self._absorb()[iteration]
         mean = sum(figures.values()) / len(figures)
@@ -140,6 +152,7 @@ class RunControl:
         if not due:
             return
         self._waited_through = max(due)
+        self._pending.difference_update(due)
         began = self.clock()
         deadline = began + self.deadline_s
         while True:
@@ -155,7 +168,7 @@ class RunControl:
         for p in self.ctx.others:
             for round_, msg in self.transport.mailbox.held(messages.EVAL, p).items():
                 if round_ >= self._floor:
-                    self.figures.setdefault(round_, {})[p] = msg.meta["acc"]
+                    self._file(p, round_, msg.meta["acc"])
         if len(self.figures) > KEEP_EVALUATIONS:
             for old in sorted(self.figures)[:-KEEP_EVALUATIONS]:
                 del self.figures[old]
@@ -163,21 +176,20 @@ class RunControl:
             self._floor = min(self.figures)
         return self.figures
 
-    def _reached(self) -> int | None:
-        """The first round this peer evaluated whose figures from every live peer are now in, if their mean
-        reaches the target (each such round is judged once)."""
+    def _file(self, peer: int, round_: int, acc: float) -> None:
+        self.figures.setdefault(round_, {})[peer] = acc
+        if round_ >= self.newest.get(peer, (-1, 0.0))[0]:
+            self.newest[peer] = (round_, acc)
+
+    def _reached(self) -> dict[int, tuple[int, float]] | None:
+        """Every live peer's newest figure, if each has one and their mean reaches the target."""
         target = self.training.target_accuracy
-        live = set(self.ctx.live(self.ctx.others)) | {self.ctx.peer_id}
-        figures_by_round = self._absorb()
-        for round_ in sorted(self._pending):
-            figures = figures_by_round[round_]
-            if not live <= figures.keys():
-                continue
-            self._pending.discard(round_)
-            accs = [figures[p] for p in live]
-            if target is not None and sum(accs) / len(accs) >= target:
-                return round_
-        return None
+        live = [*self.ctx.live(self.ctx.others), self.ctx.peer_id]
+        self._absorb()
+        if target is None or any(p not in self.newest for p in live):
+            return None
+        newest = {p: self.newest[p] for p in live}
+        return newest if sum(acc for _, acc in newest.values()) / len(newest) >= target else None
 
     def _broadcast(self, kind: str, round_: int, meta: dict | None = None) -> None:
         for p in self.ctx.live(self.ctx.others):

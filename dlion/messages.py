@@ -72,31 +72,41 @@ def count(v: Any) -> bool:
 
 def peer_list(v: Any) -> bool:
     """Comma-separated peer ids ("" for none): meta is flat, so lists travel as strings."""
-    return isinstance(v, str) and all(p.isdigit() for p in v.split(",") if p) and len(v) < 4096
+    return isinstance(v, str) and all(_digits(p) for p in v.split(",") if p) and len(v) < 4096
+
+
+def _digits(text: str) -> bool:
+    """A non-negative integer in ASCII digits (str.isdigit alone also takes '²', which int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 def figure_list(v: Any) -> bool:
-    """Comma-separated `peer:accuracy` pairs, each accuracy a fraction (a stop's evidence)."""
+    """Comma-separated `peer:round:accuracy` triples, each accuracy a fraction (a stop's evidence: the newest
+    figure of each peer it rests on)."""
     return isinstance(v, str) and len(v) < 4096 and parse_figures(v) is not None
 
 
-def parse_figures(text: str) -> dict[int, float] | None:
-    """{peer: accuracy} from `figure_list` text, or None if it is not one (no repeats, accuracies in [0, 1])."""
+def parse_figures(text: str) -> dict[int, tuple[int, float]] | None:
+    """{peer: (round, accuracy)} from `figure_list` text, or None if it is not one (no repeated peer, rounds as
+    `round_number`, accuracies in [0, 1])."""
     figures = {}
     for item in text.split(","):
-        peer, _, acc = item.partition(":")
+        fields = item.split(":")
+        if len(fields) != 3 or not _digits(fields[0]) or not _digits(fields[1]):
+            return None
+        peer, round_ = int(fields[0]), int(fields[1])
         try:
-            value = float(acc)
+            value = float(fields[2])
         except ValueError:
             return None
-        if not peer.isdigit() or int(peer) in figures or not 0.0 <= value <= 1.0:
+        if peer in figures or not round_number(round_) or not 0.0 <= value <= 1.0:
             return None
-        figures[int(peer)] = value
+        figures[peer] = (round_, value)
     return figures
 
 
-def format_figures(figures: Mapping[int, float]) -> str:
-    return ",".join(f"{p}:{acc!r}" for p, acc in sorted(figures.items()))
+def format_figures(figures: Mapping[int, tuple[int, float]]) -> str:
+    return ",".join(f"{p}:{round_}:{acc!r}" for p, (round_, acc) in sorted(figures.items()))
 
 
 def flag(v: Any) -> bool:

@@ -264,8 +264,8 @@ class Forge:
         return wire.Sparse(idx, np.asarray(vals, np.float32), n)
 
     def figures(self, acc: float) -> str:
-        """A stop's evidence as dlion writes it (`peer:accuracy,...`), every peer at `acc`."""
-        return ",".join(f"{p}:{acc!r}" for p in self.target.peer_ids)
+        """A stop's evidence as dlion writes it, every peer at `acc` in the current round."""
+        return messages.format_figures({p: (self.round_now(), acc) for p in self.target.peer_ids})
 
     def plausible_values(self) -> tuple:
         return (1, 0, 1.0, 0.5, "", ",".join(map(str, self.target.peer_ids)), self.figures(0.99), True)

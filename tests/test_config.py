@@ -89,6 +89,7 @@ def test_shipped_configs_are_valid():
     (["evaluation.subset=20000"], "evaluation.subset: expected an integer in 1..10000"),
     (["topology.kind=edges"], "topology.edges: expected at least one edge for kind edges"),
     (["peers.7.port=1"], "peers: expected a list index below 3, got '7'"),
+    (["peers.\u00b2.port=1"], "peers: expected a list index below 3, got '\u00b2'"),  # int() refuses it
     (["nonsense"], "--set: expected KEY.PATH=VALUE"),
 ])
 def test_errors_name_the_key_path(overrides, expected):

@@ -21,7 +21,7 @@ def test_the_wire_knows_exactly_the_declared_kinds():
     ("credit", {"e": 3, "w": 2.5}, ()),
     ("avg-request", {}, ("x",)),
     ("avg-reply", {}, ("x",)),
-    ("stop", {"figures": "0:0.875,1:0.9,2:0.5"}, ()),
+    ("stop", {"figures": "0:40:0.875,1:40:0.9,2:20:0.5"}, ()),
     ("report", {"rate": 1234.5}, ()),
     ("score", {"loss": 0.5}, ()),
     ("hello", {"heard": "0,2", "at": 0}, ()),
@@ -61,13 +61,19 @@ def tensors_named(names, value=1.0):
     ("avg-request", {}, ()),                 # no model
     ("avg-reply", {"w": 1.0}, ("x",)),       # a weight AD-PSGD does not carry
     ("stop", {}, ()),                        # a stop without its evidence
-    ("stop", {"figures": "0:0.9,0:0.9"}, ()),
-    ("stop", {"figures": "0:1.5"}, ()),
-    ("stop", {"figures": "0:nan"}, ()),
+    ("stop", {"figures": "0:20:0.9,0:40:0.9"}, ()),  # a peer twice
+    ("stop", {"figures": "0:20:1.5"}, ()),
+    ("stop", {"figures": "0:20:nan"}, ()),
+    ("stop", {"figures": "0:0.9"}, ()),                # no round
+    ("stop", {"figures": "0:-1:0.9"}, ()),
+    ("stop", {"figures": "0:%d:0.9" % (1 << 63)}, ()),  # a round past 63 bits
+    ("stop", {"figures": "\u00b2:20:0.9"}, ()),         # digits int() refuses: a clear rejection, not an exception
+    ("stop", {"figures": "0:\u0663:0.9"}, ()),          # a non-ASCII digit
     ("report", {"rate": 0.0}, ()),
     ("score", {"loss": "low"}, ()),
     ("score", {"loss": -1e30}, ()),          # no cross-entropy is negative
     ("hello", {"heard": "0,x", "at": 0}, ()),
+    ("hello", {"heard": "0,\u00b2", "at": 0}, ()),  # passed the check once, then int() raised as the hello was read
     ("hello", {"heard": "0", "at": -1}, ()),
     ("stop", {"acc": 1.0}, ()),
     ("nonsense", {}, ()),

@@ -124,17 +124,42 @@ def test_a_stop_must_agree_with_what_the_peer_has_seen(trio):
     control.start()
     trio[1].send(0, "eval", 20, None, {"acc": 0.9})  # peer 2 never reports: peer 0 cannot decide by itself
     assert control.after(20) is None
-    forged = [{"figures": "0:0.99,1:0.99,2:0.99"},   # disagrees with peer 0's own figure and peer 1's
-              {"figures": "1:0.9,2:0.7"},             # leaves out peer 0's own figure
-              {"figures": "0:0.92,1:0.9,2:0.7"}]      # agrees, but the mean is below the target
+    trio[2].send(0, "eval", 20, None, {"acc": 0.7})
+    wait_until(lambda: 20 in trio[0].mailbox.held("eval", 2))
+    assert control.after(21) is None  # the newest figures' mean is 0.84
+    forged = [{"figures": "0:20:0.99,1:20:0.99,2:20:0.99"},   # disagrees with peer 0's own figure and the others'
+              {"figures": "0:40:0.92,1:20:0.9,2:20:0.99"},    # a figure of a round peer 0 never evaluated
+              {"figures": "1:20:0.9,2:20:0.7"},               # leaves out peer 0's own figure
+              {"figures": "0:20:0.92,1:20:0.9,2:20:0.7"}]     # agrees, but the mean is below the target
     for meta in forged:
-        trio[1].send(0, "stop", 20, None, meta)
-        assert control.stop_reason(21) is None
-    assert trio[0].rejections()["stop"] == {"stop evidence": 3}
-    trio[2].send(0, "stop", 40, None, {"figures": "0:0.92,1:0.9,2:0.95"})
-    assert control.stop_reason(21) is None, "round 40 is not evaluated here yet: judged then"
-    trio[1].send(0, "stop", 20, None, {"figures": "0:0.92,1:0.9,2:0.95"})  # the truth, with peer 2's figure
-    assert control.stop_reason(21) == "target"
+        trio[1].send(0, "stop", 21, None, meta)
+        wait_until(lambda: trio[0].mailbox.latest("stop", 1).meta == meta)
+        assert control.stop_reason(22) is None
+    assert trio[0].rejections()["stop"] == {"stop evidence": 4}
+    truth = {"figures": "0:20:0.92,1:20:0.9,2:40:0.95"}  # with peer 2's next figure, not here yet
+    trio[1].send(0, "stop", 41, None, truth)  # (a fifth stop within a second is over the rate: from peer 2 then)
+    trio[2].send(0, "stop", 41, None, truth)
+    wait_until(lambda: trio[0].mailbox.latest("stop", 2) is not None)
+    assert control.stop_reason(22) is None, "judged once peer 2's own figure came"
+    trio[2].send(0, "eval", 40, None, {"acc": 0.95})
+    wait_until(lambda: 40 in trio[0].mailbox.held("eval", 2))
+    assert control.stop_reason(22) == "target"
+
+
+def test_a_stop_naming_a_figure_that_never_comes_is_rejected_at_the_deadline(trio):
+    control = control_of(trio, 0, 0.9, lambda: (0.3, 0.92))
+    control.start()
+    for p in (1, 2):
+        trio[p].send(0, "eval", 20, None, {"acc": 0.8})
+    wait_until(lambda: all(20 in trio[0].mailbox.held("eval", p) for p in (1, 2)))
+    assert control.after(20) is None
+    trio[1].send(0, "stop", 20, None, {"figures": "0:20:0.92,1:20:0.8,2:60:1.0"})  # peer 2 never scored round 60
+    wait_until(lambda: trio[0].mailbox.latest("stop", 1) is not None)
+    assert control.stop_reason(21) is None
+    assert "stop" not in trio[0].rejections()
+    time.sleep(0.35)  # the evaluation deadline
+    assert control.stop_reason(21) is None
+    assert trio[0].rejections()["stop"] == {"stop evidence": 1}
 
 
 def test_a_forged_sender_or_a_flood_of_control_is_refused(trio):
@@ -283,21 +308,23 @@ def test_with_local_steps_the_evaluation_interval_and_max_iterations_count_optim
                       steps_per_round=8).every == 1
 
 
-def test_with_overlapped_rounds_a_peer_goes_on_and_judges_a_round_once_every_figure_is_in(trio):
+def test_with_overlapped_rounds_a_peer_goes_on_and_stops_on_the_peers_newest_figures(trio):
     control = control_of(trio, 0, 0.9, lambda: (0.3, 0.92), lag=8)
     control.start()
     assert control.after(20) is None  # evaluates, shares its figure, goes on: no figure of the others yet
     assert control.eval_s < 0.3  # it did not wait out the deadline for them
-    trio[1].send(0, "eval", 20, None, {"acc": 0.9})
+    trio[1].send(0, "eval", 20, None, {"acc": 0.86})
     wait_until(lambda: 20 in trio[0].mailbox.held("eval", 1))
-    assert control.after(21) is None  # peer 2 has not reached round 20 yet
-    trio[2].send(0, "eval", 40, None, {"acc": 0.99})  # a faster peer's later figure waits for peer 0's own
-    trio[2].send(0, "eval", 20, None, {"acc": 0.95})
+    assert control.after(21) is None  # nothing from peer 2 yet
+    trio[2].send(0, "eval", 20, None, {"acc": 0.8})
     wait_until(lambda: 20 in trio[0].mailbox.held("eval", 2))
-    assert control.after(22) == "target"
+    assert control.after(22) is None  # round 20's mean is 0.86
+    trio[2].send(0, "eval", 40, None, {"acc": 0.99})  # a faster peer's newer figure counts before peer 0 gets there
+    wait_until(lambda: 40 in trio[0].mailbox.held("eval", 2))
+    assert control.after(23) == "target"
     for p in (1, 2):
         wait_until(lambda: trio[p].mailbox.latest("stop", 0) is not None)
-        assert trio[p].mailbox.latest("stop", 0).meta["figures"] == "0:0.92,1:0.9,2:0.95"
+        assert trio[p].mailbox.latest("stop", 0).meta["figures"] == "0:20:0.92,1:20:0.86,2:40:0.99"
 
 
 def test_a_round_below_the_target_is_judged_once_and_a_later_one_can_still_stop(trio):
