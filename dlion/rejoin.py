@@ -41,6 +41,8 @@ LEAD = 2                # it enters at least this many rounds past the newest it
                         # after its `back` reached them
 BACK_MARGIN_S = 0.2     # and as many more as the others make, at their pace, in the time it took, and this long
 REQUEST_EVERY_S = 1.0   # how often it repeats the request meanwhile (one may be lost behind a full queue)
+ANSWER_AGAIN_S = 3.0    # a repeat of a request answered this long ago is answered again: the answer was lost (the
+                        # queue to a peer woken from a freeze can still be full of the rounds sent before it froze)
 WOKEN_S = 5.0           # for how long after waking from a freeze a peer catches up at LEAD rounds behind
 REPLICA_GRACE_S = 0.2   # once the source answered, how much longer it waits for offers of its own replica (the
                         # others go on meanwhile: a longer wait left a fast run's peer behind by more than the lead)
@@ -74,7 +76,7 @@ class Rejoin:
         self.frozen_after_s = frozen_after_s
         self._stepped_at: float | None = None  # when the loop last came by (time.monotonic())
         self._woken_until = 0.0  # catching up at LEAD rounds behind until then, after a freeze
-        self._answered: dict[int, int] = {}  # peer -> the round of its last rejoin request answered
+        self._answered: dict[int, tuple[int, float]] = {}  # peer -> its last rejoin request answered: round, when
         self._requests_seen = 0  # rejoin requests filed when this peer last looked at them
         self._requests_ahead = False  # one of them is for a round this peer has not reached yet
         self._next_knock = 0.0
@@ -289,8 +291,9 @@ class Rejoin:
     def answer(self, iteration: int) -> None:
         """Send a peer that asks our optimizer state with our round, then our parameters, both for its request's
         round, once we have reached that round (a request for a round still ahead is for the state we start it with);
-        once per round asked for: the repeats of a request are for a lost request, and answering each of them would
-        queue whole models behind each other on a slow link (the state is left empty if it is larger than a message
+        once per round asked for, unless a repeat comes ANSWER_AGAIN_S after the answer: the repeats of a request are
+        for a lost request, and answering each of them would queue whole models behind each other on a slow link
+        (the state is left empty if it is larger than a message
         may be). The state goes in half the bytes, a slow link's seconds in a restarted peer's way: the optimizer's
         moments in bfloat16 (float32's range, a relative rounding of 2^-9: statistics that need no more, and second
         moments too small for float16), its scalars (step count, learning rate) exactly, the parameters in float16
@@ -301,12 +304,13 @@ class Rejoin:
         self._requests_seen, self._requests_ahead = filed, False
         for p in self.ctx.others:  # a peer asking is not waited for (departed) until it takes part in rounds again
             msg = self.transport.mailbox.latest(messages.REJOIN, p)
-            if msg is None or self._answered.get(p) == msg.round:
+            last_round, answered_at = self._answered.get(p, (None, 0.0))
+            if msg is None or (last_round == msg.round and time.monotonic() - answered_at < ANSWER_AGAIN_S):
                 continue
             if msg.round > iteration:
                 self._requests_ahead = True
                 continue
-            self._answered[p] = msg.round
+            self._answered[p] = (msg.round, time.monotonic())
             state = self.trainer.optimizer_vector()
             encoded = {"o": state.astype(BFLOAT16), "n": state[self.trainer.optimizer_scalars()]}
             meta = {"at": iteration, "train_s": self.elapsed()}

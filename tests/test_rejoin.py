@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from conftest import stage_context
-from dlion import messages
+from dlion import messages, rejoin
 from dlion.rejoin import LEAD, Rejoin
 
 PEERS = (0, 1, 2)
@@ -171,6 +171,28 @@ def test_repeats_of_a_request_are_answered_once_and_a_new_round_again(inproc):
         rejoins[0].step(40)
     assert answers.count((2, messages.MODEL)) == 2 and answers.count((2, messages.OPTIMIZER)) == 2
     assert transports[2].mailbox.latest(messages.MODEL, 0).round == 7
+
+
+def test_a_repeat_long_after_the_answer_is_answered_again(inproc, monkeypatch):
+    """The answer to a peer woken from a freeze can be dropped behind the queue of rounds sent to it before it froze:
+    its repeats of the request, once ANSWER_AGAIN_S has passed, get a second answer."""
+    monkeypatch.setattr(rejoin, "ANSWER_AGAIN_S", 0.3)
+    transports = inproc(PEERS)
+    rejoins, _ = peers(transports, {p: Trainer(float(p)) for p in PEERS})
+    send, answers = transports[0].send, []
+
+    def losing_first_answer(dst, kind, *args, **kwargs):
+        answers.append(kind)
+        if answers.count(messages.MODEL) > 1 or kind != messages.MODEL:
+            send(dst, kind, *args, **kwargs)
+
+    transports[0].send = losing_first_answer
+    for pause in (0.05, 0.5):
+        transports[2].send(0, messages.REJOIN, 3)
+        time.sleep(pause)
+        rejoins[0].step(40)
+    assert answers.count(messages.MODEL) == 2
+    assert transports[2].mailbox.latest(messages.MODEL, 0).round == 3
 
 
 def test_an_unanswered_request_is_given_up_and_the_peer_trains_on_with_its_own_state(inproc, monkeypatch):
