@@ -124,7 +124,10 @@ class RunControl:
         reached = self._reached()
         if reached is None or not self.training.stop_at_target:
             return None
-        self._broadcast(messages.STOP, iteration, {"figures": messages.format_figures(reached)})
+        # numbered by its oldest figure's round, which no receiver has passed (its own figure is among them): a peer
+        # far behind would refuse a stop numbered by this peer's round as beyond its window
+        self._broadcast(messages.STOP, min(round_ for round_, _ in reached.values()),
+                        {"figures": messages.format_figures(reached)})
         return "target"
 
     def _evaluate(self, iteration: int) -> None:

@@ -325,6 +325,21 @@ def test_with_overlapped_rounds_a_peer_goes_on_and_stops_on_the_peers_newest_fig
     for p in (1, 2):
         wait_until(lambda: trio[p].mailbox.latest("stop", 0) is not None)
         assert trio[p].mailbox.latest("stop", 0).meta["figures"] == "0:20:0.92,1:20:0.86,2:40:0.99"
+        assert trio[p].mailbox.latest("stop", 0).round == 20  # its oldest figure's: within every receiver's window
+
+
+def test_a_stop_reaches_a_peer_far_behind(trio):
+    """Peer 0 trains alone far ahead (round 1000); the others' newest figures are of round 20: its stop is numbered
+    by its oldest figure, within the window of a peer still at round 20 (numbered 1000, it was refused)."""
+    control = control_of(trio, 0, 0.9, lambda: (0.3, 0.92), lag=None)
+    control.start()
+    for p in (1, 2):
+        trio[p].send(0, "eval", 20, None, {"acc": 0.9})
+    wait_until(lambda: all(20 in trio[0].mailbox.held("eval", p) for p in (1, 2)))
+    assert control.after(1000) == "target"
+    for p in (1, 2):
+        wait_until(lambda: trio[p].mailbox.latest("stop", 0) is not None)
+        assert "stop" not in trio[p].rejections()
 
 
 def test_a_round_below_the_target_is_judged_once_and_a_later_one_can_still_stop(trio):
