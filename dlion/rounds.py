@@ -34,6 +34,16 @@ def update_weight(weights: str, batch: int, global_batch: int, peers: int) -> fl
     return global_batch / peers if weights == "uniform" else float(batch)
 
 
+def step_batches(batch: int, local_steps: int, min_step_batch: int = 1) -> list[int]:
+    """The batch of each local step of a round for a share of `batch`: `local_steps` of it, or fewer of at least
+    `min_step_batch` samples each, `local_steps` x `batch` in all."""
+    if batch >= min_step_batch:
+        return [batch] * local_steps
+    total = local_steps * batch
+    count = max(1, total // min_step_batch)
+    return [total // count + (i < total % count) for i in range(count)]
+
+
 class OuterStep:
     """SGD with Nesterov momentum on the combined change of parameters (a descent direction, like a gradient), as
     DiLoCo's outer optimizer; rate 1 and momentum 0 apply the change as it is."""
@@ -95,13 +105,7 @@ class RoundWork:
         return float(np.mean(losses)), change, compute_s
 
     def steps(self, batch: int) -> list[int]:
-        """The batch of each local step of a round for a share of `batch`: `local_steps` of it, or fewer of at
-        least `min_step_batch` samples each, `local_steps` x `batch` in all."""
-        if batch >= self.min_step_batch:
-            return [batch] * self.local_steps
-        total = self.local_steps * batch
-        count = max(1, total // self.min_step_batch)
-        return [total // count + (i < total % count) for i in range(count)]
+        return step_batches(batch, self.local_steps, self.min_step_batch)
 
     def apply(self, combined: np.ndarray) -> None:
         if self.local_steps == 1:

@@ -349,8 +349,9 @@ class Trainer:
                     v.assign(tf.cast(tf.reshape(part, v.shape), v.dtype))
 
             staged = _Input(tf.TensorSpec([sum(sizes)], tf.float32, name="flat_optimizer"))
-            self._optimizer_fns = (tf.function(get).get_concrete_function(),
-                                   tf.function(put, input_signature=[staged.spec]).get_concrete_function(), staged)
+            functions = (tf.function(get), tf.function(put, input_signature=[staged.spec]))
+            self._functions.extend(functions)
+            self._optimizer_fns = (*(f.get_concrete_function() for f in functions), staged)
         return self._optimizer_fns
 
     def get_params(self) -> np.ndarray:

@@ -24,6 +24,7 @@ from dlion.metrics import EventLog, peer_log_path
 from dlion.optimizers import training_options
 from dlion.peer import Peer
 from dlion.progress import ProgressReport
+from dlion.rounds import step_batches
 from dlion.stages import ModelAccess, Requirements, StageContext
 from dlion.tensorboard import tensorboard_sinks
 from dlion.transport import WireLimits, ZmqTransport
@@ -252,17 +253,19 @@ def _make_stages(cfg: Config, ctx: StageContext) -> Stages:
     return Stages(**{stage: make(stage) for stage in STAGE_REGISTRIES})
 
 
-def _warm_up(trainer, local: LocalData, batch: int) -> None:
-    """One gradient computation, optimizer step and evaluation before training, so that no round pays for
-    TensorFlow's first-call work (tracing, graph optimization, kernel setup: seconds under a small CPU cap, which a
-    peer joins only after this): every measured compute time is a real one. The model and optimizer are left as
-    they were."""
+def _warm_up(trainer, local: LocalData, batch: int, evaluation: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """One gradient computation of a step's `batch`, optimizer step, evaluation (of `evaluation`, the evaluation
+    set as it is scored during training, else of the batch) and read and write of the optimizer's state (replicas
+    and rejoin answers use them) before training, so that no round pays for TensorFlow's first-call work (tracing,
+    graph optimization, kernel setup for a shape: seconds under a small CPU cap, which a peer joins only after this):
+    every measured compute time is a real one. The model and optimizer are left as they were."""
     idx = local.train_idx[:batch]
     x, y = local.dataset.x_train[idx], local.dataset.y_train[idx]
     params, state = trainer.get_params(), trainer.optimizer_state()
     _, grads = trainer.gradients(x, y)
     trainer.apply(np.zeros_like(grads))
-    trainer.evaluate(x, y)
+    trainer.evaluate(*(evaluation or (x, y)))
+    trainer.set_optimizer_vector(trainer.optimizer_vector())
     trainer.set_params(params)  # a training-mode pass moves BatchNorm statistics
     trainer.set_optimizer_state(state)  # a step moves the step count and the moments
 
@@ -295,15 +298,17 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
                        {d: cfg.link(peer_id, d).bandwidth for d in others}, model,
                        inbound_bandwidths={s: cfg.link(s, peer_id).bandwidth for s in others}, clock=now)
     stages = _make_stages(cfg, ctx)
+    x_eval, y_eval = local.evaluation()
     if warm_up:
-        _warm_up(trainer, local, stages.batching.batch_size(0))
+        rounds = cfg.rounds
+        _warm_up(trainer, local, step_batches(stages.batching.batch_size(0), rounds.local_steps,
+                                              rounds.min_step_batch)[0], (x_eval, y_eval))
     resumed = None
     if resume_at is not None:
         resumed = checkpoint.load(out_dir, peer_id, resume_at)
         trainer.set_params(resumed["params"])
         trainer.set_optimizer_state(resumed["optimizer"])
     clock = clock or Unpaced()
-    x_eval, y_eval = local.evaluation()
     control = RunControl(cfg.training, cfg.evaluation, ctx, lambda: trainer.evaluate(x_eval, y_eval), log.emit,
                          stop_event or threading.Event(), cfg.rounds.local_steps, _lag(cfg))
     progress = ProgressReport(log, cfg.output.log_every, transport, stages.batching, clock, cfg.peer(peer_id).cores)
