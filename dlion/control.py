@@ -95,10 +95,9 @@ class RunControl:
             return False
         claimed = messages.parse_figures(msg.meta["figures"])  # declared well-formed
         self._absorb()
-        seen = self._seen_stop.setdefault(peer, (msg, self.clock()))
-        if seen[0] is not msg:
-            seen = self._seen_stop[peer] = (msg, self.clock())
-        if self.clock() < seen[1] + self.deadline_s and any(
+        if self._seen_stop.get(peer, (None, 0.0))[0] is not msg:
+            self._seen_stop[peer] = (msg, self.clock())
+        if self.clock() < self._seen_stop[peer][1] + self.deadline_s and any(
                 p != self.ctx.peer_id and round_ > self.newest.get(p, (-1, 0.0))[0] for p, (round_, _) in claimed.items()):
             return False  # a figure on its way here from its peer: judge the stop once it came (or at the deadline)
         self._judged[peer] = msg
