@@ -79,6 +79,9 @@ class FixedBatching(Strategy):
     def batch_size(self, iteration: int) -> int:
         return self.sizes[self.peer_id]
 
+    def calibrate(self, rate: float) -> None:
+        """Fixed shares ignore measurements."""
+
     def observe(self, iteration: int, batch: int, compute_s: float) -> None:
         """Fixed shares ignore measurements."""
 
@@ -94,7 +97,10 @@ class WeightedBatching(Strategy):
     A report is sent in iteration i before that iteration's gradients, so once a peer has the gradients of round i
     from a neighbour it also has the neighbour's reports up to round i; every peer then uses, for iteration i + 1,
     the latest report of each peer with a round <= i. In lockstep training all peers therefore compute the same
-    allocation without a coordinator. Until every live peer has reported, the split follows the configured cores.
+    allocation without a coordinator. Until every live peer has reported, the split follows the rates the peers
+    expected before training (`calibrate`: measured in the warm-up, announced in the hello barrier, so every peer
+    holds the same ones), or the configured cores where a live peer announced none: the cores alone leave out what
+    a step costs besides its samples, which weighs most on the peers with the smallest shares.
     A peer that left is dropped from the allocation, so the others take over its share of the global batch.
     """
 
@@ -127,6 +133,10 @@ class WeightedBatching(Strategy):
     def rate(self) -> float | None:
         return self._rate.value
 
+    def calibrate(self, rate: float) -> None:
+        """The rate (samples/s) this peer expects before it has trained: announced in its hellos."""
+        self.ctx.transport.expected_rate = rate
+
     def batch_size(self, iteration: int) -> int:
         rates = self._rates_before(iteration)
         basis = tuple(sorted(rates.items()))
@@ -153,7 +163,7 @@ class WeightedBatching(Strategy):
             self.ctx.transport.send(p, messages.REPORT, iteration, None, {"rate": float(self.rate)})
 
     def _rates_before(self, iteration: int) -> dict[int, float]:
-        """Each live peer's latest reported rate from a round before `iteration`; the cores until all reported."""
+        """Each live peer's latest reported rate from a round before `iteration`; until all reported, `_expected`."""
         live = self.ctx.live(self.ids)
         rates = {}
         for p in live:
@@ -163,6 +173,20 @@ class WeightedBatching(Strategy):
                 msg = self.ctx.transport.mailbox.latest_before(messages.REPORT, p, iteration)
                 rate = None if msg is None else msg.meta["rate"]  # declared a positive finite float
             if rate is None:
+                return self._expected(live)
+            rates[p] = rate
+        return self._plausible(rates)
+
+    def _expected(self, live: list[int]) -> dict[int, float]:
+        """The rates the live peers announced before training, or the configured cores if one announced none."""
+        rates = {}
+        for p in live:
+            if p == self.peer_id:
+                rate = self.ctx.transport.expected_rate
+            else:
+                hello = self.ctx.transport.mailbox.latest(messages.HELLO, p)
+                rate = 0.0 if hello is None else hello.meta["rate"]  # declared a finite float >= 0
+            if not rate:
                 return {p: self.cores[p] for p in live}
             rates[p] = rate
         return self._plausible(rates)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-HELLO = "hello"      # the start-up barrier: who has heard from whom, and the sender's current round
+HELLO = "hello"      # the start-up barrier: who has heard from whom, the sender's round and expected rate (0: none)
 BYE = "bye"          # the last message on a connection
 STOP = "stop"        # the peers' mean evaluation accuracy reached the target, with the figures it rests on
 EVAL = "eval"        # a peer's evaluation accuracy at an evaluation round
@@ -138,7 +138,7 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    HELLO: Kind({"heard": peer_list, "at": round_number}, rate=20.0, burst=40),  # a barrier: every 0.1 s
+    HELLO: Kind({"heard": peer_list, "at": round_number, "rate": non_negative_float}, rate=20.0, burst=40),  # every 0.1 s
     BYE: Kind(rate=0.2, burst=2),
     STOP: Kind({"figures": figure_list}, rate=2.0, burst=4),
     EVAL: Kind({"acc": fraction}, rate=50.0, burst=50),

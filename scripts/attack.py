@@ -806,7 +806,8 @@ def _score(f: Forge) -> list:
 @variant("forged_control")
 def _hello(f: Forge) -> list:
     heard = ["", ",".join(map(str, f.target.peer_ids)), "999999", ",,,"][int(f.rng.integers(4))]
-    return f.encode(messages.HELLO, 0, None, {"heard": heard})
+    rate = [0.0, 1.0, 1e12][int(f.rng.integers(3))]  # a rate the first rounds' split would follow: clipped
+    return f.encode(messages.HELLO, 0, None, {"heard": heard, "at": 0, "rate": rate})
 
 
 @variant("forged_control")

@@ -78,6 +78,36 @@ def test_starts_from_the_configured_cores_and_all_peers_agree(inproc):
     assert first == {0: 64, 1: 32, 2: 19, 3: 13}
 
 
+def barrier(transports):
+    """Every peer's hello barrier at once (what `Peer.run` does before the first round)."""
+    from conftest import in_threads
+    return in_threads(lambda p: transports[p].wait_for_peers(5.0), list(transports))
+
+
+def test_the_first_rounds_follow_the_rates_the_peers_expected_and_all_peers_agree(inproc):
+    transports = inproc(PEERS)
+    stages = weighted(transports)
+    expected = {0: 4000.0, 1: 1800.0, 2: 600.0, 3: 400.0}  # per core, the small peers are slower
+    for p in PEERS:
+        stages[p].calibrate(expected[p])
+    assert all(reachable == set(PEERS) - {p} for p, reachable in barrier(transports).items())
+    first = {p: stages[p].batch_size(0) for p in PEERS}
+    assert first == allocate(128, expected, 1, 128) == {0: 75, 1: 34, 2: 11, 3: 8}  # the cores': 64 / 32 / 19 / 13
+    assert all(stages[p].sizes == first for p in PEERS)
+    speeds = {0: 600.0, 1: 600.0, 2: 300.0, 3: 100.0}
+    used = run(stages, speeds, 2)  # measured rates take over from the first reports on
+    assert used[-1][0] == allocate(128, speeds, 1, 128)
+
+
+def test_the_configured_cores_split_the_first_rounds_while_a_peer_announced_no_rate(inproc):
+    transports = inproc(PEERS)
+    stages = weighted(transports)
+    for p in (0, 1, 2):  # peer 3 expects nothing (a simulated peer: no warm-up)
+        stages[p].calibrate(1000.0)
+    barrier(transports)
+    assert {p: stages[p].batch_size(0) for p in PEERS} == {0: 64, 1: 32, 2: 19, 3: 13}
+
+
 def test_batches_become_proportional_to_measured_rates_and_follow_a_change(inproc):
     stages = weighted(inproc(PEERS), retune_every=10)
     speeds = {0: 600.0, 1: 600.0, 2: 300.0, 3: 100.0}  # not what the cores say

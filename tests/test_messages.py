@@ -24,10 +24,10 @@ def test_the_wire_knows_exactly_the_declared_kinds():
     ("stop", {"figures": "0:40:0.875,1:40:0.9,2:20:0.5"}, ()),
     ("report", {"rate": 1234.5}, ()),
     ("score", {"loss": 0.5}, ()),
-    ("hello", {"heard": "0,2", "at": 0}, ()),
+    ("hello", {"heard": "0,2", "at": 0, "rate": 0.0}, ()),  # no rate expected (a simulated peer)
     ("rejoin", {}, ()),
     ("back", {"at": 7}, ()),
-    ("hello", {"heard": "", "at": 550}, ()),
+    ("hello", {"heard": "", "at": 550, "rate": 812.5}, ()),
     ("model", {}, ("x",)),
     ("optimizer", {"at": 40, "train_s": 12.5}, ("o",)),
     ("probe", {}, ()),
@@ -72,9 +72,12 @@ def tensors_named(names, value=1.0):
     ("report", {"rate": 0.0}, ()),
     ("score", {"loss": "low"}, ()),
     ("score", {"loss": -1e30}, ()),          # no cross-entropy is negative
-    ("hello", {"heard": "0,x", "at": 0}, ()),
-    ("hello", {"heard": "0,\u00b2", "at": 0}, ()),  # passed the check once, then int() raised as the hello was read
-    ("hello", {"heard": "0", "at": -1}, ()),
+    ("hello", {"heard": "0,x", "at": 0, "rate": 1.0}, ()),
+    ("hello", {"heard": "0,\u00b2", "at": 0, "rate": 1.0}, ()),  # passed the check once, then int() raised as read
+    ("hello", {"heard": "0", "at": -1, "rate": 1.0}, ()),
+    ("hello", {"heard": "0", "at": 0, "rate": -5.0}, ()),
+    ("hello", {"heard": "0", "at": 0, "rate": float("inf")}, ()),
+    ("hello", {"heard": "0", "at": 0}, ()),  # the rate left out
     ("stop", {"acc": 1.0}, ()),
     ("nonsense", {}, ()),
 ])

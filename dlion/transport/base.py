@@ -105,6 +105,7 @@ class Transport(abc.ABC):
         self._inbound = {p: LinkEstimator() for p in self.peers}
         self._outbound_bps: dict[int, float] = {}
         self.link_policy: LinkPolicy = link_policy or Unshaped()
+        self.expected_rate = 0.0  # samples/s this peer expects to compute, announced in its hellos (0: unknown)
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -297,7 +298,7 @@ class Transport(abc.ABC):
     def _hello(self, dsts: Iterable[int]) -> None:
         heard = ",".join(str(p) for p in sorted(self.peers) if self.mailbox.latest(messages.HELLO, p) is not None)
         for p in dsts:
-            self.send(p, messages.HELLO, 0, meta={"heard": heard, "at": self.mailbox.round})
+            self.send(p, messages.HELLO, 0, meta={"heard": heard, "at": self.mailbox.round, "rate": self.expected_rate})
 
     def _confirmed(self) -> set[int]:
         """Peers we heard from whose latest hello says they heard from us: reachable both ways."""
@@ -321,7 +322,8 @@ class Transport(abc.ABC):
         self._hello(peers)
 
     def wait_for_peers(self, timeout_s: float) -> set[int]:
-        """Hello barrier: returns the peers reachable both ways; the others are marked departed. A peer that finds
+        """Hello barrier: returns the peers reachable both ways; the others are marked departed. Each hello also
+        carries `expected_rate`, so that every peer holds the others' before the first round. A peer that finds
         the run in progress (a hello from a peer past round 0: it was restarted, or is late) waits at most
         LATE_GRACE_S more for the rest: the live ones answer at once, and a missing one is gone (the others marked
         it departed too; if it comes back, it rejoins as this peer does)."""

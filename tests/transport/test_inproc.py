@@ -201,7 +201,7 @@ def test_a_rounds_held_messages_leave_together_one_message_per_link(make):
     a.send(1, "gossip", 3, {"x": np.ones(4, np.float32)}, {"n": 1, "w": 0.5, "e": 1})
     a.send(1, "eval", 3, None, {"acc": 0.5})
     a.send(2, "grad", 3, {"g": np.ones(4, np.float32)}, {"w": 2.0})
-    a.send(1, "hello", 0, meta={"heard": "", "at": 0})  # not a round's message: at once
+    a.send(1, "hello", 0, meta={"heard": "", "at": 0, "rate": 0.0})  # not a round's message: at once
     assert b.stats()[0].msgs_received == 1 and b.mailbox.latest("eval", 0) is None
     a.end_round()
     assert a.stats()[1].msgs_sent == 2 and a.stats()[1].bundles_sent == 1 and a.stats()[2].bundles_sent == 1
