@@ -254,15 +254,14 @@ def _make_stages(cfg: Config, ctx: StageContext) -> Stages:
     return Stages(**{stage: make(stage) for stage in STAGE_REGISTRIES})
 
 
-def _warm_up(trainer, local: LocalData, batch: int,
-             evaluation: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float]:
+def _warm_up(trainer, local: LocalData, batch: int, evaluation: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """One gradient computation of a step's `batch`, optimizer step, evaluation (of `evaluation`, the evaluation
     set as it is scored during training, else of the batch) and read and write of the optimizer's state (replicas
     and rejoin answers use them) before training, so that no round pays for TensorFlow's first-call work (tracing,
     graph optimization, kernel setup for a shape: seconds under a small CPU cap, which a peer joins only after this):
-    every measured compute time is a real one. Then `WARM_UP_TIMED_STEPS` more steps; returns the median seconds
-    of CPU (all the process's threads: what other processes on the machine take does not count) and of wall time
-    of a step. The model and optimizer are left as they were."""
+    every measured compute time is a real one. Then `WARM_UP_TIMED_STEPS` more steps; returns their median CPU
+    seconds (all the process's threads: what other processes on the machine take does not count, so peers warming
+    up together on one host measure alike). The model and optimizer are left as they were."""
     idx = local.train_idx[:batch]
     x, y = local.dataset.x_train[idx], local.dataset.y_train[idx]
     params, state = trainer.get_params(), trainer.optimizer_state()
@@ -270,22 +269,14 @@ def _warm_up(trainer, local: LocalData, batch: int,
     trainer.apply(np.zeros_like(grads))
     trainer.evaluate(*(evaluation or (x, y)))
     trainer.set_optimizer_vector(trainer.optimizer_vector())
-    timed = []
+    cpu_s = []
     for _ in range(WARM_UP_TIMED_STEPS):
-        cpu, wall = time.process_time(), time.monotonic()
+        began = time.process_time()
         trainer.apply(trainer.gradients(x, y)[1])
-        timed.append((time.process_time() - cpu, time.monotonic() - wall))
+        cpu_s.append(time.process_time() - began)
     trainer.set_params(params)  # a training-mode pass moves BatchNorm statistics
     trainer.set_optimizer_state(state)  # a step moves the step count and the moments
-    cpu_s, wall_s = np.median(timed, axis=0)
-    return float(cpu_s), float(wall_s)
-
-
-def _expected_rate(batch: int, cpu_s: float, wall_s: float, paced_cores: float | None) -> float:
-    """The samples/s a peer expects from its warm-up's step of `batch`: paced to `paced_cores` (emulation), a step
-    takes its CPU seconds divided by the cores; on its own machine, the wall time it took."""
-    seconds = cpu_s / paced_cores if paced_cores else wall_s
-    return batch / max(seconds, 1e-6)
+    return float(np.median(cpu_s))
 
 
 def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dataset=None,
@@ -319,8 +310,9 @@ def build(cfg: Config, peer_id: int, out_dir: str | Path, *, transport=None, dat
     x_eval, y_eval = local.evaluation()
     if warm_up:
         step_batch = step_batches(stages.batching.batch_size(0), cfg.rounds.local_steps, cfg.rounds.min_step_batch)[0]
-        step_s = _warm_up(trainer, local, step_batch, (x_eval, y_eval))
-        stages.batching.calibrate(_expected_rate(step_batch, *step_s, clock and clock.cores))
+        step_cpu_s = _warm_up(trainer, local, step_batch, (x_eval, y_eval))
+        # the peer's cores do a step in its CPU seconds over the cores (the emulation's pacer charges just that)
+        stages.batching.calibrate(step_batch * cfg.cores(peer_id) / max(step_cpu_s, 1e-6))
     resumed = None
     if resume_at is not None:
         resumed = checkpoint.load(out_dir, peer_id, resume_at)

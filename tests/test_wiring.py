@@ -1,7 +1,6 @@
 """dlion.wiring's warm-up: TensorFlow's first-call work done before the CPU cap binds, the model left as it was, and
 the rate a peer expects from it."""
 import numpy as np
-import pytest
 
 from dlion import config, wiring
 from dlion.rounds import step_batches
@@ -36,9 +35,7 @@ def test_the_warm_up_times_a_step_on_the_cpu_and_a_built_peer_announces_the_rate
     local = wiring._make_data(cfg, 0, None, Requirements())
     trainer = wiring._make_trainer(cfg, 0, local, Requirements(), threads=0)
     small, large = (wiring._warm_up(trainer, local, batch) for batch in (4, 512))
-    assert all(0 < a < b for a, b in zip(small, large))  # CPU and wall seconds of a step: a larger batch costs more
-    assert wiring._expected_rate(64, 0.01, 0.05, 0.5) == pytest.approx(3200)  # paced: CPU seconds / cores a step
-    assert wiring._expected_rate(64, 0.01, 0.05, None) == pytest.approx(1280)  # its own machine: the wall time
+    assert 0 < small < large  # CPU seconds of a step: a larger batch costs more
     peer = wiring.build(cfg, 0, tmp_path, trainer=trainer)
     try:
         assert 0 < peer.transport.expected_rate < float("inf")  # samples/s at half a core, announced in the hellos
