@@ -138,7 +138,7 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    HELLO: Kind({"heard": peer_list, "at": round_number, "rate": non_negative_float}, rate=20.0, burst=40),  # every 0.1 s
+    HELLO: Kind({"heard": peer_list, "at": round_number, "rate": non_negative_float}, rate=20.0, burst=40),  # 10/s
     BYE: Kind(rate=0.2, burst=2),
     STOP: Kind({"figures": figure_list}, rate=2.0, burst=4),
     EVAL: Kind({"acc": fraction}, rate=50.0, burst=50),

@@ -64,7 +64,8 @@ class Peer:
         reachable = self.transport.wait_for_peers(self.cfg.transport.startup_timeout_s)
         spec = self.cfg.peer(self.ctx.peer_id)
         self.log.emit("start", pid=os.getpid(), cores=spec.cores, threads=spec.tf_threads,
-                      expected_rate=round(self.transport.expected_rate, 1), num_params=self.trainer.num_params, train_samples=len(self.local.train_idx),
+                      expected_rate=round(self.transport.expected_rate, 1), num_params=self.trainer.num_params,
+                      train_samples=len(self.local.train_idx),
                       barrier_s=round(self.ctx.clock() - barrier_start, 3), reachable=sorted(reachable),
                       neighbours=list(self.ctx.topology.destinations(self.ctx.peer_id)), emulation=self.clock.method,
                       resumed_from=self.resumed["iteration"] if self.resumed else None)
