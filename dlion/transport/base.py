@@ -256,7 +256,8 @@ class Transport(abc.ABC):
             # must not wait for us before that one.
             self._back(link, self.mailbox.round + 1)
         if msg.kind == messages.HELLO:
-            self.mailbox.advance(msg.meta["at"])  # a rejoining peer takes the others' rounds in
+            # A hello's round moves nothing here (only a rejoin's answer moves a peer: `dlion.rejoin`): a claimed
+            # far-future round would open the window to anything and go on in this peer's own hellos.
             if self.peer_id not in _heard(msg) or msg.meta["at"] < self.mailbox.round:
                 # Answer at once, also after our own barrier: lets a late or restarted peer finish its barrier, and
                 # tells one that is behind (it knocked after a freeze: `knock`) where the others are.

@@ -261,3 +261,14 @@ def test_held_messages_beyond_the_size_limit_go_as_more_bundles_and_close_sends_
     assert a.stats()[1].bundles_sent == 2 and b.stats()[0].dropped == 0
     assert sorted(b.mailbox.collect("grad", 2, [0], time.monotonic())[0], key=lambda m: m.round)[2].round == 2
     assert 0 in b.mailbox.departed
+
+
+def test_a_hello_claiming_a_far_future_round_moves_no_window(make):
+    """A hello's round is read by a rejoining peer, which moves only on a state's answer: a forged one must not open
+    the receiver's window nor spread in its own hellos."""
+    a, b = make(0), make(1)
+    a.send(1, "hello", 0, meta={"heard": "", "at": 1 << 62, "rate": 0.0})
+    assert b.mailbox.latest("hello", 0).meta["at"] == 1 << 62 and b.mailbox.round == 0
+    assert a.mailbox.latest("hello", 1).meta["at"] == 0  # b's answer: its own round
+    a.send(1, "report", 10_000, None, {"rate": 5.0})
+    assert b.mailbox.latest("report", 0) is None  # beyond the window, as before the hello
