@@ -27,7 +27,6 @@ def test_the_warm_up_leaves_the_first_round_nothing_to_trace_and_the_state_as_it
     assert trainer.tracing_count() == traced
 
 
-
 def test_the_warm_up_times_a_step_on_the_cpu_and_a_built_peer_announces_the_rate_it_expects(tmp_path):
     cfg = config.parse({"peers": [{"id": 0, "port": 47000, "cores": 0.5}, {"id": 1, "port": 47001}],
                         "training": {"max_iterations": 10, "dataset": "synthetic", "global_batch": 64},
