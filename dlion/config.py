@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from dlion import batching, exchange, gossip, knowledge, security, topology, yamlio
+from dlion import batching, exchange, gossip, knowledge, messages, security, topology, yamlio
 from dlion import optimizers
 from dlion.data import DEFAULT_DATA_DIR
 from dlion.presets import PRESETS, with_preset
@@ -530,7 +530,7 @@ def apply_overrides(raw: dict, overrides) -> dict:
         for i, key in enumerate(keys):
             last = i == len(keys) - 1
             if isinstance(node, list):
-                if not (key.isascii() and key.isdigit()) or int(key) >= len(node):
+                if not messages.ascii_digits(key) or int(key) >= len(node):
                     raise ConfigError(path, f"expected a list index below {len(node)}", key)
                 key = int(key)
             elif not isinstance(node, dict):

@@ -72,10 +72,10 @@ def count(v: Any) -> bool:
 
 def peer_list(v: Any) -> bool:
     """Comma-separated peer ids ("" for none): meta is flat, so lists travel as strings."""
-    return isinstance(v, str) and all(_digits(p) for p in v.split(",") if p) and len(v) < 4096
+    return isinstance(v, str) and all(ascii_digits(p) for p in v.split(",") if p) and len(v) < 4096
 
 
-def _digits(text: str) -> bool:
+def ascii_digits(text: str) -> bool:
     """A non-negative integer in ASCII digits (str.isdigit alone also takes '²', which int() refuses)."""
     return text.isascii() and text.isdigit()
 
@@ -92,7 +92,7 @@ def parse_figures(text: str) -> dict[int, tuple[int, float]] | None:
     figures = {}
     for item in text.split(","):
         fields = item.split(":")
-        if len(fields) != 3 or not _digits(fields[0]) or not _digits(fields[1]):
+        if len(fields) != 3 or not ascii_digits(fields[0]) or not ascii_digits(fields[1]):
             return None
         peer, round_ = int(fields[0]), int(fields[1])
         try:
